@@ -1,0 +1,66 @@
+// Data sets: CSV and IDX readers, splits and standardisation.
+//
+// CSV: one header row, one target column (named, or the last), numbers elsewhere. Classification
+// targets are integer labels 0..K-1, or strings mapped to indices in sorted order. IDX is the
+// format of LeCun's MNIST and Zalando's Fashion-MNIST (Xiao, Rasul & Vollgraf 2017), read plain or
+// gzipped; pixels are scaled to [0, 1] and images keep their {1, H, W} shape.
+#ifndef DROPNET_ENGINE_DATA_H_
+#define DROPNET_ENGINE_DATA_H_
+
+#include <istream>
+#include <string>
+#include <vector>
+
+#include "server/engine/loss.h"
+#include "server/engine/tensor.h"
+
+namespace dropnet::engine {
+
+struct Dataset {
+  Matrix x;                                // rows x features
+  Matrix y;                                // rows x targets; a class index per row when classifying
+  Shape input_shape;                       // layout of one row of x
+  Task task = Task::kClassification;
+  int num_classes = 0;                     // classification: 1 + the largest label
+  std::vector<std::string> feature_names;  // CSV header, when read from CSV
+  std::vector<std::string> class_names;    // string labels, in index order, when the CSV had them
+  std::string target_name;
+
+  int64_t rows() const { return x.rows(); }
+};
+
+struct CsvOptions {
+  std::string target;  // target column name; empty: the last column
+  Task task = Task::kClassification;
+};
+
+// Parses CSV text. Throws InvalidArgument with the line and column of the first bad value.
+Dataset ReadCsv(std::istream& in, const CsvOptions& options);
+Dataset LoadCsv(const std::string& path, const CsvOptions& options);
+
+// Reads an IDX image file and its label file (either may be gzipped).
+Dataset LoadIdx(const std::string& images_path, const std::string& labels_path);
+
+// Rows `rows` of `data`, in that order.
+Dataset Subset(const Dataset& data, const std::vector<int64_t>& rows);
+
+// A seeded random split: `second` gets round(fraction * rows) rows, `first` the rest.
+void SplitDataset(const Dataset& data, double fraction, uint64_t seed, Dataset* first,
+                  Dataset* second);
+
+// Per-feature standardisation (x - mean) / std, fitted on training rows only. Constant features
+// keep scale 1.
+struct Standardizer {
+  RowVector mean;
+  RowVector scale;
+  static Standardizer Fit(const Matrix& x);
+  void Apply(Matrix* x) const;
+  bool empty() const { return mean.size() == 0; }
+};
+
+// A seeded permutation of 0..n-1 (Fisher-Yates on SplitMix64).
+std::vector<int64_t> Permutation(int64_t n, uint64_t seed);
+
+}  // namespace dropnet::engine
+
+#endif  // DROPNET_ENGINE_DATA_H_

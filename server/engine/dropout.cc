@@ -1,0 +1,58 @@
+#include "server/engine/dropout.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "server/engine/parallel.h"
+
+namespace dropnet::engine {
+
+void CheckDropRate(const char* field, double p) {
+  if (!(p >= 0.0 && p < 1.0)) {  // also rejects NaN
+    std::ostringstream msg;
+    msg << field << " must be in [0, 1), got " << p;
+    throw InvalidArgument(msg.str());
+  }
+}
+
+Matrix BernoulliMask(int64_t rows, int64_t cols, double p, float keep_value, const Context& ctx) {
+  Matrix mask(rows, cols);
+  // Element dropped when its 32-bit word falls below p * 2^32.
+  const uint64_t threshold = static_cast<uint64_t>(std::ldexp(p, 32));
+  ParallelFor(rows, ctx.threads, [&](int64_t r0, int64_t r1) {
+    std::vector<uint32_t> bits(cols);
+    for (int64_t r = r0; r < r1; ++r) {
+      RowRng(ctx.rng, ctx.layer, r).Bits(bits.data(), cols);
+      float* m = mask.row(r).data();
+      for (int64_t j = 0; j < cols; ++j) m[j] = bits[j] >= threshold ? keep_value : 0.0f;
+    }
+  });
+  return mask;
+}
+
+Dropout::Dropout(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+  CheckDropRate("dropout.rate", config.rate);
+}
+
+void Dropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const {
+  const double p = config_.rate;
+  if (!Stochastic(ctx.mode) || p == 0.0) {
+    if (config_.classic_scaling && p > 0.0) *y = x * static_cast<float>(1.0 - p);
+    else *y = x;
+    if (cache) cache->mask.resize(0, 0);
+    return;
+  }
+  const float keep_value = config_.classic_scaling ? 1.0f : static_cast<float>(1.0 / (1.0 - p));
+  Matrix mask = BernoulliMask(x.rows(), x.cols(), p, keep_value, ctx);
+  *y = x.cwiseProduct(mask);
+  if (cache) cache->mask = std::move(mask);
+}
+
+void Dropout::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
+                       Matrix* dx) const {
+  if (!dx) return;
+  if (cache.mask.size() == 0) *dx = dy;
+  else *dx = dy.cwiseProduct(cache.mask);
+}
+
+}  // namespace dropnet::engine

@@ -1,0 +1,253 @@
+#include "server/engine/mc.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "server/engine/parallel.h"
+
+namespace dropnet::engine {
+namespace {
+
+constexpr double kLog2Pi = 1.8378770664093453;
+
+// Running statistics of one chunk (or of all chunks merged so far), in double precision.
+struct Accumulator {
+  int64_t n = 0;
+  Eigen::MatrixXd mean, m2;       // B x C
+  Eigen::VectorXd entropy_sum;    // classification
+  Eigen::MatrixXi votes;          // classification: B x C argmax counts
+  Eigen::MatrixXd aleatoric_sum;  // gaussian head: sum of predicted variances
+  Eigen::MatrixXd ll_max, ll_sum; // log-sum-exp state per (row, target)
+
+  void Init(int64_t b, int64_t c, bool classify, bool aleatoric, bool ll) {
+    mean = Eigen::MatrixXd::Zero(b, c);
+    m2 = Eigen::MatrixXd::Zero(b, c);
+    if (classify) {
+      entropy_sum = Eigen::VectorXd::Zero(b);
+      votes = Eigen::MatrixXi::Zero(b, c);
+    }
+    if (aleatoric) aleatoric_sum = Eigen::MatrixXd::Zero(b, c);
+    if (ll) {
+      ll_max = Eigen::MatrixXd::Constant(b, c, -INFINITY);
+      ll_sum = Eigen::MatrixXd::Zero(b, c);
+    }
+  }
+
+  // Adds one sample: pred is B x C (probabilities or means), var its predicted variances or empty.
+  void Add(const Matrix& pred, const Matrix& var, const Matrix* targets, double tau) {
+    ++n;
+    const Eigen::MatrixXd p = pred.cast<double>();
+    const Eigen::MatrixXd delta = p - mean;
+    mean += delta / static_cast<double>(n);
+    m2 += delta.cwiseProduct(p - mean);
+    if (votes.size()) {
+      for (int64_t r = 0; r < p.rows(); ++r) {
+        double h = 0;
+        for (int64_t c = 0; c < p.cols(); ++c)
+          if (p(r, c) > 0) h -= p(r, c) * std::log(p(r, c));
+        entropy_sum[r] += h;
+        Eigen::Index arg;
+        p.row(r).maxCoeff(&arg);
+        ++votes(r, arg);
+      }
+    }
+    if (aleatoric_sum.size()) aleatoric_sum += var.cast<double>();
+    if (ll_max.size()) {
+      for (int64_t r = 0; r < p.rows(); ++r) {
+        for (int64_t c = 0; c < p.cols(); ++c) {
+          const double v = var.size() ? var(r, c) : 1.0 / tau;
+          const double d = (*targets)(r, c) - p(r, c);
+          const double l = -0.5 * (kLog2Pi + std::log(v) + d * d / v);
+          double& mx = ll_max(r, c);
+          double& s = ll_sum(r, c);
+          if (l > mx) {
+            s = s * std::exp(mx - l) + 1.0;
+            mx = l;
+          } else {
+            s += std::exp(l - mx);
+          }
+        }
+      }
+    }
+  }
+
+  // Chan et al.'s pairwise merge; `other` follows this one in sample order.
+  void Merge(const Accumulator& o) {
+    if (o.n == 0) return;
+    if (n == 0) {
+      *this = o;
+      return;
+    }
+    const double na = static_cast<double>(n), nb = static_cast<double>(o.n), nt = na + nb;
+    const Eigen::MatrixXd delta = o.mean - mean;
+    mean += delta * (nb / nt);
+    m2 += o.m2 + delta.cwiseProduct(delta) * (na * nb / nt);
+    if (votes.size()) {
+      entropy_sum += o.entropy_sum;
+      votes += o.votes;
+    }
+    if (aleatoric_sum.size()) aleatoric_sum += o.aleatoric_sum;
+    if (ll_max.size()) {
+      for (int64_t i = 0; i < ll_max.size(); ++i) {
+        double& mx = ll_max.data()[i];
+        double& s = ll_sum.data()[i];
+        const double omx = o.ll_max.data()[i], os = o.ll_sum.data()[i];
+        const double m = std::max(mx, omx);
+        s = s * std::exp(mx - m) + os * std::exp(omx - m);
+        mx = m;
+      }
+    }
+    n += o.n;
+  }
+};
+
+}  // namespace
+
+double NormalQuantileTwoSided(double mass) {
+  if (!(mass > 0 && mass < 1)) {
+    throw InvalidArgument("interval must be in (0, 1), got " + std::to_string(mass));
+  }
+  // Solve erf(z / sqrt 2) = mass by bisection: monotone, 60 halvings reach double precision.
+  double lo = 0, hi = 40;
+  for (int i = 0; i < 60; ++i) {
+    double mid = 0.5 * (lo + hi);
+    (std::erf(mid / std::sqrt(2.0)) < mass ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
+}
+
+McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const Matrix& x,
+                           const McOptions& options) {
+  if (options.samples <= 0) {
+    throw InvalidArgument("samples must be positive, got " + std::to_string(options.samples));
+  }
+  if (x.rows() == 0) throw InvalidArgument("the batch is empty");
+  const double z = task == Task::kRegression ? NormalQuantileTwoSided(options.interval) : 0.0;
+  const bool classify = task == Task::kClassification;
+  const bool gaussian = !classify && loss == LossKind::kGaussianNll;
+  const int64_t b = x.rows();
+  const int first = net.FirstStochasticLayer();
+
+  Context prefix_ctx;
+  prefix_ctx.mode = Mode::kMonteCarlo;
+  prefix_ctx.threads = options.threads;
+  const Matrix prefix = net.Forward(x, prefix_ctx, nullptr, 0, first);
+
+  // Samples per chunk: the widest remaining activation, a few live copies, within the budget.
+  int64_t width = prefix.cols();
+  for (int i = first; i < net.size(); ++i) width = std::max(width, net.layer(i).output_shape().Size());
+  const int64_t per_sample = std::max<int64_t>(1, b * width * static_cast<int64_t>(sizeof(float)) * 4);
+  const int chunk = static_cast<int>(std::clamp<int64_t>(options.memory_budget_bytes / per_sample, 1,
+                                                         options.samples));
+  const int chunks = (options.samples + chunk - 1) / chunk;
+  const bool stochastic = first < net.size();
+
+  const int64_t out_cols = [&] {
+    int64_t c = net.output_shape().Size();
+    return gaussian ? c / 2 : c;
+  }();
+  if (options.targets && !classify) {
+    if (options.targets->rows() != b || options.targets->cols() != out_cols) {
+      throw InvalidArgument("targets must be " + std::to_string(b) + " x " + std::to_string(out_cols));
+    }
+    if (options.tau <= 0 && !gaussian) {
+      throw InvalidArgument("the MC test log-likelihood needs tau > 0 or a gaussian_nll head");
+    }
+  }
+  const bool want_ll = options.targets && !classify;
+
+  McResult result;
+  result.samples = options.samples;
+  result.chunk_samples = chunk;
+  if (options.keep_samples) result.sample_outputs.resize(options.samples);
+
+  auto run_chunk = [&](int c, Accumulator* acc, int inner_threads) {
+    const int t0 = c * chunk;
+    const int t1 = std::min(options.samples, t0 + chunk);
+    acc->Init(b, out_cols, classify, gaussian, want_ll);
+    Matrix raw;
+    if (stochastic) {
+      Matrix rep(static_cast<int64_t>(t1 - t0) * b, prefix.cols());
+      for (int t = t0; t < t1; ++t) rep.middleRows(static_cast<int64_t>(t - t0) * b, b) = prefix;
+      Context ctx;
+      ctx.mode = Mode::kMonteCarlo;
+      ctx.threads = inner_threads;
+      ctx.rng = RandomStream{options.seed, static_cast<uint64_t>(t0), b};
+      raw = net.Forward(rep, ctx, nullptr, first, -1);
+    } else {
+      raw = net.Forward(prefix, prefix_ctx, nullptr, first, -1);
+    }
+    Matrix pred, var;
+    for (int t = t0; t < t1; ++t) {
+      const int64_t off = stochastic ? static_cast<int64_t>(t - t0) * b : 0;
+      HeadOutputs(task, loss, net.EndsWithSoftmax(), raw.middleRows(off, b), &pred, &var);
+      acc->Add(pred, var, options.targets, options.tau);
+      if (options.keep_samples) result.sample_outputs[t] = pred;
+    }
+  };
+
+  // Waves of up to `threads` chunks run at once; each wave merges in chunk order, so the result
+  // is the same for any thread count.
+  Accumulator total;
+  const int wave = std::max(1, options.threads);
+  for (int c0 = 0; c0 < chunks; c0 += wave) {
+    if (options.should_stop && options.should_stop()) {
+      throw Cancelled("Monte-Carlo prediction stopped after " + std::to_string(c0 * chunk) + " of " +
+                      std::to_string(options.samples) + " samples");
+    }
+    const int count = std::min(wave, chunks - c0);
+    std::vector<Accumulator> parts(count);
+    const int inner = count == 1 ? options.threads : 1;
+    ParallelFor(count, count, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) run_chunk(c0 + static_cast<int>(i), &parts[i], inner);
+    });
+    for (auto& p : parts) total.Merge(p);
+  }
+
+  const double t = static_cast<double>(total.n);
+  result.mean = total.mean.cast<float>();
+  const Eigen::MatrixXd var = total.m2 / t;
+  result.stddev = var.cwiseSqrt().cast<float>();
+  if (classify) {
+    result.predictive_entropy.resize(b);
+    result.expected_entropy.resize(b);
+    result.mutual_information.resize(b);
+    result.variation_ratio.resize(b);
+    result.predicted_class.resize(b);
+    for (int64_t r = 0; r < b; ++r) {
+      double h = 0;
+      for (int64_t c = 0; c < out_cols; ++c) {
+        const double p = total.mean(r, c);
+        if (p > 0) h -= p * std::log(p);
+      }
+      const double eh = total.entropy_sum[r] / t;
+      result.predictive_entropy[r] = static_cast<float>(h);
+      result.expected_entropy[r] = static_cast<float>(eh);
+      result.mutual_information[r] = static_cast<float>(std::max(0.0, h - eh));
+      result.variation_ratio[r] = static_cast<float>(1.0 - total.votes.row(r).maxCoeff() / t);
+      Eigen::Index arg;
+      total.mean.row(r).maxCoeff(&arg);
+      result.predicted_class[r] = static_cast<int>(arg);
+    }
+  } else {
+    Eigen::MatrixXd total_var = var;
+    if (options.tau > 0) total_var.array() += 1.0 / options.tau;
+    if (gaussian) total_var += total.aleatoric_sum / t;
+    result.total_variance = total_var.cast<float>();
+    const Eigen::MatrixXd half = total_var.cwiseSqrt() * z;
+    result.lower = (total.mean - half).cast<float>();
+    result.upper = (total.mean + half).cast<float>();
+    if (want_ll) {
+      result.log_likelihood.resize(b);
+      for (int64_t r = 0; r < b; ++r) {
+        double s = 0;
+        for (int64_t c = 0; c < out_cols; ++c)
+          s += total.ll_max(r, c) + std::log(total.ll_sum(r, c)) - std::log(t);
+        result.log_likelihood[r] = s;
+      }
+    }
+  }
+  return result;
+}
+
+}  // namespace dropnet::engine

@@ -1,0 +1,161 @@
+#include "server/engine/network.h"
+
+#include <sstream>
+
+#include "server/engine/dropout.h"
+#include "server/engine/layers.h"
+
+namespace dropnet::engine {
+
+std::unique_ptr<Layer> MakeLayer(const LayerConfig& config, const Shape& input, uint64_t init_seed) {
+  const std::string& t = config.type;
+  if (t == "dense") {
+    if (input.dims.size() != 1) {
+      throw InvalidArgument("dense expects flat input, got shape " + input.ToString() +
+                            "; add a flatten layer before it");
+    }
+    return std::make_unique<Dense>(config, input, init_seed);
+  }
+  if (t == "relu" || t == "leaky_relu" || t == "tanh" || t == "sigmoid" || t == "selu" ||
+      t == "gelu") {
+    return std::make_unique<Activation>(config, input);
+  }
+  if (t == "softmax") return std::make_unique<Softmax>(config, input);
+  if (t == "flatten") return std::make_unique<Flatten>(config, input);
+  if (t == "batch_norm") return std::make_unique<BatchNorm>(config, input);
+  if (t == "dropout") return std::make_unique<Dropout>(config, input);
+  throw InvalidArgument("unknown layer type '" + t + "'");
+}
+
+Network::Network(const NetworkSpec& spec) : spec_(spec) {
+  if (spec.input.dims.empty() || spec.input.Size() <= 0) {
+    throw InvalidArgument("input shape must have positive dimensions, got " +
+                          spec.input.ToString());
+  }
+  for (int d : spec.input.dims) {
+    if (d <= 0) throw InvalidArgument("input shape must have positive dimensions, got " +
+                                      spec.input.ToString());
+  }
+  Shape shape = spec.input;
+  SplitMix64 seeds(spec.seed);
+  for (size_t i = 0; i < spec.layers.size(); ++i) {
+    try {
+      layers_.push_back(MakeLayer(spec.layers[i], shape, seeds.Next()));
+    } catch (const InvalidArgument& e) {
+      std::ostringstream msg;
+      msg << "layers[" << i << "] (" << spec.layers[i].type << "): " << e.what();
+      throw InvalidArgument(msg.str());
+    }
+    shape = layers_.back()->output_shape();
+  }
+}
+
+Network::Network(const Network& other) : spec_(other.spec_) {
+  for (const auto& l : other.layers_) layers_.push_back(l->Clone());
+}
+
+Network& Network::operator=(const Network& other) {
+  if (this != &other) {
+    Network copy(other);
+    *this = std::move(copy);
+  }
+  return *this;
+}
+
+const Shape& Network::output_shape() const {
+  return layers_.empty() ? spec_.input : layers_.back()->output_shape();
+}
+
+Matrix Network::Forward(const Matrix& x, const Context& ctx, ForwardCache* cache, int begin,
+                        int end) const {
+  if (end < 0) end = size();
+  const int64_t expected = begin == 0 ? spec_.input.Size() : layers_[begin]->input_shape().Size();
+  if (x.cols() != expected) {
+    std::ostringstream msg;
+    msg << "input has " << x.cols() << " features per row, the network expects " << expected;
+    throw InvalidArgument(msg.str());
+  }
+  if (ctx.mode == Mode::kTrain && !cache) throw InvalidArgument("kTrain forward needs a cache");
+  if (cache) cache->layers.resize(layers_.size());
+  Matrix a = x, b;
+  Context layer_ctx = ctx;
+  for (int i = begin; i < end; ++i) {
+    layer_ctx.layer = static_cast<uint32_t>(i);
+    if (cache) cache->layers[i].threads = ctx.threads;
+    layers_[i]->Forward(a, layer_ctx, cache ? &cache->layers[i] : nullptr, &b);
+    std::swap(a, b);
+  }
+  return a;
+}
+
+void Network::Backward(const Matrix& dy, const ForwardCache& cache, Gradients* grads, int end,
+                       Matrix* dx) const {
+  if (end < 0) end = size();
+  grads->resize(0);
+  for (const auto& l : layers_) {
+    for (const auto& p : l->params()) grads->push_back(Matrix::Zero(p.value.rows(), p.value.cols()));
+  }
+  size_t offset = 0;
+  std::vector<size_t> offsets;
+  for (const auto& l : layers_) {
+    offsets.push_back(offset);
+    offset += l->params().size();
+  }
+  Matrix g = dy, next;
+  for (int i = end - 1; i >= 0; --i) {
+    const Layer& l = *layers_[i];
+    std::span<Matrix> layer_grads(grads->data() + offsets[i], l.params().size());
+    const bool need_dx = i > 0 || dx != nullptr;
+    l.Backward(g, cache.layers[i], layer_grads, need_dx ? &next : nullptr);
+    if (need_dx) std::swap(g, next);
+  }
+  if (dx) *dx = std::move(g);
+}
+
+void Network::ApplyTrainStatistics(const ForwardCache& cache) {
+  for (size_t i = 0; i < layers_.size() && i < cache.layers.size(); ++i) {
+    layers_[i]->ApplyTrainStatistics(cache.layers[i]);
+  }
+}
+
+int Network::FirstStochasticLayer() const {
+  for (int i = 0; i < size(); ++i)
+    if (layers_[i]->IsStochastic()) return i;
+  return size();
+}
+
+std::vector<Parameter*> Network::Parameters() {
+  std::vector<Parameter*> out;
+  for (auto& l : layers_)
+    for (auto& p : l->params()) out.push_back(&p);
+  return out;
+}
+
+std::vector<const Parameter*> Network::Parameters() const {
+  std::vector<const Parameter*> out;
+  for (const auto& l : layers_)
+    for (const auto& p : l->params()) out.push_back(&p);
+  return out;
+}
+
+std::vector<Parameter*> Network::Buffers() {
+  std::vector<Parameter*> out;
+  for (auto& l : layers_)
+    for (auto& p : l->buffers()) out.push_back(&p);
+  return out;
+}
+
+std::vector<const Parameter*> Network::Buffers() const {
+  std::vector<const Parameter*> out;
+  for (const auto& l : layers_)
+    for (const auto& p : l->buffers()) out.push_back(&p);
+  return out;
+}
+
+int64_t Network::ParameterCount() const {
+  int64_t n = 0;
+  for (const auto* p : Parameters()) n += p->value.size();
+  return n;
+}
+
+}  // namespace dropnet::engine

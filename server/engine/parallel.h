@@ -1,0 +1,29 @@
+// A small persistent thread pool and the one matrix-product path of the engine.
+//
+// ParallelFor splits [0, n) into at most `threads` contiguous ranges; a call made from inside a
+// pool worker runs inline, so nested parallelism never oversubscribes the machine. MatMul splits
+// the rows of the product across threads; each row is computed by one thread with the same
+// kernel, so results depend on the thread count only through Eigen's blocking of the row range.
+#ifndef DROPNET_ENGINE_PARALLEL_H_
+#define DROPNET_ENGINE_PARALLEL_H_
+
+#include <cstdint>
+#include <functional>
+
+#include "server/engine/tensor.h"
+
+namespace dropnet::engine {
+
+// Runs fn(begin, end) over a partition of [0, n) on up to `threads` threads and waits.
+void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn);
+
+// Hardware threads, at least 1.
+int HardwareThreads();
+
+// c = op(a) * op(b) (+ c when accumulate), where op transposes when the flag is set.
+void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b, Matrix* c,
+            int threads, bool accumulate = false);
+
+}  // namespace dropnet::engine
+
+#endif  // DROPNET_ENGINE_PARALLEL_H_

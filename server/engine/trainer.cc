@@ -1,0 +1,212 @@
+#include "server/engine/trainer.h"
+
+#include <chrono>
+#include <optional>
+#include <cmath>
+#include <sstream>
+
+namespace dropnet::engine {
+
+void CheckTrainOptions(const TrainOptions& o) {
+  auto fail = [](const std::string& field, double v, const char* rule) {
+    std::ostringstream msg;
+    msg << field << " must be " << rule << ", got " << v;
+    throw InvalidArgument(msg.str());
+  };
+  if (o.epochs <= 0) fail("epochs", o.epochs, "positive");
+  if (o.batch_size <= 0) fail("batch_size", o.batch_size, "positive");
+  if (!(o.validation_split >= 0 && o.validation_split < 1)) {
+    fail("validation_split", o.validation_split, "in [0, 1)");
+  }
+  if (o.early_stopping_patience < 0) fail("early_stopping_patience", o.early_stopping_patience, ">= 0");
+  if (o.early_stopping_patience > 0 && o.validation_split == 0) {
+    throw InvalidArgument("early_stopping_patience needs a validation_split > 0");
+  }
+  if (!(o.max_norm >= 0)) fail("max_norm", o.max_norm, ">= 0");
+  if (o.threads <= 0) fail("threads", o.threads, "positive");
+  CheckOptimizer(o.optimizer);
+  CheckSchedule(o.schedule);
+}
+
+namespace {
+
+double Metric(Task task, LossKind loss, bool softmax_out, const Matrix& raw, const Matrix& y,
+              double* correct_or_sq) {
+  Matrix pred;
+  HeadOutputs(task, loss, softmax_out, raw, &pred, nullptr);
+  double s = 0;
+  if (task == Task::kClassification) {
+    for (int64_t r = 0; r < pred.rows(); ++r) {
+      Eigen::Index arg;
+      pred.row(r).maxCoeff(&arg);
+      s += arg == static_cast<Eigen::Index>(y(r, 0));
+    }
+  } else {
+    s = (pred - y).cast<double>().squaredNorm() / static_cast<double>(pred.cols());
+  }
+  *correct_or_sq += s;
+  return s;
+}
+
+}  // namespace
+
+Matrix PredictEval(const Network& net, Task task, LossKind loss, const Matrix& x, int threads,
+                   double* mean_loss, const Matrix* targets, Matrix* variance) {
+  Context ctx;
+  ctx.mode = Mode::kEval;
+  ctx.threads = threads;
+  const bool cut_softmax = task == Task::kClassification && net.EndsWithSoftmax();
+  const int end = cut_softmax ? net.size() - 1 : net.size();
+  Matrix out, var;
+  double loss_sum = 0;
+  constexpr int64_t kBatch = 1024;
+  for (int64_t r0 = 0; r0 < x.rows(); r0 += kBatch) {
+    const int64_t n = std::min(kBatch, x.rows() - r0);
+    Matrix raw = net.Forward(x.middleRows(r0, n), ctx, nullptr, 0, end);
+    if (targets) loss_sum += ComputeLoss(loss, raw, targets->middleRows(r0, n), nullptr) * n;
+    Matrix pred, v;
+    HeadOutputs(task, loss, false, raw, &pred, &v);
+    if (r0 == 0) {
+      out.resize(x.rows(), pred.cols());
+      if (v.size()) var.resize(x.rows(), v.cols());
+    }
+    out.middleRows(r0, n) = pred;
+    if (v.size()) var.middleRows(r0, n) = v;
+  }
+  if (mean_loss) *mean_loss = x.rows() ? loss_sum / static_cast<double>(x.rows()) : 0.0;
+  if (variance) *variance = std::move(var);
+  return out;
+}
+
+TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
+                  const TrainOptions& options, const ProgressCallback& on_progress,
+                  const std::atomic<bool>* cancel) {
+  CheckTrainOptions(options);
+  if (data.x.cols() != net->input_shape().Size()) {
+    throw InvalidArgument("the data has " + std::to_string(data.x.cols()) +
+                          " features per row, the network expects " +
+                          std::to_string(net->input_shape().Size()));
+  }
+  const int64_t targets = task == Task::kClassification ? data.num_classes : data.y.cols();
+  const bool cut_softmax = task == Task::kClassification && net->EndsWithSoftmax();
+  const int end = cut_softmax ? net->size() - 1 : net->size();
+  CheckHead(task, loss, net->output_shape().Size(), targets);
+
+  Dataset train, val;
+  if (options.validation_split > 0) {
+    SplitDataset(data, options.validation_split, options.seed ^ 0x5eedULL, &train, &val);
+    if (val.rows() == 0) throw InvalidArgument("validation_split leaves no validation rows");
+  } else {
+    train = data;
+  }
+  const int64_t n = train.rows();
+  if (n == 0) throw InvalidArgument("the training set is empty");
+  const int64_t batch = std::min<int64_t>(options.batch_size, n);
+  const int64_t steps_per_epoch = (n + batch - 1) / batch;
+  const int64_t total_steps = steps_per_epoch * options.epochs;
+
+  Optimizer optimizer(options.optimizer, net->Parameters());
+  TrainResult result;
+  double best_val = std::numeric_limits<double>::infinity();
+  std::optional<Network> best;
+  int since_best = 0;
+  int64_t step = 0;
+  ForwardCache cache;
+  Gradients grads;
+  Matrix xb, yb, grad;
+
+  for (int epoch = 1; epoch <= options.epochs; ++epoch) {
+    const auto start = std::chrono::steady_clock::now();
+    auto order = Permutation(n, options.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(epoch));
+    double loss_sum = 0, metric_sum = 0;
+    int64_t seen = 0;
+    TrainProgress p;
+    p.epoch = epoch;
+    p.epochs = options.epochs;
+    p.total_steps = total_steps;
+    for (int64_t s = 0; s < steps_per_epoch; ++s) {
+      if (cancel && cancel->load()) {
+        result.cancelled = true;
+        result.steps = step;
+        return result;
+      }
+      const int64_t r0 = s * batch, m = std::min(batch, n - r0);
+      xb.resize(m, train.x.cols());
+      yb.resize(m, train.y.cols());
+      for (int64_t i = 0; i < m; ++i) {
+        xb.row(i) = train.x.row(order[r0 + i]);
+        yb.row(i) = train.y.row(order[r0 + i]);
+      }
+      Context ctx;
+      ctx.mode = Mode::kTrain;
+      ctx.threads = options.threads;
+      ctx.rng = RandomStream{options.seed, static_cast<uint64_t>(options.first_step + step), m};
+      Matrix out = net->Forward(xb, ctx, &cache, 0, end);
+      const double l = ComputeLoss(loss, out, yb, &grad);
+      if (!std::isfinite(l)) {
+        throw InvalidArgument("the loss became " + std::to_string(l) + " at epoch " +
+                              std::to_string(epoch) + "; lower the learning rate");
+      }
+      net->Backward(grad, cache, &grads, end);
+      const double lr = ScheduledLearningRate(options.schedule, options.optimizer.learning_rate,
+                                              step, steps_per_epoch, total_steps);
+      optimizer.Step(grads, lr);
+      ApplyMaxNorm(net->Parameters(), options.max_norm);
+      net->ApplyTrainStatistics(cache);
+      ++step;
+      loss_sum += l * m;
+      Metric(task, loss, false, out, yb, &metric_sum);
+      seen += m;
+      const double secs =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      p.step = step;
+      p.learning_rate = lr;
+      p.loss = loss_sum / seen;
+      p.metric = task == Task::kClassification ? metric_sum / seen : std::sqrt(metric_sum / seen);
+      p.samples_per_second = secs > 0 ? seen / secs : 0;
+      if (on_progress && s + 1 < steps_per_epoch) on_progress(p, *net);
+    }
+    p.end_of_epoch = true;
+    if (val.rows() > 0) {
+      double vl = 0;
+      Matrix vp = PredictEval(*net, task, loss, val.x, options.threads, &vl, &val.y);
+      p.val_loss = vl;
+      double vm = 0;
+      if (task == Task::kClassification) {
+        for (int64_t r = 0; r < vp.rows(); ++r) {
+          Eigen::Index arg;
+          vp.row(r).maxCoeff(&arg);
+          vm += arg == static_cast<Eigen::Index>(val.y(r, 0));
+        }
+        p.val_metric = vm / val.rows();
+      } else {
+        p.val_metric = std::sqrt((vp - val.y).cast<double>().squaredNorm() / vp.size());
+      }
+      p.best = vl < best_val;
+      if (p.best) {
+        best_val = vl;
+        result.best_epoch = epoch;
+        since_best = 0;
+        if (options.early_stopping_patience > 0) best = *net;
+      } else {
+        ++since_best;
+      }
+    } else {
+      p.best = true;
+      result.best_epoch = epoch;
+    }
+    result.history.push_back(p);
+    result.epochs_run = epoch;
+    result.steps = step;
+    if (options.early_stopping_patience > 0 && since_best >= options.early_stopping_patience) {
+      if (best) *net = *best;
+      result.early_stopped = true;
+      if (on_progress) on_progress(p, *net);
+      return result;
+    }
+    if (on_progress) on_progress(p, *net);
+  }
+  return result;
+}
+
+}  // namespace dropnet::engine
