@@ -78,6 +78,18 @@ Matrix PredictEval(const Network& net, Task task, LossKind loss, const Matrix& x
   return out;
 }
 
+void TrainValidationSplit(const Dataset& data, const TrainOptions& options, Dataset* train,
+                          Dataset* validation) {
+  if (options.validation_split > 0) {
+    SplitDataset(data, options.validation_split, options.seed ^ 0x5eedULL, train, validation);
+    if (validation->rows() == 0) throw InvalidArgument("validation_split leaves no validation rows");
+    if (train->rows() == 0) throw InvalidArgument("validation_split leaves no training rows");
+  } else {
+    *train = data;
+    *validation = Dataset();
+  }
+}
+
 TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
                   const TrainOptions& options, const ProgressCallback& on_progress,
                   const std::atomic<bool>* cancel) {
@@ -93,12 +105,7 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
   CheckHead(task, loss, net->output_shape().Size(), targets);
 
   Dataset train, val;
-  if (options.validation_split > 0) {
-    SplitDataset(data, options.validation_split, options.seed ^ 0x5eedULL, &train, &val);
-    if (val.rows() == 0) throw InvalidArgument("validation_split leaves no validation rows");
-  } else {
-    train = data;
-  }
+  TrainValidationSplit(data, options, &train, &val);
   const int64_t n = train.rows();
   if (n == 0) throw InvalidArgument("the training set is empty");
   const int64_t batch = std::min<int64_t>(options.batch_size, n);

@@ -61,6 +61,11 @@ using ProgressCallback = std::function<void(const TrainProgress&, const Network&
 // Throws InvalidArgument naming the field for bad options or data that does not fit the network.
 void CheckTrainOptions(const TrainOptions& options);
 
+// The rows Train learns from and the rows it validates on, as Train splits them (seeded by
+// options.seed); callers fit input standardisation on `train` so that validation stays unseen.
+void TrainValidationSplit(const Dataset& data, const TrainOptions& options, Dataset* train,
+                          Dataset* validation);
+
 // Trains `net` in place. `on_progress` may be empty.
 TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
                   const TrainOptions& options, const ProgressCallback& on_progress = {},

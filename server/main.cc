@@ -1,0 +1,88 @@
+// dropnet-server: flags and environment -> ServerConfig -> run until SIGTERM or SIGINT.
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "server/engine/parallel.h"
+#include "server/service/server.h"
+
+int main(int argc, char** argv) {
+  dropnet::service::ServerConfig c;
+  c.service.compute_threads = dropnet::engine::HardwareThreads();
+  std::string log_level = "info";
+  std::string data_root;
+
+  CLI::App app{"dropnet-server: trains and serves dropout networks over gRPC (dropnet.v1)"};
+  app.option_defaults()->always_capture_default();
+  app.add_option("--listen", c.listen, "host:port to serve on")->envname("DROPNET_LISTEN");
+  app.add_option("--store", c.store, "model store directory")->envname("DROPNET_STORE");
+  app.add_option("--data-root", data_root,
+                 "directory ImportDataset may read from (empty: ImportDataset disabled)")
+      ->envname("DROPNET_DATA_ROOT");
+  app.add_flag("--read-only", c.service.read_only,
+               "serving replica: refuse Train and every write, poll the store for new versions")
+      ->envname("DROPNET_READ_ONLY");
+  app.add_option("--poll-interval", c.poll_interval_seconds,
+                 "seconds between store polls for new versions (0: off; read-only default 5)")
+      ->envname("DROPNET_POLL_INTERVAL");
+  app.add_flag("--example,!--no-example", c.example,
+               "on an empty store, import Fashion-MNIST and train the example model 'fashion-mlp'")
+      ->envname("DROPNET_EXAMPLE");
+  app.add_option("--example-data", c.example_data, "Fashion-MNIST IDX directory for --example")
+      ->envname("DROPNET_EXAMPLE_DATA");
+  app.add_option("--example-epochs", c.example_epochs)->check(CLI::PositiveNumber);
+  app.add_option("--threads", c.service.compute_threads, "threads one request computes on")
+      ->envname("DROPNET_THREADS")->check(CLI::PositiveNumber);
+  app.add_option("--rpc-threads", c.rpc_threads, "maximum threads serving calls")
+      ->envname("DROPNET_RPC_THREADS")->check(CLI::PositiveNumber);
+  app.add_option("--max-message-bytes", c.max_message_bytes, "largest request or response")
+      ->envname("DROPNET_MAX_MESSAGE_BYTES")->check(CLI::PositiveNumber);
+  app.add_option("--max-batch", c.service.max_batch_rows, "largest Predict batch (rows)")
+      ->envname("DROPNET_MAX_BATCH")->check(CLI::PositiveNumber);
+  app.add_option("--max-samples", c.service.max_samples, "largest Monte-Carlo T")
+      ->envname("DROPNET_MAX_SAMPLES")->check(CLI::PositiveNumber);
+  app.add_option("--default-samples", c.service.default_samples, "Monte-Carlo T when not given")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-trainings", c.service.max_concurrent_trainings, "concurrent Train calls")
+      ->envname("DROPNET_MAX_TRAININGS")->check(CLI::PositiveNumber);
+  app.add_option("--max-parameters", c.limits.max_parameters, "largest model (parameters)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--shutdown-grace", c.shutdown_grace_seconds,
+                 "seconds in-flight calls get after SIGTERM")->check(CLI::NonNegativeNumber);
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+      ->envname("DROPNET_LOG_LEVEL")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  CLI11_PARSE(app, argc, argv);
+
+  c.service.data_root = data_root;
+  if (c.service.read_only && c.poll_interval_seconds == 0) c.poll_interval_seconds = 5;
+  c.service.max_concurrent_trainings = std::max(1, c.service.max_concurrent_trainings);
+  dropnet::service::SetUpLogging(log_level);
+
+  // Signals are taken by one thread with sigwait; every other thread has them blocked.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  dropnet::service::Server server(c);
+  try {
+    server.Start();
+  } catch (const std::exception& e) {
+    spdlog::get("server")->critical("cannot start: {}", e.what());
+    return 1;
+  }
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    spdlog::get("server")->info("received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    server.Shutdown();
+  });
+  server.Wait();
+  waiter.join();
+  return 0;
+}

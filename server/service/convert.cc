@@ -1,0 +1,330 @@
+#include "server/service/convert.h"
+
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+#include "server/engine/dropout.h"
+#include "server/service/status.h"
+
+namespace dropnet::service {
+
+using engine::InvalidArgument;
+
+engine::Task ToEngine(v1::Task task) {
+  return task == v1::TASK_REGRESSION ? engine::Task::kRegression : engine::Task::kClassification;
+}
+
+v1::Task ToProto(engine::Task task) {
+  return task == engine::Task::kRegression ? v1::TASK_REGRESSION : v1::TASK_CLASSIFICATION;
+}
+
+engine::LossKind ResolveLoss(const v1::ModelSpec& spec) {
+  switch (spec.loss()) {
+    case v1::LOSS_CROSS_ENTROPY: return engine::LossKind::kCrossEntropy;
+    case v1::LOSS_MSE: return engine::LossKind::kMse;
+    case v1::LOSS_GAUSSIAN_NLL: return engine::LossKind::kGaussianNll;
+    default:
+      return spec.task() == v1::TASK_REGRESSION ? engine::LossKind::kMse
+                                                : engine::LossKind::kCrossEntropy;
+  }
+}
+
+engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& limits) {
+  engine::NetworkSpec out;
+  if (spec.input_shape().empty() || spec.input_shape_size() > 3) {
+    throw InvalidArgument("spec.input_shape must have 1 to 3 dimensions, got " +
+                          std::to_string(spec.input_shape_size()));
+  }
+  int64_t width = 1;
+  for (int i = 0; i < spec.input_shape_size(); ++i) {
+    const int d = spec.input_shape(i);
+    if (d <= 0) {
+      throw InvalidArgument("spec.input_shape[" + std::to_string(i) + "] must be positive, got " +
+                            std::to_string(d));
+    }
+    width *= d;
+    if (width > limits.max_width) {
+      Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
+           "spec.input_shape has more than " + std::to_string(limits.max_width) + " features");
+    }
+    out.input.dims.push_back(d);
+  }
+  if (spec.layers().empty()) throw InvalidArgument("spec.layers must not be empty");
+  if (spec.layers_size() > limits.max_layers) {
+    Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "spec.layers has " +
+         std::to_string(spec.layers_size()) + " layers, the limit is " +
+         std::to_string(limits.max_layers));
+  }
+  if (spec.task() != v1::TASK_UNSPECIFIED && !v1::Task_IsValid(spec.task())) {
+    throw InvalidArgument("spec.task is not a known task: " + std::to_string(spec.task()));
+  }
+  if (!std::isfinite(spec.tau()) || spec.tau() < 0) {
+    throw InvalidArgument("spec.tau must be finite and >= 0, got " + std::to_string(spec.tau()));
+  }
+  // Parameter count, computed before anything is allocated.
+  engine::Shape shape = out.input;
+  int64_t params = 0;
+  for (int i = 0; i < spec.layers_size(); ++i) {
+    const v1::LayerSpec& l = spec.layers(i);
+    const std::string where = "spec.layers[" + std::to_string(i) + "]";
+    engine::LayerConfig c;
+    c.type = l.type();
+    c.units = l.units();
+    c.init = l.init();
+    c.use_bias = l.has_use_bias() ? l.use_bias() : true;
+    c.rate = l.rate();
+    c.classic_scaling = l.classic_scaling();
+    if (l.has_negative_slope()) c.negative_slope = l.negative_slope();
+    if (l.has_momentum()) c.momentum = l.momentum();
+    if (l.has_epsilon()) c.epsilon = l.epsilon();
+    if (c.type == "dropout") {
+      try {
+        engine::CheckDropRate("rate", c.rate);
+      } catch (const InvalidArgument& e) {
+        throw InvalidArgument(where + "." + e.what());
+      }
+    }
+    if (c.type == "dense") {
+      if (c.units <= 0) {
+        throw InvalidArgument(where + ".units must be positive, got " + std::to_string(c.units));
+      }
+      if (c.units > limits.max_width) {
+        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + ".units " + std::to_string(c.units) +
+             " exceeds the limit " + std::to_string(limits.max_width));
+      }
+      params += shape.Size() * c.units + (c.use_bias ? c.units : 0);
+      if (params > limits.max_parameters) {
+        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
+             "the model would have more than " + std::to_string(limits.max_parameters) +
+             " parameters (at " + where + ")");
+      }
+      shape = engine::Shape{{c.units}};
+    } else if (c.type == "flatten") {
+      shape = engine::Shape{{static_cast<int>(shape.Size())}};
+    }
+    out.layers.push_back(c);
+  }
+  out.seed = spec.seed();
+  return out;
+}
+
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void CheckHeadFor(const v1::ModelSpec& spec, const engine::Network& net) {
+  const engine::Task task = ToEngine(spec.task());
+  const engine::LossKind loss = ResolveLoss(spec);
+  const int64_t outputs = net.output_shape().Size();
+  const int64_t targets = task == engine::Task::kClassification
+                              ? outputs
+                              : (loss == engine::LossKind::kGaussianNll ? outputs / 2 : outputs);
+  try {
+    engine::CheckHead(task, loss, outputs, targets);
+    if (loss == engine::LossKind::kGaussianNll && outputs % 2) {
+      throw InvalidArgument("gaussian_nll needs an even number of outputs (means, then "
+                            "log-variances), the network has " + std::to_string(outputs));
+    }
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(std::string("spec: ") + e.what());
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<Snapshot> NewSnapshot(const std::string& name, const v1::ModelSpec& spec,
+                                      const SpecLimits& limits) {
+  engine::NetworkSpec ns = ToNetworkSpec(spec, limits);
+  auto s = std::make_shared<Snapshot>(engine::Network(ns));
+  CheckHeadFor(spec, s->net);
+  s->model = name;
+  s->version = 1;
+  s->spec = spec;
+  s->task = ToEngine(spec.task());
+  s->loss = ResolveLoss(spec);
+  s->tau = spec.tau();
+  s->created_unix_ms = NowMs();
+  s->note = "created";
+  return s;
+}
+
+void ToTensor(const engine::Matrix& m, v1::Tensor* out) {
+  out->Clear();
+  out->add_shape(m.rows());
+  out->add_shape(m.cols());
+  out->mutable_values()->Add(m.data(), m.data() + m.size());
+}
+
+void ToTensor(const Eigen::VectorXf& v, v1::Tensor* out) {
+  out->Clear();
+  out->add_shape(v.size());
+  out->mutable_values()->Add(v.data(), v.data() + v.size());
+}
+
+engine::Matrix FromTensor(const v1::Tensor& t, int64_t row_size, const char* field) {
+  std::ostringstream msg;
+  if (t.shape().empty()) {
+    msg << field << ".shape is empty: expected [rows, ...] with " << row_size << " values a row";
+    throw InvalidArgument(msg.str());
+  }
+  int64_t rows = t.shape(0), per_row = 1;
+  for (int i = 0; i < t.shape_size(); ++i) {
+    if (t.shape(i) <= 0) {
+      msg << field << ".shape[" << i << "] must be positive, got " << t.shape(i);
+      throw InvalidArgument(msg.str());
+    }
+    if (i > 0) {
+      per_row *= t.shape(i);
+      if (per_row > (int64_t{1} << 40)) throw InvalidArgument(std::string(field) + ".shape is too large");
+    }
+  }
+  if (t.shape_size() == 1) per_row = rows ? static_cast<int64_t>(t.values_size()) / rows : 0;
+  if (per_row != row_size) {
+    msg << field << " rows have " << per_row << " values, the model expects " << row_size;
+    throw InvalidArgument(msg.str());
+  }
+  if (static_cast<int64_t>(t.values_size()) != rows * per_row) {
+    msg << field << " has " << t.values_size() << " values, its shape needs " << rows * per_row;
+    throw InvalidArgument(msg.str());
+  }
+  engine::Matrix m = engine::ConstMatrixMap(t.values().data(), rows, per_row);
+  if (!m.allFinite()) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < per_row; ++c)
+        if (!std::isfinite(m(r, c))) {
+          msg << field << " has a non-finite value (" << m(r, c) << ") at row " << r << ", column "
+              << c;
+          throw InvalidArgument(msg.str());
+        }
+  }
+  return m;
+}
+
+void ToCheckpoint(const Snapshot& s, v1::Checkpoint* out) {
+  out->Clear();
+  out->set_model(s.model);
+  out->set_version(s.version);
+  *out->mutable_spec() = s.spec;
+  for (int i = 0; i < s.net.size(); ++i) {
+    for (const auto& p : s.net.layer(i).params()) {
+      auto* t = out->add_parameters();
+      t->set_layer(i);
+      t->set_name(p.name);
+      ToTensor(p.value, t->mutable_value());
+    }
+    for (const auto& p : s.net.layer(i).buffers()) {
+      auto* t = out->add_buffers();
+      t->set_layer(i);
+      t->set_name(p.name);
+      ToTensor(p.value, t->mutable_value());
+    }
+  }
+  if (!s.standardizer.empty()) {
+    auto* st = out->mutable_standardization();
+    st->mutable_mean()->Add(s.standardizer.mean.data(),
+                            s.standardizer.mean.data() + s.standardizer.mean.size());
+    st->mutable_scale()->Add(s.standardizer.scale.data(),
+                             s.standardizer.scale.data() + s.standardizer.scale.size());
+  }
+  out->set_steps(s.steps);
+  for (const auto& h : s.history) *out->add_history() = h;
+  out->set_created_unix_ms(s.created_unix_ms);
+  out->set_note(s.note);
+}
+
+namespace {
+
+void LoadTensors(const google::protobuf::RepeatedPtrField<v1::NamedTensor>& tensors,
+                 engine::Network* net, bool buffers) {
+  size_t expected = 0;
+  for (int i = 0; i < net->size(); ++i)
+    expected += buffers ? net->layer(i).buffers().size() : net->layer(i).params().size();
+  if (static_cast<size_t>(tensors.size()) != expected) {
+    throw InvalidArgument("checkpoint has " + std::to_string(tensors.size()) +
+                          (buffers ? " buffers" : " parameters") + ", the spec needs " +
+                          std::to_string(expected));
+  }
+  for (const auto& t : tensors) {
+    if (t.layer() < 0 || t.layer() >= net->size()) {
+      throw InvalidArgument("checkpoint tensor for layer " + std::to_string(t.layer()) +
+                            " outside the network");
+    }
+    auto& list = buffers ? net->layer(t.layer()).buffers() : net->layer(t.layer()).params();
+    engine::Parameter* target = nullptr;
+    for (auto& p : list)
+      if (p.name == t.name()) target = &p;
+    if (!target) {
+      throw InvalidArgument("checkpoint tensor '" + t.name() + "' of layer " +
+                            std::to_string(t.layer()) + " is not in the spec");
+    }
+    const auto& v = t.value();
+    if (v.shape_size() != 2 || v.shape(0) != target->value.rows() ||
+        v.shape(1) != target->value.cols() ||
+        static_cast<int64_t>(v.values_size()) != target->value.size()) {
+      throw InvalidArgument("checkpoint tensor '" + t.name() + "' of layer " +
+                            std::to_string(t.layer()) + " has the wrong shape");
+    }
+    target->value = engine::ConstMatrixMap(v.values().data(), target->value.rows(),
+                                           target->value.cols());
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<Snapshot> FromCheckpoint(const v1::Checkpoint& c, const SpecLimits& limits) {
+  auto s = NewSnapshot(c.model(), c.spec(), limits);
+  LoadTensors(c.parameters(), &s->net, false);
+  LoadTensors(c.buffers(), &s->net, true);
+  s->version = c.version();
+  const auto& st = c.standardization();
+  if (st.mean_size() > 0) {
+    const int64_t n = s->net.input_shape().Size();
+    if (st.mean_size() != n || st.scale_size() != n) {
+      throw InvalidArgument("checkpoint standardization does not match the input width");
+    }
+    s->standardizer.mean = Eigen::Map<const engine::RowVector>(st.mean().data(), n);
+    s->standardizer.scale = Eigen::Map<const engine::RowVector>(st.scale().data(), n);
+  }
+  s->steps = c.steps();
+  s->history.assign(c.history().begin(), c.history().end());
+  s->created_unix_ms = c.created_unix_ms();
+  s->note = c.note();
+  return s;
+}
+
+void ToStored(const engine::Dataset& d, const std::string& name, v1::StoredDataset* out) {
+  out->Clear();
+  out->set_name(name);
+  out->set_task(ToProto(d.task));
+  for (int v : d.input_shape.dims) out->add_input_shape(v);
+  ToTensor(d.x, out->mutable_x());
+  ToTensor(d.y, out->mutable_y());
+  out->set_num_classes(d.num_classes);
+  for (const auto& f : d.feature_names) out->add_feature_names(f);
+  for (const auto& c : d.class_names) out->add_class_names(c);
+}
+
+engine::Dataset FromStored(const v1::StoredDataset& s) {
+  engine::Dataset d;
+  d.task = ToEngine(s.task());
+  for (int v : s.input_shape()) d.input_shape.dims.push_back(v);
+  if (s.x().shape_size() != 2 || s.y().shape_size() != 2 || s.x().shape(0) != s.y().shape(0) ||
+      s.x().shape(1) != d.input_shape.Size() ||
+      s.x().values_size() != s.x().shape(0) * s.x().shape(1) ||
+      s.y().values_size() != s.y().shape(0) * s.y().shape(1)) {
+    throw InvalidArgument("stored data set '" + s.name() + "' has inconsistent shapes");
+  }
+  d.x = engine::ConstMatrixMap(s.x().values().data(), s.x().shape(0), s.x().shape(1));
+  d.y = engine::ConstMatrixMap(s.y().values().data(), s.y().shape(0), s.y().shape(1));
+  d.num_classes = s.num_classes();
+  d.feature_names.assign(s.feature_names().begin(), s.feature_names().end());
+  d.class_names.assign(s.class_names().begin(), s.class_names().end());
+  return d;
+}
+
+}  // namespace dropnet::service

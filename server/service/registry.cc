@@ -1,0 +1,310 @@
+#include "server/service/registry.h"
+
+#include <chrono>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+
+#include "server/service/status.h"
+
+namespace dropnet::service {
+
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::shared_ptr<spdlog::logger> StoreLog() {
+  auto l = spdlog::get("store");
+  return l ? l : spdlog::default_logger();
+}
+
+}  // namespace
+
+void CheckName(const char* field, const std::string& name) {
+  auto bad = [&](const std::string& why) {
+    Fail(grpc::StatusCode::INVALID_ARGUMENT, std::string(field) + " '" + name + "' " + why);
+  };
+  if (name.empty()) Fail(grpc::StatusCode::INVALID_ARGUMENT, std::string(field) + " is required");
+  if (name.size() > 64) bad("is longer than 64 characters");
+  if (!std::isalnum(static_cast<unsigned char>(name[0]))) bad("must start with a letter or digit");
+  for (char c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      bad("may only contain letters, digits, '.', '_' and '-'");
+    }
+  }
+}
+
+v1::DatasetInfo DescribeDataset(const engine::Dataset& d, const std::string& name,
+                                const std::string& source, int64_t created_unix_ms) {
+  v1::DatasetInfo info;
+  info.set_name(name);
+  info.set_task(ToProto(d.task));
+  info.set_rows(d.rows());
+  for (int v : d.input_shape.dims) info.add_input_shape(v);
+  info.set_targets(static_cast<int32_t>(d.y.cols()));
+  info.set_num_classes(d.num_classes);
+  for (const auto& f : d.feature_names) info.add_feature_names(f);
+  for (const auto& c : d.class_names) info.add_class_names(c);
+  info.set_source(source);
+  info.set_created_unix_ms(created_unix_ms);
+  return info;
+}
+
+Registry::Registry(ModelStore* store, SpecLimits limits) : store_(store), limits_(limits) {}
+
+std::string Registry::LoadAll() {
+  int removed = store_->CleanTemporaries();
+  int models = 0, datasets = 0;
+  for (const auto& name : store_->ModelNames()) {
+    auto versions = store_->Versions(name);
+    // Newest loadable version; a corrupt one is reported and skipped.
+    for (auto it = versions.rbegin(); it != versions.rend(); ++it) {
+      try {
+        auto snap = FromCheckpoint(store_->LoadCheckpoint(name, *it), limits_);
+        std::lock_guard lock(mu_);
+        models_[name] = Entry{std::move(snap), versions, false, nullptr};
+        ++models;
+        break;
+      } catch (const std::exception& e) {
+        StoreLog()->error("model {} version {} cannot be loaded: {}", name, *it, e.what());
+      }
+    }
+  }
+  for (const auto& name : store_->DatasetNames()) {
+    try {
+      auto stored = store_->LoadDataset(name);
+      auto data = std::make_shared<engine::Dataset>(FromStored(stored));
+      auto info = DescribeDataset(*data, name, stored.source(), stored.created_unix_ms());
+      std::lock_guard lock(mu_);
+      datasets_[name] = StoredDatasetEntry{std::move(data), std::move(info)};
+      ++datasets;
+    } catch (const std::exception& e) {
+      StoreLog()->error("data set {} cannot be loaded: {}", name, e.what());
+    }
+  }
+  std::ostringstream s;
+  s << models << " models, " << datasets << " data sets";
+  if (removed) s << ", removed " << removed << " unfinished writes";
+  return s.str();
+}
+
+int Registry::Refresh() {
+  int changed = 0;
+  auto names = store_->ModelNames();
+  for (const auto& name : names) {
+    auto versions = store_->Versions(name);
+    if (versions.empty()) continue;
+    {
+      std::lock_guard lock(mu_);
+      auto it = models_.find(name);
+      if (it != models_.end() && it->second.current->version >= versions.back()) continue;
+    }
+    // Load the new version fully before switching; on failure keep serving the old one.
+    try {
+      auto snap = FromCheckpoint(store_->LoadCheckpoint(name, versions.back()), limits_);
+      std::lock_guard lock(mu_);
+      auto& e = models_[name];
+      e.current = std::move(snap);
+      e.versions = versions;
+      ++changed;
+    } catch (const std::exception& e) {
+      StoreLog()->warn("model {} version {} not loaded, still serving the previous one: {}", name,
+                       versions.back(), e.what());
+    }
+  }
+  std::lock_guard lock(mu_);
+  for (auto it = models_.begin(); it != models_.end();) {
+    if (!it->second.training && std::find(names.begin(), names.end(), it->first) == names.end()) {
+      it = models_.erase(it);
+      ++changed;
+    } else {
+      ++it;
+    }
+  }
+  return changed;
+}
+
+SnapshotPtr Registry::Create(const std::string& name, const v1::ModelSpec& spec) {
+  CheckName("name", name);
+  {
+    std::lock_guard lock(mu_);
+    if (models_.count(name)) Fail(grpc::StatusCode::ALREADY_EXISTS, "model '" + name + "' exists");
+  }
+  std::shared_ptr<Snapshot> snap = NewSnapshot(name, spec, limits_);
+  std::lock_guard lock(mu_);
+  if (models_.count(name)) Fail(grpc::StatusCode::ALREADY_EXISTS, "model '" + name + "' exists");
+  if (!store_->Versions(name).empty()) {
+    Fail(grpc::StatusCode::ALREADY_EXISTS, "model '" + name + "' exists in the store");
+  }
+  v1::Checkpoint c;
+  ToCheckpoint(*snap, &c);
+  store_->SaveCheckpoint(c);
+  models_[name] = Entry{snap, {snap->version}, false, nullptr};
+  return snap;
+}
+
+SnapshotPtr Registry::Get(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  auto it = models_.find(name);
+  if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + name + "'");
+  return it->second.current;
+}
+
+std::vector<std::string> Registry::ModelNames() const {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& [name, e] : models_) out.push_back(name);
+  return out;
+}
+
+void Registry::Delete(const std::string& name) {
+  std::lock_guard lock(mu_);
+  auto it = models_.find(name);
+  if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + name + "'");
+  if (it->second.training) {
+    Fail(grpc::StatusCode::FAILED_PRECONDITION,
+         "model '" + name + "' is training; cancel the Train call first");
+  }
+  store_->DeleteModel(name);
+  models_.erase(it);
+}
+
+void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
+  info->set_name(s.model);
+  *info->mutable_spec() = s.spec;
+  info->set_parameter_count(s.net.ParameterCount());
+  info->set_version(s.version);
+  info->set_output_size(s.net.output_shape().Size());
+  info->set_steps(s.steps);
+  for (const auto& h : s.history) *info->add_history() = h;
+  std::lock_guard lock(mu_);
+  auto it = models_.find(s.model);
+  if (it != models_.end()) {
+    for (int64_t v : it->second.versions) info->add_versions(v);
+    info->set_training(it->second.training);
+    // The creation time of the model is that of its first version.
+    info->set_created_unix_ms(s.created_unix_ms);
+  }
+}
+
+std::unique_ptr<Registry::TrainingLease> Registry::BeginTraining(const std::string& name,
+                                                                 int max_concurrent) {
+  std::lock_guard lock(mu_);
+  auto it = models_.find(name);
+  if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + name + "'");
+  if (it->second.training) {
+    Fail(grpc::StatusCode::FAILED_PRECONDITION, "model '" + name + "' is already training");
+  }
+  int active = 0;
+  for (const auto& [n, e] : models_) active += e.training;
+  if (active >= max_concurrent) {
+    Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
+         "the server already runs " + std::to_string(active) + " trainings (limit " +
+             std::to_string(max_concurrent) + ")");
+  }
+  it->second.training = true;
+  it->second.cancel = std::make_shared<std::atomic<bool>>(false);
+  return std::unique_ptr<TrainingLease>(new TrainingLease(this, name, it->second.cancel));
+}
+
+Registry::TrainingLease::~TrainingLease() {
+  std::lock_guard lock(registry_->mu_);
+  auto it = registry_->models_.find(name_);
+  if (it != registry_->models_.end()) {
+    it->second.training = false;
+    it->second.cancel.reset();
+  }
+}
+
+SnapshotPtr Registry::TrainingLease::Publish(std::shared_ptr<Snapshot> next) {
+  return registry_->PublishVersion(name_, std::move(next));
+}
+
+SnapshotPtr Registry::PublishVersion(const std::string& name, std::shared_ptr<Snapshot> next) {
+  // Only the lease holder publishes a model, so the version number cannot race; the store write
+  // happens outside the lock so that readers never wait for the disk.
+  int64_t newest = 0;
+  {
+    std::lock_guard lock(mu_);
+    auto it = models_.find(name);
+    if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "model '" + name + "' was deleted");
+    if (!it->second.versions.empty()) newest = it->second.versions.back();
+  }
+  for (int64_t v : store_->Versions(name)) newest = std::max(newest, v);
+  next->version = newest + 1;
+  next->created_unix_ms = NowMs();
+  v1::Checkpoint c;
+  ToCheckpoint(*next, &c);
+  store_->SaveCheckpoint(c);  // on failure the old version stays current
+  std::lock_guard lock(mu_);
+  auto it = models_.find(name);
+  if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "model '" + name + "' was deleted");
+  it->second.versions.push_back(next->version);
+  it->second.current = std::move(next);
+  return it->second.current;
+}
+
+void Registry::CancelAllTraining() {
+  std::lock_guard lock(mu_);
+  for (auto& [name, e] : models_)
+    if (e.cancel) e.cancel->store(true);
+}
+
+int Registry::ActiveTrainings() const {
+  std::lock_guard lock(mu_);
+  int n = 0;
+  for (const auto& [name, e] : models_) n += e.training;
+  return n;
+}
+
+v1::DatasetInfo Registry::PutDataset(const std::string& name, engine::Dataset data,
+                                     const std::string& source, bool overwrite) {
+  CheckName("name", name);
+  {
+    std::lock_guard lock(mu_);
+    if (!overwrite && datasets_.count(name)) {
+      Fail(grpc::StatusCode::ALREADY_EXISTS,
+           "data set '" + name + "' exists; set overwrite to replace it");
+    }
+  }
+  v1::StoredDataset stored;
+  ToStored(data, name, &stored);
+  stored.set_source(source);
+  stored.set_created_unix_ms(NowMs());
+  auto info = DescribeDataset(data, name, source, stored.created_unix_ms());
+  std::lock_guard lock(mu_);
+  if (!overwrite && datasets_.count(name)) {
+    Fail(grpc::StatusCode::ALREADY_EXISTS, "data set '" + name + "' exists; set overwrite to replace it");
+  }
+  store_->SaveDataset(stored);
+  datasets_[name] = StoredDatasetEntry{std::make_shared<engine::Dataset>(std::move(data)), info};
+  return info;
+}
+
+StoredDatasetEntry Registry::GetDataset(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  auto it = datasets_.find(name);
+  if (it == datasets_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
+  return it->second;
+}
+
+std::vector<v1::DatasetInfo> Registry::ListDatasets() const {
+  std::lock_guard lock(mu_);
+  std::vector<v1::DatasetInfo> out;
+  for (const auto& [name, e] : datasets_) out.push_back(e.info);
+  return out;
+}
+
+void Registry::DeleteDataset(const std::string& name) {
+  std::lock_guard lock(mu_);
+  auto it = datasets_.find(name);
+  if (it == datasets_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
+  store_->DeleteDataset(name);
+  datasets_.erase(it);
+}
+
+}  // namespace dropnet::service

@@ -1,0 +1,104 @@
+// The models and data sets a server holds, backed by the model store.
+//
+// Each model has a current snapshot (the newest published version), swapped atomically under a
+// short lock; readers take a shared_ptr once. A model is trained by at most one Train at a time
+// (a TrainingLease); publishing saves the version to the store before it becomes visible, so
+// nothing served is ever missing from disk.
+#ifndef DROPNET_SERVICE_REGISTRY_H_
+#define DROPNET_SERVICE_REGISTRY_H_
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "dropnet/v1/service.pb.h"
+#include "server/engine/data.h"
+#include "server/service/convert.h"
+#include "server/service/snapshot.h"
+#include "server/service/store.h"
+
+namespace dropnet::service {
+
+// Throws INVALID_ARGUMENT naming `field` unless name is 1-64 characters of [A-Za-z0-9._-]
+// starting with a letter or digit.
+void CheckName(const char* field, const std::string& name);
+
+struct StoredDatasetEntry {
+  std::shared_ptr<const engine::Dataset> data;
+  v1::DatasetInfo info;
+};
+
+class Registry {
+ public:
+  Registry(ModelStore* store, SpecLimits limits);
+
+  // Loads every model's newest loadable version and every data set. Returns a summary line.
+  std::string LoadAll();
+  // Re-reads the store for versions and models written by another server (read-only replicas).
+  // Returns the number of snapshots that changed.
+  int Refresh();
+
+  // ---- Models ----
+  SnapshotPtr Create(const std::string& name, const v1::ModelSpec& spec);
+  SnapshotPtr Get(const std::string& name) const;  // NOT_FOUND when unknown
+  std::vector<std::string> ModelNames() const;
+  void Delete(const std::string& name);
+  void Describe(const Snapshot& s, v1::ModelInfo* info) const;
+
+  // Exclusive right to train one model; released by the destructor.
+  class TrainingLease {
+   public:
+    ~TrainingLease();
+    const std::atomic<bool>& cancel() const { return *cancel_; }
+    std::atomic<bool>& cancel() { return *cancel_; }
+    // Saves `next` as a new version (numbered after the newest) and makes it current.
+    SnapshotPtr Publish(std::shared_ptr<Snapshot> next);
+
+   private:
+    friend class Registry;
+    TrainingLease(Registry* r, std::string name, std::shared_ptr<std::atomic<bool>> cancel)
+        : registry_(r), name_(std::move(name)), cancel_(std::move(cancel)) {}
+    Registry* registry_;
+    std::string name_;
+    std::shared_ptr<std::atomic<bool>> cancel_;
+  };
+  // FAILED_PRECONDITION when the model is training; RESOURCE_EXHAUSTED past max_concurrent.
+  std::unique_ptr<TrainingLease> BeginTraining(const std::string& name, int max_concurrent);
+  // Asks every training to stop (shutdown).
+  void CancelAllTraining();
+  int ActiveTrainings() const;
+
+  // ---- Data sets ----
+  v1::DatasetInfo PutDataset(const std::string& name, engine::Dataset data, const std::string& source,
+                             bool overwrite);
+  StoredDatasetEntry GetDataset(const std::string& name) const;
+  std::vector<v1::DatasetInfo> ListDatasets() const;
+  void DeleteDataset(const std::string& name);
+
+  ModelStore* store() const { return store_; }
+
+ private:
+  struct Entry {
+    SnapshotPtr current;
+    std::vector<int64_t> versions;
+    bool training = false;
+    std::shared_ptr<std::atomic<bool>> cancel;
+  };
+  SnapshotPtr PublishVersion(const std::string& name, std::shared_ptr<Snapshot> next);
+
+  ModelStore* store_;
+  SpecLimits limits_;
+  mutable std::mutex mu_;
+  std::map<std::string, Entry> models_;
+  std::map<std::string, StoredDatasetEntry> datasets_;
+};
+
+v1::DatasetInfo DescribeDataset(const engine::Dataset& d, const std::string& name,
+                                const std::string& source, int64_t created_unix_ms);
+
+}  // namespace dropnet::service
+
+#endif  // DROPNET_SERVICE_REGISTRY_H_

@@ -1,0 +1,181 @@
+#include "server/service/server.h"
+
+#include <chrono>
+
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "server/service/status.h"
+
+namespace dropnet::service {
+
+namespace {
+
+constexpr const char* kServiceName = "dropnet.v1.Dropnet";
+
+// The example model of the README: the Fashion-MNIST MLP (784-512-512-10, ReLU, dropout 0.5).
+constexpr const char* kExampleSpec = R"json({
+  "inputShape": [1, 28, 28],
+  "task": "TASK_CLASSIFICATION",
+  "description": "Fashion-MNIST MLP 784-512-512-10, ReLU, dropout 0.5",
+  "seed": 1,
+  "layers": [
+    {"type": "flatten"},
+    {"type": "dense", "units": 512, "init": "he_uniform"},
+    {"type": "relu"},
+    {"type": "dropout", "rate": 0.5},
+    {"type": "dense", "units": 512, "init": "he_uniform"},
+    {"type": "relu"},
+    {"type": "dropout", "rate": 0.5},
+    {"type": "dense", "units": 10, "init": "he_uniform"}
+  ]
+})json";
+
+std::shared_ptr<spdlog::logger> Log() { return spdlog::get("server"); }
+
+}  // namespace
+
+void SetUpLogging(const std::string& level) {
+  auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  const auto lvl = spdlog::level::from_str(level);
+  for (const char* name : {"server", "rpc", "train", "store"}) {
+    if (spdlog::get(name)) spdlog::drop(name);
+    auto logger = std::make_shared<spdlog::logger>(name, sink);
+    logger->set_level(lvl);
+    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%L%$ [%n] %v");
+    spdlog::register_logger(logger);
+  }
+}
+
+Server::Server(ServerConfig config) : config_(std::move(config)) {
+  if (!spdlog::get("server")) SetUpLogging("info");
+}
+
+Server::~Server() {
+  Shutdown();
+  Wait();
+}
+
+void Server::Start() {
+  store_ = std::make_unique<ModelStore>(config_.store, !config_.service.read_only);
+  registry_ = std::make_unique<Registry>(store_.get(), config_.limits);
+  const std::string loaded = registry_->LoadAll();
+  Log()->info("model store {} ({}): {}", config_.store.string(),
+              config_.service.read_only ? "read-only replica" : "read-write", loaded);
+  service_ = std::make_unique<DropnetService>(registry_.get(), config_.service);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config_.listen, grpc::InsecureServerCredentials(), &port_);
+  builder.RegisterService(service_.get());
+  builder.SetMaxReceiveMessageSize(config_.max_message_bytes);
+  builder.SetMaxSendMessageSize(config_.max_message_bytes);
+  grpc::ResourceQuota quota("dropnet");
+  quota.SetMaxThreads(std::max(2, config_.rpc_threads));
+  builder.SetResourceQuota(quota);
+  server_ = builder.BuildAndStart();
+  if (!server_ || port_ == 0) {
+    throw std::runtime_error("cannot listen on " + config_.listen +
+                             " (address in use, or not a valid host:port)");
+  }
+  auto* health = server_->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kServiceName, true);
+  Log()->info("serving dropnet.v1 on {} (port {})", config_.listen, port_);
+
+  if (config_.poll_interval_seconds > 0) {
+    poller_ = std::thread([this] {
+      std::unique_lock lock(mu_);
+      const auto interval = std::chrono::duration<double>(config_.poll_interval_seconds);
+      while (!cv_.wait_for(lock, interval, [this] { return stopping_; })) {
+        lock.unlock();
+        try {
+          int changed = registry_->Refresh();
+          if (changed) Log()->info("store poll: {} models changed", changed);
+        } catch (const std::exception& e) {
+          Log()->warn("store poll failed: {}", e.what());
+        }
+        lock.lock();
+      }
+    });
+  }
+  if (config_.example && !config_.service.read_only && registry_->ModelNames().empty()) {
+    bootstrap_ = std::thread([this] { Bootstrap(); });
+  }
+}
+
+void Server::Bootstrap() {
+  auto log = Log();
+  const auto dir = config_.example_data;
+  try {
+    const auto train_images = dir / "train-images-idx3-ubyte.gz";
+    if (!std::filesystem::exists(train_images)) {
+      log->warn("example: {} not found (Debian package dataset-fashion-mnist); no example model",
+                train_images.string());
+      return;
+    }
+    log->info("example: importing Fashion-MNIST from {}", dir.string());
+    auto train = engine::LoadIdx(train_images.string(), (dir / "train-labels-idx1-ubyte.gz").string());
+    auto test = engine::LoadIdx((dir / "t10k-images-idx3-ubyte.gz").string(),
+                                (dir / "t10k-labels-idx1-ubyte.gz").string());
+    registry_->PutDataset("fashion-mnist-train", std::move(train), "example", true);
+    registry_->PutDataset("fashion-mnist-test", std::move(test), "example", true);
+    v1::ModelSpec spec;
+    auto st = google::protobuf::util::JsonStringToMessage(kExampleSpec, &spec);
+    if (!st.ok()) throw std::runtime_error("example spec: " + st.ToString());
+    registry_->Create("fashion-mlp", spec);
+    v1::TrainRequest req;
+    req.set_model("fashion-mlp");
+    req.set_dataset("fashion-mnist-train");
+    req.set_epochs(config_.example_epochs);
+    req.set_seed(1);
+    log->info("example: training model 'fashion-mlp' for {} epoch(s); Predict and "
+              "PredictUncertainty answer meanwhile with the newest version",
+              config_.example_epochs);
+    auto status = service_->RunTraining(
+        req, [](const v1::TrainEvent&) { return true; },
+        [this] { return service_->draining(); });
+    if (status.ok()) log->info("example: model 'fashion-mlp' is trained and ready");
+    else log->warn("example: training ended: {}", status.error_message());
+  } catch (const std::exception& e) {
+    log->error("example: {}", e.what());
+  }
+}
+
+void Server::Shutdown() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_ || !server_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  Log()->info("shutting down: health NOT_SERVING, trainings save, in-flight calls get {} s",
+              config_.shutdown_grace_seconds);
+  auto* health = server_->GetHealthCheckService();
+  health->SetServingStatus(kServiceName, false);
+  health->SetServingStatus("", false);
+  service_->StartDraining();
+  const auto deadline = std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(config_.shutdown_grace_seconds * 1000));
+  server_->Shutdown(deadline);
+  if (poller_.joinable()) poller_.join();
+  if (bootstrap_.joinable()) bootstrap_.join();
+  {
+    std::lock_guard lock(mu_);
+    stopped_ = true;
+  }
+  cv_.notify_all();
+  Log()->info("stopped");
+}
+
+void Server::Wait() {
+  std::unique_lock lock(mu_);
+  if (!server_) return;
+  cv_.wait(lock, [this] { return stopped_; });
+}
+
+}  // namespace dropnet::service

@@ -1,0 +1,71 @@
+// A running dropnet server: the gRPC server with the Dropnet service, grpc.health.v1 and
+// reflection, the model store, the read-only replica's store polling and the example bootstrap.
+#ifndef DROPNET_SERVICE_SERVER_H_
+#define DROPNET_SERVICE_SERVER_H_
+
+#include <condition_variable>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "server/service/registry.h"
+#include "server/service/service.h"
+
+namespace dropnet::service {
+
+struct ServerConfig {
+  std::string listen = "127.0.0.1:50051";
+  std::filesystem::path store = "var/dropnet";
+  ServiceConfig service;
+  SpecLimits limits;
+  int max_message_bytes = 64 << 20;
+  int rpc_threads = 16;                   // upper bound on threads serving calls
+  double poll_interval_seconds = 0;       // > 0: re-read the store for new versions
+  double shutdown_grace_seconds = 10;     // in-flight calls get this long to finish
+  bool example = false;                   // bootstrap the example model on an empty store
+  std::filesystem::path example_data = "/usr/share/datasets/fashion-mnist";
+  int example_epochs = 1;
+};
+
+class Server {
+ public:
+  explicit Server(ServerConfig config);
+  ~Server();
+
+  // Loads the store and starts serving; throws with a clear message when it cannot.
+  void Start();
+  // The port actually bound (useful with ":0").
+  int port() const { return port_; }
+  // Health NOT_SERVING, trainings stop and save, in-flight calls finish within the grace period.
+  void Shutdown();
+  // Blocks until Shutdown has completed.
+  void Wait();
+
+  Registry& registry() { return *registry_; }
+  DropnetService& service() { return *service_; }
+
+ private:
+  void Bootstrap();
+
+  ServerConfig config_;
+  std::unique_ptr<ModelStore> store_;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<DropnetService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::thread poller_, bootstrap_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false, stopped_ = false;
+};
+
+// Configures spdlog: one logger per component (server, rpc, train, store) at `level`.
+void SetUpLogging(const std::string& level);
+
+}  // namespace dropnet::service
+
+#endif  // DROPNET_SERVICE_SERVER_H_

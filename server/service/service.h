@@ -1,0 +1,86 @@
+// The dropnet.v1.Dropnet service: thin handlers that validate, convert and hand work to the
+// engine. Every handler runs through one wrapper that refuses work while draining, maps
+// exceptions to statuses (status.h) and logs one line per call with model, version, mode, status
+// and latency.
+#ifndef DROPNET_SERVICE_SERVICE_H_
+#define DROPNET_SERVICE_SERVICE_H_
+
+#include <atomic>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "dropnet/v1/service.grpc.pb.h"
+#include "server/service/registry.h"
+
+namespace dropnet::service {
+
+struct ServiceConfig {
+  std::filesystem::path data_root;         // ImportDataset reads only below it; empty: disabled
+  int64_t max_batch_rows = 65536;          // Predict, PredictUncertainty
+  int max_samples = 1000;                  // PredictUncertainty, Evaluate: T limit
+  int default_samples = 50;
+  int max_concurrent_trainings = 2;
+  int compute_threads = 1;                 // threads one request computes on
+  int64_t mc_memory_budget_bytes = 64ll << 20;
+  int64_t max_dataset_bytes = 2ll << 30;   // UploadDataset: features + targets as float32
+  int64_t max_returned_samples = 16 << 20; // PredictUncertainty return_samples: floats
+  bool read_only = false;                  // a serving replica: no Train, create, delete, upload
+};
+
+// Where training progress goes: the Train stream, or a log for the built-in example.
+// Returns false when the receiver is gone (training then stops).
+using TrainSink = std::function<bool(const v1::TrainEvent&)>;
+
+class DropnetService final : public v1::Dropnet::Service {
+ public:
+  DropnetService(Registry* registry, ServiceConfig config);
+
+  // While draining, new calls get UNAVAILABLE and running trainings stop and save.
+  void StartDraining();
+  bool draining() const { return draining_.load(); }
+
+  // The work of one Train call, shared by the RPC and the example bootstrap. `stop` is polled
+  // between steps. Returns the final status.
+  grpc::Status RunTraining(const v1::TrainRequest& request, const TrainSink& sink,
+                           const std::function<bool()>& stop);
+
+  grpc::Status CreateModel(grpc::ServerContext*, const v1::CreateModelRequest*,
+                           v1::CreateModelResponse*) override;
+  grpc::Status GetModel(grpc::ServerContext*, const v1::GetModelRequest*,
+                        v1::GetModelResponse*) override;
+  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                          v1::ListModelsResponse*) override;
+  grpc::Status DeleteModel(grpc::ServerContext*, const v1::DeleteModelRequest*,
+                           v1::DeleteModelResponse*) override;
+  grpc::Status UploadDataset(grpc::ServerContext*, grpc::ServerReader<v1::UploadDatasetRequest>*,
+                             v1::UploadDatasetResponse*) override;
+  grpc::Status ImportDataset(grpc::ServerContext*, const v1::ImportDatasetRequest*,
+                             v1::ImportDatasetResponse*) override;
+  grpc::Status ListDatasets(grpc::ServerContext*, const v1::ListDatasetsRequest*,
+                            v1::ListDatasetsResponse*) override;
+  grpc::Status DeleteDataset(grpc::ServerContext*, const v1::DeleteDatasetRequest*,
+                             v1::DeleteDatasetResponse*) override;
+  grpc::Status Train(grpc::ServerContext*, const v1::TrainRequest*,
+                     grpc::ServerWriter<v1::TrainEvent>*) override;
+  grpc::Status Predict(grpc::ServerContext*, const v1::PredictRequest*,
+                       v1::PredictResponse*) override;
+  grpc::Status PredictUncertainty(grpc::ServerContext*, const v1::PredictUncertaintyRequest*,
+                                  v1::PredictUncertaintyResponse*) override;
+  grpc::Status Evaluate(grpc::ServerContext*, const v1::EvaluateRequest*,
+                        v1::EvaluateResponse*) override;
+
+ private:
+  struct CallLog;
+  template <typename Body>
+  grpc::Status Handle(const char* method, grpc::ServerContext* ctx, bool mutates, Body&& body);
+
+  Registry* registry_;
+  ServiceConfig config_;
+  std::atomic<bool> draining_{false};
+};
+
+}  // namespace dropnet::service
+
+#endif  // DROPNET_SERVICE_SERVICE_H_

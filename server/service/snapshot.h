@@ -1,0 +1,40 @@
+// An immutable, published model version (TF Serving's pattern): requests take a
+// shared_ptr<const Snapshot> once and use it for all their work, while training runs on a private
+// copy and publishes the next version.
+#ifndef DROPNET_SERVICE_SNAPSHOT_H_
+#define DROPNET_SERVICE_SNAPSHOT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dropnet/v1/model.pb.h"
+#include "server/engine/data.h"
+#include "server/engine/loss.h"
+#include "server/engine/network.h"
+
+namespace dropnet::service {
+
+struct Snapshot {
+  std::string model;
+  int64_t version = 0;
+  v1::ModelSpec spec;
+  engine::Network net;
+  engine::Task task = engine::Task::kClassification;
+  engine::LossKind loss = engine::LossKind::kCrossEntropy;
+  double tau = 0;
+  engine::Standardizer standardizer;
+  int64_t steps = 0;
+  std::vector<v1::EpochRecord> history;
+  int64_t created_unix_ms = 0;
+  std::string note;
+
+  explicit Snapshot(engine::Network n) : net(std::move(n)) {}
+};
+
+using SnapshotPtr = std::shared_ptr<const Snapshot>;
+
+}  // namespace dropnet::service
+
+#endif  // DROPNET_SERVICE_SNAPSHOT_H_

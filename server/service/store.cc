@@ -1,0 +1,231 @@
+#include "server/service/store.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "server/service/status.h"
+
+namespace dropnet::service {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr uint32_t kFormat = 1;
+
+[[noreturn]] void IoFail(const std::string& what, const fs::path& path, int err) {
+  // A full disk or a read-only file system is a resource problem of the server, not a bug.
+  const auto code = (err == ENOSPC || err == EROFS || err == EDQUOT || err == EACCES)
+                        ? grpc::StatusCode::RESOURCE_EXHAUSTED
+                        : grpc::StatusCode::INTERNAL;
+  Fail(code, "model store: cannot " + what + " '" + path.string() + "': " + std::strerror(err));
+}
+
+void FsyncPath(const fs::path& path, bool directory) {
+  int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) IoFail("open", path, errno);
+  if (::fsync(fd) != 0) {
+    int err = errno;
+    ::close(fd);
+    IoFail("fsync", path, err);
+  }
+  ::close(fd);
+}
+
+void WriteFile(const fs::path& path, const std::string& bytes) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) IoFail("create", path, errno);
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      IoFail("write", path, err);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    int err = errno;
+    ::close(fd);
+    IoFail("fsync", path, err);
+  }
+  if (::close(fd) != 0) IoFail("close", path, errno);
+}
+
+std::string TempName(const std::string& base) {
+  static std::atomic<uint64_t> counter{0};
+  std::random_device rd;
+  std::ostringstream s;
+  s << "." << base << ".tmp-" << ::getpid() << "-" << counter++ << "-" << rd();
+  return s.str();
+}
+
+bool IsTemporary(const std::string& name) { return !name.empty() && name[0] == '.'; }
+
+std::vector<std::string> ListDirs(const fs::path& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!IsTemporary(name) && e.is_directory()) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+ModelStore::ModelStore(fs::path root, bool writable) : root_(std::move(root)), writable_(writable) {
+  if (writable_) {
+    std::error_code ec;
+    fs::create_directories(root_ / "models", ec);
+    if (ec) IoFail("create", root_ / "models", ec.value());
+    fs::create_directories(root_ / "datasets", ec);
+    if (ec) IoFail("create", root_ / "datasets", ec.value());
+  }
+}
+
+int ModelStore::CleanTemporaries() {
+  if (!writable_) return 0;
+  int removed = 0;
+  std::error_code ec;
+  std::vector<fs::path> dirs = {root_ / "models", root_ / "datasets"};
+  for (const auto& m : ListDirs(root_ / "models")) dirs.push_back(root_ / "models" / m);
+  for (const auto& d : dirs) {
+    for (const auto& e : fs::directory_iterator(d, ec)) {
+      if (IsTemporary(e.path().filename().string())) {
+        fs::remove_all(e.path(), ec);
+        ++removed;
+      }
+    }
+  }
+  return removed;
+}
+
+void ModelStore::WriteAtomically(const fs::path& dir, const std::string& file,
+                                 const google::protobuf::Message& payload) {
+  if (!writable_) Fail(grpc::StatusCode::FAILED_PRECONDITION, "the model store is read-only");
+  v1::StoredBlob blob;
+  blob.set_format(kFormat);
+  std::string bytes;
+  if (!payload.SerializeToString(&bytes)) {
+    Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "model store: payload too large to serialise");
+  }
+  blob.set_crc32(static_cast<uint32_t>(
+      crc32(0L, reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size()))));
+  blob.set_payload(std::move(bytes));
+  std::string out;
+  blob.SerializeToString(&out);
+
+  const fs::path parent = dir.parent_path();
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec) IoFail("create", parent, ec.value());
+  const fs::path tmp = parent / TempName(dir.filename().string());
+  fs::create_directory(tmp, ec);
+  if (ec) IoFail("create", tmp, ec.value());
+  try {
+    WriteFile(tmp / file, out);
+    FsyncPath(tmp, true);
+    if (fs::exists(dir)) {
+      // Replacing (a data set with overwrite): move the old one aside first.
+      const fs::path old = parent / TempName(dir.filename().string() + "-old");
+      fs::rename(dir, old, ec);
+      if (ec) IoFail("replace", dir, ec.value());
+      fs::rename(tmp, dir, ec);
+      if (ec) IoFail("rename into", dir, ec.value());
+      fs::remove_all(old, ec);
+    } else {
+      fs::rename(tmp, dir, ec);
+      if (ec) IoFail("rename into", dir, ec.value());
+    }
+    FsyncPath(parent, true);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+void ModelStore::ReadBlob(const fs::path& file, google::protobuf::Message* payload) const {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) Fail(grpc::StatusCode::NOT_FOUND, "model store: no file '" + file.string() + "'");
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  v1::StoredBlob blob;
+  if (!blob.ParseFromString(bytes) || blob.format() != kFormat) {
+    Fail(grpc::StatusCode::DATA_LOSS, "model store: '" + file.string() + "' is not a stored blob");
+  }
+  const auto& p = blob.payload();
+  const uint32_t crc = static_cast<uint32_t>(
+      crc32(0L, reinterpret_cast<const Bytef*>(p.data()), static_cast<uInt>(p.size())));
+  if (crc != blob.crc32()) {
+    Fail(grpc::StatusCode::DATA_LOSS, "model store: checksum mismatch in '" + file.string() + "'");
+  }
+  if (!payload->ParseFromString(p)) {
+    Fail(grpc::StatusCode::DATA_LOSS, "model store: cannot parse '" + file.string() + "'");
+  }
+}
+
+void ModelStore::RemoveTree(const fs::path& dir) {
+  if (!writable_) Fail(grpc::StatusCode::FAILED_PRECONDITION, "the model store is read-only");
+  std::error_code ec;
+  if (!fs::exists(dir)) return;
+  // Rename first so that no reader sees a half-deleted tree.
+  const fs::path doomed = dir.parent_path() / TempName(dir.filename().string() + "-deleted");
+  fs::rename(dir, doomed, ec);
+  if (ec) IoFail("delete", dir, ec.value());
+  fs::remove_all(doomed, ec);
+}
+
+std::vector<std::string> ModelStore::ModelNames() const { return ListDirs(root_ / "models"); }
+
+std::vector<int64_t> ModelStore::Versions(const std::string& model) const {
+  std::vector<int64_t> out;
+  for (const auto& d : ListDirs(root_ / "models" / model)) {
+    char* end = nullptr;
+    long long v = std::strtoll(d.c_str(), &end, 10);
+    if (end && *end == '\0' && v > 0 && fs::exists(root_ / "models" / model / d / "checkpoint.pb")) {
+      out.push_back(v);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void ModelStore::SaveCheckpoint(const v1::Checkpoint& c) {
+  WriteAtomically(root_ / "models" / c.model() / std::to_string(c.version()), "checkpoint.pb", c);
+}
+
+v1::Checkpoint ModelStore::LoadCheckpoint(const std::string& model, int64_t version) const {
+  v1::Checkpoint c;
+  ReadBlob(root_ / "models" / model / std::to_string(version) / "checkpoint.pb", &c);
+  return c;
+}
+
+void ModelStore::DeleteModel(const std::string& model) { RemoveTree(root_ / "models" / model); }
+
+std::vector<std::string> ModelStore::DatasetNames() const { return ListDirs(root_ / "datasets"); }
+
+void ModelStore::SaveDataset(const v1::StoredDataset& d) {
+  WriteAtomically(root_ / "datasets" / d.name(), "dataset.pb", d);
+}
+
+v1::StoredDataset ModelStore::LoadDataset(const std::string& name) const {
+  v1::StoredDataset d;
+  ReadBlob(root_ / "datasets" / name / "dataset.pb", &d);
+  return d;
+}
+
+void ModelStore::DeleteDataset(const std::string& name) { RemoveTree(root_ / "datasets" / name); }
+
+}  // namespace dropnet::service
