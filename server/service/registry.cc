@@ -220,11 +220,13 @@ Registry::TrainingLease::~TrainingLease() {
   }
 }
 
-SnapshotPtr Registry::TrainingLease::Publish(std::shared_ptr<Snapshot> next) {
-  return registry_->PublishVersion(name_, std::move(next));
+SnapshotPtr Registry::TrainingLease::Publish(std::shared_ptr<Snapshot> next,
+                                             const std::function<void(Snapshot&)>& stamp) {
+  return registry_->PublishVersion(name_, std::move(next), stamp);
 }
 
-SnapshotPtr Registry::PublishVersion(const std::string& name, std::shared_ptr<Snapshot> next) {
+SnapshotPtr Registry::PublishVersion(const std::string& name, std::shared_ptr<Snapshot> next,
+                                     const std::function<void(Snapshot&)>& stamp) {
   // Only the lease holder publishes a model, so the version number cannot race; the store write
   // happens outside the lock so that readers never wait for the disk.
   int64_t newest = 0;
@@ -237,6 +239,7 @@ SnapshotPtr Registry::PublishVersion(const std::string& name, std::shared_ptr<Sn
   for (int64_t v : store_->Versions(name)) newest = std::max(newest, v);
   next->version = newest + 1;
   next->created_unix_ms = NowMs();
+  if (stamp) stamp(*next);
   v1::Checkpoint c;
   ToCheckpoint(*next, &c);
   store_->SaveCheckpoint(c);  // on failure the old version stays current

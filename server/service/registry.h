@@ -8,6 +8,7 @@
 #define DROPNET_SERVICE_REGISTRY_H_
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -54,8 +55,10 @@ class Registry {
     ~TrainingLease();
     const std::atomic<bool>& cancel() const { return *cancel_; }
     std::atomic<bool>& cancel() { return *cancel_; }
-    // Saves `next` as a new version (numbered after the newest) and makes it current.
-    SnapshotPtr Publish(std::shared_ptr<Snapshot> next);
+    // Saves `next` as a new version (numbered after the newest) and makes it current. `stamp`,
+    // when given, sees the snapshot with its version number set, before it is saved.
+    SnapshotPtr Publish(std::shared_ptr<Snapshot> next,
+                        const std::function<void(Snapshot&)>& stamp = {});
 
    private:
     friend class Registry;
@@ -87,7 +90,8 @@ class Registry {
     bool training = false;
     std::shared_ptr<std::atomic<bool>> cancel;
   };
-  SnapshotPtr PublishVersion(const std::string& name, std::shared_ptr<Snapshot> next);
+  SnapshotPtr PublishVersion(const std::string& name, std::shared_ptr<Snapshot> next,
+                             const std::function<void(Snapshot&)>& stamp);
 
   ModelStore* store_;
   SpecLimits limits_;

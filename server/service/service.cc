@@ -441,7 +441,9 @@ grpc::Status DropnetService::RunTraining(const v1::TrainRequest& req, const Trai
   std::vector<v1::EpochRecord> history = base->history;
   int64_t published_version = base->version;
   int64_t published_steps = 0;
-  auto publish = [&](const engine::Network& n, int64_t run_steps, const std::string& note) {
+  // Publishes n as the next version; an epoch's record gets that version number too.
+  auto publish = [&](const engine::Network& n, int64_t run_steps, const std::string& note,
+                     bool epoch_record = false) {
     auto next = std::make_shared<Snapshot>(n);
     next->model = base->model;
     next->spec = base->spec;
@@ -452,7 +454,16 @@ grpc::Status DropnetService::RunTraining(const v1::TrainRequest& req, const Trai
     next->steps = base->steps + run_steps;
     next->history = history;
     next->note = note;
-    published_version = lease->Publish(std::move(next))->version;
+    published_version =
+        lease
+            ->Publish(std::move(next),
+                      [&](Snapshot& s) {
+                        if (epoch_record) {
+                          s.history.back().set_version(s.version);
+                          history.back().set_version(s.version);
+                        }
+                      })
+            ->version;
     published_steps = run_steps;
     return published_version;
   };
@@ -512,8 +523,7 @@ grpc::Status DropnetService::RunTraining(const v1::TrainRequest& req, const Trai
             rec.set_samples_per_second(p.samples_per_second);
             rec.set_dataset(req.dataset());
             history.push_back(rec);
-            publish(current, p.step, "epoch " + std::to_string(rec.epoch()));
-            history.back().set_version(published_version);
+            publish(current, p.step, "epoch " + std::to_string(rec.epoch()), true);
             train_log->info("model {} epoch {}/{} loss {:.4f} metric {:.4f} -> version {}",
                             req.model(), p.epoch, p.epochs, p.loss, p.metric, published_version);
             if (!sink(event(v1::TrainEvent::KIND_EPOCH, p))) cancel = true;

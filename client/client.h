@@ -1,0 +1,126 @@
+// dropnet::client: a typed C++ client for the dropnet.v1 service.
+//
+// Every call has a deadline (ClientOptions::deadline unless overridden per call; Train streams
+// have none unless given), UNAVAILABLE is retried by gRPC's service-config retry policy, TLS and a
+// bearer token are options, and a failed call throws ClientError with the server's status code
+// and message. Matrices are Eigen row-major floats, batch x features.
+#ifndef DROPNET_CLIENT_CLIENT_H_
+#define DROPNET_CLIENT_CLIENT_H_
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+#include <grpcpp/grpcpp.h>
+
+#include "dropnet/v1/service.grpc.pb.h"
+
+namespace dropnet::client {
+
+using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+class ClientError : public std::runtime_error {
+ public:
+  ClientError(grpc::StatusCode code, const std::string& message);
+  grpc::StatusCode code() const { return code_; }
+  // The status code's name, e.g. "NOT_FOUND".
+  const char* code_name() const;
+
+ private:
+  grpc::StatusCode code_;
+};
+
+struct ClientOptions {
+  std::string target = "127.0.0.1:50051";
+  std::chrono::milliseconds deadline{30'000};  // per call, except Train
+  int max_attempts = 4;                        // UNAVAILABLE retries (gRPC retry policy)
+  int max_message_bytes = 64 << 20;
+  // TLS: off unless use_tls. Empty CA: the system roots. Client certificate for mutual TLS.
+  bool use_tls = false;
+  std::string ca_file, cert_file, key_file;
+  // Bearer token sent as "authorization: Bearer <token>" when non-empty.
+  std::string token;
+};
+
+// Per-call options.
+struct CallOptions {
+  std::optional<std::chrono::milliseconds> deadline;
+};
+
+struct UncertaintyOptions {
+  int samples = 0;                  // 0: the server's default (50)
+  std::optional<uint64_t> seed;
+  bool return_samples = false;
+  double interval = 0;              // 0: 0.95
+};
+
+class Client {
+ public:
+  explicit Client(ClientOptions options);
+
+  const ClientOptions& options() const { return options_; }
+
+  // grpc.health.v1 Check for `service` ("" = the whole server); true when SERVING.
+  bool Healthy(const std::string& service = "", CallOptions call = {});
+
+  v1::ModelInfo CreateModel(const std::string& name, const v1::ModelSpec& spec, CallOptions call = {});
+  v1::ModelInfo GetModel(const std::string& name, CallOptions call = {});
+  std::vector<v1::ModelInfo> ListModels(CallOptions call = {});
+  void DeleteModel(const std::string& name, CallOptions call = {});
+
+  // Uploads CSV text in chunks of chunk_bytes.
+  v1::DatasetInfo UploadCsv(const v1::DatasetHeader& header, const std::string& csv,
+                            size_t chunk_bytes = 1 << 20, CallOptions call = {});
+  // Uploads rows: x is rows x product(header.input_shape), y rows x targets_per_row.
+  v1::DatasetInfo UploadRows(const v1::DatasetHeader& header, const Matrix& x, const Matrix& y,
+                             int64_t rows_per_chunk = 4096, CallOptions call = {});
+  v1::DatasetInfo ImportDataset(const v1::ImportDatasetRequest& request, CallOptions call = {});
+  std::vector<v1::DatasetInfo> ListDatasets(CallOptions call = {});
+  void DeleteDataset(const std::string& name, CallOptions call = {});
+
+  // Streams training events to on_event until the server ends the stream. `cancel` (polled from
+  // a watcher thread) cancels the call; the server keeps the last published version. Returns the
+  // last event received. Throws ClientError (CANCELLED after a cancel).
+  v1::TrainEvent Train(const v1::TrainRequest& request,
+                       const std::function<void(const v1::TrainEvent&)>& on_event,
+                       const std::function<bool()>& cancel = {}, CallOptions call = {});
+
+  v1::PredictResponse Predict(const std::string& model, const Matrix& inputs, CallOptions call = {});
+  v1::PredictUncertaintyResponse PredictUncertainty(const std::string& model, const Matrix& inputs,
+                                                    const UncertaintyOptions& options = {},
+                                                    CallOptions call = {});
+  v1::EvaluateResponse Evaluate(const v1::EvaluateRequest& request, CallOptions call = {});
+
+ private:
+  void Prepare(grpc::ClientContext* ctx, const CallOptions& call, bool streaming = false) const;
+
+  ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Dropnet::Stub> stub_;
+};
+
+// ---- Conversions ----
+
+// A matrix as a [rows, cols] tensor, and a tensor back as rows x (product of the other dims).
+void ToTensor(const Matrix& m, v1::Tensor* out);
+Matrix ToMatrix(const v1::Tensor& t);
+
+// Numeric CSV with a header row -> matrix; `drop_column` (by name) is left out when given.
+// Throws std::runtime_error naming the line and column of a bad value.
+struct CsvTable {
+  std::vector<std::string> header;
+  Matrix values;
+};
+CsvTable ReadCsvFile(const std::string& path, const std::string& drop_column = "");
+
+// Reads a ModelSpec from its JSON mapping (the model file format).
+v1::ModelSpec ReadSpecFile(const std::string& path);
+
+}  // namespace dropnet::client
+
+#endif  // DROPNET_CLIENT_CLIENT_H_
