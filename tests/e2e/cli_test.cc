@@ -1,0 +1,283 @@
+// End-to-end: the real dropnet-server on a free port with a temporary store, driven through the
+// real `dropnet` binary, checking what it prints (tables, CSV and JSON) and its exit codes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "tests/e2e/process.h"
+
+namespace dropnet::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const std::string kServer = DROPNET_SERVER_BIN;
+const std::string kCli = DROPNET_CLI_BIN;
+const fs::path kSource = DROPNET_SOURCE_DIR;
+
+struct Result {
+  int code;
+  std::string out, err;
+};
+
+class CliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("dropnet-e2e-" + std::to_string(::getpid()));
+    fs::create_directories(dir_ / "root");
+    fs::copy_file(kSource / "data/digits.csv", dir_ / "root/digits.csv");
+    server_ = new Process({kServer, "--listen", "127.0.0.1:0", "--store", (dir_ / "store").string(),
+                           "--data-root", (dir_ / "root").string(), "--threads", "1",
+                           "--max-samples", "500"},
+                          dir_);
+    auto m = server_->WaitFor(R"(\(port (\d+)\))", true);
+    ASSERT_FALSE(m.empty()) << server_->err();
+    address_ = "127.0.0.1:" + m[1].str();
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  static Result Run(std::vector<std::string> args) {
+    args.insert(args.begin(), kCli);
+    Process p(args, dir_, {{"DROPNET_SERVER", address_}});
+    int code = p.Wait(std::chrono::minutes(5));
+    return {code, p.out(), p.err()};
+  }
+
+  // A model trained on digits, created once for the tests that need one.
+  static void EnsureDigitsModel() {
+    if (digits_ready_) return;
+    ASSERT_EQ(Run({"models", "create", "digits", "--spec", (kSource / "examples/digits_mlp.json").string()}).code, 0);
+    auto up = Run({"data", "upload", "digits", (kSource / "data/digits.csv").string()});
+    ASSERT_EQ(up.code, 0) << up.err;
+    auto tr = Run({"train", "digits", "--data", "digits", "--epochs", "3", "--standardize", "--seed", "1"});
+    ASSERT_EQ(tr.code, 0) << tr.err;
+    digits_ready_ = true;
+  }
+
+  static fs::path WriteInputs(int rows) {
+    std::ifstream in(kSource / "data/digits.csv");
+    fs::path p = dir_ / ("inputs" + std::to_string(rows) + ".csv");
+    std::ofstream out(p);
+    std::string line;
+    for (int i = 0; i <= rows && std::getline(in, line); ++i) out << line << "\n";
+    return p;
+  }
+
+  static inline fs::path dir_;
+  static inline Process* server_ = nullptr;
+  static inline std::string address_;
+  static inline bool digits_ready_ = false;
+};
+
+TEST_F(CliTest, HealthSaysServing) {
+  auto r = Run({"health"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "SERVING\n");
+}
+
+TEST_F(CliTest, ModelsCreateListGetDelete) {
+  auto c = Run({"models", "create", "tmp-model", "--spec", (kSource / "examples/breast_cancer_bn.json").string()});
+  ASSERT_EQ(c.code, 0) << c.err;
+  EXPECT_NE(c.out.find("created model 'tmp-model'"), std::string::npos) << c.out;
+
+  auto l = Run({"models", "list", "--format", "json"});
+  ASSERT_EQ(l.code, 0) << l.err;
+  auto list = json::parse(l.out);
+  bool found = false;
+  for (const auto& m : list) found |= m["name"] == "tmp-model" && m["version"] == 1;
+  EXPECT_TRUE(found) << l.out;
+
+  auto g = Run({"models", "get", "tmp-model", "--format", "json"});
+  ASSERT_EQ(g.code, 0) << g.err;
+  auto info = json::parse(g.out);
+  EXPECT_EQ(info["name"], "tmp-model");
+  EXPECT_EQ(info["parameter_count"], "2242");  // int64 in protobuf's JSON is a string
+  EXPECT_EQ(info["spec"]["layers"].size(), 5u);
+
+  auto t = Run({"models", "get", "tmp-model"});
+  EXPECT_NE(t.out.find("batch_norm"), std::string::npos) << t.out;
+
+  EXPECT_EQ(Run({"models", "delete", "tmp-model"}).code, 0);
+  auto gone = Run({"models", "get", "tmp-model"});
+  EXPECT_EQ(gone.code, 10 + 5);  // NOT_FOUND
+  EXPECT_NE(gone.err.find("NOT_FOUND: no model named 'tmp-model'"), std::string::npos) << gone.err;
+}
+
+TEST_F(CliTest, BadSpecIsRejectedWithTheField) {
+  fs::path spec = dir_ / "bad.json";
+  std::ofstream(spec) << R"({"inputShape": [4], "layers": [{"type": "dense", "units": 3},
+                          {"type": "dropout", "rate": 1.5}]})";
+  auto r = Run({"models", "create", "bad", "--spec", spec.string()});
+  EXPECT_EQ(r.code, 10 + 3);  // INVALID_ARGUMENT
+  EXPECT_NE(r.err.find("spec.layers[1].rate must be in [0, 1), got 1.5"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, DataUploadImportListDelete) {
+  auto up = Run({"data", "upload", "up1", (kSource / "data/diabetes.csv").string(), "--task", "regression"});
+  ASSERT_EQ(up.code, 0) << up.err;
+  EXPECT_NE(up.out.find("442 rows of 10, regression"), std::string::npos) << up.out;
+
+  auto im = Run({"data", "import", "im1", "digits.csv", "--limit", "100"});
+  ASSERT_EQ(im.code, 0) << im.err;
+  EXPECT_NE(im.out.find("100 rows of 64, classification, 10 classes"), std::string::npos) << im.out;
+
+  auto escape = Run({"data", "import", "im2", "../store/x.csv"});
+  EXPECT_NE(escape.code, 0);
+  EXPECT_NE(escape.err.find("leaves the data root"), std::string::npos) << escape.err;
+
+  auto l = Run({"data", "list", "--format", "csv"});
+  ASSERT_EQ(l.code, 0);
+  EXPECT_NE(l.out.find("up1,regression,442,10,-,upload"), std::string::npos) << l.out;
+  EXPECT_NE(l.out.find("im1,classification,100,64,10,digits.csv"), std::string::npos) << l.out;
+
+  EXPECT_EQ(Run({"data", "delete", "up1"}).code, 0);
+  EXPECT_EQ(Run({"data", "delete", "up1"}).code, 10 + 5);
+}
+
+TEST_F(CliTest, TrainPrintsPlainLinesWhenPiped) {
+  EnsureDigitsModel();
+  auto r = Run({"train", "digits", "--data", "digits", "--epochs", "2", "--validation-split", "0.2",
+                "--seed", "3"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("training 'digits' on 'digits': 2 epochs"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("epoch 1/2  loss"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("val_acc"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find('\r'), std::string::npos) << "no progress-bar control characters in a pipe";
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("serves version (\\d+)")));
+  auto g = json::parse(Run({"models", "get", "digits", "--format", "json"}).out);
+  EXPECT_EQ(g["version"], m[1].str());
+}
+
+TEST_F(CliTest, PredictCsvJsonAndFile) {
+  EnsureDigitsModel();
+  fs::path in = WriteInputs(5);
+  auto csv = Run({"predict", "digits", "--input", in.string(), "--format", "csv"});
+  ASSERT_EQ(csv.code, 0) << csv.err;
+  std::istringstream lines(csv.out);
+  std::string line;
+  std::getline(lines, line);
+  EXPECT_EQ(line.rfind("row,class,probability,p0,p1", 0), 0u) << line;
+  int rows = 0;
+  while (std::getline(lines, line)) {
+    std::vector<double> cells;
+    std::stringstream ss(line);
+    std::string cell;
+    while (std::getline(ss, cell, ',')) cells.push_back(std::stod(cell));
+    ASSERT_EQ(cells.size(), 13u);
+    double sum = 0;
+    for (int k = 3; k < 13; ++k) sum += cells[k];
+    EXPECT_NEAR(sum, 1.0, 2e-3);
+    EXPECT_DOUBLE_EQ(cells[2], cells[3 + static_cast<int>(cells[1])]);
+    ++rows;
+  }
+  EXPECT_EQ(rows, 5);
+  EXPECT_NE(csv.err.find("ignoring the last column ('label')"), std::string::npos) << csv.err;
+
+  auto js = Run({"predict", "digits", "--input", in.string(), "--format", "json", "--target", "label"});
+  ASSERT_EQ(js.code, 0) << js.err;
+  auto arr = json::parse(js.out);
+  ASSERT_EQ(arr.size(), 5u);
+  EXPECT_EQ(arr[0]["probabilities"].size(), 10u);
+
+  fs::path out = dir_ / "pred.csv";
+  auto f = Run({"predict", "digits", "--input", in.string(), "--output", out.string(), "--format", "csv"});
+  ASSERT_EQ(f.code, 0);
+  EXPECT_EQ(ReadWhole(out), csv.out);
+}
+
+TEST_F(CliTest, UncertaintyIsReproducibleWithASeed) {
+  EnsureDigitsModel();
+  fs::path in = WriteInputs(4);
+  auto a = Run({"uncertainty", "digits", "--input", in.string(), "--samples", "30", "--seed", "5", "--format", "json"});
+  auto b = Run({"uncertainty", "digits", "--input", in.string(), "--samples", "30", "--seed", "5", "--format", "json"});
+  auto c = Run({"uncertainty", "digits", "--input", in.string(), "--samples", "30", "--seed", "6", "--format", "json"});
+  ASSERT_EQ(a.code, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_NE(a.out, c.out);
+  EXPECT_NE(a.err.find("T = 30, seed 5"), std::string::npos) << a.err;
+  auto arr = json::parse(a.out);
+  ASSERT_EQ(arr.size(), 4u);
+  for (const auto& r : arr) {
+    EXPECT_GE(r["entropy"].get<double>(), r["mutual_information"].get<double>() - 1e-6);
+    EXPECT_GE(r["variation_ratio"].get<double>(), 0.0);
+    EXPECT_LE(r["variation_ratio"].get<double>(), 1.0);
+  }
+  auto table = Run({"uncertainty", "digits", "--input", in.string(), "-T", "10", "--seed", "1"});
+  EXPECT_EQ(table.out.rfind("row  prediction  probability  std", 0), 0u) << table.out;
+
+  auto too_many = Run({"uncertainty", "digits", "--input", in.string(), "--samples", "501"});
+  EXPECT_EQ(too_many.code, 10 + 8);  // RESOURCE_EXHAUSTED
+}
+
+TEST_F(CliTest, EvaluateEvalAndMonteCarlo) {
+  EnsureDigitsModel();
+  auto e = Run({"evaluate", "digits", "--data", "digits", "--format", "json"});
+  ASSERT_EQ(e.code, 0) << e.err;
+  auto j = json::parse(e.out);
+  EXPECT_GT(j["accuracy"].get<double>(), 0.5);
+  EXPECT_EQ(j["rows"], "1797");
+  auto mc = Run({"evaluate", "digits", "--data", "digits", "--mc-samples", "10", "--seed", "2", "--format", "json"});
+  ASSERT_EQ(mc.code, 0) << mc.err;
+  auto k = json::parse(mc.out);
+  EXPECT_EQ(k["mode"], "EVAL_MODE_MONTE_CARLO");
+  EXPECT_EQ(k["samples"], 10);
+  EXPECT_GT(k["nll"].get<double>(), 0.0);
+  auto t = Run({"evaluate", "digits", "--data", "digits"});
+  EXPECT_NE(t.out.find("accuracy  nll"), std::string::npos) << t.out;
+}
+
+TEST_F(CliTest, CtrlCCancelsTrainingAndKeepsAVersion) {
+  EnsureDigitsModel();
+  Process p({kCli, "train", "digits", "--data", "digits", "--epochs", "100000"}, dir_,
+            {{"DROPNET_SERVER", address_}});
+  auto m = p.WaitFor(R"(epoch 2/100000 .*-> version (\d+))", false);
+  ASSERT_FALSE(m.empty()) << p.out() << p.err();
+  p.Signal(SIGINT);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(30)), 130) << p.out() << p.err();
+  std::smatch kept;
+  const std::string out = p.out();
+  ASSERT_TRUE(std::regex_search(out, kept, std::regex("cancelled: model 'digits' keeps version (\\d+)")))
+      << out;
+  auto g = json::parse(Run({"models", "get", "digits", "--format", "json"}).out);
+  EXPECT_EQ(g["version"], kept[1].str());
+  EXPECT_FALSE(g.value("training", false));
+}
+
+TEST_F(CliTest, UnreachableServerSaysSo) {
+  Process p({kCli, "--server", "127.0.0.1:1", "--timeout", "2", "health"}, dir_);
+  EXPECT_EQ(p.Wait(), 10 + 14);  // UNAVAILABLE
+  EXPECT_NE(p.err().find("is dropnet-server running"), std::string::npos) << p.err();
+}
+
+TEST_F(CliTest, UsageErrorsExitTwo) {
+  EXPECT_EQ(Run({"models"}).code, 2);
+  EXPECT_EQ(Run({"predict", "digits"}).code, 2);  // --input is required
+}
+
+TEST(ServerProcessTest, SigtermDrainsAndExitsZero) {
+  fs::path dir = fs::temp_directory_path() / ("dropnet-sigterm-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  Process server({kServer, "--listen", "127.0.0.1:0", "--store", (dir / "store").string()}, dir);
+  ASSERT_FALSE(server.WaitFor(R"(\(port (\d+)\))", true).empty()) << server.err();
+  const auto start = std::chrono::steady_clock::now();
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.Wait(std::chrono::seconds(10)), 0) << server.err();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  EXPECT_NE(server.err().find("health NOT_SERVING"), std::string::npos) << server.err();
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+}  // namespace
+}  // namespace dropnet::testing
