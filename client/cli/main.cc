@@ -547,9 +547,10 @@ int Demo(dc::Client& c, const std::string& data_dir) {
        "share of passes that voted against the majority class"},
   };
   t.Print(std::cout, Format::kTable);
-  std::cout << "\nTry it yourself:\n"
-               "  dropnet uncertainty fashion-mlp --input rows.csv --samples 100 --seed 1\n"
-               "  dropnet evaluate fashion-mlp --data fashion-mnist-test --mc-samples 50\n";
+  std::cout << "\nNext: score the whole test set in eval and in Monte-Carlo mode,\n"
+               "  dropnet evaluate fashion-mlp --data fashion-mnist-test\n"
+               "  dropnet evaluate fashion-mlp --data fashion-mnist-test --mc-samples 50\n"
+               "and train a model of your own: README.md, 'A first session'.\n";
   return 0;
 }
 
