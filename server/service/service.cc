@@ -539,9 +539,12 @@ grpc::Status DropnetService::RunTraining(const v1::TrainRequest& req, const Trai
   }
 
   if (result.cancelled) {
-    if (draining_ && result.steps > published_steps) {
-      // Shutting down: keep the work of the unfinished epoch as a version of its own.
-      publish(net, result.steps, "interrupted at step " + std::to_string(result.steps));
+    if (draining_) {
+      // Shutting down: keep the work of the unfinished epoch as a version of its own (when a
+      // step ran since the last epoch), and say UNAVAILABLE even at an epoch boundary.
+      if (result.steps > published_steps) {
+        publish(net, result.steps, "interrupted at step " + std::to_string(result.steps));
+      }
       train_log->info("model {} training interrupted by shutdown, saved as version {}",
                       req.model(), published_version);
       return grpc::Status(StatusCode::UNAVAILABLE,
