@@ -87,6 +87,12 @@ Dataset ReadCsv(std::istream& in, const CsvOptions& options) {
     }
     for (size_t c = 0; c < fields.size(); ++c) {
       if (c == target) {
+        float v;
+        if (fields[c].empty() ||
+            (options.task == Task::kRegression && (!ParseFloat(fields[c], &v) || !std::isfinite(v)))) {
+          throw InvalidArgument("CSV target '" + fields[c] + "' at " + Where(line_no, c, header[c]) +
+                                (fields[c].empty() ? " is missing" : " is not a finite number"));
+        }
         labels.push_back(fields[c]);
         continue;
       }

@@ -10,7 +10,7 @@ namespace {
 
 constexpr double kLog2Pi = 1.8378770664093453;
 
-// Running statistics of one chunk (or of all chunks merged so far), in double precision.
+// Running statistics over the samples added so far, in double precision.
 struct Accumulator {
   int64_t n = 0;
   Eigen::MatrixXd mean, m2;       // B x C
@@ -69,35 +69,6 @@ struct Accumulator {
         }
       }
     }
-  }
-
-  // Chan et al.'s pairwise merge; `other` follows this one in sample order.
-  void Merge(const Accumulator& o) {
-    if (o.n == 0) return;
-    if (n == 0) {
-      *this = o;
-      return;
-    }
-    const double na = static_cast<double>(n), nb = static_cast<double>(o.n), nt = na + nb;
-    const Eigen::MatrixXd delta = o.mean - mean;
-    mean += delta * (nb / nt);
-    m2 += o.m2 + delta.cwiseProduct(delta) * (na * nb / nt);
-    if (votes.size()) {
-      entropy_sum += o.entropy_sum;
-      votes += o.votes;
-    }
-    if (aleatoric_sum.size()) aleatoric_sum += o.aleatoric_sum;
-    if (ll_max.size()) {
-      for (int64_t i = 0; i < ll_max.size(); ++i) {
-        double& mx = ll_max.data()[i];
-        double& s = ll_sum.data()[i];
-        const double omx = o.ll_max.data()[i], os = o.ll_sum.data()[i];
-        const double m = std::max(mx, omx);
-        s = s * std::exp(mx - m) + os * std::exp(omx - m);
-        mx = m;
-      }
-    }
-    n += o.n;
   }
 };
 
@@ -161,10 +132,15 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
   result.chunk_samples = chunk;
   if (options.keep_samples) result.sample_outputs.resize(options.samples);
 
-  auto run_chunk = [&](int c, Accumulator* acc, int inner_threads) {
+  // The head outputs (predictions, predicted variances) of one chunk's samples, in sample order.
+  struct ChunkOutputs {
+    std::vector<Matrix> pred, var;
+  };
+  auto run_chunk = [&](int c, ChunkOutputs* out, int inner_threads) {
     const int t0 = c * chunk;
     const int t1 = std::min(options.samples, t0 + chunk);
-    acc->Init(b, out_cols, classify, gaussian, want_ll);
+    out->pred.resize(t1 - t0);
+    out->var.resize(t1 - t0);
     Matrix raw;
     if (stochastic) {
       Matrix rep(static_cast<int64_t>(t1 - t0) * b, prefix.cols());
@@ -177,18 +153,19 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
     } else {
       raw = net.Forward(prefix, prefix_ctx, nullptr, first, -1);
     }
-    Matrix pred, var;
     for (int t = t0; t < t1; ++t) {
       const int64_t off = stochastic ? static_cast<int64_t>(t - t0) * b : 0;
-      HeadOutputs(task, loss, net.EndsWithSoftmax(), raw.middleRows(off, b), &pred, &var);
-      acc->Add(pred, var, options.targets, options.tau);
+      Matrix& pred = out->pred[t - t0];
+      HeadOutputs(task, loss, net.EndsWithSoftmax(), raw.middleRows(off, b), &pred,
+                  &out->var[t - t0]);
       if (options.keep_samples) result.sample_outputs[t] = pred;
     }
   };
 
-  // Waves of up to `threads` chunks run at once; each wave merges in chunk order, so the result
-  // is the same for any thread count.
+  // Waves of up to `threads` chunks run at once; each wave is then reduced one sample at a time
+  // in sample order, so the result is bit-identical for any chunking and thread count.
   Accumulator total;
+  total.Init(b, out_cols, classify, gaussian, want_ll);
   const int wave = std::max(1, options.threads);
   for (int c0 = 0; c0 < chunks; c0 += wave) {
     if (options.should_stop && options.should_stop()) {
@@ -196,12 +173,16 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
                       std::to_string(options.samples) + " samples");
     }
     const int count = std::min(wave, chunks - c0);
-    std::vector<Accumulator> parts(count);
+    std::vector<ChunkOutputs> parts(count);
     const int inner = count == 1 ? options.threads : 1;
     ParallelFor(count, count, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) run_chunk(c0 + static_cast<int>(i), &parts[i], inner);
     });
-    for (auto& p : parts) total.Merge(p);
+    for (const auto& p : parts) {
+      for (size_t i = 0; i < p.pred.size(); ++i) {
+        total.Add(p.pred[i], p.var[i], options.targets, options.tau);
+      }
+    }
   }
 
   const double t = static_cast<double>(total.n);

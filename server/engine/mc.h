@@ -3,9 +3,9 @@
 // Gal & Ghahramani, "Dropout as a Bayesian Approximation" (ICML 2016). The deterministic prefix
 // (every layer before the first stochastic one) runs once; its output is replicated and the rest
 // of the network runs in kMonteCarlo over (samples x B) rows in chunks that fit a memory budget,
-// reduced as it goes (Welford, merged with Chan et al.'s pairwise update in chunk order) instead of
-// keeping T x B x C outputs. Sample t of input b draws at stream t, row b, so results do not depend
-// on the chunking or the thread count. Classification reports BALD's mutual information (Houlsby
+// reduced as it goes (Welford, one sample at a time in sample order after each wave of chunks)
+// instead of keeping T x B x C outputs. Sample t of input b draws at stream t, row b, so results
+// do not depend on the chunking or the thread count. Classification reports BALD's mutual information (Houlsby
 // et al. 2011) and the variation ratio (Freeman 1965); regression the total predictive variance
 // (sample variance + 1/tau, + the mean predicted variance of a Gaussian head) and central intervals.
 #ifndef DROPNET_ENGINE_MC_H_

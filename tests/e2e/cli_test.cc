@@ -113,6 +113,21 @@ TEST_F(CliTest, ModelsCreateListGetDelete) {
   EXPECT_NE(gone.err.find("NOT_FOUND: no model named 'tmp-model'"), std::string::npos) << gone.err;
 }
 
+TEST_F(CliTest, EveryExampleSpecCreatesAModel) {
+  int count = 0;
+  for (const auto& e : fs::directory_iterator(kSource / "examples")) {
+    if (e.path().extension() != ".json") continue;
+    const std::string name = "example-" + e.path().stem().string();
+    auto r = Run({"models", "create", name, "--spec", e.path().string()});
+    EXPECT_EQ(r.code, 0) << e.path() << ": " << r.err;
+    auto g = json::parse(Run({"models", "get", name, "--format", "json"}).out);
+    EXPECT_FALSE(g["spec"]["description"].get<std::string>().empty()) << e.path() << " names no data";
+    EXPECT_EQ(Run({"models", "delete", name}).code, 0);
+    ++count;
+  }
+  EXPECT_GE(count, 4);
+}
+
 TEST_F(CliTest, BadSpecIsRejectedWithTheField) {
   fs::path spec = dir_ / "bad.json";
   std::ofstream(spec) << R"({"inputShape": [4], "layers": [{"type": "dense", "units": 3},

@@ -1,1 +1,304 @@
+// Tests for the optimizers against update sequences computed here in double precision with
+// PyTorch's formulas, for the learning-rate schedules and for the max-norm constraint.
+#include "server/engine/optimizer.h"
+
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <numbers>
+#include <string>
+#include <vector>
+
+namespace dropnet::engine {
+namespace {
+
+constexpr int kSteps = 3;
+
+// A weight (decayed) and a bias (not decayed), with three steps of gradients.
+struct Problem {
+  Parameter weight{"weight", Matrix(2, 2), true, true};
+  Parameter bias{"bias", Matrix(1, 2), false, false};
+  std::vector<Gradients> grads;
+
+  Problem() {
+    weight.value << 0.5f, -1.25f, 2.0f, 0.1f;
+    bias.value << -0.3f, 0.8f;
+    for (int s = 0; s < kSteps; ++s) {
+      Matrix gw(2, 2), gb(1, 2);
+      gw << 0.1f + 0.2f * s, -0.4f + 0.3f * s, 0.05f * (s + 1), 1.5f - s;
+      gb << 0.7f - 0.5f * s, -0.2f * (s + 1);
+      grads.push_back({gw, gb});
+    }
+  }
+  std::vector<Parameter*> params() { return {&weight, &bias}; }
+};
+
+// The reference for one scalar parameter: returns its value after each of the steps.
+using Reference = std::function<std::vector<double>(double w0, const std::vector<double>& g,
+                                                    bool decay)>;
+
+void CheckAgainstReference(const OptimizerConfig& config, double lr, const Reference& reference) {
+  Problem problem;
+  Optimizer optimizer(config, problem.params());
+  std::vector<std::vector<double>> weight_seq, bias_seq;
+  for (int64_t i = 0; i < 4; ++i) {
+    std::vector<double> g;
+    for (int s = 0; s < kSteps; ++s) g.push_back(problem.grads[s][0].data()[i]);
+    weight_seq.push_back(reference(problem.weight.value.data()[i], g, true));
+  }
+  for (int64_t i = 0; i < 2; ++i) {
+    std::vector<double> g;
+    for (int s = 0; s < kSteps; ++s) g.push_back(problem.grads[s][1].data()[i]);
+    bias_seq.push_back(reference(problem.bias.value.data()[i], g, false));
+  }
+  for (int s = 0; s < kSteps; ++s) {
+    optimizer.Step(problem.grads[s], lr);
+    for (int64_t i = 0; i < 4; ++i) {
+      EXPECT_NEAR(problem.weight.value.data()[i], weight_seq[i][s], 2e-6)
+          << "weight element " << i << " after step " << s + 1;
+    }
+    for (int64_t i = 0; i < 2; ++i) {
+      EXPECT_NEAR(problem.bias.value.data()[i], bias_seq[i][s], 2e-6)
+          << "bias element " << i << " after step " << s + 1;
+    }
+  }
+}
+
+Reference SgdReference(double lr, double mu, bool nesterov, double wd) {
+  return [=](double w, const std::vector<double>& grads, bool decay) {
+    std::vector<double> out;
+    double buf = 0;
+    bool first = true;
+    for (double g : grads) {
+      if (decay) g += wd * w;
+      if (mu > 0) {
+        buf = first ? g : mu * buf + g;  // PyTorch: the buffer starts as the first gradient
+        first = false;
+        g = nesterov ? g + mu * buf : buf;
+      }
+      w -= lr * g;
+      out.push_back(w);
+    }
+    return out;
+  };
+}
+
+Reference AdamReference(double lr, double b1, double b2, double eps, double wd, bool decoupled) {
+  return [=](double w, const std::vector<double>& grads, bool decay) {
+    std::vector<double> out;
+    double m = 0, v = 0;
+    int t = 0;
+    for (double g : grads) {
+      ++t;
+      if (decay && decoupled) w -= lr * wd * w;
+      if (decay && !decoupled) g += wd * w;
+      m = b1 * m + (1 - b1) * g;
+      v = b2 * v + (1 - b2) * g * g;
+      const double bc1 = 1 - std::pow(b1, t), bc2 = 1 - std::pow(b2, t);
+      w -= lr / bc1 * m / (std::sqrt(v) / std::sqrt(bc2) + eps);  // eps outside the sqrt
+      out.push_back(w);
+    }
+    return out;
+  };
+}
+
+OptimizerConfig Sgd(double momentum, bool nesterov, double wd) {
+  OptimizerConfig c;
+  c.type = "sgd";
+  c.momentum = momentum;
+  c.nesterov = nesterov;
+  c.weight_decay = wd;
+  return c;
+}
+
+TEST(OptimizerTest, PlainSgd) {
+  CheckAgainstReference(Sgd(0.0, false, 0.0), 0.1, SgdReference(0.1, 0.0, false, 0.0));
+  CheckAgainstReference(Sgd(0.0, false, 0.05), 0.1, SgdReference(0.1, 0.0, false, 0.05));
+}
+
+TEST(OptimizerTest, SgdMomentum) {
+  CheckAgainstReference(Sgd(0.9, false, 0.0), 0.05, SgdReference(0.05, 0.9, false, 0.0));
+  CheckAgainstReference(Sgd(0.9, false, 0.01), 0.05, SgdReference(0.05, 0.9, false, 0.01));
+}
+
+TEST(OptimizerTest, SgdNesterov) {
+  CheckAgainstReference(Sgd(0.8, true, 0.0), 0.05, SgdReference(0.05, 0.8, true, 0.0));
+  CheckAgainstReference(Sgd(0.8, true, 0.02), 0.05, SgdReference(0.05, 0.8, true, 0.02));
+}
+
+TEST(OptimizerTest, AdamWithBiasCorrectionAndL2) {
+  for (double wd : {0.0, 0.1}) {
+    SCOPED_TRACE(wd);
+    OptimizerConfig c;
+    c.type = "adam";
+    c.beta1 = 0.9;
+    c.beta2 = 0.99;
+    c.epsilon = 1e-3;  // large enough that its place (outside the sqrt) matters
+    c.weight_decay = wd;
+    CheckAgainstReference(c, 0.01, AdamReference(0.01, 0.9, 0.99, 1e-3, wd, false));
+  }
+}
+
+TEST(OptimizerTest, AdamWDecouplesDecay) {
+  OptimizerConfig c;
+  c.type = "adamw";
+  c.beta1 = 0.8;
+  c.beta2 = 0.95;
+  c.epsilon = 1e-8;
+  c.weight_decay = 0.5;
+  CheckAgainstReference(c, 0.02, AdamReference(0.02, 0.8, 0.95, 1e-8, 0.5, true));
+}
+
+TEST(OptimizerTest, ReferencesTellTheVariantsApart) {
+  // The checks above would catch a mix-up: the variants give different first-step updates.
+  const std::vector<double> g = {0.3, -0.2, 0.1};
+  const double l2 = AdamReference(0.02, 0.9, 0.999, 1e-8, 0.5, false)(1.0, g, true)[2];
+  const double decoupled = AdamReference(0.02, 0.9, 0.999, 1e-8, 0.5, true)(1.0, g, true)[2];
+  EXPECT_GT(std::abs(l2 - decoupled), 1e-3);
+  const double momentum = SgdReference(0.1, 0.9, false, 0)(1.0, g, false)[2];
+  const double nesterov = SgdReference(0.1, 0.9, true, 0)(1.0, g, false)[2];
+  EXPECT_GT(std::abs(momentum - nesterov), 1e-3);
+}
+
+TEST(OptimizerTest, LearningRateArgumentIsUsedPerStep) {
+  Problem problem;
+  Optimizer sgd(Sgd(0.0, false, 0.0), problem.params());
+  const float w0 = problem.weight.value(0, 0);
+  sgd.Step(problem.grads[0], 0.5);
+  EXPECT_NEAR(problem.weight.value(0, 0), w0 - 0.5f * problem.grads[0][0](0, 0), 1e-7);
+  EXPECT_THROW(sgd.Step({problem.grads[0][0]}, 0.1), InvalidArgument);
+}
+
+TEST(OptimizerTest, BadConfigurationsThrowNamingTheField) {
+  auto expect_throw = [](OptimizerConfig c, const std::string& field) {
+    try {
+      CheckOptimizer(c);
+      ADD_FAILURE() << "no throw for " << field;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+    Problem p;
+    EXPECT_THROW(Optimizer(c, p.params()), InvalidArgument);
+  };
+  OptimizerConfig c;
+  EXPECT_NO_THROW(CheckOptimizer(c));
+  c.type = "rmsprop";
+  expect_throw(c, "rmsprop");
+  c = {};
+  c.learning_rate = 0;
+  expect_throw(c, "learning_rate");
+  c = {};
+  c.learning_rate = INFINITY;
+  expect_throw(c, "learning_rate");
+  c = {};
+  c.momentum = 1.0;
+  expect_throw(c, "momentum");
+  c = {};
+  c.beta1 = -0.1;
+  expect_throw(c, "beta1");
+  c = {};
+  c.beta2 = 1.0;
+  expect_throw(c, "beta2");
+  c = {};
+  c.epsilon = 0;
+  expect_throw(c, "epsilon");
+  c = {};
+  c.weight_decay = -1;
+  expect_throw(c, "weight_decay");
+  c = Sgd(0.0, true, 0.0);
+  expect_throw(c, "nesterov");
+}
+
+TEST(ScheduleTest, ConstantAndStep) {
+  ScheduleConfig constant;
+  EXPECT_DOUBLE_EQ(ScheduledLearningRate(constant, 0.1, 0, 10, 100), 0.1);
+  EXPECT_DOUBLE_EQ(ScheduledLearningRate(constant, 0.1, 99, 10, 100), 0.1);
+
+  ScheduleConfig step;
+  step.type = "step";
+  step.step_epochs = 2;
+  step.gamma = 0.5;
+  // Ten steps an epoch: epochs 0-1 at the base rate, 2-3 halved, 4-5 quartered.
+  EXPECT_DOUBLE_EQ(ScheduledLearningRate(step, 0.1, 0, 10, 100), 0.1);
+  EXPECT_DOUBLE_EQ(ScheduledLearningRate(step, 0.1, 19, 10, 100), 0.1);
+  EXPECT_DOUBLE_EQ(ScheduledLearningRate(step, 0.1, 20, 10, 100), 0.05);
+  EXPECT_DOUBLE_EQ(ScheduledLearningRate(step, 0.1, 39, 10, 100), 0.05);
+  EXPECT_DOUBLE_EQ(ScheduledLearningRate(step, 0.1, 45, 10, 100), 0.025);
+}
+
+TEST(ScheduleTest, CosineEndpoints) {
+  ScheduleConfig cosine;
+  cosine.type = "cosine";
+  cosine.min_learning_rate = 0.001;
+  const int64_t total = 101;
+  EXPECT_DOUBLE_EQ(ScheduledLearningRate(cosine, 0.1, 0, 10, total), 0.1);
+  EXPECT_NEAR(ScheduledLearningRate(cosine, 0.1, total - 1, 10, total), 0.001, 1e-15);
+  EXPECT_NEAR(ScheduledLearningRate(cosine, 0.1, 50, 10, total), 0.5 * (0.1 + 0.001), 1e-12);
+  EXPECT_NEAR(ScheduledLearningRate(cosine, 0.1, 25, 10, total),
+              0.001 + 0.5 * 0.099 * (1 + std::cos(std::numbers::pi / 4)), 1e-12);
+  double previous = INFINITY;
+  for (int64_t s = 0; s < total; ++s) {
+    const double lr = ScheduledLearningRate(cosine, 0.1, s, 10, total);
+    EXPECT_LE(lr, previous);
+    EXPECT_GE(lr, 0.001 - 1e-15);
+    previous = lr;
+  }
+  // One step in all: the base rate.
+  EXPECT_DOUBLE_EQ(ScheduledLearningRate(cosine, 0.1, 0, 1, 1), 0.1);
+}
+
+TEST(ScheduleTest, BadSchedulesThrowNamingTheField) {
+  auto message = [](const ScheduleConfig& s) -> std::string {
+    try {
+      CheckSchedule(s);
+    } catch (const InvalidArgument& e) {
+      return e.what();
+    }
+    return "";
+  };
+  ScheduleConfig s;
+  EXPECT_EQ(message(s), "");
+  s.type = "linear";
+  EXPECT_NE(message(s).find("linear"), std::string::npos);
+  s = {};
+  s.step_epochs = 0;
+  EXPECT_NE(message(s).find("schedule.step_epochs"), std::string::npos);
+  s = {};
+  s.gamma = 0;
+  EXPECT_NE(message(s).find("schedule.gamma"), std::string::npos);
+  s = {};
+  s.gamma = 1.5;
+  EXPECT_NE(message(s).find("schedule.gamma"), std::string::npos);
+  s = {};
+  s.min_learning_rate = -1;
+  EXPECT_NE(message(s).find("schedule.min_learning_rate"), std::string::npos);
+}
+
+TEST(MaxNormTest, ClipsLongColumnsAndLeavesShortOnes) {
+  Parameter w{"weight", Matrix(3, 3), true, true};
+  // Column norms: 5, 0.5, 2 (exactly at the limit).
+  w.value << 3.0f, 0.3f, 0.0f,
+             4.0f, 0.4f, 2.0f,
+             0.0f, 0.0f, 0.0f;
+  Parameter bias{"bias", Matrix(1, 3), false, false};
+  bias.value << 10.0f, -20.0f, 30.0f;
+  const Matrix original = w.value;
+  ApplyMaxNorm({&w, &bias}, 0.0);  // c <= 0: no-op
+  EXPECT_EQ(w.value, original);
+
+  ApplyMaxNorm({&w, &bias}, 2.0);
+  EXPECT_NEAR(w.value.col(0).norm(), 2.0f, 1e-6f);
+  EXPECT_NEAR(w.value(0, 0), 1.2f, 1e-6f);  // direction kept: (3, 4)/5 * 2
+  EXPECT_NEAR(w.value(1, 0), 1.6f, 1e-6f);
+  EXPECT_EQ(w.value(2, 0), 0.0f);
+  EXPECT_EQ(Matrix(w.value.col(1)), Matrix(original.col(1)));
+  EXPECT_EQ(Matrix(w.value.col(2)), Matrix(original.col(2)));
+  // Parameters without the max_norm flag are untouched.
+  EXPECT_FLOAT_EQ(bias.value(0, 0), 10.0f);
+  EXPECT_FLOAT_EQ(bias.value(0, 1), -20.0f);
+  EXPECT_FLOAT_EQ(bias.value(0, 2), 30.0f);
+}
+
+}  // namespace
+}  // namespace dropnet::engine
