@@ -52,6 +52,20 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--shutdown-grace", c.shutdown_grace_seconds,
                  "seconds in-flight calls get after SIGTERM")->check(CLI::NonNegativeNumber);
+  app.add_option("--tls-cert", c.tls_cert, "server certificate (PEM); with --tls-key enables TLS")
+      ->envname("DROPNET_TLS_CERT")->check(CLI::ExistingFile);
+  app.add_option("--tls-key", c.tls_key, "server private key (PEM)")
+      ->envname("DROPNET_TLS_KEY")->check(CLI::ExistingFile);
+  app.add_option("--tls-client-ca", c.tls_client_ca,
+                 "CA (PEM) for client certificates: mutual TLS, clients must present one")
+      ->envname("DROPNET_TLS_CLIENT_CA")->check(CLI::ExistingFile);
+  app.add_flag("--plaintext", c.plaintext,
+               "serve without TLS on a non-loopback address (loopback is always allowed)")
+      ->envname("DROPNET_PLAINTEXT");
+  app.add_option("--tokens-file", c.tokens_file,
+                 "bearer tokens, one '<role> <token>' a line (roles admin, predict); also "
+                 "DROPNET_ADMIN_TOKEN, DROPNET_PREDICT_TOKEN")
+      ->envname("DROPNET_TOKENS_FILE")->check(CLI::ExistingFile);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->envname("DROPNET_LOG_LEVEL")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));

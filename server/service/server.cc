@@ -1,6 +1,7 @@
 #include "server/service/server.h"
 
 #include <chrono>
+#include <fstream>
 
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -36,7 +37,24 @@ constexpr const char* kExampleSpec = R"json({
 
 std::shared_ptr<spdlog::logger> Log() { return spdlog::get("server"); }
 
+std::string ReadPem(const std::filesystem::path& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(std::string("cannot read ") + what + " '" + path.string() + "'");
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
 }  // namespace
+
+bool IsLoopbackAddress(const std::string& listen) {
+  std::string host = listen;
+  if (host.rfind("ipv4:", 0) == 0) host = host.substr(5);
+  if (host.rfind("ipv6:", 0) == 0) host = host.substr(5);
+  if (!host.empty() && host[0] == '[') {
+    return host.rfind("[::1]", 0) == 0;
+  }
+  host = host.substr(0, host.rfind(':'));
+  return host == "localhost" || host.rfind("127.", 0) == 0;
+}
 
 void SetUpLogging(const std::string& level) {
   auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
@@ -65,12 +83,35 @@ void Server::Start() {
   const std::string loaded = registry_->LoadAll();
   Log()->info("model store {} ({}): {}", config_.store.string(),
               config_.service.read_only ? "read-only replica" : "read-write", loaded);
-  service_ = std::make_unique<DropnetService>(registry_.get(), config_.service);
+  if (!config_.tokens_file.empty()) auth_.LoadFile(config_.tokens_file.string());
+  auth_.LoadEnvironment();
+  service_ = std::make_unique<DropnetService>(registry_.get(), config_.service, &auth_);
+
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  const bool tls = !config_.tls_cert.empty() || !config_.tls_key.empty();
+  if (tls) {
+    if (config_.tls_cert.empty() || config_.tls_key.empty()) {
+      throw std::runtime_error("TLS needs both a certificate (--tls-cert) and a key (--tls-key)");
+    }
+    grpc::SslServerCredentialsOptions ssl(
+        config_.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                      : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_key_cert_pairs.push_back(
+        {ReadPem(config_.tls_key, "TLS key"), ReadPem(config_.tls_cert, "TLS certificate")});
+    if (!config_.tls_client_ca.empty()) ssl.pem_root_certs = ReadPem(config_.tls_client_ca, "client CA");
+    credentials = grpc::SslServerCredentials(ssl);
+  } else {
+    if (!config_.plaintext && !IsLoopbackAddress(config_.listen)) {
+      throw std::runtime_error("refusing to serve plaintext on " + config_.listen +
+                               ": give --tls-cert and --tls-key, or --plaintext to accept it");
+    }
+    credentials = grpc::InsecureServerCredentials();
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config_.listen, grpc::InsecureServerCredentials(), &port_);
+  builder.AddListeningPort(config_.listen, credentials, &port_);
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(config_.max_message_bytes);
   builder.SetMaxSendMessageSize(config_.max_message_bytes);
@@ -85,7 +126,10 @@ void Server::Start() {
   auto* health = server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
-  Log()->info("serving dropnet.v1 on {} (port {})", config_.listen, port_);
+  Log()->info("serving dropnet.v1 on {} (port {}), {}{}, {}", config_.listen, port_,
+              tls ? "TLS" : "plaintext",
+              tls && !config_.tls_client_ca.empty() ? " with client certificates" : "",
+              auth_.enabled() ? std::to_string(auth_.size()) + " tokens" : "no tokens (open)");
 
   if (config_.poll_interval_seconds > 0) {
     poller_ = std::thread([this] {
@@ -95,7 +139,7 @@ void Server::Start() {
         lock.unlock();
         try {
           int changed = registry_->Refresh();
-          if (changed) Log()->info("store poll: {} models changed", changed);
+          if (changed) Log()->info("store poll: {} models or data sets changed", changed);
         } catch (const std::exception& e) {
           Log()->warn("store poll failed: {}", e.what());
         }

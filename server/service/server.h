@@ -29,7 +29,18 @@ struct ServerConfig {
   bool example = false;                   // bootstrap the example model on an empty store
   std::filesystem::path example_data = "/usr/share/datasets/fashion-mnist";
   int example_epochs = 1;
+  // TLS: a server certificate and key (PEM); with client_ca also mutual TLS (client certificates
+  // required and verified). Without a certificate the server speaks plaintext, which it does only
+  // on a loopback address unless `plaintext` is set.
+  std::filesystem::path tls_cert, tls_key, tls_client_ca;
+  bool plaintext = false;
+  // Bearer tokens ("<role> <token>" lines); DROPNET_ADMIN_TOKEN / DROPNET_PREDICT_TOKEN are read
+  // too. None: every call is allowed.
+  std::filesystem::path tokens_file;
 };
+
+// True for 127.0.0.0/8, localhost and [::1] listen addresses.
+bool IsLoopbackAddress(const std::string& listen);
 
 class Server {
  public:
@@ -54,6 +65,7 @@ class Server {
   ServerConfig config_;
   std::unique_ptr<ModelStore> store_;
   std::unique_ptr<Registry> registry_;
+  TokenAuth auth_;
   std::unique_ptr<DropnetService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -112,8 +112,8 @@ struct DropnetService::CallLog {
   }
 };
 
-DropnetService::DropnetService(Registry* registry, ServiceConfig config)
-    : registry_(registry), config_(std::move(config)) {}
+DropnetService::DropnetService(Registry* registry, ServiceConfig config, const TokenAuth* auth)
+    : registry_(registry), auth_(auth), config_(std::move(config)) {}
 
 void DropnetService::StartDraining() {
   draining_ = true;
@@ -121,11 +121,15 @@ void DropnetService::StartDraining() {
 }
 
 template <typename Body>
-grpc::Status DropnetService::Handle(const char* method, grpc::ServerContext* ctx, bool mutates,
+grpc::Status DropnetService::Handle(const char* method, grpc::ServerContext* ctx, Role role,
                                     Body&& body) {
   CallLog log{method};
   grpc::Status status;
-  if (draining_) {
+  // Admin calls are the ones that write; a read-only replica refuses them.
+  const bool mutates = role == Role::kAdmin;
+  if (auth_ && !(status = auth_->Check(*ctx, role, method)).ok()) {
+    // Refused before any work: nothing else to check.
+  } else if (draining_) {
     status = grpc::Status(StatusCode::UNAVAILABLE, "the server is shutting down");
   } else if (mutates && config_.read_only) {
     status = grpc::Status(StatusCode::FAILED_PRECONDITION,
@@ -146,7 +150,7 @@ grpc::Status DropnetService::Handle(const char* method, grpc::ServerContext* ctx
 grpc::Status DropnetService::CreateModel(grpc::ServerContext* ctx,
                                          const v1::CreateModelRequest* req,
                                          v1::CreateModelResponse* resp) {
-  return Handle("CreateModel", ctx, true, [&](CallLog& log) {
+  return Handle("CreateModel", ctx, Role::kAdmin, [&](CallLog& log) {
     log.model = req->name();
     if (!req->has_spec()) Fail(StatusCode::INVALID_ARGUMENT, "spec is required");
     auto snap = registry_->Create(req->name(), req->spec());
@@ -158,7 +162,7 @@ grpc::Status DropnetService::CreateModel(grpc::ServerContext* ctx,
 
 grpc::Status DropnetService::GetModel(grpc::ServerContext* ctx, const v1::GetModelRequest* req,
                                       v1::GetModelResponse* resp) {
-  return Handle("GetModel", ctx, false, [&](CallLog& log) {
+  return Handle("GetModel", ctx, Role::kPredict, [&](CallLog& log) {
     log.model = req->name();
     auto snap = registry_->Get(req->name());
     log.version = snap->version;
@@ -169,7 +173,7 @@ grpc::Status DropnetService::GetModel(grpc::ServerContext* ctx, const v1::GetMod
 
 grpc::Status DropnetService::ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest*,
                                         v1::ListModelsResponse* resp) {
-  return Handle("ListModels", ctx, false, [&](CallLog&) {
+  return Handle("ListModels", ctx, Role::kPredict, [&](CallLog&) {
     for (const auto& name : registry_->ModelNames()) {
       try {
         registry_->Describe(*registry_->Get(name), resp->add_models());
@@ -184,7 +188,7 @@ grpc::Status DropnetService::ListModels(grpc::ServerContext* ctx, const v1::List
 grpc::Status DropnetService::DeleteModel(grpc::ServerContext* ctx,
                                          const v1::DeleteModelRequest* req,
                                          v1::DeleteModelResponse*) {
-  return Handle("DeleteModel", ctx, true, [&](CallLog& log) {
+  return Handle("DeleteModel", ctx, Role::kAdmin, [&](CallLog& log) {
     log.model = req->name();
     registry_->Delete(req->name());
     return grpc::Status::OK;
@@ -196,7 +200,7 @@ grpc::Status DropnetService::DeleteModel(grpc::ServerContext* ctx,
 grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
                                            grpc::ServerReader<v1::UploadDatasetRequest>* reader,
                                            v1::UploadDatasetResponse* resp) {
-  return Handle("UploadDataset", ctx, true, [&](CallLog& log) {
+  return Handle("UploadDataset", ctx, Role::kAdmin, [&](CallLog& log) {
     v1::UploadDatasetRequest msg;
     if (!reader->Read(&msg) || !msg.has_header()) {
       Fail(StatusCode::INVALID_ARGUMENT, "the first UploadDataset message must be a header");
@@ -303,7 +307,7 @@ grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
 grpc::Status DropnetService::ImportDataset(grpc::ServerContext* ctx,
                                            const v1::ImportDatasetRequest* req,
                                            v1::ImportDatasetResponse* resp) {
-  return Handle("ImportDataset", ctx, true, [&](CallLog& log) {
+  return Handle("ImportDataset", ctx, Role::kAdmin, [&](CallLog& log) {
     CheckName("name", req->name());
     log.model = req->name();
     if (config_.data_root.empty()) {
@@ -360,7 +364,7 @@ grpc::Status DropnetService::ImportDataset(grpc::ServerContext* ctx,
 
 grpc::Status DropnetService::ListDatasets(grpc::ServerContext* ctx, const v1::ListDatasetsRequest*,
                                           v1::ListDatasetsResponse* resp) {
-  return Handle("ListDatasets", ctx, false, [&](CallLog&) {
+  return Handle("ListDatasets", ctx, Role::kPredict, [&](CallLog&) {
     for (auto& info : registry_->ListDatasets()) *resp->add_datasets() = std::move(info);
     return grpc::Status::OK;
   });
@@ -369,7 +373,7 @@ grpc::Status DropnetService::ListDatasets(grpc::ServerContext* ctx, const v1::Li
 grpc::Status DropnetService::DeleteDataset(grpc::ServerContext* ctx,
                                            const v1::DeleteDatasetRequest* req,
                                            v1::DeleteDatasetResponse*) {
-  return Handle("DeleteDataset", ctx, true, [&](CallLog& log) {
+  return Handle("DeleteDataset", ctx, Role::kAdmin, [&](CallLog& log) {
     log.model = req->name();
     registry_->DeleteDataset(req->name());
     return grpc::Status::OK;
@@ -569,7 +573,7 @@ grpc::Status DropnetService::RunTraining(const v1::TrainRequest& req, const Trai
 
 grpc::Status DropnetService::Train(grpc::ServerContext* ctx, const v1::TrainRequest* req,
                                    grpc::ServerWriter<v1::TrainEvent>* writer) {
-  return Handle("Train", ctx, true, [&](CallLog& log) {
+  return Handle("Train", ctx, Role::kAdmin, [&](CallLog& log) {
     log.model = req->model();
     log.mode = "train";
     grpc::Status s = RunTraining(
@@ -586,7 +590,7 @@ grpc::Status DropnetService::Train(grpc::ServerContext* ctx, const v1::TrainRequ
 
 grpc::Status DropnetService::Predict(grpc::ServerContext* ctx, const v1::PredictRequest* req,
                                      v1::PredictResponse* resp) {
-  return Handle("Predict", ctx, false, [&](CallLog& log) {
+  return Handle("Predict", ctx, Role::kPredict, [&](CallLog& log) {
     log.model = req->model();
     log.mode = "eval";
     SnapshotPtr snap = registry_->Get(req->model());
@@ -614,7 +618,7 @@ grpc::Status DropnetService::Predict(grpc::ServerContext* ctx, const v1::Predict
 grpc::Status DropnetService::PredictUncertainty(grpc::ServerContext* ctx,
                                                 const v1::PredictUncertaintyRequest* req,
                                                 v1::PredictUncertaintyResponse* resp) {
-  return Handle("PredictUncertainty", ctx, false, [&](CallLog& log) {
+  return Handle("PredictUncertainty", ctx, Role::kPredict, [&](CallLog& log) {
     log.model = req->model();
     log.mode = "monte_carlo";
     SnapshotPtr snap = registry_->Get(req->model());
@@ -675,7 +679,7 @@ grpc::Status DropnetService::PredictUncertainty(grpc::ServerContext* ctx,
 
 grpc::Status DropnetService::Evaluate(grpc::ServerContext* ctx, const v1::EvaluateRequest* req,
                                       v1::EvaluateResponse* resp) {
-  return Handle("Evaluate", ctx, false, [&](CallLog& log) {
+  return Handle("Evaluate", ctx, Role::kPredict, [&](CallLog& log) {
     log.model = req->model();
     log.mode = ModeOf(req->mode());
     SnapshotPtr snap = registry_->Get(req->model());

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "dropnet/v1/service.grpc.pb.h"
+#include "server/service/auth.h"
 #include "server/service/registry.h"
 
 namespace dropnet::service {
@@ -35,7 +36,8 @@ using TrainSink = std::function<bool(const v1::TrainEvent&)>;
 
 class DropnetService final : public v1::Dropnet::Service {
  public:
-  DropnetService(Registry* registry, ServiceConfig config);
+  // `auth` may be null (every call allowed); it must outlive the service.
+  DropnetService(Registry* registry, ServiceConfig config, const TokenAuth* auth = nullptr);
 
   // While draining, new calls get UNAVAILABLE and running trainings stop and save.
   void StartDraining();
@@ -74,9 +76,10 @@ class DropnetService final : public v1::Dropnet::Service {
  private:
   struct CallLog;
   template <typename Body>
-  grpc::Status Handle(const char* method, grpc::ServerContext* ctx, bool mutates, Body&& body);
+  grpc::Status Handle(const char* method, grpc::ServerContext* ctx, Role role, Body&& body);
 
   Registry* registry_;
+  const TokenAuth* auth_;
   ServiceConfig config_;
   std::atomic<bool> draining_{false};
 };

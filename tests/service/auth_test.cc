@@ -1,0 +1,227 @@
+// TLS, mutual TLS and bearer tokens, through the client library against an in-process server.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "client/client.h"
+#include "server/service/auth.h"
+#include "server/service/server.h"
+
+namespace dropnet::service {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kTls = DROPNET_TLS_DIR;
+
+TEST(ConstantTimeEqualsTest, ComparesWholeStrings) {
+  EXPECT_TRUE(ConstantTimeEquals("abcdefgh", "abcdefgh"));
+  EXPECT_FALSE(ConstantTimeEquals("abcdefgh", "abcdefgX"));
+  EXPECT_FALSE(ConstantTimeEquals("abcdefgh", "abcdefg"));
+  EXPECT_FALSE(ConstantTimeEquals("abcdefg", "abcdefgh"));
+  EXPECT_FALSE(ConstantTimeEquals("", "a"));
+  EXPECT_TRUE(ConstantTimeEquals("", ""));
+}
+
+class TokenFileTest : public ::testing::Test {
+ protected:
+  fs::path Write(const std::string& text) {
+    fs::path p = fs::temp_directory_path() / ("dropnet-tokens-" + std::to_string(::getpid()));
+    std::ofstream(p) << text;
+    return p;
+  }
+};
+
+TEST_F(TokenFileTest, ReadsRolesAndComments) {
+  TokenAuth auth;
+  auth.LoadFile(Write("# tokens\nadmin 0123456789abcdef0123\n\npredict  fedcba9876543210fedc # ops\n"));
+  EXPECT_EQ(auth.size(), 2u);
+}
+
+TEST_F(TokenFileTest, RejectsBadLinesWithTheLineNumber) {
+  TokenAuth a;
+  try {
+    a.LoadFile(Write("admin 0123456789abcdef0123\nroot 0123456789abcdef0123\n"));
+    FAIL() << "an unknown role was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find(":2: unknown role 'root'"), std::string::npos) << e.what();
+  }
+  TokenAuth b;
+  EXPECT_THROW(b.LoadFile(Write("admin short\n")), std::runtime_error);
+  TokenAuth c;
+  EXPECT_THROW(c.LoadFile(Write("admin 0123456789abcdef0123 extra\n")), std::runtime_error);
+  TokenAuth d;
+  EXPECT_THROW(d.LoadFile("/nonexistent/tokens"), std::runtime_error);
+}
+
+class SecureServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { SetUpLogging("off"); }
+  void SetUp() override {
+    store_ = fs::temp_directory_path() / ("dropnet-auth-" + std::to_string(::getpid()) + "-" +
+                                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(store_);
+  }
+  void TearDown() override {
+    server_.reset();
+    fs::remove_all(store_);
+  }
+  ServerConfig Config() {
+    ServerConfig c;
+    c.listen = "127.0.0.1:0";
+    c.store = store_;
+    return c;
+  }
+  client::Client Connect(client::ClientOptions o) {
+    o.target = "localhost:" + std::to_string(server_->port());
+    o.deadline = std::chrono::seconds(5);
+    o.max_attempts = 2;
+    return client::Client(o);
+  }
+  static v1::ModelSpec SmallSpec() {
+    v1::ModelSpec spec;
+    spec.add_input_shape(3);
+    auto* l = spec.add_layers();
+    l->set_type("dense");
+    l->set_units(2);
+    return spec;
+  }
+  static grpc::StatusCode CodeOf(const std::function<void()>& call) {
+    try {
+      call();
+      return grpc::StatusCode::OK;
+    } catch (const client::ClientError& e) {
+      return e.code();
+    }
+  }
+
+  fs::path store_;
+  std::unique_ptr<Server> server_;
+};
+
+constexpr const char* kAdmin = "admin-token-0123456789";
+constexpr const char* kPredict = "predict-token-0123456789";
+
+TEST_F(SecureServerTest, TokensSeparateAdminFromPredict) {
+  fs::path tokens = store_.string() + ".tokens";
+  std::ofstream(tokens) << "admin " << kAdmin << "\npredict " << kPredict << "\n";
+  ServerConfig c = Config();
+  c.tokens_file = tokens;
+  server_ = std::make_unique<Server>(c);
+  server_->Start();
+
+  client::ClientOptions none, admin, predict, wrong;
+  admin.token = kAdmin;
+  predict.token = kPredict;
+  wrong.token = "not-a-token-000000000";
+  auto anon = Connect(none);
+  auto adm = Connect(admin);
+  auto pre = Connect(predict);
+  auto bad = Connect(wrong);
+
+  EXPECT_TRUE(anon.Healthy());  // health stays open for probes
+  EXPECT_EQ(CodeOf([&] { anon.ListModels(); }), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(CodeOf([&] { bad.ListModels(); }), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(CodeOf([&] { pre.CreateModel("m", SmallSpec()); }), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(CodeOf([&] { adm.CreateModel("m", SmallSpec()); }), grpc::StatusCode::OK);
+  client::Matrix x = client::Matrix::Ones(2, 3);
+  EXPECT_EQ(CodeOf([&] { pre.Predict("m", x); }), grpc::StatusCode::OK);
+  EXPECT_EQ(CodeOf([&] { pre.PredictUncertainty("m", x); }), grpc::StatusCode::OK);
+  EXPECT_EQ(CodeOf([&] { pre.GetModel("m"); }), grpc::StatusCode::OK);
+  EXPECT_EQ(CodeOf([&] { pre.DeleteModel("m"); }), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(CodeOf([&] { anon.Predict("m", x); }), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(CodeOf([&] { adm.DeleteModel("m"); }), grpc::StatusCode::OK);
+  fs::remove(tokens);
+}
+
+TEST_F(SecureServerTest, TokensFromTheEnvironment) {
+  ::setenv("DROPNET_PREDICT_TOKEN", kPredict, 1);
+  server_ = std::make_unique<Server>(Config());
+  server_->Start();
+  ::unsetenv("DROPNET_PREDICT_TOKEN");
+  client::ClientOptions predict;
+  predict.token = kPredict;
+  auto pre = Connect(predict);
+  EXPECT_EQ(CodeOf([&] { pre.ListModels(); }), grpc::StatusCode::OK);
+  EXPECT_EQ(CodeOf([&] { pre.CreateModel("m", SmallSpec()); }), grpc::StatusCode::PERMISSION_DENIED);
+}
+
+TEST_F(SecureServerTest, TlsServesClientsThatTrustItsCa) {
+  ServerConfig c = Config();
+  c.tls_cert = kTls / "server.pem";
+  c.tls_key = kTls / "server.key";
+  server_ = std::make_unique<Server>(c);
+  server_->Start();
+
+  client::ClientOptions tls;
+  tls.use_tls = true;
+  tls.ca_file = (kTls / "ca.pem").string();
+  auto good = Connect(tls);
+  EXPECT_EQ(CodeOf([&] { good.CreateModel("m", SmallSpec()); }), grpc::StatusCode::OK);
+
+  auto plain = Connect(client::ClientOptions{});
+  EXPECT_EQ(CodeOf([&] { plain.ListModels(); }), grpc::StatusCode::UNAVAILABLE);
+
+  client::ClientOptions untrusted;
+  untrusted.use_tls = true;
+  untrusted.ca_file = (kTls / "other-ca.pem").string();  // not the issuing CA
+  auto bad = Connect(untrusted);
+  EXPECT_EQ(CodeOf([&] { bad.ListModels(); }), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(SecureServerTest, MutualTlsRequiresAClientCertificate) {
+  ServerConfig c = Config();
+  c.tls_cert = kTls / "server.pem";
+  c.tls_key = kTls / "server.key";
+  c.tls_client_ca = kTls / "ca.pem";
+  server_ = std::make_unique<Server>(c);
+  server_->Start();
+
+  client::ClientOptions no_cert;
+  no_cert.use_tls = true;
+  no_cert.ca_file = (kTls / "ca.pem").string();
+  auto anon = Connect(no_cert);
+  EXPECT_EQ(CodeOf([&] { anon.ListModels(); }), grpc::StatusCode::UNAVAILABLE);
+
+  client::ClientOptions with_cert = no_cert;
+  with_cert.cert_file = (kTls / "client.pem").string();
+  with_cert.key_file = (kTls / "client.key").string();
+  auto ok = Connect(with_cert);
+  EXPECT_EQ(CodeOf([&] { ok.ListModels(); }), grpc::StatusCode::OK);
+}
+
+TEST_F(SecureServerTest, PlaintextOnlyOnLoopbackUnlessAskedFor) {
+  EXPECT_TRUE(IsLoopbackAddress("127.0.0.1:50051"));
+  EXPECT_TRUE(IsLoopbackAddress("localhost:1"));
+  EXPECT_TRUE(IsLoopbackAddress("[::1]:50051"));
+  EXPECT_FALSE(IsLoopbackAddress("0.0.0.0:50051"));
+  EXPECT_FALSE(IsLoopbackAddress("[::]:50051"));
+  EXPECT_FALSE(IsLoopbackAddress("10.1.2.3:50051"));
+
+  ServerConfig c = Config();
+  c.listen = "0.0.0.0:0";
+  {
+    Server s(c);
+    try {
+      s.Start();
+      FAIL() << "served plaintext on 0.0.0.0 without being asked";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("--plaintext"), std::string::npos) << e.what();
+    }
+  }
+  c.plaintext = true;
+  server_ = std::make_unique<Server>(c);
+  EXPECT_NO_THROW(server_->Start());
+  EXPECT_GT(server_->port(), 0);
+}
+
+TEST_F(SecureServerTest, TlsNeedsBothCertificateAndKey) {
+  ServerConfig c = Config();
+  c.tls_cert = kTls / "server.pem";
+  Server s(c);
+  EXPECT_THROW(s.Start(), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace dropnet::service
