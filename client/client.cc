@@ -48,9 +48,12 @@ std::string ReadFile(const std::string& path, const char* what) {
 }
 
 // UNAVAILABLE is retried with exponential backoff by gRPC itself (gRFC A6).
+// round_robin: a name with several addresses (dns:///dropnet-headless...:50051, a Kubernetes headless
+// Service over the serving replicas) spreads the calls over all of them; with one address it is
+// the same as the default pick_first.
 std::string ServiceConfig(int max_attempts) {
   std::ostringstream s;
-  s << R"({"methodConfig":[{"name":[{"service":"dropnet.v1.Dropnet"},{"service":"grpc.health.v1.Health"}],)"
+  s << R"({"loadBalancingConfig":[{"round_robin":{}}],"methodConfig":[{"name":[{"service":"dropnet.v1.Dropnet"},{"service":"grpc.health.v1.Health"}],)"
     << R"("retryPolicy":{"maxAttempts":)" << std::max(2, std::min(max_attempts, 5))
     << R"(,"initialBackoff":"0.1s","maxBackoff":"2s","backoffMultiplier":2,)"
     << R"("retryableStatusCodes":["UNAVAILABLE"]}}]})";

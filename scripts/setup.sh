@@ -13,6 +13,9 @@ packages=(
   libgtest-dev libgmock-dev
   dataset-fashion-mnist
 )
+# kubectl renders deploy/k8s in a test (`kubectl kustomize`): Debian's kubernetes-client, unless a
+# kubectl is already installed (another package's /usr/bin/kubectl would conflict with it).
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,6 +25,7 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -330,7 +331,13 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
   } catch (const dc::ClientError& e) {
     if (interrupted) {
       if (tty) std::cout << "\r\033[K";
-      const auto info = c.GetModel(req.model());
+      // The server stops between steps; wait until it has let go of the model, so that the
+      // version reported is the one it keeps.
+      auto info = c.GetModel(req.model());
+      for (int i = 0; i < 200 && info.training(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        info = c.GetModel(req.model());
+      }
       std::cout << "cancelled: model '" << req.model() << "' keeps version " << info.version()
                 << "\n";
       return 130;
