@@ -9,6 +9,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "apps/experiment_conv.h"
+#include "apps/experiment_learned.h"
 #include "server/engine/data.h"
 #include "server/engine/mc.h"
 #include "server/engine/metrics.h"
@@ -35,6 +37,9 @@ void LoadFashion(const Common& c, en::Dataset* train, en::Dataset* test) {
 }
 
 // The example network: 784-512-512-10, ReLU, dropout p after each hidden layer.
+// The initialisation of the reference experiments' dense layers (--init).
+std::string mlp_init = "glorot_uniform";
+
 en::NetworkSpec Mlp(double p, uint64_t seed) {
   en::NetworkSpec spec;
   spec.input = en::Shape{{1, 28, 28}};
@@ -44,7 +49,7 @@ en::NetworkSpec Mlp(double p, uint64_t seed) {
     c.type = std::move(type);
     c.units = units;
     c.rate = rate;
-    c.init = "he_uniform";
+    c.init = mlp_init;
     return c;
   };
   spec.layers = {layer("flatten"), layer("dense", 512), layer("relu"), layer("dropout", 0, p),
@@ -196,6 +201,12 @@ int main(int argc, char** argv) {
   small->add_option("--seeds", seeds)->capture_default_str()->check(CLI::PositiveNumber);
   small->add_option("--mc-samples", mc_samples, "T for MC dropout (0: skip)")->capture_default_str();
 
+  // concrete-rates, sparse-vd, fashion-lstm (apps/experiment_learned.cc): run from callbacks.
+  dropnet::apps::AddLearnedRateExperiments(&app, &c.data_dir, &c.threads);
+  // fashion-cnn, dropconnect-mlp (apps/experiment_conv.cc): run from callbacks.
+  dropnet::apps::AddConvExperiments(&app, &c.data_dir, &c.threads);
+
+  app.add_option("--init", mlp_init, "dense initialisation of the MLPs")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     if (*mlp) return FashionMlp(c, epochs, mc_samples, seed, quiet);

@@ -3,6 +3,8 @@
 
   /usr/bin/python3 bench/torch_reference.py fashion-mlp --epochs 3 --mc-samples 100
   /usr/bin/python3 bench/torch_reference.py small-data --train-size 1000 --epochs 100 --seeds 5
+  /usr/bin/python3 bench/torch_reference.py fashion-rnn --cell lstm --epochs 3
+  /usr/bin/python3 bench/torch_reference.py fashion-cnn --epochs 3 --mc-samples 30
 
 Needs Debian's python3-torch (and libopenblas0-openmp for a fast BLAS). Prints the same tables as
 build/bin/dropnet-experiment so the two can be read side by side.
@@ -89,6 +91,73 @@ def evaluate(model, x, y, mc_samples):
     return det, mc
 
 
+class RowRnn(nn.Module):
+    """Fashion-MNIST read row by row: 28 steps of 28 pixels, LSTM(units) or GRU(units), Linear."""
+
+    def __init__(self, cell, units):
+        super().__init__()
+        self.rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(28, units, batch_first=True)
+        self.out = nn.Linear(units, 10)
+
+    def forward(self, x):
+        y, _ = self.rnn(x.view(-1, 28, 28))
+        return self.out(y[:, -1])
+
+
+def cnn():
+    """conv32-conv64 (3x3, ReLU), Dropout2d 0.1, max-pool 2, dense 128, dropout 0.5: as
+    dropnet-experiment fashion-cnn."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Dropout2d(0.1),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(128, 10))
+
+
+def batched_probs(model, x, batch=500):
+    return torch.cat([F.softmax(model(x[i:i + batch]), 1) for i in range(0, len(x), batch)])
+
+
+def fashion_cnn(args, xtr, ytr, xte, yte):
+    torch.manual_seed(args.seed)
+    model = cnn()
+    print(f"PyTorch {torch.__version__}, {args.threads} threads: CNN conv32-conv64 3x3, Dropout2d "
+          f"0.1, max-pool 2, dense 128, dropout 0.5; Adam 1e-3, batch 128, {args.epochs} epochs")
+    t = 0.0
+    for epoch, loss, secs in train(model, xtr, ytr, args.epochs, args.seed):
+        t += secs
+        print(f"epoch {epoch}/{args.epochs}  loss {loss:.4f}  {len(xtr) / secs:.0f} samples/s  "
+              f"{secs:.1f} s", flush=True)
+    print(f"training took {t:.1f} s ({t / args.epochs:.1f} s an epoch)\n")
+    model.eval()
+    with torch.no_grad():
+        det = scores(batched_probs(model, xte), yte)
+        print("| prediction | accuracy | NLL | Brier | ECE |\n|---|---|---|---|---|")
+        print("| deterministic (eval) | %.4f | %.4f | %.4f | %.4f |" % det)
+        if args.mc_samples:
+            model.train()  # no BatchNorm here, so this only turns the dropout layers on
+            mean = sum(batched_probs(model, xte) for _ in range(args.mc_samples)) / args.mc_samples
+            model.eval()
+            print(f"| MC dropout, T = {args.mc_samples} | %.4f | %.4f | %.4f | %.4f |"
+                  % scores(mean, yte))
+
+
+def fashion_rnn(args, xtr, ytr, xte, yte):
+    torch.manual_seed(args.seed)
+    model = RowRnn(args.cell, args.units)
+    print(f"PyTorch {torch.__version__}, {args.threads} threads: {args.cell.upper()}({args.units}) "
+          f"+ Linear({args.units}, 10) over 28 rows of 28 pixels, Adam 1e-3, batch 128, "
+          f"{args.epochs} epochs")
+    t = 0.0
+    for epoch, loss, secs in train(model, xtr, ytr, args.epochs, args.seed):
+        t += secs
+        print(f"epoch {epoch}/{args.epochs}  loss {loss:.4f}  {secs:.1f} s")
+    print(f"training took {t:.1f} s ({t / args.epochs:.1f} s an epoch)\n")
+    det, _ = evaluate(model, xte, yte, 0)
+    print("| prediction | accuracy | NLL | Brier | ECE |\n|---|---|---|---|---|")
+    print("| deterministic (eval) | %.4f | %.4f | %.4f | %.4f |" % det)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
@@ -102,11 +171,27 @@ def main():
     b.add_argument("--train-size", type=int, default=1000)
     b.add_argument("--epochs", type=int, default=100)
     b.add_argument("--seeds", type=int, default=5)
+    k = sub.add_parser("fashion-cnn")
+    k.add_argument("--epochs", type=int, default=3)
+    k.add_argument("--mc-samples", type=int, default=30)
+    k.add_argument("--seed", type=int, default=1)
+    k.add_argument("--train-rows", type=int, default=0, help="first N training images (0: all)")
+    c = sub.add_parser("fashion-rnn")
+    c.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
+    c.add_argument("--units", type=int, default=128)
+    c.add_argument("--epochs", type=int, default=3)
+    c.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     (xtr, ytr), (xte, yte) = load_fashion(args.data_dir)
 
-    if args.cmd == "fashion-mlp":
+    if args.cmd == "fashion-cnn":
+        if args.train_rows:
+            xtr, ytr = xtr[:args.train_rows], ytr[:args.train_rows]
+        return fashion_cnn(args, xtr, ytr, xte, yte)
+    if args.cmd == "fashion-rnn":
+        fashion_rnn(args, xtr, ytr, xte, yte)
+    elif args.cmd == "fashion-mlp":
         torch.manual_seed(args.seed)
         model = mlp(0.5)
         print(f"PyTorch {torch.__version__}, {args.threads} threads: MLP 784-512-512-10, dropout 0.5, "

@@ -53,7 +53,8 @@ struct LayerCache {
 // The configuration of one layer, independent of any wire format.
 struct LayerConfig {
   std::string type;           // dense, relu, leaky_relu, tanh, sigmoid, selu, gelu, softmax,
-                              // flatten, batch_norm, dropout
+                              // flatten, batch_norm, dropout, lstm, gru, concrete_dropout,
+                              // sparse_vd
   int units = 0;              // dense: output features
   std::string init;           // dense: he_normal, he_uniform, glorot_normal, glorot_uniform
                               // (default), lecun_normal, lecun_uniform
@@ -63,6 +64,32 @@ struct LayerConfig {
   double negative_slope = 0.01;  // leaky_relu
   double momentum = 0.1;      // batch_norm: running = (1-momentum)*running + momentum*batch
   double epsilon = 1e-5;      // batch_norm
+  // conv1d, conv2d, max_pool[1d|2d], avg_pool[1d|2d], global_avg_pool (conv.h); square kernels.
+  int filters = 0;            // conv: output channels
+  int kernel_size = 0;        // conv: kernel length (1D) or side (2D); required
+  int stride = 0;             // conv, pools: step; 0 = 1 for conv, pool_size for pools
+  int padding = 0;            // conv, pools: zeros added on each side of every spatial dimension
+  int pool_size = 0;          // pools: window length or side; 0 = 2
+  // drop_connect (dropconnect.h): a dense layer (units, init, use_bias) with DropConnect at rate.
+  bool drop_connect_shared = false;  // one weight mask per batch instead of per example
+  bool moment_matching = false;      // eval by Wan et al.'s Gaussian moment matching
+  std::string activation;            // applied inside the layer: "" (linear), relu, sigmoid, tanh
+  // lstm, gru (recurrent.h): rate above is the variational input dropout (one mask per sequence).
+  bool return_sequences = false;  // lstm, gru: output every step {T, units}, else the last {units}
+  double recurrent_rate = 0.0;    // lstm, gru: variational dropout of the recurrent state
+  double zoneout_cell = 0.0;      // lstm: zoneout probability of the cell state
+  double zoneout_hidden = 0.0;    // lstm, gru: zoneout probability of the hidden state
+  // concrete_dropout (concrete_dropout.h): drops its input, then (units > 0) a dense layer.
+  bool per_unit = false;              // one learned rate per input unit instead of per layer
+  double init_rate = 0.1;             // initial drop probability
+  double temperature = 0.1;           // relaxed Bernoulli temperature
+  double weight_regularizer = -1.0;   // < 0: length_scale^2 / N (N the training-set size)
+  double dropout_regularizer = -1.0;  // < 0: 2 / N
+  double length_scale = 1e-4;         // prior length scale l of the derived weight regulariser
+  // sparse_vd (sparse_vd.h): a Dense layer with sparse variational dropout (units, init, use_bias).
+  double log_sigma2_init = -10.0;     // initial log sigma^2 of every weight
+  double prune_threshold = 3.0;       // weights with log alpha above this are pruned in eval
+  double kl_weight = 1.0;             // scales the KL term (1 = the variational bound)
 };
 
 class Layer {
@@ -85,6 +112,17 @@ class Layer {
 
   // Folds what a kTrain Forward measured (BatchNorm's batch statistics) into the buffers.
   virtual void ApplyTrainStatistics(const LayerCache& cache) {}
+
+  // The layer's regulariser for a training set of `dataset_size` rows (concrete dropout's weight
+  // and dropout terms, sparse VD's KL / N): adds its gradient into `grads` (aligned with
+  // params()) and returns its value, on the scale of the mean per-row loss. Default: none.
+  virtual double Regularize(int64_t dataset_size, std::span<Matrix> grads) const { return 0.0; }
+
+  // Learned drop probabilities (one per layer, or one per unit); empty for fixed-rate layers.
+  virtual std::vector<double> LearnedRates() const { return {}; }
+
+  // Fraction of the weights pruned in kEval, or a negative value for layers that do not prune.
+  virtual double Sparsity() const { return -1.0; }
 
   const Shape& input_shape() const { return input_shape_; }
   const Shape& output_shape() const { return output_shape_; }

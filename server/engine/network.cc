@@ -2,8 +2,14 @@
 
 #include <sstream>
 
+#include "server/engine/concrete_dropout.h"
+#include "server/engine/conv.h"
+#include "server/engine/dropconnect.h"
 #include "server/engine/dropout.h"
+#include "server/engine/dropout_variants.h"
 #include "server/engine/layers.h"
+#include "server/engine/recurrent.h"
+#include "server/engine/sparse_vd.h"
 
 namespace dropnet::engine {
 
@@ -24,6 +30,31 @@ std::unique_ptr<Layer> MakeLayer(const LayerConfig& config, const Shape& input, 
   if (t == "flatten") return std::make_unique<Flatten>(config, input);
   if (t == "batch_norm") return std::make_unique<BatchNorm>(config, input);
   if (t == "dropout") return std::make_unique<Dropout>(config, input);
+  if (t == "lstm" || t == "gru") return std::make_unique<Recurrent>(config, input, init_seed);
+  if (t == "concrete_dropout") {
+    return std::make_unique<ConcreteDropout>(config, input, init_seed);
+  }
+  if (t == "sparse_vd") {
+    if (input.dims.size() != 1) {
+      throw InvalidArgument("sparse_vd expects flat input, got shape " + input.ToString() +
+                            "; add a flatten layer before it");
+    }
+    return std::make_unique<SparseVdDense>(config, input, init_seed);
+  }
+  if (t == "conv1d" || t == "conv2d") return std::make_unique<Conv>(config, input, init_seed);
+  if (IsConvOrPoolType(t)) return std::make_unique<Pool>(config, input);
+  if (t == "spatial_dropout" || t == "spatial_dropout1d" || t == "spatial_dropout2d") {
+    return std::make_unique<SpatialDropout>(config, input);
+  }
+  if (t == "gaussian_dropout") return std::make_unique<GaussianDropout>(config, input);
+  if (t == "alpha_dropout") return std::make_unique<AlphaDropout>(config, input);
+  if (t == "drop_connect") {
+    if (input.dims.size() != 1) {
+      throw InvalidArgument("drop_connect expects flat input, got shape " + input.ToString() +
+                            "; add a flatten layer before it");
+    }
+    return std::make_unique<DropConnectDense>(config, input, init_seed);
+  }
   throw InvalidArgument("unknown layer type '" + t + "'");
 }
 
@@ -69,7 +100,13 @@ const Shape& Network::output_shape() const {
 Matrix Network::Forward(const Matrix& x, const Context& ctx, ForwardCache* cache, int begin,
                         int end) const {
   if (end < 0) end = size();
-  const int64_t expected = begin == 0 ? spec_.input.Size() : layers_[begin]->input_shape().Size();
+  if (begin < 0 || begin > end || end > size()) {
+    throw InvalidArgument("layer range [" + std::to_string(begin) + ", " + std::to_string(end) +
+                          ") is outside the network's " + std::to_string(size()) + " layers");
+  }
+  // The width entering layer `begin` is what layer begin-1 produces; begin may equal size().
+  const int64_t expected =
+      begin == 0 ? spec_.input.Size() : layers_[begin - 1]->output_shape().Size();
   if (x.cols() != expected) {
     std::ostringstream msg;
     msg << "input has " << x.cols() << " features per row, the network expects " << expected;
@@ -116,6 +153,17 @@ void Network::ApplyTrainStatistics(const ForwardCache& cache) {
   for (size_t i = 0; i < layers_.size() && i < cache.layers.size(); ++i) {
     layers_[i]->ApplyTrainStatistics(cache.layers[i]);
   }
+}
+
+double Network::Regularize(int64_t dataset_size, Gradients* grads) const {
+  double total = 0;
+  size_t offset = 0;
+  for (const auto& l : layers_) {
+    const size_t n = l->params().size();
+    total += l->Regularize(dataset_size, std::span<Matrix>(grads->data() + offset, n));
+    offset += n;
+  }
+  return total;
 }
 
 int Network::FirstStochasticLayer() const {

@@ -48,6 +48,10 @@ class Network {
   // Folds batch statistics recorded by a kTrain Forward into the layers' buffers.
   void ApplyTrainStatistics(const ForwardCache& cache);
 
+  // Sum of the layers' regularisers for a training set of `dataset_size` rows; adds their
+  // gradients into `grads` (aligned with Parameters(), as Backward writes them).
+  double Regularize(int64_t dataset_size, Gradients* grads) const;
+
   // Index of the first layer that draws random numbers, or size() when there is none.
   int FirstStochasticLayer() const;
 

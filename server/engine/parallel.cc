@@ -1,5 +1,7 @@
 #include "server/engine/parallel.h"
 
+#include "server/engine/conv.h"  // Gemm, the engine's AVX-512 kernel
+
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -115,6 +117,16 @@ void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b
   if (!accumulate) c->resize(rows, cols);
   // Small products are not worth a hand-off.
   if (rows * cols * inner < (1 << 18)) threads = 1;
+  if (FastGemmAvailable()) {
+    // The AVX-512 kernel of conv.h: each element's sum runs in the same order whatever the row
+    // range, so the thread count does not change the result.
+    ParallelFor(rows, threads, [&](int64_t r0, int64_t r1) {
+      const float* a0 = transpose_a ? a.data() + r0 : a.data() + r0 * a.cols();
+      Gemm(transpose_a, transpose_b, r1 - r0, cols, inner, 1.0f, a0, a.cols(), b.data(), b.cols(),
+           accumulate ? 1.0f : 0.0f, c->data() + r0 * cols, cols);
+    });
+    return;
+  }
   ParallelFor(rows, threads, [&](int64_t r0, int64_t r1) {
     auto out = c->middleRows(r0, r1 - r0);
     const int64_t nr = r1 - r0;

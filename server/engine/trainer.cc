@@ -155,13 +155,16 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
                               std::to_string(epoch) + "; lower the learning rate");
       }
       net->Backward(grad, cache, &grads, end);
+      // Layer regularisers (concrete dropout, sparse VD's KL / N) are part of the objective: the
+      // reported training loss is data loss + regulariser; val_loss is the data loss alone.
+      const double reg = net->Regularize(n, &grads);
       const double lr = ScheduledLearningRate(options.schedule, options.optimizer.learning_rate,
                                               step, steps_per_epoch, total_steps);
       optimizer.Step(grads, lr);
       ApplyMaxNorm(net->Parameters(), options.max_norm);
       net->ApplyTrainStatistics(cache);
       ++step;
-      loss_sum += l * m;
+      loss_sum += (l + reg) * m;
       Metric(task, loss, false, out, yb, &metric_sum);
       seen += m;
       const double secs =

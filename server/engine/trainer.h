@@ -39,7 +39,8 @@ struct TrainProgress {
   int64_t step = 0;               // steps done in this run
   int64_t total_steps = 0;
   double learning_rate = 0;
-  double loss = 0;                // running mean over the epoch so far
+  double loss = 0;                // running mean over the epoch so far, data loss plus the layer
+                                  // regularisers (Network::Regularize); val_loss is data loss only
   double metric = 0;              // accuracy (classification) or RMSE (regression), same window
   double val_loss = std::numeric_limits<double>::quiet_NaN();
   double val_metric = std::numeric_limits<double>::quiet_NaN();

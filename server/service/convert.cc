@@ -4,6 +4,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "server/engine/conv.h"
 #include "server/engine/dropout.h"
 #include "server/service/status.h"
 
@@ -78,6 +79,124 @@ engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& l
     if (l.has_negative_slope()) c.negative_slope = l.negative_slope();
     if (l.has_momentum()) c.momentum = l.momentum();
     if (l.has_epsilon()) c.epsilon = l.epsilon();
+    c.return_sequences = l.return_sequences();
+    c.recurrent_rate = l.recurrent_rate();
+    c.zoneout_cell = l.zoneout_cell();
+    c.zoneout_hidden = l.zoneout_hidden();
+    c.per_unit = l.per_unit();
+    if (l.has_init_rate()) c.init_rate = l.init_rate();
+    if (l.has_temperature()) c.temperature = l.temperature();
+    if (l.has_weight_regularizer()) c.weight_regularizer = l.weight_regularizer();
+    if (l.has_dropout_regularizer()) c.dropout_regularizer = l.dropout_regularizer();
+    if (l.has_length_scale()) c.length_scale = l.length_scale();
+    if (l.has_log_sigma2_init()) c.log_sigma2_init = l.log_sigma2_init();
+    if (l.has_prune_threshold()) c.prune_threshold = l.prune_threshold();
+    if (l.has_kl_weight()) c.kl_weight = l.kl_weight();
+    c.filters = l.filters();
+    c.kernel_size = l.kernel_size();
+    c.stride = l.stride();
+    c.padding = l.padding();
+    c.pool_size = l.pool_size();
+    c.drop_connect_shared = l.drop_connect_shared();
+    c.moment_matching = l.moment_matching();
+    c.activation = l.activation();
+    if ((l.has_weight_regularizer() && !(c.weight_regularizer >= 0)) ||
+        (l.has_dropout_regularizer() && !(c.dropout_regularizer >= 0))) {
+      throw InvalidArgument(where + ": weight_regularizer and dropout_regularizer must be >= 0");
+    }
+    // Learned-rate and recurrent layers: parameter count and output shape, before allocation.
+    auto add_params = [&](int64_t n) {
+      params += n;
+      if (params > limits.max_parameters) {
+        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
+             "the model would have more than " + std::to_string(limits.max_parameters) +
+             " parameters (at " + where + ")");
+      }
+    };
+    auto check_units = [&](bool allow_zero) {
+      if (c.units < 0 || (!allow_zero && c.units == 0)) {
+        throw InvalidArgument(where + ".units must be positive, got " + std::to_string(c.units));
+      }
+      if (c.units > limits.max_width) {
+        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + ".units " + std::to_string(c.units) +
+             " exceeds the limit " + std::to_string(limits.max_width));
+      }
+    };
+    if (c.type == "lstm" || c.type == "gru") {
+      try {
+        engine::CheckDropRate("rate", c.rate);
+        engine::CheckDropRate("recurrent_rate", c.recurrent_rate);
+        engine::CheckDropRate("zoneout_cell", c.zoneout_cell);
+        engine::CheckDropRate("zoneout_hidden", c.zoneout_hidden);
+      } catch (const InvalidArgument& e) {
+        throw InvalidArgument(where + "." + e.what());
+      }
+      check_units(false);
+      if (shape.dims.size() != 2) {
+        throw InvalidArgument(where + " (" + c.type + ") expects input of shape [steps, features]"
+                              ", got " + shape.ToString());
+      }
+      const int64_t g = (c.type == "lstm" ? 4 : 3) * static_cast<int64_t>(c.units);
+      add_params(g * (shape.dims[1] + c.units + 2));
+      const int steps = shape.dims[0];
+      if (c.return_sequences && static_cast<int64_t>(steps) * c.units > limits.max_width) {
+        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + " output [" + std::to_string(steps) +
+             ", " + std::to_string(c.units) + "] exceeds the width limit " +
+             std::to_string(limits.max_width));
+      }
+      shape = c.return_sequences ? engine::Shape{{steps, c.units}} : engine::Shape{{c.units}};
+      out.layers.push_back(c);
+      continue;
+    }
+    if (c.type == "concrete_dropout") {
+      check_units(true);
+      add_params(c.per_unit ? shape.Size() : 1);
+      if (c.units > 0) {
+        add_params(shape.Size() * c.units + (c.use_bias ? c.units : 0));
+        shape = engine::Shape{{c.units}};
+      }
+      out.layers.push_back(c);
+      continue;
+    }
+    if (c.type == "sparse_vd") {
+      check_units(false);
+      add_params(2 * shape.Size() * c.units + (c.use_bias ? c.units : 0));
+      shape = engine::Shape{{c.units}};
+      out.layers.push_back(c);
+      continue;
+    }
+    // Convolution and pooling: the engine's shape arithmetic, without allocating anything.
+    if (engine::IsConvOrPoolType(c.type)) {
+      if (engine::IsConvType(c.type) && c.filters > limits.max_width) {
+        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + ".filters " +
+             std::to_string(c.filters) + " exceeds the limit " + std::to_string(limits.max_width));
+      }
+      try {
+        add_params(engine::ConvOrPoolParameterCount(c, shape));
+        shape = engine::ConvOrPoolOutputShape(c, shape);
+      } catch (const InvalidArgument& e) {
+        throw InvalidArgument(where + ": " + e.what());
+      }
+      if (shape.Size() > limits.max_width) {
+        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + " output " + shape.ToString() +
+             " has more than " + std::to_string(limits.max_width) + " features");
+      }
+      out.layers.push_back(c);
+      continue;
+    }
+    if (c.type == "drop_connect") {
+      check_units(false);
+      add_params(shape.Size() * c.units + (c.use_bias ? c.units : 0));
+      shape = engine::Shape{{c.units}};
+    }
+    if (c.type == "drop_connect" || c.type == "gaussian_dropout" || c.type == "alpha_dropout" ||
+        c.type.rfind("spatial_dropout", 0) == 0) {
+      try {
+        engine::CheckDropRate("rate", c.rate);
+      } catch (const InvalidArgument& e) {
+        throw InvalidArgument(where + "." + e.what());
+      }
+    }
     if (c.type == "dropout") {
       try {
         engine::CheckDropRate("rate", c.rate);

@@ -1,5 +1,6 @@
 #include "server/service/registry.h"
 
+#include <algorithm>
 #include <chrono>
 #include <sstream>
 
@@ -101,7 +102,11 @@ int Registry::Refresh() {
     {
       std::lock_guard lock(mu_);
       auto it = models_.find(name);
-      if (it != models_.end() && it->second.current->version >= versions.back()) continue;
+      // Up to date, unless the version served is gone (the model was deleted and created anew).
+      if (it != models_.end() && it->second.current->version >= versions.back() &&
+          std::binary_search(versions.begin(), versions.end(), it->second.current->version)) {
+        continue;
+      }
     }
     // Load the new version fully before switching; on failure keep serving the old one.
     try {
@@ -116,10 +121,37 @@ int Registry::Refresh() {
                        versions.back(), e.what());
     }
   }
+  // Data sets, for Evaluate on a replica: load the ones that appeared in the store, drop the ones
+  // that went (one replaced under the same name is picked up by a restart).
+  const auto dataset_names = store_->DatasetNames();
+  for (const auto& name : dataset_names) {
+    {
+      std::lock_guard lock(mu_);
+      if (datasets_.count(name)) continue;
+    }
+    try {
+      auto stored = store_->LoadDataset(name);
+      auto data = std::make_shared<engine::Dataset>(FromStored(stored));
+      auto info = DescribeDataset(*data, name, stored.source(), stored.created_unix_ms());
+      std::lock_guard lock(mu_);
+      datasets_.emplace(name, StoredDatasetEntry{std::move(data), std::move(info)});
+      ++changed;
+    } catch (const std::exception& e) {
+      StoreLog()->warn("data set {} not loaded: {}", name, e.what());
+    }
+  }
   std::lock_guard lock(mu_);
   for (auto it = models_.begin(); it != models_.end();) {
     if (!it->second.training && std::find(names.begin(), names.end(), it->first) == names.end()) {
       it = models_.erase(it);
+      ++changed;
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = datasets_.begin(); it != datasets_.end();) {
+    if (std::find(dataset_names.begin(), dataset_names.end(), it->first) == dataset_names.end()) {
+      it = datasets_.erase(it);
       ++changed;
     } else {
       ++it;
@@ -181,6 +213,14 @@ void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
   info->set_output_size(s.net.output_shape().Size());
   info->set_steps(s.steps);
   for (const auto& h : s.history) *info->add_history() = h;
+  // Learned-rate layers (concrete dropout, sparse VD): the layer's mean learned drop rate.
+  for (int i = 0; i < s.net.size(); ++i) {
+    const std::vector<double> rates = s.net.layer(i).LearnedRates();
+    if (rates.empty()) continue;
+    double sum = 0;
+    for (double r : rates) sum += r;
+    (*info->mutable_learned_rates())[i] = sum / static_cast<double>(rates.size());
+  }
   std::lock_guard lock(mu_);
   auto it = models_.find(s.model);
   if (it != models_.end()) {

@@ -38,8 +38,9 @@ class Registry {
 
   // Loads every model's newest loadable version and every data set. Returns a summary line.
   std::string LoadAll();
-  // Re-reads the store for versions and models written by another server (read-only replicas).
-  // Returns the number of snapshots that changed.
+  // Re-reads the store for versions, models and data sets written by another server (read-only
+  // replicas): a new version is loaded fully before it replaces the served one, and one that fails
+  // to load leaves the old one. Returns the number of models and data sets that changed.
   int Refresh();
 
   // ---- Models ----

@@ -25,13 +25,13 @@ constexpr const char* kExampleSpec = R"json({
   "seed": 1,
   "layers": [
     {"type": "flatten"},
-    {"type": "dense", "units": 512, "init": "he_uniform"},
+    {"type": "dense", "units": 512},
     {"type": "relu"},
     {"type": "dropout", "rate": 0.5},
-    {"type": "dense", "units": 512, "init": "he_uniform"},
+    {"type": "dense", "units": 512},
     {"type": "relu"},
     {"type": "dropout", "rate": 0.5},
-    {"type": "dense", "units": 10, "init": "he_uniform"}
+    {"type": "dense", "units": 10}
   ]
 })json";
 

@@ -1,0 +1,544 @@
+#include "server/engine/conv.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <sstream>
+
+#include "server/engine/parallel.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define DROPNET_GEMM_AVX512 1
+#endif
+
+namespace dropnet::engine {
+namespace {
+
+[[noreturn]] void Fail(const std::string& field, const std::string& what) {
+  throw InvalidArgument(field + " " + what);
+}
+
+std::string Str(int v) { return std::to_string(v); }
+
+// Builds the geometry of a conv or pooling layer, validating the configuration.
+ConvGeometry MakeGeometry(const LayerConfig& c, const Shape& input) {
+  const std::string& t = c.type;
+  const bool conv = IsConvType(t);
+  const bool global = t == "global_avg_pool";
+  int rank = 0;  // 0: either
+  if (t == "conv1d" || t == "max_pool1d" || t == "avg_pool1d") rank = 2;
+  if (t == "conv2d" || t == "max_pool2d" || t == "avg_pool2d") rank = 3;
+  const int dims = static_cast<int>(input.dims.size());
+  if ((rank != 0 && dims != rank) || (rank == 0 && dims != 2 && dims != 3)) {
+    Fail(t, "expects input of shape " +
+                std::string(rank == 2 ? "[channels, length]"
+                            : rank == 3 ? "[channels, height, width]"
+                                        : "[channels, length] or [channels, height, width]") +
+                ", got " + input.ToString());
+  }
+  ConvGeometry g;
+  g.one_d = dims == 2;
+  g.channels = input.dims[0];
+  g.height = g.one_d ? 1 : input.dims[1];
+  g.width = input.dims[dims - 1];
+  if (global) {
+    g.kernel_h = g.height, g.kernel_w = g.width;
+    g.out_height = g.out_width = 1;
+    return g;
+  }
+  int k = 0, stride = 0;
+  if (conv) {
+    if (c.filters <= 0) Fail(t + ".filters", "must be positive, got " + Str(c.filters));
+    if (c.kernel_size <= 0) Fail(t + ".kernel_size", "must be positive, got " + Str(c.kernel_size));
+    k = c.kernel_size;
+    stride = c.stride == 0 ? 1 : c.stride;
+  } else {
+    if (c.pool_size < 0) Fail(t + ".pool_size", "must be positive, got " + Str(c.pool_size));
+    k = c.pool_size == 0 ? 2 : c.pool_size;
+    stride = c.stride == 0 ? k : c.stride;
+  }
+  if (stride <= 0) Fail(t + ".stride", "must be positive (0: default), got " + Str(c.stride));
+  if (c.padding < 0) Fail(t + ".padding", "must be >= 0, got " + Str(c.padding));
+  if (!conv && 2 * c.padding > k) {
+    Fail(t + ".padding", "must be at most half the pool size " + Str(k) + ", got " +
+                             Str(c.padding));
+  }
+  g.kernel_w = k;
+  g.stride_w = stride;
+  g.pad_w = c.padding;
+  if (!g.one_d) g.kernel_h = k, g.stride_h = stride, g.pad_h = c.padding;
+  const int span_h = g.height + 2 * g.pad_h - g.kernel_h;
+  const int span_w = g.width + 2 * g.pad_w - g.kernel_w;
+  if (span_h < 0 || span_w < 0) {
+    Fail(t, "window " + Str(k) + " with padding " + Str(c.padding) + " does not fit input " +
+                input.ToString());
+  }
+  g.out_height = span_h / g.stride_h + 1;
+  g.out_width = span_w / g.stride_w + 1;
+  return g;
+}
+
+Shape OutputShape(const ConvGeometry& g, int channels, bool global) {
+  if (global) return Shape{{channels}};
+  if (g.one_d) return Shape{{channels, g.out_width}};
+  return Shape{{channels, g.out_height, g.out_width}};
+}
+
+// The output positions ow in [lo, hi) whose input column ow*s + offset lies in [0, size).
+inline void ValidRange(int out, int s, int offset, int size, int* lo, int* hi) {
+  // ow*s + offset >= 0  <=>  ow >= ceil(-offset / s)
+  int a = offset >= 0 ? 0 : (-offset + s - 1) / s;
+  // ow*s + offset <= size - 1  <=>  ow <= floor((size - 1 - offset) / s)
+  int top = size - 1 - offset;
+  int b = top < 0 ? 0 : top / s + 1;
+  *lo = std::min(a, out);
+  *hi = std::max(*lo, std::min(b, out));
+}
+
+// col (C*kh*kw x OH*OW) from one image x (C x H x W).
+void Im2Col(const ConvGeometry& g, const float* x, float* col) {
+  const int oh_n = g.out_height, ow_n = g.out_width;
+  const int64_t positions = g.OutPositions();
+  for (int c = 0; c < g.channels; ++c) {
+    for (int i = 0; i < g.kernel_h; ++i) {
+      for (int j = 0; j < g.kernel_w; ++j) {
+        float* dst = col + ((int64_t{c} * g.kernel_h + i) * g.kernel_w + j) * positions;
+        int lo, hi;
+        ValidRange(ow_n, g.stride_w, j - g.pad_w, g.width, &lo, &hi);
+        for (int oh = 0; oh < oh_n; ++oh) {
+          float* d = dst + int64_t{oh} * ow_n;
+          const int ih = oh * g.stride_h + i - g.pad_h;
+          if (ih < 0 || ih >= g.height) {
+            std::fill(d, d + ow_n, 0.0f);
+            continue;
+          }
+          const float* src = x + (int64_t{c} * g.height + ih) * g.width + (j - g.pad_w);
+          std::fill(d, d + lo, 0.0f);
+          if (g.stride_w == 1) {
+            std::copy(src + lo, src + hi, d + lo);
+          } else {
+            for (int ow = lo; ow < hi; ++ow) d[ow] = src[int64_t{ow} * g.stride_w];
+          }
+          std::fill(d + hi, d + ow_n, 0.0f);
+        }
+      }
+    }
+  }
+}
+
+// dx (C x H x W, overwritten) from dcol, the adjoint of Im2Col.
+void Col2Im(const ConvGeometry& g, const float* col, float* dx) {
+  const int oh_n = g.out_height, ow_n = g.out_width;
+  const int64_t positions = g.OutPositions();
+  std::fill(dx, dx + g.InputSize(), 0.0f);
+  for (int c = 0; c < g.channels; ++c) {
+    for (int i = 0; i < g.kernel_h; ++i) {
+      for (int j = 0; j < g.kernel_w; ++j) {
+        const float* s = col + ((int64_t{c} * g.kernel_h + i) * g.kernel_w + j) * positions;
+        int lo, hi;
+        ValidRange(ow_n, g.stride_w, j - g.pad_w, g.width, &lo, &hi);
+        for (int oh = 0; oh < oh_n; ++oh) {
+          const int ih = oh * g.stride_h + i - g.pad_h;
+          if (ih < 0 || ih >= g.height) continue;
+          const float* sr = s + int64_t{oh} * ow_n;
+          float* d = dx + (int64_t{c} * g.height + ih) * g.width + (j - g.pad_w);
+          if (g.stride_w == 1) {
+            for (int ow = lo; ow < hi; ++ow) d[ow] += sr[ow];
+          } else {
+            for (int ow = lo; ow < hi; ++ow) d[int64_t{ow} * g.stride_w] += sr[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+bool IsPointwise(const ConvGeometry& g) {
+  return g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
+         g.pad_h == 0 && g.pad_w == 0;
+}
+
+// Runs fn(part, begin, end) over `parts` contiguous ranges of [0, n), one range per thread.
+int Parts(int64_t n, int threads) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(std::max(threads, 1), n)));
+}
+
+template <typename Fn>
+void ForEachPart(int64_t n, int parts, Fn fn) {
+  ParallelFor(parts, parts, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) fn(static_cast<int>(p), n * p / parts, n * (p + 1) / parts);
+  });
+}
+
+}  // namespace
+
+bool IsConvType(const std::string& t) { return t == "conv1d" || t == "conv2d"; }
+
+bool IsConvOrPoolType(const std::string& t) {
+  return IsConvType(t) || t == "max_pool" || t == "avg_pool" || t == "max_pool1d" ||
+         t == "max_pool2d" || t == "avg_pool1d" || t == "avg_pool2d" || t == "global_avg_pool";
+}
+
+Shape ConvOrPoolOutputShape(const LayerConfig& config, const Shape& input) {
+  const ConvGeometry g = MakeGeometry(config, input);
+  const bool conv = IsConvType(config.type);
+  return OutputShape(g, conv ? config.filters : g.channels, config.type == "global_avg_pool");
+}
+
+int64_t ConvOrPoolParameterCount(const LayerConfig& config, const Shape& input) {
+  if (!IsConvType(config.type)) return 0;
+  const ConvGeometry g = MakeGeometry(config, input);
+  const int64_t k = int64_t{g.channels} * g.kernel_h * g.kernel_w;
+  return int64_t{config.filters} * k + (config.use_bias ? config.filters : 0);
+}
+
+#ifdef DROPNET_GEMM_AVX512
+namespace {
+
+// A register-blocked GEMM for AVX-512, compiled for that target only and chosen at run time, so
+// the binary stays portable: B is packed in panels of kKc x 32, and a kMr x 32 block of C is kept
+// in 2 * kMr zmm accumulators while A is broadcast element by element (any strides, so op(A) needs
+// no copy).
+constexpr int kMr = 8, kNr = 32, kKc = 256;
+
+template <int MR>
+__attribute__((target("avx512f,fma"))) void MicroKernel(int64_t kc, const float* a, int64_t a_rs,
+                                                        int64_t a_cs, const float* panel, float* c,
+                                                        int64_t ldc, int n_valid, bool accumulate,
+                                                        float alpha) {
+  __m512 acc0[MR], acc1[MR];
+  for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(panel + k * kNr);
+    const __m512 b1 = _mm512_loadu_ps(panel + k * kNr + 16);
+    const float* ak = a + k * a_cs;
+    for (int m = 0; m < MR; ++m) {
+      const __m512 av = _mm512_set1_ps(ak[m * a_rs]);
+      acc0[m] = _mm512_fmadd_ps(av, b0, acc0[m]);
+      acc1[m] = _mm512_fmadd_ps(av, b1, acc1[m]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+  const __mmask16 k0 = n_valid >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n_valid) - 1);
+  const __mmask16 k1 = n_valid >= 32   ? 0xFFFF
+                       : n_valid <= 16 ? 0
+                                       : static_cast<__mmask16>((1u << (n_valid - 16)) - 1);
+  for (int m = 0; m < MR; ++m) {
+    float* cm = c + m * ldc;
+    __m512 r0 = _mm512_mul_ps(acc0[m], va), r1 = _mm512_mul_ps(acc1[m], va);
+    if (accumulate) {
+      r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(k0, cm));
+      r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(k1, cm + 16));
+    }
+    _mm512_mask_storeu_ps(cm, k0, r0);
+    _mm512_mask_storeu_ps(cm + 16, k1, r1);
+  }
+}
+
+using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, float*, int64_t,
+                          int, bool, float);
+constexpr KernelFn kKernels[kMr + 1] = {nullptr,         MicroKernel<1>, MicroKernel<2>,
+                                        MicroKernel<3>,  MicroKernel<4>, MicroKernel<5>,
+                                        MicroKernel<6>,  MicroKernel<7>, MicroKernel<8>};
+
+bool HaveAvx512() {
+  static const bool have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  return have;
+}
+
+void GemmAvx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                int64_t ldc) {
+  if (beta != 0.0f && beta != 1.0f) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] *= beta;
+    beta = 1.0f;
+  }
+  if (k <= 0) {
+    if (beta == 0.0f)
+      for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    return;
+  }
+  const int64_t a_rs = trans_a ? 1 : lda, a_cs = trans_a ? lda : 1;
+  thread_local std::vector<float> panel;
+  panel.resize(int64_t{kKc} * kNr);
+  for (int64_t n0 = 0; n0 < n; n0 += kNr) {
+    const int nv = static_cast<int>(std::min<int64_t>(kNr, n - n0));
+    for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+      const int64_t kc = std::min<int64_t>(kKc, k - k0);
+      float* p = panel.data();
+      if (nv < kNr) std::fill(p, p + kc * kNr, 0.0f);
+      if (trans_b) {
+        for (int j = 0; j < nv; ++j) {
+          const float* bj = b + (n0 + j) * ldb + k0;
+          for (int64_t kk = 0; kk < kc; ++kk) p[kk * kNr + j] = bj[kk];
+        }
+      } else {
+        for (int64_t kk = 0; kk < kc; ++kk) {
+          const float* bk = b + (k0 + kk) * ldb + n0;
+          std::copy(bk, bk + nv, p + kk * kNr);
+        }
+      }
+      const bool accumulate = k0 > 0 || beta == 1.0f;
+      for (int64_t m0 = 0; m0 < m; m0 += kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMr, m - m0));
+        kKernels[mr](kc, a + m0 * a_rs + k0 * a_cs, a_rs, a_cs, p, c + m0 * ldc + n0, ldc, nv,
+                     accumulate, alpha);
+      }
+    }
+  }
+}
+
+}  // namespace
+#endif  // DROPNET_GEMM_AVX512
+
+bool FastGemmAvailable() {
+#ifdef DROPNET_GEMM_AVX512
+  return HaveAvx512();
+#else
+  return false;
+#endif
+}
+
+void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+#ifdef DROPNET_GEMM_AVX512
+  if (HaveAvx512()) {
+    GemmAvx512(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+#endif
+  using Stride = Eigen::OuterStride<>;
+  using ConstMap = Eigen::Map<const Matrix, 0, Stride>;
+  Eigen::Map<Matrix, 0, Stride> cm(c, m, n, Stride(ldc));
+  if (beta == 0.0f) cm.setZero();
+  else if (beta != 1.0f) cm *= beta;
+  if (k <= 0) return;
+  ConstMap am(a, trans_a ? k : m, trans_a ? m : k, Stride(lda));
+  ConstMap bm(b, trans_b ? n : k, trans_b ? k : n, Stride(ldb));
+  if (trans_a && trans_b) cm.noalias() += alpha * (am.transpose() * bm.transpose());
+  else if (trans_a) cm.noalias() += alpha * (am.transpose() * bm);
+  else if (trans_b) cm.noalias() += alpha * (am * bm.transpose());
+  else cm.noalias() += alpha * (am * bm);
+}
+
+// ---- Conv ----
+
+Conv::Conv(const LayerConfig& config, const Shape& input, uint64_t init_seed)
+    : Layer(config, input), g_(MakeGeometry(config, input)) {
+  output_shape_ = OutputShape(g_, config.filters, false);
+  const int64_t k = int64_t{g_.channels} * g_.kernel_h * g_.kernel_w;
+  const int64_t receptive = int64_t{g_.kernel_h} * g_.kernel_w;
+  // Fans as Keras and PyTorch count them for convolutions: C*k*k in, F*k*k out.
+  Matrix w;
+  InitializeWeights(config.init, k, config.filters * receptive, init_seed, &w);
+  // InitializeWeights fills a fan_in x fan_out matrix; only its scale matters here, so keep the
+  // first F*K values as the F x K kernel.
+  Parameter weight{"weight", Matrix(config.filters, k), true, false};
+  std::copy(w.data(), w.data() + weight.value.size(), weight.value.data());
+  params_.push_back(std::move(weight));
+  if (config.use_bias) params_.push_back(Parameter{"bias", Matrix::Zero(1, config.filters)});
+}
+
+void Conv::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const {
+  const int64_t n = x.rows(), filters = config_.filters;
+  const int64_t k = int64_t{g_.channels} * g_.kernel_h * g_.kernel_w;
+  const int64_t positions = g_.OutPositions();
+  const bool pointwise = IsPointwise(g_);
+  const Matrix& w = params_[0].value;
+  const float* bias = params_.size() > 1 ? params_[1].value.data() : nullptr;
+  y->resize(n, filters * positions);
+  ForEachPart(n, Parts(n, ctx.threads), [&](int, int64_t r0, int64_t r1) {
+    std::vector<float> col(pointwise ? 0 : k * positions);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x.row(r).data();
+      float* yr = y->row(r).data();
+      if (!pointwise) Im2Col(g_, xr, col.data());
+      Gemm(false, false, filters, positions, k, 1.0f, w.data(), k, pointwise ? xr : col.data(),
+           positions, 0.0f, yr, positions);
+      if (bias) {
+        for (int64_t f = 0; f < filters; ++f) {
+          float* yf = yr + f * positions;
+          const float bf = bias[f];
+          for (int64_t p = 0; p < positions; ++p) yf[p] += bf;
+        }
+      }
+    }
+  });
+  if (cache) cache->input = x;
+}
+
+void Conv::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
+                    Matrix* dx) const {
+  const Matrix& x = cache.input;
+  const int64_t n = x.rows(), filters = config_.filters;
+  const int64_t k = int64_t{g_.channels} * g_.kernel_h * g_.kernel_w;
+  const int64_t positions = g_.OutPositions();
+  const bool pointwise = IsPointwise(g_);
+  const bool has_bias = params_.size() > 1;
+  const Matrix& w = params_[0].value;
+  if (dx) dx->resize(n, x.cols());
+  const int parts = Parts(n, cache.threads);
+  std::vector<Matrix> dw(parts, Matrix::Zero(filters, k));
+  std::vector<Matrix> db(parts, Matrix::Zero(1, filters));
+  ForEachPart(n, parts, [&](int part, int64_t r0, int64_t r1) {
+    std::vector<float> col(pointwise ? 0 : k * positions);
+    std::vector<float> dcol(dx && !pointwise ? k * positions : 0);
+    float* dwp = dw[part].data();
+    float* dbp = db[part].data();
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x.row(r).data();
+      const float* gr = dy.row(r).data();
+      if (!pointwise) Im2Col(g_, xr, col.data());
+      const float* cr = pointwise ? xr : col.data();
+      // dW += dY (F x P) * col^T (P x K)
+      Gemm(false, true, filters, k, positions, 1.0f, gr, positions, cr, positions, 1.0f, dwp, k);
+      if (has_bias) {
+        for (int64_t f = 0; f < filters; ++f) {
+          const float* gf = gr + f * positions;
+          float s = 0.0f;
+          for (int64_t p = 0; p < positions; ++p) s += gf[p];
+          dbp[f] += s;
+        }
+      }
+      if (dx) {
+        // dcol = W^T (K x F) * dY (F x P), then scattered back onto the image.
+        float* out = pointwise ? dx->row(r).data() : dcol.data();
+        Gemm(true, false, k, positions, filters, 1.0f, w.data(), k, gr, positions, 0.0f, out,
+             positions);
+        if (!pointwise) Col2Im(g_, dcol.data(), dx->row(r).data());
+      }
+    }
+  });
+  grads[0] = std::move(dw[0]);
+  for (int p = 1; p < parts; ++p) grads[0] += dw[p];
+  if (has_bias) {
+    grads[1] = std::move(db[0]);
+    for (int p = 1; p < parts; ++p) grads[1] += db[p];
+  }
+}
+
+// ---- Pool ----
+
+Pool::Pool(const LayerConfig& config, const Shape& input)
+    : Layer(config, input), g_(MakeGeometry(config, input)) {
+  max_ = config.type.rfind("max_pool", 0) == 0;
+  output_shape_ = OutputShape(g_, g_.channels, config.type == "global_avg_pool");
+}
+
+void Pool::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const {
+  const int64_t n = x.rows();
+  const int64_t out_positions = g_.OutPositions();
+  const int64_t out_cols = int64_t{g_.channels} * out_positions;
+  y->resize(n, out_cols);
+  Matrix* argmax = nullptr;
+  if (cache && max_) {
+    cache->mask.resize(n, out_cols);  // index of the max within the input row (exact in float)
+    argmax = &cache->mask;
+  }
+  const float inv_area = 1.0f / static_cast<float>(g_.kernel_h * g_.kernel_w);
+  ParallelFor(n, ctx.threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x.row(r).data();
+      float* yr = y->row(r).data();
+      float* ar = argmax ? argmax->row(r).data() : nullptr;
+      if (max_ && g_.kernel_h == 2 && g_.kernel_w == 2 && g_.stride_h == 2 && g_.stride_w == 2 &&
+          g_.pad_h == 0 && g_.pad_w == 0) {
+        // The common 2x2 / stride 2 case: the general rule below, unrolled.
+        for (int c = 0; c < g_.channels; ++c) {
+          for (int oh = 0; oh < g_.out_height; ++oh) {
+            const int64_t i0 = (int64_t{c} * g_.height + 2 * oh) * g_.width;
+            const float* r0p = xr + i0;
+            const float* r1p = r0p + g_.width;
+            const int64_t o0 = c * out_positions + int64_t{oh} * g_.out_width;
+            for (int ow = 0; ow < g_.out_width; ++ow) {
+              const float v0 = r0p[2 * ow], v1 = r0p[2 * ow + 1];
+              const float v2 = r1p[2 * ow], v3 = r1p[2 * ow + 1];
+              float best = v0;
+              int k = 0;
+              if (v1 > best || v1 != v1) best = v1, k = 1;
+              if (v2 > best || v2 != v2) best = v2, k = 2;
+              if (v3 > best || v3 != v3) best = v3, k = 3;
+              yr[o0 + ow] = best;
+              if (ar) ar[o0 + ow] = static_cast<float>(i0 + 2 * ow + (k & 1) + (k >> 1) * g_.width);
+            }
+          }
+        }
+        continue;
+      }
+      for (int c = 0; c < g_.channels; ++c) {
+        const float* xc = xr + int64_t{c} * g_.height * g_.width;
+        for (int oh = 0; oh < g_.out_height; ++oh) {
+          const int h0 = oh * g_.stride_h - g_.pad_h;
+          const int hs = std::max(h0, 0), he = std::min(h0 + g_.kernel_h, g_.height);
+          for (int ow = 0; ow < g_.out_width; ++ow) {
+            const int w0 = ow * g_.stride_w - g_.pad_w;
+            const int ws = std::max(w0, 0), we = std::min(w0 + g_.kernel_w, g_.width);
+            const int64_t o = c * out_positions + int64_t{oh} * g_.out_width + ow;
+            if (max_) {
+              // PyTorch's rule: the first maximum, and NaN wins.
+              float best = -std::numeric_limits<float>::infinity();
+              int64_t best_i = int64_t{c} * g_.height * g_.width + int64_t{hs} * g_.width + ws;
+              for (int h = hs; h < he; ++h) {
+                const float* xh = xc + int64_t{h} * g_.width;
+                for (int w = ws; w < we; ++w) {
+                  const float v = xh[w];
+                  if (v > best || v != v) {
+                    best = v;
+                    best_i = int64_t{c} * g_.height * g_.width + int64_t{h} * g_.width + w;
+                  }
+                }
+              }
+              yr[o] = best;
+              if (ar) ar[o] = static_cast<float>(best_i);
+            } else {
+              float s = 0.0f;
+              for (int h = hs; h < he; ++h)
+                for (int w = ws; w < we; ++w) s += xc[int64_t{h} * g_.width + w];
+              yr[o] = s * inv_area;  // zeros of the padding count (count_include_pad)
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+void Pool::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
+                    Matrix* dx) const {
+  if (!dx) return;
+  const int64_t n = dy.rows();
+  const int64_t out_positions = g_.OutPositions();
+  dx->setZero(n, g_.InputSize());
+  const float inv_area = 1.0f / static_cast<float>(g_.kernel_h * g_.kernel_w);
+  ParallelFor(n, cache.threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* gr = dy.row(r).data();
+      float* dr = dx->row(r).data();
+      if (max_) {
+        const float* ar = cache.mask.row(r).data();
+        for (int64_t o = 0; o < dy.cols(); ++o) dr[static_cast<int64_t>(ar[o])] += gr[o];
+        continue;
+      }
+      for (int c = 0; c < g_.channels; ++c) {
+        float* dc = dr + int64_t{c} * g_.height * g_.width;
+        for (int oh = 0; oh < g_.out_height; ++oh) {
+          const int h0 = oh * g_.stride_h - g_.pad_h;
+          const int hs = std::max(h0, 0), he = std::min(h0 + g_.kernel_h, g_.height);
+          for (int ow = 0; ow < g_.out_width; ++ow) {
+            const int w0 = ow * g_.stride_w - g_.pad_w;
+            const int ws = std::max(w0, 0), we = std::min(w0 + g_.kernel_w, g_.width);
+            const float v = gr[c * out_positions + int64_t{oh} * g_.out_width + ow] * inv_area;
+            for (int h = hs; h < he; ++h)
+              for (int w = ws; w < we; ++w) dc[int64_t{h} * g_.width + w] += v;
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace dropnet::engine
