@@ -60,6 +60,9 @@ engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& l
   if (spec.task() != v1::TASK_UNSPECIFIED && !v1::Task_IsValid(spec.task())) {
     throw InvalidArgument("spec.task is not a known task: " + std::to_string(spec.task()));
   }
+  if (!v1::Loss_IsValid(spec.loss())) {
+    throw InvalidArgument("spec.loss is not a known loss: " + std::to_string(spec.loss()));
+  }
   if (!std::isfinite(spec.tau()) || spec.tau() < 0) {
     throw InvalidArgument("spec.tau must be finite and >= 0, got " + std::to_string(spec.tau()));
   }

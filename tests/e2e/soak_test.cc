@@ -1,0 +1,141 @@
+// End-to-end: a bounded soak (~30 s) against one real dropnet-server on loopback, driven through
+// the `dropnet` binary: 3 threads predicting (eval and Monte Carlo), 1 trainer, 1 thread creating
+// and deleting models. Only OK (or FAILED_PRECONDITION for a busy model) is expected, the trained
+// model never disappears or goes back a version, and the server's RSS stays bounded.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+
+#include "tests/e2e/process.h"
+
+namespace dropnet::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const std::string kServer = DROPNET_SERVER_BIN;
+const std::string kCli = DROPNET_CLI_BIN;
+const fs::path kSource = DROPNET_SOURCE_DIR;
+
+long RssKb(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
+  const fs::path dir = fs::temp_directory_path() / ("dropnet-soak-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  Process server({kServer, "--listen", "127.0.0.1:0", "--store", (dir / "store").string(), "--threads", "1"},
+                 dir);
+  auto m = server.WaitFor(R"(\(port (\d+)\))", true);
+  ASSERT_FALSE(m.empty()) << server.err();
+  const std::string address = "127.0.0.1:" + m[1].str();
+  std::mutex start_mu;
+  auto run = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {kCli, "--server", address});
+    // Process numbers its output files with an unguarded counter: start one at a time. The address
+    // goes in a flag, not the environment, so the forked child calls no setenv.
+    std::unique_lock<std::mutex> start_lock(start_mu);
+    Process p(args, dir);
+    start_lock.unlock();
+    int code = p.Wait(std::chrono::minutes(1));
+    return std::make_tuple(code, p.out(), p.err());
+  };
+  const std::string spec = (kSource / "examples/digits_mlp.json").string();
+  ASSERT_EQ(std::get<0>(run({"models", "create", "digits", "--spec", spec})), 0);
+  ASSERT_EQ(std::get<0>(run({"data", "upload", "digits", (kSource / "data/digits.csv").string()})), 0);
+  ASSERT_EQ(std::get<0>(run({"train", "digits", "--data", "digits", "--epochs", "1", "--standardize"})), 0);
+  const fs::path input = dir / "in.csv";
+  {
+    std::ifstream in(kSource / "data/digits.csv");
+    std::ofstream out(input);
+    std::string line;
+    for (int i = 0; i <= 20 && std::getline(in, line); ++i) out << line << "\n";
+  }
+  // Warm-up: every kind of call once.
+  run({"predict", "digits", "--input", input.string()});
+  run({"uncertainty", "digits", "--input", input.string(), "--samples", "50"});
+  const long rss_warm = RssKb(server.pid());
+  ASSERT_GT(rss_warm, 0);
+
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::vector<std::string> failures;
+  std::atomic<int> calls{0};
+  auto fail = [&](const std::string& what) {
+    std::lock_guard<std::mutex> l(mu);
+    if (failures.size() < 20) failures.push_back(what);
+  };
+  // 10 + FAILED_PRECONDITION (9) is the only error allowed, and only where a model can be busy.
+  auto check = [&](const std::tuple<int, std::string, std::string>& r, const std::string& what, bool busy_ok) {
+    ++calls;
+    const int code = std::get<0>(r);
+    if (code == 0 || (busy_ok && code == 19)) return;
+    fail(what + ": exit " + std::to_string(code) + ": " + std::get<2>(r));
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; !stop; ++i) {
+        if ((i + t) % 2 == 0) {
+          check(run({"predict", "digits", "--input", input.string(), "--format", "csv"}), "predict", false);
+        } else {
+          check(run({"uncertainty", "digits", "--input", input.string(), "--samples", "30", "--format", "csv"}),
+                "uncertainty", false);
+        }
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    while (!stop) {
+      check(run({"train", "digits", "--data", "digits", "--epochs", "2", "--standardize"}), "train", true);
+    }
+  });
+  threads.emplace_back([&] {
+    for (int i = 0; !stop; ++i) {
+      const std::string name = "churn-" + std::to_string(i % 4);
+      check(run({"models", "create", name, "--spec", spec}), "create " + name, false);
+      check(run({"models", "delete", name}), "delete " + name, false);
+    }
+  });
+  // The watcher: the trained model is always listed and its version never goes backwards.
+  long last_version = 0;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < end) {
+    auto l = run({"models", "list", "--format", "json"});
+    if (std::get<0>(l) != 0) {
+      fail("list: " + std::get<2>(l));
+      continue;
+    }
+    long version = -1;
+    for (const auto& e : json::parse(std::get<1>(l)))
+      if (e["name"] == "digits") version = std::stol(e["version"].is_string() ? e["version"].get<std::string>()
+                                                                             : std::to_string(e["version"].get<long>()));
+    if (version < 0) fail("model 'digits' not listed");
+    if (version < last_version) fail("version went back from " + std::to_string(last_version) + " to " + std::to_string(version));
+    last_version = std::max(last_version, version);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  stop = true;
+  for (auto& t : threads) t.join();
+  const long rss_end = RssKb(server.pid());
+  std::cerr << calls << " calls, version " << last_version << ", RSS " << rss_warm << " kB -> " << rss_end << " kB\n";
+  for (const auto& f : failures) ADD_FAILURE() << f;
+  EXPECT_GT(last_version, 2);
+  EXPECT_LT(rss_end, rss_warm * 3 / 2 + 50 * 1024) << "RSS grew from " << rss_warm << " kB to " << rss_end << " kB";
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+}  // namespace
+}  // namespace dropnet::testing
