@@ -8,34 +8,12 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "common/status_code_name.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace dropnet::client {
 
 namespace {
-
-const char* CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED: return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
-  }
-}
 
 void Check(const grpc::Status& s) {
   if (!s.ok()) throw ClientError(s.error_code(), s.error_message());
@@ -65,7 +43,7 @@ std::string ServiceConfig(int max_attempts) {
 ClientError::ClientError(grpc::StatusCode code, const std::string& message)
     : std::runtime_error(message), code_(code) {}
 
-const char* ClientError::code_name() const { return CodeName(code_); }
+const char* ClientError::code_name() const { return StatusCodeName(code_); }
 
 Client::Client(ClientOptions options) : options_(std::move(options)) {
   std::shared_ptr<grpc::ChannelCredentials> creds;

@@ -284,7 +284,6 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
         req,
         [&](const v1::TrainEvent& e) {
           kept = e.version() ? e.version() : kept;
-          const bool classify = metric_name == "acc";
           switch (e.kind()) {
             case v1::TrainEvent::KIND_STARTED:
               std::cout << "training '" << req.model() << "' on '" << req.dataset() << "': "
@@ -314,7 +313,6 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
               }
               std::cout << "  " << Fixed(e.samples_per_second(), 0) << " samples/s  -> version "
                         << e.version() << "\n";
-              (void)classify;
               break;
             case v1::TrainEvent::KIND_FINISHED:
               std::cout << "done: model '" << req.model() << "' serves version " << e.version()
@@ -345,11 +343,6 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
     throw;
   }
   return 0;
-}
-
-void AddFloats(Table& t, json& j, const std::string& name, double v) {
-  (void)t;
-  j[name] = v;
 }
 
 int PredictCommand(dc::Client& c, const std::string& model, const std::string& input,

@@ -30,22 +30,26 @@ void CheckTrainOptions(const TrainOptions& o) {
 
 namespace {
 
-double Metric(Task task, LossKind loss, bool softmax_out, const Matrix& raw, const Matrix& y,
-              double* correct_or_sq) {
-  Matrix pred;
-  HeadOutputs(task, loss, softmax_out, raw, &pred, nullptr);
-  double s = 0;
-  if (task == Task::kClassification) {
-    for (int64_t r = 0; r < pred.rows(); ++r) {
-      Eigen::Index arg;
-      pred.row(r).maxCoeff(&arg);
-      s += arg == static_cast<Eigen::Index>(y(r, 0));
-    }
-  } else {
-    s = (pred - y).cast<double>().squaredNorm() / static_cast<double>(pred.cols());
+// Correct answers (classification) or squared errors averaged over a row's targets
+// (regression), summed over the rows of `pred` (probabilities or logits: the argmax is the same;
+// or regression means).
+double MetricSum(Task task, const Matrix& pred, const Matrix& y) {
+  if (task == Task::kRegression) {
+    return (pred - y).cast<double>().squaredNorm() / static_cast<double>(pred.cols());
   }
-  *correct_or_sq += s;
-  return s;
+  double correct = 0;
+  for (int64_t r = 0; r < pred.rows(); ++r) {
+    Eigen::Index arg;
+    pred.row(r).maxCoeff(&arg);
+    correct += arg == static_cast<Eigen::Index>(y(r, 0));
+  }
+  return correct;
+}
+
+// Accuracy, or RMSE, from a MetricSum over `rows` rows.
+double FinishMetric(Task task, double sum, int64_t rows) {
+  const double mean = sum / static_cast<double>(rows);
+  return task == Task::kClassification ? mean : std::sqrt(mean);
 }
 
 }  // namespace
@@ -165,14 +169,20 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
       net->ApplyTrainStatistics(cache);
       ++step;
       loss_sum += (l + reg) * m;
-      Metric(task, loss, false, out, yb, &metric_sum);
+      if (task == Task::kClassification) {
+        metric_sum += MetricSum(task, out, yb);
+      } else {
+        Matrix means;
+        HeadOutputs(task, loss, false, out, &means, nullptr);
+        metric_sum += MetricSum(task, means, yb);
+      }
       seen += m;
       const double secs =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       p.step = step;
       p.learning_rate = lr;
       p.loss = loss_sum / seen;
-      p.metric = task == Task::kClassification ? metric_sum / seen : std::sqrt(metric_sum / seen);
+      p.metric = FinishMetric(task, metric_sum, seen);
       p.samples_per_second = secs > 0 ? seen / secs : 0;
       if (on_progress && s + 1 < steps_per_epoch) on_progress(p, *net);
     }
@@ -181,17 +191,7 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
       double vl = 0;
       Matrix vp = PredictEval(*net, task, loss, val.x, options.threads, &vl, &val.y);
       p.val_loss = vl;
-      double vm = 0;
-      if (task == Task::kClassification) {
-        for (int64_t r = 0; r < vp.rows(); ++r) {
-          Eigen::Index arg;
-          vp.row(r).maxCoeff(&arg);
-          vm += arg == static_cast<Eigen::Index>(val.y(r, 0));
-        }
-        p.val_metric = vm / val.rows();
-      } else {
-        p.val_metric = std::sqrt((vp - val.y).cast<double>().squaredNorm() / vp.size());
-      }
+      p.val_metric = FinishMetric(task, MetricSum(task, vp, val.y), val.rows());
       p.best = vl < best_val;
       if (p.best) {
         best_val = vl;

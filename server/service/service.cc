@@ -409,7 +409,6 @@ grpc::Status DropnetService::RunTraining(const v1::TrainRequest& req, const Trai
   o.early_stopping_patience = req.early_stopping_patience();
   o.seed = req.seed();
   o.threads = config_.compute_threads;
-  o.first_step = start_snap->steps;
   switch (req.schedule()) {
     case v1::SCHEDULE_STEP: o.schedule.type = "step"; break;
     case v1::SCHEDULE_COSINE: o.schedule.type = "cosine"; break;

@@ -8,6 +8,8 @@
 
 #include <grpcpp/support/status.h>
 
+#include "common/status_code_name.h"
+
 namespace dropnet::service {
 
 // An error with the status code it maps to. Throw it from anywhere below a handler.
@@ -30,7 +32,7 @@ class ServiceError : public std::runtime_error {
 // code, std::bad_alloc / std::length_error -> RESOURCE_EXHAUSTED, anything else -> INTERNAL.
 grpc::Status ToStatus(const std::exception_ptr& error, bool deadline_passed = false);
 
-const char* StatusCodeName(grpc::StatusCode code);
+using dropnet::StatusCodeName;
 
 }  // namespace dropnet::service
 

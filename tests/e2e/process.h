@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+extern char** environ;
 
 namespace dropnet::testing {
 
@@ -30,10 +33,23 @@ class Process {
   // Starts `argv` with stdout and stderr in files under `dir`; `env` entries are added.
   Process(const std::vector<std::string>& argv, const std::filesystem::path& dir,
           const std::map<std::string, std::string>& env = {}) {
-    static int counter = 0;
+    static std::atomic<int> counter{0};
     const std::string base = std::to_string(::getpid()) + "-" + std::to_string(counter++);
     out_ = dir / ("out-" + base);
     err_ = dir / ("err-" + base);
+    // Everything the child needs is prepared here: between fork and exec a multi-threaded parent's
+    // child may only make async-signal-safe calls (no setenv, no allocation).
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e; ++e) {
+      const std::string entry = *e;
+      if (!env.count(entry.substr(0, entry.find('=')))) env_strings.push_back(entry);
+    }
+    for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+    std::vector<char*> envp, args;
+    for (auto& e : env_strings) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
     pid_ = ::fork();
     if (pid_ == 0) {
       int o = ::open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -42,11 +58,7 @@ class Process {
       ::dup2(in, 0);
       ::dup2(o, 1);
       ::dup2(e, 2);
-      for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-      std::vector<char*> args;
-      for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
-      ::execv(args[0], args.data());
+      ::execve(args[0], args.data(), envp.data());
       ::_exit(127);
     }
   }

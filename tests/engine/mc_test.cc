@@ -13,31 +13,16 @@
 #include <vector>
 
 #include "server/engine/random.h"
+#include "tests/engine/layer_configs.h"
 
 namespace dropnet::engine {
 namespace {
 
 constexpr double kLog2Pi = 1.8378770664093453;
 
-LayerConfig DenseLayer(int units) {
-  LayerConfig c;
-  c.type = "dense";
-  c.units = units;
-  return c;
-}
-
-LayerConfig Simple(const std::string& type) {
-  LayerConfig c;
-  c.type = type;
-  return c;
-}
-
-LayerConfig DropoutLayer(double rate) {
-  LayerConfig c;
-  c.type = "dropout";
-  c.rate = rate;
-  return c;
-}
+using test_support::DenseLayer;
+using test_support::DropoutLayer;
+using test_support::Simple;
 
 Network MakeNet(int inputs, std::vector<LayerConfig> layers, uint64_t seed = 3) {
   NetworkSpec spec;

@@ -13,29 +13,14 @@
 #include <vector>
 
 #include "server/engine/random.h"
+#include "tests/engine/layer_configs.h"
 
 namespace dropnet::engine {
 namespace {
 
-LayerConfig DenseLayer(int units) {
-  LayerConfig c;
-  c.type = "dense";
-  c.units = units;
-  return c;
-}
-
-LayerConfig Simple(const std::string& type) {
-  LayerConfig c;
-  c.type = type;
-  return c;
-}
-
-LayerConfig DropoutLayer(double rate) {
-  LayerConfig c;
-  c.type = "dropout";
-  c.rate = rate;
-  return c;
-}
+using test_support::DenseLayer;
+using test_support::DropoutLayer;
+using test_support::Simple;
 
 NetworkSpec MakeSpec(std::vector<int> input, std::vector<LayerConfig> layers, uint64_t seed = 1) {
   NetworkSpec spec;
