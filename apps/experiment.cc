@@ -179,6 +179,7 @@ int SmallData(const Common& c, int train_size, int epochs, int seeds, int mc_sam
 }  // namespace
 
 int main(int argc, char** argv) {
+  en::TuneAllocatorForTraining();
   CLI::App app{"dropnet-experiment: reference experiments of the dropnet engine"};
   app.require_subcommand(1);
   Common c;

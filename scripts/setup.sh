@@ -10,7 +10,7 @@ packages=(
   libeigen3-dev librandom123-dev zlib1g-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
 )
 # kubectl renders deploy/k8s in a test (`kubectl kustomize`): Debian's kubernetes-client, unless a

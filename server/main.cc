@@ -10,6 +10,7 @@
 #include "server/service/server.h"
 
 int main(int argc, char** argv) {
+  dropnet::engine::TuneAllocatorForTraining();
   dropnet::service::ServerConfig c;
   c.service.compute_threads = dropnet::engine::HardwareThreads();
   std::string log_level = "info";

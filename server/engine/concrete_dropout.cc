@@ -111,7 +111,7 @@ void ConcreteDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* c
     *y = dropped;
   }
   if (cache) {
-    cache->input = x;
+    KeepInput(x, cache);
     cache->extra.resize(kSlots);
     cache->extra[kDropped] = std::move(dropped);
     cache->extra[kSoft] = std::move(soft);

@@ -117,7 +117,8 @@ void Im2Col(const ConvGeometry& g, const float* x, float* col) {
           const float* src = x + (int64_t{c} * g.height + ih) * g.width + (j - g.pad_w);
           std::fill(d, d + lo, 0.0f);
           if (g.stride_w == 1) {
-            std::copy(src + lo, src + hi, d + lo);
+            // A plain loop: the runs are short (one output row), too short for a memmove call.
+            for (int ow = lo; ow < hi; ++ow) d[ow] = src[ow];
           } else {
             for (int ow = lo; ow < hi; ++ow) d[ow] = src[int64_t{ow} * g.stride_w];
           }
@@ -248,6 +249,59 @@ bool HaveAvx512() {
   return have;
 }
 
+// Up to kSmallM rows of C from B in place, without packing: for a product of one or a few rows
+// (eval at batch 1) packing B would copy all of it for a single use. Each element is summed in
+// the same order as by MicroKernel (k in chunks of kKc, each chunk added to C), so a row's result
+// does not depend on which path computed it.
+constexpr int kSmallM = 4;
+
+template <int MR>
+__attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, int64_t k, float alpha,
+                                                       const float* a, int64_t a_rs,
+                                                       int64_t a_cs, const float* b, int64_t ldb,
+                                                       float* c, int64_t ldc, bool accumulate) {
+  constexpr int kCols = 64;
+  const __m512 va = _mm512_set1_ps(alpha);
+  for (int64_t n0 = 0; n0 < n; n0 += kCols) {
+    const int64_t nv = std::min<int64_t>(kCols, n - n0);
+    __mmask16 mask[4];
+    for (int j = 0; j < 4; ++j) {
+      const int64_t v = std::clamp<int64_t>(nv - 16 * j, 0, 16);
+      mask[j] = v == 16 ? 0xFFFF : static_cast<__mmask16>((1u << v) - 1);
+    }
+    for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+      const int64_t k1 = std::min<int64_t>(k, k0 + kKc);
+      __m512 acc[MR][4];
+      for (int m = 0; m < MR; ++m)
+        for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+      for (int64_t kk = k0; kk < k1; ++kk) {
+        const float* bk = b + kk * ldb + n0;
+        __m512 bv[4];
+        for (int j = 0; j < 4; ++j) bv[j] = _mm512_maskz_loadu_ps(mask[j], bk + 16 * j);
+        for (int m = 0; m < MR; ++m) {
+          const __m512 av = _mm512_set1_ps(a[m * a_rs + kk * a_cs]);
+          for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_fmadd_ps(av, bv[j], acc[m][j]);
+        }
+      }
+      const bool add = accumulate || k0 > 0;
+      for (int m = 0; m < MR; ++m) {
+        float* cm = c + m * ldc + n0;
+        for (int j = 0; j < 4; ++j) {
+          if (!mask[j]) continue;
+          __m512 r = _mm512_mul_ps(acc[m][j], va);
+          if (add) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[j], cm + 16 * j));
+          _mm512_mask_storeu_ps(cm + 16 * j, mask[j], r);
+        }
+      }
+    }
+  }
+}
+
+using SmallFn = void (*)(int64_t, int64_t, float, const float*, int64_t, int64_t, const float*,
+                         int64_t, float*, int64_t, bool);
+constexpr SmallFn kSmallKernels[kSmallM + 1] = {nullptr, SmallMRows<1>, SmallMRows<2>,
+                                                SmallMRows<3>, SmallMRows<4>};
+
 void GemmAvx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                 const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                 int64_t ldc) {
@@ -262,6 +316,10 @@ void GemmAvx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, flo
     return;
   }
   const int64_t a_rs = trans_a ? 1 : lda, a_cs = trans_a ? lda : 1;
+  if (m <= kSmallM && !trans_b) {
+    kSmallKernels[m](n, k, alpha, a, a_rs, a_cs, b, ldb, c, ldc, beta == 1.0f);
+    return;
+  }
   thread_local std::vector<float> panel;
   panel.resize(int64_t{kKc} * kNr);
   for (int64_t n0 = 0; n0 < n; n0 += kNr) {
@@ -325,6 +383,60 @@ void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
   else cm.noalias() += alpha * (am * bm);
 }
 
+void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int32_t* k_index,
+                   int64_t kn, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+#ifdef DROPNET_GEMM_AVX512
+  if (HaveAvx512()) {
+    // The terms of Gemm over the full k that are not skipped, in the same order and the same
+    // kKc-wide partial sums: skipped terms are zero products, so the result is bit-identical.
+    std::vector<int64_t> bounds{0};  // compact ranges of each original kKc block
+    for (int64_t i = 1; i <= kn; ++i) {
+      if (i == kn || k_index[i] / kKc != k_index[i - 1] / kKc) bounds.push_back(i);
+    }
+    if (kn == 0) {
+      for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+      return;
+    }
+    if (m <= kSmallM) {
+      // Gathered rows of B, one block at a time, through the unpacked kernel.
+      thread_local std::vector<float> rows;
+      for (size_t blk = 0; blk + 1 < bounds.size(); ++blk) {
+        const int64_t s0 = bounds[blk], s1 = bounds[blk + 1];
+        rows.resize((s1 - s0) * n);
+        for (int64_t i = s0; i < s1; ++i)
+          std::copy(b + k_index[i] * ldb, b + k_index[i] * ldb + n, rows.data() + (i - s0) * n);
+        kSmallKernels[m](n, s1 - s0, 1.0f, a + s0, lda, 1, rows.data(), n, c, ldc, blk > 0);
+      }
+      return;
+    }
+    thread_local std::vector<float> panel;
+    panel.resize(int64_t{kKc} * kNr);
+    for (int64_t n0 = 0; n0 < n; n0 += kNr) {
+      const int nv = static_cast<int>(std::min<int64_t>(kNr, n - n0));
+      for (size_t blk = 0; blk + 1 < bounds.size(); ++blk) {
+        const int64_t s0 = bounds[blk], kc = bounds[blk + 1] - s0;
+        float* p = panel.data();
+        if (nv < kNr) std::fill(p, p + kc * kNr, 0.0f);
+        for (int64_t kk = 0; kk < kc; ++kk) {
+          const float* bk = b + int64_t{k_index[s0 + kk]} * ldb + n0;
+          std::copy(bk, bk + nv, p + kk * kNr);
+        }
+        for (int64_t m0 = 0; m0 < m; m0 += kMr) {
+          const int mr = static_cast<int>(std::min<int64_t>(kMr, m - m0));
+          kKernels[mr](kc, a + m0 * lda + s0, lda, 1, p, c + m0 * ldc + n0, ldc, nv, blk > 0, 1.0f);
+        }
+      }
+    }
+    return;
+  }
+#endif
+  Matrix rows(kn, n);
+  for (int64_t i = 0; i < kn; ++i)
+    rows.row(i) = Eigen::Map<const RowVector>(b + int64_t{k_index[i]} * ldb, n);
+  Gemm(false, false, m, n, kn, 1.0f, a, lda, rows.data(), n, 0.0f, c, ldc);
+}
+
 // ---- Conv ----
 
 Conv::Conv(const LayerConfig& config, const Shape& input, uint64_t init_seed)
@@ -368,7 +480,7 @@ void Conv::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matri
       }
     }
   });
-  if (cache) cache->input = x;
+  if (cache) KeepInput(x, cache);
 }
 
 void Conv::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
@@ -382,27 +494,27 @@ void Conv::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix>
   const Matrix& w = params_[0].value;
   if (dx) dx->resize(n, x.cols());
   const int parts = Parts(n, cache.threads);
-  std::vector<Matrix> dw(parts, Matrix::Zero(filters, k));
+  // Per thread dW^T (K x F): accumulating col (K x P) * dY^T (P x F) packs the small dY, not the
+  // large col, into the GEMM's panels.
+  std::vector<Matrix> dwt(parts, Matrix::Zero(k, filters));
   std::vector<Matrix> db(parts, Matrix::Zero(1, filters));
   ForEachPart(n, parts, [&](int part, int64_t r0, int64_t r1) {
     std::vector<float> col(pointwise ? 0 : k * positions);
     std::vector<float> dcol(dx && !pointwise ? k * positions : 0);
-    float* dwp = dw[part].data();
+    float* dwp = dwt[part].data();
     float* dbp = db[part].data();
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x.row(r).data();
       const float* gr = dy.row(r).data();
       if (!pointwise) Im2Col(g_, xr, col.data());
       const float* cr = pointwise ? xr : col.data();
-      // dW += dY (F x P) * col^T (P x K)
-      Gemm(false, true, filters, k, positions, 1.0f, gr, positions, cr, positions, 1.0f, dwp, k);
+      // dW^T += col (K x P) * dY^T (P x F)
+      Gemm(false, true, k, filters, positions, 1.0f, cr, positions, gr, positions, 1.0f, dwp,
+           filters);
       if (has_bias) {
-        for (int64_t f = 0; f < filters; ++f) {
-          const float* gf = gr + f * positions;
-          float s = 0.0f;
-          for (int64_t p = 0; p < positions; ++p) s += gf[p];
-          dbp[f] += s;
-        }
+        // Eigen's vectorised sum: a fixed order of partial sums, unlike one serial chain.
+        for (int64_t f = 0; f < filters; ++f)
+          dbp[f] += Eigen::Map<const RowVector>(gr + f * positions, positions).sum();
       }
       if (dx) {
         // dcol = W^T (K x F) * dY (F x P), then scattered back onto the image.
@@ -413,8 +525,8 @@ void Conv::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix>
       }
     }
   });
-  grads[0] = std::move(dw[0]);
-  for (int p = 1; p < parts; ++p) grads[0] += dw[p];
+  for (int p = 1; p < parts; ++p) dwt[0] += dwt[p];
+  grads[0] = dwt[0].transpose();
   if (has_bias) {
     grads[1] = std::move(db[0]);
     for (int p = 1; p < parts; ++p) grads[1] += db[p];
@@ -457,11 +569,18 @@ void Pool::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matri
             for (int ow = 0; ow < g_.out_width; ++ow) {
               const float v0 = r0p[2 * ow], v1 = r0p[2 * ow + 1];
               const float v2 = r1p[2 * ow], v3 = r1p[2 * ow + 1];
+              // Branch-free selects: which element wins is data-dependent and unpredictable.
               float best = v0;
               int k = 0;
-              if (v1 > best || v1 != v1) best = v1, k = 1;
-              if (v2 > best || v2 != v2) best = v2, k = 2;
-              if (v3 > best || v3 != v3) best = v3, k = 3;
+              bool t = v1 > best || v1 != v1;
+              best = t ? v1 : best;
+              k = t ? 1 : k;
+              t = v2 > best || v2 != v2;
+              best = t ? v2 : best;
+              k = t ? 2 : k;
+              t = v3 > best || v3 != v3;
+              best = t ? v3 : best;
+              k = t ? 3 : k;
               yr[o0 + ow] = best;
               if (ar) ar[o0 + ow] = static_cast<float>(i0 + 2 * ow + (k & 1) + (k >> 1) * g_.width);
             }

@@ -48,6 +48,12 @@ bool FastGemmAvailable();
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
+// c (m x n) = a * B[k_index, :], where a (m x kn, leading dimension lda) holds the columns
+// k_index (ascending) of a wider left factor whose other columns are zero: the product skips the
+// zero columns and equals Gemm over the full width bit for bit.
+void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int32_t* k_index,
+                   int64_t kn, const float* b, int64_t ldb, float* c, int64_t ldc);
+
 // conv1d ({C, L} -> {F, L'}) and conv2d ({C, H, W} -> {F, H', W'}).
 class Conv : public Layer {
  public:

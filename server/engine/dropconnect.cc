@@ -192,7 +192,7 @@ void DropConnectDense::Forward(const Matrix& x, const Context& ctx, LayerCache* 
   }
   ApplyActivation(z, y);
   if (cache) {
-    cache->input = x;
+    KeepInput(x, cache);
     cache->output = std::move(z);  // pre-activation
     cache->extra = {EncodeAddress(ctx)};
     if (stochastic) cache->mask = Matrix::Ones(1, 1);  // a flag: masks were drawn

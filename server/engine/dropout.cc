@@ -18,13 +18,17 @@ void CheckDropRate(const char* field, double p) {
 Matrix BernoulliMask(int64_t rows, int64_t cols, double p, float keep_value, const Context& ctx) {
   Matrix mask(rows, cols);
   // Element dropped when its 32-bit word falls below p * 2^32.
-  const uint64_t threshold = static_cast<uint64_t>(std::ldexp(p, 32));
-  ParallelFor(rows, ctx.threads, [&](int64_t r0, int64_t r1) {
+  // p < 1, so p * 2^32 < 2^32 fits the word's range.
+  const uint32_t threshold = static_cast<uint32_t>(std::ldexp(p, 32));
+  const int threads = rows * cols < (1 << 14) ? 1 : ctx.threads;
+  ParallelFor(rows, threads, [&, keep_value](int64_t r0, int64_t r1) {
     std::vector<uint32_t> bits(cols);
+    const uint32_t* w = bits.data();
     for (int64_t r = r0; r < r1; ++r) {
       RowRng(ctx.rng, ctx.layer, r).Bits(bits.data(), cols);
       float* m = mask.row(r).data();
-      for (int64_t j = 0; j < cols; ++j) m[j] = bits[j] >= threshold ? keep_value : 0.0f;
+      // Branch-free (the comparison is a coin flip), so it vectorises.
+      for (int64_t j = 0; j < cols; ++j) m[j] = static_cast<float>(w[j] >= threshold) * keep_value;
     }
   });
   return mask;

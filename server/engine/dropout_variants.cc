@@ -56,9 +56,11 @@ void SpatialDropout::Backward(const Matrix& dy, const LayerCache& cache, std::sp
   }
   dx->resize(dy.rows(), dy.cols());
   const int64_t s = spatial_;
-  for (int64_t r = 0; r < dy.rows(); ++r)
-    for (int64_t c = 0; c < channels_; ++c)
-      dx->row(r).segment(c * s, s) = dy.row(r).segment(c * s, s) * cache.mask(r, c);
+  ParallelFor(dy.rows(), cache.threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < channels_; ++c)
+        dx->row(r).segment(c * s, s) = dy.row(r).segment(c * s, s) * cache.mask(r, c);
+  });
 }
 
 // ---- GaussianDropout ----

@@ -43,7 +43,7 @@ struct Parameter {
 
 // What a forward pass in kTrain keeps for Backward. Layers use the fields they need.
 struct LayerCache {
-  Matrix input;
+  Matrix input;  // x, for layers that need it: set with KeepInput
   Matrix output;
   Matrix mask;
   std::vector<Matrix> extra;
@@ -91,6 +91,13 @@ struct LayerConfig {
   double prune_threshold = 3.0;       // weights with log alpha above this are pruned in eval
   double kl_weight = 1.0;             // scales the KL term (1 = the variational bound)
 };
+
+// Records x as cache->input. Network::Forward moves each activation into the next layer's cache
+// and passes that very matrix as x, so in training no activation is copied; a caller that passes
+// another matrix gets a copy.
+inline void KeepInput(const Matrix& x, LayerCache* cache) {
+  if (&cache->input != &x) cache->input = x;
+}
 
 class Layer {
  public:

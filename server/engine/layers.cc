@@ -70,9 +70,12 @@ Dense::Dense(const LayerConfig& config, const Shape& input, uint64_t init_seed)
 }
 
 void Dense::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const {
-  MatMul(x, false, params_[0].value, false, y, ctx.threads);
+  // Outside training, inputs often have whole zero columns (ReLU and dropout zeros, blank
+  // pixels; in Monte Carlo the prefix's zeros are shared by every sample): those are skipped.
+  if (cache) MatMul(x, false, params_[0].value, false, y, ctx.threads);
+  else MatMulSkippingZeroColumns(x, params_[0].value, y, ctx.threads);
   if (params_.size() > 1) y->rowwise() += params_[1].value.row(0);
-  if (cache) cache->input = x;
+  if (cache) KeepInput(x, cache);
 }
 
 void Dense::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
@@ -103,62 +106,89 @@ Activation::Activation(const LayerConfig& config, const Shape& input) : Layer(co
   else throw InvalidArgument("unknown activation '" + t + "'");
 }
 
+namespace {
+
+// Runs fn(first_row, rows) over blocks of rows, on up to `threads` threads when the matrix is
+// large enough for the hand-off to pay.
+template <typename Fn>
+void RowBlocks(int64_t rows, int64_t cols, int threads, Fn fn) {
+  if (rows * cols < (1 << 16)) threads = 1;
+  ParallelFor(rows, threads, [&](int64_t r0, int64_t r1) { fn(r0, r1 - r0); });
+}
+
+}  // namespace
+
 void Activation::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const {
   const float slope = static_cast<float>(config_.negative_slope);
-  switch (kind_) {
-    case Kind::kRelu: *y = x.cwiseMax(0.0f); break;
-    case Kind::kLeakyRelu: *y = x.unaryExpr([slope](float v) { return v > 0 ? v : slope * v; }); break;
-    case Kind::kTanh: *y = x.array().tanh().matrix(); break;
-    case Kind::kSigmoid:
-      *y = x.unaryExpr([](float v) { return 1.0f / (1.0f + std::exp(-v)); });
-      break;
-    case Kind::kSelu:
-      *y = x.unaryExpr([](float v) {
-        return kSeluScale * (v > 0 ? v : kSeluAlpha * std::expm1(v));
-      });
-      break;
-    case Kind::kGelu:
-      *y = x.unaryExpr([](float v) { return 0.5f * v * (1.0f + std::erf(v * kInvSqrt2)); });
-      break;
-  }
+  y->resize(x.rows(), x.cols());
+  RowBlocks(x.rows(), x.cols(), ctx.threads, [&](int64_t r0, int64_t n) {
+    const auto in = x.middleRows(r0, n);
+    auto out = y->middleRows(r0, n);
+    switch (kind_) {
+      case Kind::kRelu: out = in.cwiseMax(0.0f); break;
+      case Kind::kLeakyRelu:
+        out = in.unaryExpr([slope](float v) { return v > 0 ? v : slope * v; });
+        break;
+      case Kind::kTanh: out = in.array().tanh().matrix(); break;
+      case Kind::kSigmoid:
+        out = in.unaryExpr([](float v) { return 1.0f / (1.0f + std::exp(-v)); });
+        break;
+      case Kind::kSelu:
+        out = in.unaryExpr([](float v) {
+          return kSeluScale * (v > 0 ? v : kSeluAlpha * std::expm1(v));
+        });
+        break;
+      case Kind::kGelu:
+        out = in.unaryExpr([](float v) { return 0.5f * v * (1.0f + std::erf(v * kInvSqrt2)); });
+        break;
+    }
+  });
   if (cache) {
-    cache->input = x;
-    cache->output = *y;
+    KeepInput(x, cache);
+    // tanh and sigmoid differentiate through their output, the others through their input.
+    if (kind_ == Kind::kTanh || kind_ == Kind::kSigmoid) cache->output = *y;
   }
 }
 
 void Activation::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                           Matrix* dx) const {
   if (!dx) return;
-  const Matrix& x = cache.input;
-  const Matrix& y = cache.output;
   const float slope = static_cast<float>(config_.negative_slope);
-  switch (kind_) {
-    case Kind::kRelu:
-      *dx = dy.binaryExpr(x, [](float g, float v) { return v > 0 ? g : 0.0f; });
-      break;
-    case Kind::kLeakyRelu:
-      *dx = dy.binaryExpr(x, [slope](float g, float v) { return v > 0 ? g : slope * g; });
-      break;
-    case Kind::kTanh:
-      *dx = dy.binaryExpr(y, [](float g, float t) { return g * (1.0f - t * t); });
-      break;
-    case Kind::kSigmoid:
-      *dx = dy.binaryExpr(y, [](float g, float s) { return g * s * (1.0f - s); });
-      break;
-    case Kind::kSelu:
-      *dx = dy.binaryExpr(x, [](float g, float v) {
-        return g * kSeluScale * (v > 0 ? 1.0f : kSeluAlpha * std::exp(v));
-      });
-      break;
-    case Kind::kGelu:
-      *dx = dy.binaryExpr(x, [](float g, float v) {
-        float cdf = 0.5f * (1.0f + std::erf(v * kInvSqrt2));
-        float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
-        return g * (cdf + v * pdf);
-      });
-      break;
-  }
+  dx->resize(dy.rows(), dy.cols());
+  RowBlocks(dy.rows(), dy.cols(), cache.threads, [&](int64_t r0, int64_t n) {
+    const auto g = dy.middleRows(r0, n);
+    auto out = dx->middleRows(r0, n);
+    switch (kind_) {
+      case Kind::kRelu:
+        out = g.binaryExpr(cache.input.middleRows(r0, n),
+                           [](float g, float v) { return v > 0 ? g : 0.0f; });
+        break;
+      case Kind::kLeakyRelu:
+        out = g.binaryExpr(cache.input.middleRows(r0, n),
+                           [slope](float g, float v) { return v > 0 ? g : slope * g; });
+        break;
+      case Kind::kTanh:
+        out = g.binaryExpr(cache.output.middleRows(r0, n),
+                           [](float g, float t) { return g * (1.0f - t * t); });
+        break;
+      case Kind::kSigmoid:
+        out = g.binaryExpr(cache.output.middleRows(r0, n),
+                           [](float g, float s) { return g * s * (1.0f - s); });
+        break;
+      case Kind::kSelu:
+        out = g.binaryExpr(cache.input.middleRows(r0, n), [](float g, float v) {
+          return g * kSeluScale * (v > 0 ? 1.0f : kSeluAlpha * std::exp(v));
+        });
+        break;
+      case Kind::kGelu:
+        out = g.binaryExpr(cache.input.middleRows(r0, n), [](float g, float v) {
+          float cdf = 0.5f * (1.0f + std::erf(v * kInvSqrt2));
+          float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
+          return g * (cdf + v * pdf);
+        });
+        break;
+    }
+  });
 }
 
 // ---- Softmax ----

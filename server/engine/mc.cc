@@ -108,8 +108,11 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
   int64_t width = prefix.cols();
   for (int i = first; i < net.size(); ++i) width = std::max(width, net.layer(i).output_shape().Size());
   const int64_t per_sample = std::max<int64_t>(1, b * width * static_cast<int64_t>(sizeof(float)) * 4);
+  // At most an equal share of the samples per thread, so that every thread gets a chunk: one
+  // hand-off per wave instead of one per product.
+  const int64_t share = (options.samples + std::max(1, options.threads) - 1) / std::max(1, options.threads);
   const int chunk = static_cast<int>(std::clamp<int64_t>(options.memory_budget_bytes / per_sample, 1,
-                                                         options.samples));
+                                                         share));
   const int chunks = (options.samples + chunk - 1) / chunk;
   const bool stochastic = first < net.size();
 

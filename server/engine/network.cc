@@ -114,14 +114,25 @@ Matrix Network::Forward(const Matrix& x, const Context& ctx, ForwardCache* cache
   }
   if (ctx.mode == Mode::kTrain && !cache) throw InvalidArgument("kTrain forward needs a cache");
   if (cache) cache->layers.resize(layers_.size());
-  Matrix a = x, b;
+  // In kTrain each activation moves into the cache of the layer that reads it (KeepInput), so
+  // nothing is copied; otherwise two buffers alternate.
+  Matrix a, b;
   Context layer_ctx = ctx;
   for (int i = begin; i < end; ++i) {
     layer_ctx.layer = static_cast<uint32_t>(i);
-    if (cache) cache->layers[i].threads = ctx.threads;
-    layers_[i]->Forward(a, layer_ctx, cache ? &cache->layers[i] : nullptr, &b);
+    const Matrix& in = i == begin ? x : a;
+    if (cache) {
+      LayerCache& lc = cache->layers[i];
+      lc = LayerCache();
+      lc.threads = ctx.threads;
+      if (i > begin) lc.input = std::move(a);
+      layers_[i]->Forward(i > begin ? lc.input : x, layer_ctx, &lc, &b);
+    } else {
+      layers_[i]->Forward(in, layer_ctx, nullptr, &b);
+    }
     std::swap(a, b);
   }
+  if (begin == end) return x;
   return a;
 }
 

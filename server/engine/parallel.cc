@@ -2,7 +2,11 @@
 
 #include "server/engine/conv.h"  // Gemm, the engine's AVX-512 kernel
 
+#include <malloc.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -14,6 +18,17 @@ namespace {
 
 thread_local bool in_pool_worker = false;
 
+// Spin this long for work (or for a ParallelFor's helpers to finish) before sleeping on a
+// condition variable: the products of one small request are a few microseconds each, shorter
+// than a futex sleep and wake-up.
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+inline void CpuRelax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#endif
+}
+
 class Pool {
  public:
   explicit Pool(int n) {
@@ -21,6 +36,11 @@ class Pool {
       workers_.emplace_back([this] {
         in_pool_worker = true;
         for (;;) {
+          const auto until = std::chrono::steady_clock::now() + kSpin;
+          while (queued_.load(std::memory_order_acquire) == 0 &&
+                 std::chrono::steady_clock::now() < until) {
+            for (int k = 0; k < 16; ++k) CpuRelax();
+          }
           std::function<void()> task;
           {
             std::unique_lock lock(mu_);
@@ -28,6 +48,7 @@ class Pool {
             if (stop_ && tasks_.empty()) return;
             task = std::move(tasks_.front());
             tasks_.pop_front();
+            queued_.fetch_sub(1, std::memory_order_relaxed);
           }
           task();
         }
@@ -46,6 +67,7 @@ class Pool {
     {
       std::lock_guard lock(mu_);
       tasks_.push_back(std::move(task));
+      queued_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_one();
   }
@@ -54,6 +76,7 @@ class Pool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> tasks_;
+  std::atomic<int> queued_{0};
   std::vector<std::thread> workers_;
   bool stop_ = false;
 };
@@ -68,6 +91,11 @@ Pool& SharedPool() {
 
 int HardwareThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
+void TuneAllocatorForTraining() {
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+}
+
 void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   int parts = static_cast<int>(std::min<int64_t>(std::max(threads, 1), n));
@@ -77,7 +105,7 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
   }
   std::mutex mu;
   std::condition_variable done_cv;
-  int remaining = parts - 1;
+  std::atomic<int> remaining{parts - 1};
   std::exception_ptr error;
   auto range = [&](int p) {
     return std::pair<int64_t, int64_t>(n * p / parts, n * (p + 1) / parts);
@@ -92,7 +120,7 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
         if (!error) error = std::current_exception();
       }
       std::lock_guard lock(mu);
-      if (--remaining == 0) done_cv.notify_one();
+      if (remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) done_cv.notify_one();
     });
   }
   auto [b, e] = range(0);
@@ -102,8 +130,12 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
     std::lock_guard lock(mu);
     if (!error) error = std::current_exception();
   }
+  const auto until = std::chrono::steady_clock::now() + kSpin;
+  while (remaining.load(std::memory_order_acquire) != 0 && std::chrono::steady_clock::now() < until) {
+    for (int k = 0; k < 16; ++k) CpuRelax();
+  }
   std::unique_lock lock(mu);
-  done_cv.wait(lock, [&] { return remaining == 0; });
+  done_cv.wait(lock, [&] { return remaining.load(std::memory_order_acquire) == 0; });
   if (error) std::rethrow_exception(error);
 }
 
@@ -119,7 +151,19 @@ void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b
   if (rows * cols * inner < (1 << 18)) threads = 1;
   if (FastGemmAvailable()) {
     // The AVX-512 kernel of conv.h: each element's sum runs in the same order whatever the row
-    // range, so the thread count does not change the result.
+    // or column range, so the thread count does not change the result.
+    if (rows < 8 * threads && cols >= 64 * threads) {
+      // A few rows (eval at small batch): split the columns instead, in multiples of 64, so each
+      // thread streams its own part of B, which stays in that core's cache between calls.
+      const int64_t blocks = (cols + 63) / 64;
+      ParallelFor(blocks, threads, [&](int64_t b0, int64_t b1) {
+        const int64_t c0 = b0 * 64, c1 = std::min(cols, b1 * 64);
+        const float* bp = transpose_b ? b.data() + c0 * b.cols() : b.data() + c0;
+        Gemm(transpose_a, transpose_b, rows, c1 - c0, inner, 1.0f, a.data(), a.cols(), bp,
+             b.cols(), accumulate ? 1.0f : 0.0f, c->data() + c0, cols);
+      });
+      return;
+    }
     ParallelFor(rows, threads, [&](int64_t r0, int64_t r1) {
       const float* a0 = transpose_a ? a.data() + r0 : a.data() + r0 * a.cols();
       Gemm(transpose_a, transpose_b, r1 - r0, cols, inner, 1.0f, a0, a.cols(), b.data(), b.cols(),
@@ -139,6 +183,45 @@ void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b
     };
     if (transpose_a) run(a.middleCols(r0, nr).transpose());
     else run(a.middleRows(r0, nr));
+  });
+}
+
+void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int threads) {
+  const int64_t rows = a.rows(), inner = a.cols(), cols = b.cols();
+  if (inner != b.rows()) throw InvalidArgument("MatMul: inner dimensions differ");
+  std::vector<int32_t> index;
+  index.reserve(inner);
+  {
+    std::vector<uint8_t> used(inner, 0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* ar = a.row(r).data();
+      for (int64_t j = 0; j < inner; ++j) used[j] |= ar[j] != 0.0f;
+    }
+    for (int64_t j = 0; j < inner; ++j)
+      if (used[j]) index.push_back(static_cast<int32_t>(j));
+  }
+  if (!FastGemmAvailable() || static_cast<int64_t>(index.size()) * 4 > inner * 3) {
+    MatMul(a, false, b, false, c, threads);
+    return;
+  }
+  const int64_t kn = static_cast<int64_t>(index.size());
+  Matrix packed(rows, kn);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < kn; ++i) packed(r, i) = a(r, index[i]);
+  c->resize(rows, cols);
+  if (rows * cols * kn < (1 << 18)) threads = 1;
+  if (rows < 8 * threads && cols >= 64 * threads) {
+    const int64_t blocks = (cols + 63) / 64;
+    ParallelFor(blocks, threads, [&](int64_t b0, int64_t b1) {
+      const int64_t c0 = b0 * 64, c1 = std::min(cols, b1 * 64);
+      GemmSelectedK(rows, c1 - c0, packed.data(), kn, index.data(), kn, b.data() + c0, cols,
+                    c->data() + c0, cols);
+    });
+    return;
+  }
+  ParallelFor(rows, threads, [&](int64_t r0, int64_t r1) {
+    GemmSelectedK(r1 - r0, cols, packed.data() + r0 * kn, kn, index.data(), kn, b.data(), cols,
+                  c->data() + r0 * cols, cols);
   });
 }
 

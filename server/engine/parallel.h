@@ -20,9 +20,18 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
 // Hardware threads, at least 1.
 int HardwareThreads();
 
+// Keeps activation-sized blocks (up to 256 MiB) in the malloc heap instead of a fresh mmap per
+// allocation, which would page-fault every training step; free memory above 64 MiB at the top of
+// the heap still goes back to the system. Programs that train call it once at start-up.
+void TuneAllocatorForTraining();
+
 // c = op(a) * op(b) (+ c when accumulate), where op transposes when the flag is set.
 void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b, Matrix* c,
             int threads, bool accumulate = false);
+
+// c = a * b like MatMul, skipping the columns of a that are zero in every row (ReLU and dropout
+// zeros, blank pixels) when at least a quarter are: the same result, bit for bit.
+void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int threads);
 
 }  // namespace dropnet::engine
 

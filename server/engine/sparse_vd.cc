@@ -93,7 +93,7 @@ void SparseVdDense::Forward(const Matrix& x, const Context& ctx, LayerCache* cac
     }
   });
   if (cache) {
-    cache->input = x;
+    KeepInput(x, cache);
     cache->extra.resize(kSlots);
     cache->extra[kNoise] = std::move(noise);
     cache->extra[kStd] = std::move(stddev);

@@ -83,6 +83,22 @@ TEST(CounterRngTest, MatchesPhiloxKnownAnswers) {
   EXPECT_EQ(out[3], 0x24126ea1u);
 }
 
+// Bits runs 16 blocks at a time (vectorised where the CPU allows) and the rest one by one: every
+// length, and counters near the top of their range, give exactly the words of Block.
+TEST(CounterRngTest, BitsMatchesBlockForEveryLength) {
+  for (const CounterRng& rng : {CounterRng(5, 1, 2, 3), CounterRng(~0ULL, ~0ULL, 4095, ~0u),
+                                CounterRng(0x299f31d0a4093822ULL, 77, 9, 0x13198a2eu)}) {
+    for (int64_t n : {0, 1, 3, 4, 5, 63, 64, 65, 67, 127, 128, 129, 255, 256, 511, 512, 1000}) {
+      const std::vector<uint32_t> bits = DrawBits(rng, n);
+      for (int64_t i = 0; i < n; ++i) {
+        uint32_t block[4];
+        rng.Block(static_cast<uint32_t>(i / 4), block);
+        ASSERT_EQ(bits[i], block[i % 4]) << "n " << n << " element " << i;
+      }
+    }
+  }
+}
+
 TEST(CounterRngTest, SameAddressGivesSameNumbers) {
   const CounterRng a(42, 7, 3, 11), b(42, 7, 3, 11);
   EXPECT_EQ(DrawBits(a, 37), DrawBits(b, 37));

@@ -1,0 +1,91 @@
+// Tests for parallel.h: the product paths (rows split, columns split, few-row kernel, zero
+// columns skipped) give one result, bit for bit, whatever the thread count; ParallelFor covers
+// its range once and passes exceptions on.
+#include "server/engine/parallel.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <random>
+
+namespace dropnet::engine {
+namespace {
+
+Matrix RandomMatrix(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  Matrix m(rows, cols);
+  for (int64_t i = 0; i < m.size(); ++i) m.data()[i] = d(gen);
+  return m;
+}
+
+bool BitEqual(const Matrix& a, const Matrix& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::equal(a.data(), a.data() + a.size(), b.data(),
+                    [](float x, float y) { return std::memcmp(&x, &y, sizeof x) == 0; });
+}
+
+// Reference: each element summed in double, to check the float paths are right at all.
+Matrix Reference(const Matrix& a, const Matrix& b) {
+  return (a.cast<double>() * b.cast<double>()).cast<float>();
+}
+
+TEST(MatMulTest, EveryShapeAndThreadCountGivesOneResult) {
+  for (int64_t rows : {1, 2, 3, 4, 5, 7, 9, 16, 33, 130}) {
+    for (int64_t inner : {1, 31, 256, 300, 784}) {
+      const Matrix a = RandomMatrix(rows, inner, 1), b = RandomMatrix(inner, 200, 2);
+      Matrix one, two, eight;
+      MatMul(a, false, b, false, &one, 1);
+      MatMul(a, false, b, false, &two, 2);
+      MatMul(a, false, b, false, &eight, 8);
+      ASSERT_TRUE(BitEqual(one, two)) << rows << " x " << inner;
+      ASSERT_TRUE(BitEqual(one, eight)) << rows << " x " << inner;
+      ASSERT_LT((one - Reference(a, b)).cwiseAbs().maxCoeff(), 1e-3f) << rows << " x " << inner;
+      // A row computed alone (the few-row kernel) equals the same row inside the batch.
+      Matrix first;
+      MatMul(a.topRows(1), false, b, false, &first, 1);
+      ASSERT_TRUE(BitEqual(first, one.topRows(1))) << rows << " x " << inner;
+    }
+  }
+}
+
+TEST(MatMulTest, SkippingZeroColumnsChangesNoBit) {
+  std::mt19937 gen(3);
+  for (int64_t rows : {1, 3, 5, 12, 100}) {
+    for (double zero_fraction : {0.0, 0.3, 0.5, 0.9, 1.0}) {
+      Matrix a = RandomMatrix(rows, 784, 4);
+      std::bernoulli_distribution zero(zero_fraction);
+      for (int64_t j = 0; j < a.cols(); ++j)
+        if (zero(gen)) a.col(j).setZero();
+      // Scattered zeros that are not whole columns stay in the product.
+      for (int64_t i = 0; i < a.size(); i += 7) a.data()[i] = 0.0f;
+      const Matrix b = RandomMatrix(784, 130, 5);
+      for (int threads : {1, 2, 4}) {
+        Matrix dense, skipped;
+        MatMul(a, false, b, false, &dense, threads);
+        MatMulSkippingZeroColumns(a, b, &skipped, threads);
+        ASSERT_TRUE(BitEqual(dense, skipped))
+            << rows << " rows, zero fraction " << zero_fraction << ", threads " << threads;
+      }
+    }
+  }
+}
+
+TEST(ParallelForTest, CoversTheRangeOnceAndRethrows) {
+  for (int threads : {1, 2, 3, 8}) {
+    std::vector<std::atomic<int>> hits(1000);
+    ParallelFor(1000, threads, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[i]++;
+    });
+    for (const auto& h : hits) ASSERT_EQ(h.load(), 1);
+  }
+  EXPECT_THROW(ParallelFor(10, 2,
+                           [](int64_t b, int64_t) {
+                             if (b > 0) throw InvalidArgument("worker failed");
+                           }),
+               InvalidArgument);
+}
+
+}  // namespace
+}  // namespace dropnet::engine
