@@ -256,8 +256,9 @@ bool HaveAvx512() {
 constexpr int kSmallM = 4;
 
 template <int MR>
-__attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, int64_t k, float alpha,
-                                                       const float* a, int64_t a_rs,
+__attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, const int64_t* bounds,
+                                                       int blocks, const int32_t* k_index,
+                                                       float alpha, const float* a, int64_t a_rs,
                                                        int64_t a_cs, const float* b, int64_t ldb,
                                                        float* c, int64_t ldc, bool accumulate) {
   constexpr int kCols = 64;
@@ -269,13 +270,12 @@ __attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, int64_t k, flo
       const int64_t v = std::clamp<int64_t>(nv - 16 * j, 0, 16);
       mask[j] = v == 16 ? 0xFFFF : static_cast<__mmask16>((1u << v) - 1);
     }
-    for (int64_t k0 = 0; k0 < k; k0 += kKc) {
-      const int64_t k1 = std::min<int64_t>(k, k0 + kKc);
+    for (int blk = 0; blk < blocks; ++blk) {
       __m512 acc[MR][4];
       for (int m = 0; m < MR; ++m)
         for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
-      for (int64_t kk = k0; kk < k1; ++kk) {
-        const float* bk = b + kk * ldb + n0;
+      for (int64_t kk = bounds[blk]; kk < bounds[blk + 1]; ++kk) {
+        const float* bk = b + (k_index ? int64_t{k_index[kk]} : kk) * ldb + n0;
         __m512 bv[4];
         for (int j = 0; j < 4; ++j) bv[j] = _mm512_maskz_loadu_ps(mask[j], bk + 16 * j);
         for (int m = 0; m < MR; ++m) {
@@ -283,7 +283,7 @@ __attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, int64_t k, flo
           for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_fmadd_ps(av, bv[j], acc[m][j]);
         }
       }
-      const bool add = accumulate || k0 > 0;
+      const bool add = accumulate || blk > 0;
       for (int m = 0; m < MR; ++m) {
         float* cm = c + m * ldc + n0;
         for (int j = 0; j < 4; ++j) {
@@ -297,8 +297,8 @@ __attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, int64_t k, flo
   }
 }
 
-using SmallFn = void (*)(int64_t, int64_t, float, const float*, int64_t, int64_t, const float*,
-                         int64_t, float*, int64_t, bool);
+using SmallFn = void (*)(int64_t, const int64_t*, int, const int32_t*, float, const float*,
+                         int64_t, int64_t, const float*, int64_t, float*, int64_t, bool);
 constexpr SmallFn kSmallKernels[kSmallM + 1] = {nullptr, SmallMRows<1>, SmallMRows<2>,
                                                 SmallMRows<3>, SmallMRows<4>};
 
@@ -317,7 +317,12 @@ void GemmAvx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, flo
   }
   const int64_t a_rs = trans_a ? 1 : lda, a_cs = trans_a ? lda : 1;
   if (m <= kSmallM && !trans_b) {
-    kSmallKernels[m](n, k, alpha, a, a_rs, a_cs, b, ldb, c, ldc, beta == 1.0f);
+    thread_local std::vector<int64_t> bounds;
+    bounds.clear();
+    for (int64_t k0 = 0; k0 < k; k0 += kKc) bounds.push_back(k0);
+    bounds.push_back(k);
+    kSmallKernels[m](n, bounds.data(), static_cast<int>(bounds.size()) - 1, nullptr, alpha, a,
+                     a_rs, a_cs, b, ldb, c, ldc, beta == 1.0f);
     return;
   }
   thread_local std::vector<float> panel;
@@ -399,15 +404,9 @@ void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int3
       return;
     }
     if (m <= kSmallM) {
-      // Gathered rows of B, one block at a time, through the unpacked kernel.
-      thread_local std::vector<float> rows;
-      for (size_t blk = 0; blk + 1 < bounds.size(); ++blk) {
-        const int64_t s0 = bounds[blk], s1 = bounds[blk + 1];
-        rows.resize((s1 - s0) * n);
-        for (int64_t i = s0; i < s1; ++i)
-          std::copy(b + k_index[i] * ldb, b + k_index[i] * ldb + n, rows.data() + (i - s0) * n);
-        kSmallKernels[m](n, s1 - s0, 1.0f, a + s0, lda, 1, rows.data(), n, c, ldc, blk > 0);
-      }
+      // The unpacked kernel reads the selected rows of B in place.
+      kSmallKernels[m](n, bounds.data(), static_cast<int>(bounds.size()) - 1, k_index, 1.0f, a,
+                       lda, 1, b, ldb, c, ldc, false);
       return;
     }
     thread_local std::vector<float> panel;

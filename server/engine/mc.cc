@@ -146,13 +146,17 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
     out->var.resize(t1 - t0);
     Matrix raw;
     if (stochastic) {
-      Matrix rep(static_cast<int64_t>(t1 - t0) * b, prefix.cols());
-      for (int t = t0; t < t1; ++t) rep.middleRows(static_cast<int64_t>(t - t0) * b, b) = prefix;
       Context ctx;
       ctx.mode = Mode::kMonteCarlo;
       ctx.threads = inner_threads;
       ctx.rng = RandomStream{options.seed, static_cast<uint64_t>(t0), b};
-      raw = net.Forward(rep, ctx, nullptr, first, -1);
+      if (t1 - t0 == 1) {
+        raw = net.Forward(prefix, ctx, nullptr, first, -1);  // one sample: no copy of the prefix
+      } else {
+        Matrix rep(static_cast<int64_t>(t1 - t0) * b, prefix.cols());
+        for (int t = t0; t < t1; ++t) rep.middleRows(static_cast<int64_t>(t - t0) * b, b) = prefix;
+        raw = net.Forward(rep, ctx, nullptr, first, -1);
+      }
     } else {
       raw = net.Forward(prefix, prefix_ctx, nullptr, first, -1);
     }
