@@ -61,7 +61,7 @@ ConvGeometry MakeGeometry(const LayerConfig& c, const Shape& input) {
   }
   if (stride <= 0) Fail(t + ".stride", "must be positive (0: default), got " + Str(c.stride));
   if (c.padding < 0) Fail(t + ".padding", "must be >= 0, got " + Str(c.padding));
-  if (!conv && 2 * c.padding > k) {
+  if (!conv && 2 * int64_t{c.padding} > k) {
     Fail(t + ".padding", "must be at most half the pool size " + Str(k) + ", got " +
                              Str(c.padding));
   }
@@ -69,14 +69,19 @@ ConvGeometry MakeGeometry(const LayerConfig& c, const Shape& input) {
   g.stride_w = stride;
   g.pad_w = c.padding;
   if (!g.one_d) g.kernel_h = k, g.stride_h = stride, g.pad_h = c.padding;
-  const int span_h = g.height + 2 * g.pad_h - g.kernel_h;
-  const int span_w = g.width + 2 * g.pad_w - g.kernel_w;
+  // In 64 bits: padding and kernel may be anything an int holds.
+  const int64_t span_h = int64_t{g.height} + 2 * int64_t{g.pad_h} - g.kernel_h;
+  const int64_t span_w = int64_t{g.width} + 2 * int64_t{g.pad_w} - g.kernel_w;
   if (span_h < 0 || span_w < 0) {
     Fail(t, "window " + Str(k) + " with padding " + Str(c.padding) + " does not fit input " +
                 input.ToString());
   }
-  g.out_height = span_h / g.stride_h + 1;
-  g.out_width = span_w / g.stride_w + 1;
+  const int64_t out_h = span_h / g.stride_h + 1, out_w = span_w / g.stride_w + 1;
+  if (out_h > std::numeric_limits<int>::max() || out_w > std::numeric_limits<int>::max()) {
+    Fail(t + ".padding", Str(c.padding) + " makes the output too large");
+  }
+  g.out_height = static_cast<int>(out_h);
+  g.out_width = static_cast<int>(out_w);
   return g;
 }
 
@@ -98,7 +103,7 @@ inline void ValidRange(int out, int s, int offset, int size, int* lo, int* hi) {
 }
 
 // col (C*kh*kw x OH*OW) from one image x (C x H x W).
-void Im2Col(const ConvGeometry& g, const float* x, float* col) {
+void Im2Col(const ConvGeometry& g, const float* __restrict x, float* __restrict col) {
   const int oh_n = g.out_height, ow_n = g.out_width;
   const int64_t positions = g.OutPositions();
   for (int c = 0; c < g.channels; ++c) {
@@ -108,13 +113,13 @@ void Im2Col(const ConvGeometry& g, const float* x, float* col) {
         int lo, hi;
         ValidRange(ow_n, g.stride_w, j - g.pad_w, g.width, &lo, &hi);
         for (int oh = 0; oh < oh_n; ++oh) {
-          float* d = dst + int64_t{oh} * ow_n;
+          float* __restrict d = dst + int64_t{oh} * ow_n;
           const int ih = oh * g.stride_h + i - g.pad_h;
           if (ih < 0 || ih >= g.height) {
             std::fill(d, d + ow_n, 0.0f);
             continue;
           }
-          const float* src = x + (int64_t{c} * g.height + ih) * g.width + (j - g.pad_w);
+          const float* __restrict src = x + (int64_t{c} * g.height + ih) * g.width + (j - g.pad_w);
           std::fill(d, d + lo, 0.0f);
           if (g.stride_w == 1) {
             // A plain loop: the runs are short (one output row), too short for a memmove call.
@@ -191,8 +196,9 @@ Shape ConvOrPoolOutputShape(const LayerConfig& config, const Shape& input) {
 int64_t ConvOrPoolParameterCount(const LayerConfig& config, const Shape& input) {
   if (!IsConvType(config.type)) return 0;
   const ConvGeometry g = MakeGeometry(config, input);
-  const int64_t k = int64_t{g.channels} * g.kernel_h * g.kernel_w;
-  return int64_t{config.filters} * k + (config.use_bias ? config.filters : 0);
+  const int64_t k = SaturatingMul(SaturatingMul(g.channels, g.kernel_h), g.kernel_w);
+  const int64_t weights = SaturatingMul(config.filters, k);
+  return weights == INT64_MAX ? weights : weights + (config.use_bias ? config.filters : 0);
 }
 
 #ifdef DROPNET_GEMM_AVX512

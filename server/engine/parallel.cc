@@ -92,7 +92,7 @@ Pool& SharedPool() {
 int HardwareThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
 void TuneAllocatorForTraining() {
-  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed value on 64-bit
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
 }
 

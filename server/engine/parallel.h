@@ -20,7 +20,7 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
 // Hardware threads, at least 1.
 int HardwareThreads();
 
-// Keeps activation-sized blocks (up to 256 MiB) in the malloc heap instead of a fresh mmap per
+// Keeps activation-sized blocks (up to 32 MiB) in the malloc heap instead of a fresh mmap per
 // allocation, which would page-fault every training step; free memory above 64 MiB at the top of
 // the heap still goes back to the system. Programs that train call it once at start-up.
 void TuneAllocatorForTraining();
