@@ -190,17 +190,27 @@ void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int 
   const int64_t rows = a.rows(), inner = a.cols(), cols = b.cols();
   if (inner != b.rows()) throw InvalidArgument("MatMul: inner dimensions differ");
   std::vector<int32_t> index;
-  index.reserve(inner);
-  {
+  bool worth_it = FastGemmAvailable();
+  if (worth_it) {
+    // Stops scanning as soon as fewer than a quarter of the columns can still be all zero.
     std::vector<uint8_t> used(inner, 0);
-    for (int64_t r = 0; r < rows; ++r) {
+    int64_t used_count = 0;
+    for (int64_t r = 0; r < rows && worth_it; ++r) {
       const float* ar = a.row(r).data();
-      for (int64_t j = 0; j < inner; ++j) used[j] |= ar[j] != 0.0f;
+      for (int64_t j = 0; j < inner; ++j) {
+        const uint8_t u = ar[j] != 0.0f;
+        used_count += u & ~used[j];
+        used[j] |= u;
+      }
+      worth_it = used_count * 4 <= inner * 3;
     }
-    for (int64_t j = 0; j < inner; ++j)
-      if (used[j]) index.push_back(static_cast<int32_t>(j));
+    if (worth_it) {
+      index.reserve(used_count);
+      for (int64_t j = 0; j < inner; ++j)
+        if (used[j]) index.push_back(static_cast<int32_t>(j));
+    }
   }
-  if (!FastGemmAvailable() || static_cast<int64_t>(index.size()) * 4 > inner * 3) {
+  if (!worth_it) {
     MatMul(a, false, b, false, c, threads);
     return;
   }
