@@ -8,7 +8,8 @@ Runs build/bin/dropnet-bench (Google Benchmark, JSON output) and the same worklo
 784-512-512-10 with dropout 0.5 trained with Adam at batch 128 (samples/s), evaluated at batch 1
 (latency) and batch 256 (samples/s), and Monte-Carlo dropout with T = 100 for one input, which
 PyTorch computes either as a loop of 100 train-mode passes or as one pass over 100 copies. Prints
-a table, then as its last line one JSON object of ratios (ours faster: ratio > 1).
+a table, then as its last line one JSON object of ratios (ours faster: ratio > 1). With --cnn the
+table also has the CNN of `dropnet-experiment fashion-cnn` trained at batch 128.
 """
 import argparse
 import gzip
@@ -24,6 +25,7 @@ import torch
 import torch.nn as nn
 
 ROWS = 12800
+CNN_ROWS = 1280  # BM_CnnTrain's epoch
 
 
 def load_rows(data_dir):
@@ -37,6 +39,15 @@ def load_rows(data_dir):
         return torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y.astype(np.int64))
     g = torch.Generator().manual_seed(1)
     return torch.rand(ROWS, 784, generator=g), torch.arange(ROWS) % 10
+
+
+def cnn():
+    """The CNN of dropnet-experiment fashion-cnn (BM_CnnTrain)."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Dropout2d(0.1),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(128, 10))
 
 
 def mlp():
@@ -56,22 +67,28 @@ def timed(fn, min_time):
             return elapsed / n
 
 
-def torch_side(x, y, min_time):
-    model = mlp()
+def train_rate(model, x, y, rows, min_time):
+    """Samples/s of Adam epochs over the first `rows` rows at batch 128."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    res = {}
 
     def epoch():
         model.train()
-        perm = torch.randperm(ROWS)
-        for i in range(0, ROWS, 128):
+        perm = torch.randperm(rows)
+        for i in range(0, rows, 128):
             idx = perm[i:i + 128]
             opt.zero_grad(set_to_none=True)
             loss_fn(model(x[idx]), y[idx]).backward()
             opt.step()
 
-    res["train"] = ROWS / timed(epoch, max(min_time, 3))
+    return rows / timed(epoch, max(min_time, 3))
+
+
+def torch_side(x, y, min_time, with_cnn):
+    model = mlp()
+    res = {"train": train_rate(model, x, y, ROWS, min_time)}
+    if with_cnn:
+        res["cnn_train"] = train_rate(cnn(), x, y, CNN_ROWS, min_time)
     model.eval()
     x1, x256 = x[:1].clone(), x[:256].clone()
     with torch.no_grad():
@@ -92,13 +109,14 @@ def torch_side(x, y, min_time):
     return res
 
 
-def ours(build_dir, threads, data_dir, min_time):
+def ours(build_dir, threads, data_dir, min_time, with_cnn):
     exe = os.path.join(build_dir, "bin", "dropnet-bench")
     if not os.path.exists(exe):
         sys.exit(f"compare_torch: {exe} not found; build it (cmake --build {build_dir}) or set "
                  "DROPNET_BUILD_DIR")
     env = dict(os.environ, DROPNET_BENCH_THREADS=str(threads), DROPNET_DATA_DIR=data_dir)
-    out = subprocess.run([exe, "--benchmark_filter=BM_Mlp", "--benchmark_format=json",
+    pattern = "BM_Mlp|BM_CnnTrain" if with_cnn else "BM_Mlp"
+    out = subprocess.run([exe, f"--benchmark_filter={pattern}", "--benchmark_format=json",
                           f"--benchmark_min_time={min_time}"],
                          env=env, check=True, capture_output=True, text=True).stdout
     bench = {b["name"].split("/min_time")[0].replace("/real_time", ""): b
@@ -109,7 +127,8 @@ def ours(build_dir, threads, data_dir, min_time):
         scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b["time_unit"]]
         return b["real_time"] * scale
 
-    return {
+    res = {"cnn_train": bench["BM_CnnTrain"]["samples_per_second"]} if with_cnn else {}
+    return res | {
         "train": bench["BM_MlpTrain"]["samples_per_second"],
         "eval_b1": seconds("BM_MlpEval/1"),
         "eval_b256": bench["BM_MlpEval/256"]["samples_per_second"],
@@ -123,14 +142,16 @@ def main():
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement")
     ap.add_argument("--data-dir", default=os.environ.get("DROPNET_DATA_DIR",
                                                          "/usr/share/datasets/fashion-mnist"))
+    ap.add_argument("--cnn", action="store_true",
+                    help="also train the CNN of fashion-cnn (a row of the table, not a ratio)")
     args = ap.parse_args()
     build_dir = os.environ.get("DROPNET_BUILD_DIR", "build")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x, y = load_rows(args.data_dir)
 
-    o = ours(build_dir, args.threads, args.data_dir, args.min_time)
-    t = torch_side(x, y, args.min_time)
+    o = ours(build_dir, args.threads, args.data_dir, args.min_time, args.cnn)
+    t = torch_side(x, y, args.min_time, args.cnn)
     ratios = {
         "train_ratio": o["train"] / t["train"],
         "eval_b1_ratio": t["eval_b1"] / o["eval_b1"],
@@ -149,6 +170,9 @@ def main():
         ("MC T=100, 1 input vs torch batched (us)", o["mc"] * 1e6, t["mc_batched"] * 1e6,
          ratios["mc_vs_torch_batched_ratio"]),
     ]
+    if args.cnn:
+        rows.append(("train CNN, batch 128 (samples/s)", o["cnn_train"], t["cnn_train"],
+                     o["cnn_train"] / t["cnn_train"]))
     print(f"| {'workload':40} | {'dropnet':>12} | {'pytorch':>12} | {'ratio':>6} |")
     print(f"|{'-' * 42}|{'-' * 14}|{'-' * 14}|{'-' * 8}|")
     for name, a, b, r in rows:

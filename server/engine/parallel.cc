@@ -152,9 +152,10 @@ void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b
   if (FastGemmAvailable()) {
     // The AVX-512 kernel of conv.h: each element's sum runs in the same order whatever the row
     // or column range, so the thread count does not change the result.
-    if (rows < 8 * threads && cols >= 64 * threads) {
-      // A few rows (eval at small batch): split the columns instead, in multiples of 64, so each
-      // thread streams its own part of B, which stays in that core's cache between calls.
+    if (cols >= 64 * threads && (rows < 8 * threads || rows <= cols)) {
+      // Few rows (eval at small batch), or a right factor at least as wide as the product is
+      // tall: split the columns, in multiples of 64, so each thread packs and streams only its
+      // own part of B (which, for small batches, then stays in that core's cache between calls).
       const int64_t blocks = (cols + 63) / 64;
       ParallelFor(blocks, threads, [&](int64_t b0, int64_t b1) {
         const int64_t c0 = b0 * 64, c1 = std::min(cols, b1 * 64);
@@ -220,7 +221,7 @@ void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int 
     for (int64_t i = 0; i < kn; ++i) packed(r, i) = a(r, index[i]);
   c->resize(rows, cols);
   if (rows * cols * kn < (1 << 18)) threads = 1;
-  if (rows < 8 * threads && cols >= 64 * threads) {
+  if (cols >= 64 * threads && (rows < 8 * threads || rows <= cols)) {
     const int64_t blocks = (cols + 63) / 64;
     ParallelFor(blocks, threads, [&](int64_t b0, int64_t b1) {
       const int64_t c0 = b0 * 64, c1 = std::min(cols, b1 * 64);
