@@ -17,6 +17,16 @@ if(DROPNET_SANITIZE)
     target_compile_options(dropnet_options INTERFACE -U__SANITIZE_THREAD__)
   endif()
 endif()
+if(DROPNET_FUZZ)
+  # libFuzzer targets (fuzz/): coverage instrumentation everywhere, ASan and UBSan, and any
+  # undefined behaviour stops the run so that the fuzzer keeps the input.
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "DROPNET_FUZZ needs clang (e.g. -DCMAKE_CXX_COMPILER=clang++-14)")
+  endif()
+  target_compile_options(dropnet_options INTERFACE -fsanitize=fuzzer-no-link,address,undefined
+    -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g)
+  target_link_options(dropnet_options INTERFACE -fsanitize=address,undefined)
+endif()
 # Compile with ccache when present: rebuilds after small edits stay cheap on two cores.
 find_program(DROPNET_CCACHE ccache)
 if(DROPNET_CCACHE)

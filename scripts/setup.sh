@@ -12,6 +12,7 @@ packages=(
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
+  clang-14 libclang-rt-14-dev
 )
 # kubectl renders deploy/k8s in a test (`kubectl kustomize`): Debian's kubernetes-client, unless a
 # kubectl is already installed (another package's /usr/bin/kubectl would conflict with it).

@@ -28,16 +28,16 @@ ConcreteDropout::ConcreteDropout(const LayerConfig& config, const Shape& input,
     throw InvalidArgument("concrete_dropout.init_rate must be in (0, 1), got " +
                           std::to_string(config.init_rate));
   }
-  if (!(config.temperature > 0)) {
-    throw InvalidArgument("concrete_dropout.temperature must be positive, got " +
+  if (!(config.temperature > 0 && std::isfinite(config.temperature))) {
+    throw InvalidArgument("concrete_dropout.temperature must be positive and finite, got " +
                           std::to_string(config.temperature));
   }
-  if (!(config.length_scale > 0)) {
-    throw InvalidArgument("concrete_dropout.length_scale must be positive, got " +
+  if (!(config.length_scale > 0 && std::isfinite(config.length_scale))) {
+    throw InvalidArgument("concrete_dropout.length_scale must be positive and finite, got " +
                           std::to_string(config.length_scale));
   }
-  if (std::isnan(config.weight_regularizer) || std::isnan(config.dropout_regularizer)) {
-    throw InvalidArgument("concrete_dropout regularizers must not be NaN");
+  if (!std::isfinite(config.weight_regularizer) || !std::isfinite(config.dropout_regularizer)) {
+    throw InvalidArgument("concrete_dropout regularizers must be finite");
   }
   const int64_t k = input.Size();
   if (has_dense_ && input.dims.size() != 1) {

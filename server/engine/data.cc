@@ -6,8 +6,11 @@
 #include <charconv>
 #include <cmath>
 #include <fstream>
+#include <iterator>
+#include <limits>
 #include <map>
 #include <memory>
+#include <new>
 #include <set>
 #include <sstream>
 
@@ -157,50 +160,97 @@ Dataset LoadCsv(const std::string& path, const CsvOptions& options) {
 
 namespace {
 
-struct GzCloser {
-  void operator()(gzFile_s* f) const { gzclose(f); }
-};
+constexpr uint32_t kIdxImages = 0x00000803, kIdxLabels = 0x00000801;
 
-std::vector<unsigned char> ReadAllGz(const std::string& path) {
-  std::unique_ptr<gzFile_s, GzCloser> f(gzopen(path.c_str(), "rb"));
-  if (!f) throw InvalidArgument("cannot open IDX file '" + path + "'");
-  std::vector<unsigned char> out;
-  unsigned char buf[1 << 16];
-  int n;
-  while ((n = gzread(f.get(), buf, sizeof buf)) > 0) out.insert(out.end(), buf, buf + n);
-  if (n < 0) throw InvalidArgument("IDX file '" + path + "' is corrupt");
-  return out;
+uint32_t BigEndian(std::string_view b, size_t at) {
+  const auto u = [&](size_t i) { return uint32_t{static_cast<unsigned char>(b[at + i])}; };
+  return (u(0) << 24) | (u(1) << 16) | (u(2) << 8) | u(3);
 }
 
-uint32_t BigEndian(const std::vector<unsigned char>& b, size_t at) {
-  return (uint32_t{b[at]} << 24) | (uint32_t{b[at + 1]} << 16) | (uint32_t{b[at + 2]} << 8) |
-         uint32_t{b[at + 3]};
+bool IsGzip(std::string_view raw) {
+  return raw.size() >= 2 && static_cast<unsigned char>(raw[0]) == 0x1f &&
+         static_cast<unsigned char>(raw[1]) == 0x8b;
 }
 
 }  // namespace
 
-Dataset LoadIdx(const std::string& images_path, const std::string& labels_path) {
-  auto images = ReadAllGz(images_path);
-  auto labels = ReadAllGz(labels_path);
-  if (images.size() < 16 || BigEndian(images, 0) != 0x00000803) {
-    throw InvalidArgument("'" + images_path + "' is not an IDX image file (magic 0x00000803)");
+std::string IdxBytes(std::string_view raw, const std::string& name, uint64_t max_bytes) {
+  if (!IsGzip(raw)) return std::string(raw);
+  std::string out;
+  z_stream zs{};
+  if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) throw std::bad_alloc();
+  struct End {
+    z_stream* zs;
+    ~End() { inflateEnd(zs); }
+  } end{&zs};
+  const auto* in = reinterpret_cast<const Bytef*>(raw.data());
+  auto feed = [&](size_t from) {
+    zs.next_in = const_cast<Bytef*>(in + from);
+    zs.avail_in = static_cast<uInt>(std::min<size_t>(raw.size() - from, 1u << 30));
+  };
+  feed(0);
+  unsigned char buf[1 << 16];
+  while (out.size() <= max_bytes) {
+    zs.next_out = buf;
+    zs.avail_out = sizeof buf;
+    const int rc = inflate(&zs, Z_NO_FLUSH);
+    out.append(reinterpret_cast<const char*>(buf), sizeof buf - zs.avail_out);
+    const size_t consumed = static_cast<size_t>(zs.next_in - in);
+    if (rc == Z_STREAM_END) {
+      if (consumed == raw.size()) return out;
+      // Another member may follow, as gzip and zlib's gzread allow.
+      if (!IsGzip(raw.substr(consumed))) {
+        throw InvalidArgument("IDX file '" + name + "' has bytes after its gzip stream");
+      }
+      inflateReset(&zs);
+      feed(consumed);
+    } else if (rc == Z_OK || rc == Z_BUF_ERROR) {
+      const bool starved = zs.avail_in == 0 && zs.avail_out != 0;
+      if (rc == Z_OK && !starved) continue;
+      if (zs.avail_in == 0 && consumed < raw.size()) {
+        feed(consumed);
+        continue;
+      }
+      throw InvalidArgument("IDX file '" + name + "' is corrupt (its gzip stream is cut short)");
+    } else {
+      throw InvalidArgument("IDX file '" + name + "' is corrupt (gzip: " +
+                            (zs.msg ? zs.msg : "error " + std::to_string(rc)) + ")");
+    }
   }
-  if (labels.size() < 8 || BigEndian(labels, 0) != 0x00000801) {
-    throw InvalidArgument("'" + labels_path + "' is not an IDX label file (magic 0x00000801)");
+  return out;  // past max_bytes: the caller reports the size
+}
+
+Dataset ReadIdx(std::string_view images_raw, std::string_view labels_raw,
+                const std::string& images_name, const std::string& labels_name) {
+  // The header first, then exactly as many bytes as it declares (and one more, to tell a file
+  // that is too long): a small gzipped file cannot inflate into gigabytes.
+  const std::string head = IdxBytes(images_raw, images_name, 16);
+  if (head.size() < 16 || BigEndian(head, 0) != kIdxImages) {
+    throw InvalidArgument("'" + images_name + "' is not an IDX image file (magic 0x00000803)");
   }
-  const uint64_t n = BigEndian(images, 4), h = BigEndian(images, 8), w = BigEndian(images, 12);
+  const uint64_t n = BigEndian(head, 4), h = BigEndian(head, 8), w = BigEndian(head, 12);
   if (h == 0 || w == 0 || h > 4096 || w > 4096 || n == 0) {
-    throw InvalidArgument("IDX image header of '" + images_path + "' has implausible sizes");
+    throw InvalidArgument("IDX image header of '" + images_name + "' has implausible sizes");
   }
-  if (images.size() != 16 + n * h * w) {
-    throw InvalidArgument("IDX image file '" + images_path + "' has " +
-                          std::to_string(images.size() - 16) + " pixel bytes, its header says " +
-                          std::to_string(n * h * w));
+  const uint64_t pixel_bytes = n * h * w;
+  const std::string images = IdxBytes(images_raw, images_name, 16 + pixel_bytes);
+  if (images.size() != 16 + pixel_bytes) {
+    throw InvalidArgument(
+        "IDX image file '" + images_name + "' has " +
+        (images.size() > 16 + pixel_bytes ? "more than " + std::to_string(pixel_bytes)
+                                          : std::to_string(images.size() - 16)) +
+        " pixel bytes, its header says " + std::to_string(pixel_bytes));
+  }
+  const std::string labels = IdxBytes(labels_raw, labels_name, 8 + n);
+  if (labels.size() < 8 || BigEndian(labels, 0) != kIdxLabels) {
+    throw InvalidArgument("'" + labels_name + "' is not an IDX label file (magic 0x00000801)");
   }
   if (BigEndian(labels, 4) != n || labels.size() != 8 + n) {
-    throw InvalidArgument("IDX label file '" + labels_path + "' does not hold " +
+    throw InvalidArgument("IDX label file '" + labels_name + "' does not hold " +
                           std::to_string(n) + " labels");
   }
+  const auto* pixels = reinterpret_cast<const unsigned char*>(images.data()) + 16;
+  const auto* label = reinterpret_cast<const unsigned char*>(labels.data()) + 8;
   Dataset d;
   d.task = Task::kClassification;
   d.input_shape = Shape{{1, static_cast<int>(h), static_cast<int>(w)}};
@@ -208,13 +258,29 @@ Dataset LoadIdx(const std::string& images_path, const std::string& labels_path) 
   d.y.resize(static_cast<int64_t>(n), 1);
   int max_label = 0;
   for (uint64_t i = 0; i < n; ++i) {
-    for (uint64_t j = 0; j < h * w; ++j) d.x(i, j) = images[16 + i * h * w + j] / 255.0f;
-    d.y(i, 0) = labels[8 + i];
-    max_label = std::max<int>(max_label, labels[8 + i]);
+    for (uint64_t j = 0; j < h * w; ++j) d.x(i, j) = pixels[i * h * w + j] / 255.0f;
+    d.y(i, 0) = label[i];
+    max_label = std::max<int>(max_label, label[i]);
   }
   d.num_classes = max_label + 1;
   d.target_name = "label";
   return d;
+}
+
+namespace {
+
+std::string ReadFileBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InvalidArgument("cannot open IDX file '" + path + "'");
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw InvalidArgument("cannot read IDX file '" + path + "'");
+  return bytes;
+}
+
+}  // namespace
+
+Dataset LoadIdx(const std::string& images_path, const std::string& labels_path) {
+  return ReadIdx(ReadFileBytes(images_path), ReadFileBytes(labels_path), images_path, labels_path);
 }
 
 Dataset Subset(const Dataset& data, const std::vector<int64_t>& rows) {

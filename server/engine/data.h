@@ -9,6 +9,7 @@
 
 #include <istream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "server/engine/loss.h"
@@ -40,6 +41,12 @@ Dataset LoadCsv(const std::string& path, const CsvOptions& options);
 
 // Reads an IDX image file and its label file (either may be gzipped).
 Dataset LoadIdx(const std::string& images_path, const std::string& labels_path);
+// The same from the files' bytes; the names only go into error messages.
+Dataset ReadIdx(std::string_view images, std::string_view labels,
+                const std::string& images_name = "images", const std::string& labels_name = "labels");
+// The bytes of a file, gunzipped when they start with gzip's magic bytes (one member or several).
+// Inflating stops once the output passes max_bytes; the caller compares the size it gets.
+std::string IdxBytes(std::string_view raw, const std::string& name, uint64_t max_bytes);
 
 // Rows `rows` of `data`, in that order.
 Dataset Subset(const Dataset& data, const std::vector<int64_t>& rows);

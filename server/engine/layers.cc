@@ -104,6 +104,10 @@ Activation::Activation(const LayerConfig& config, const Shape& input) : Layer(co
   else if (t == "selu") kind_ = Kind::kSelu;
   else if (t == "gelu") kind_ = Kind::kGelu;
   else throw InvalidArgument("unknown activation '" + t + "'");
+  if (kind_ == Kind::kLeakyRelu && !std::isfinite(config.negative_slope)) {
+    throw InvalidArgument("leaky_relu.negative_slope must be finite, got " +
+                          std::to_string(config.negative_slope));
+  }
 }
 
 namespace {
@@ -237,8 +241,8 @@ BatchNorm::BatchNorm(const LayerConfig& config, const Shape& input) : Layer(conf
     throw InvalidArgument("batch_norm.momentum must be in (0, 1], got " +
                           std::to_string(config.momentum));
   }
-  if (!(config.epsilon > 0.0)) {
-    throw InvalidArgument("batch_norm.epsilon must be positive, got " +
+  if (!(config.epsilon > 0.0 && std::isfinite(config.epsilon))) {
+    throw InvalidArgument("batch_norm.epsilon must be positive and finite, got " +
                           std::to_string(config.epsilon));
   }
   channels_ = input.dims.size() > 1 ? input.dims[0] : input.Size();

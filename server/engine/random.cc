@@ -8,8 +8,10 @@
 #include <immintrin.h>
 #define DROPNET_PHILOX_AVX512 1
 // GCC 12 warns inside its own AVX-512 shift intrinsics (their "undefined" source operand).
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #endif
 
 namespace dropnet::engine {

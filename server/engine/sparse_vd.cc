@@ -29,8 +29,8 @@ SparseVdDense::SparseVdDense(const LayerConfig& config, const Shape& input, uint
     throw InvalidArgument("sparse_vd.prune_threshold must be finite, got " +
                           std::to_string(config.prune_threshold));
   }
-  if (!(config.kl_weight >= 0)) {
-    throw InvalidArgument("sparse_vd.kl_weight must be >= 0, got " +
+  if (!(config.kl_weight >= 0 && std::isfinite(config.kl_weight))) {
+    throw InvalidArgument("sparse_vd.kl_weight must be finite and >= 0, got " +
                           std::to_string(config.kl_weight));
   }
   output_shape_ = Shape{{config.units}};

@@ -20,13 +20,20 @@ using RowVector = Eigen::Matrix<float, 1, Eigen::Dynamic>;
 using MatrixMap = Eigen::Map<Matrix>;
 using ConstMatrixMap = Eigen::Map<const Matrix>;
 
+// a * b for sizes (a, b >= 0), or INT64_MAX when the product overflows.
+inline int64_t SaturatingMul(int64_t a, int64_t b) {
+  int64_t p;
+  return __builtin_mul_overflow(a, b, &p) ? INT64_MAX : p;
+}
+
 // The per-row layout of a tensor: {features}, {channels, length} or {channels, height, width}.
 struct Shape {
   std::vector<int> dims;
 
+  // The product of the dims; INT64_MAX when it does not fit (a size no limit lets through).
   int64_t Size() const {
     int64_t n = 1;
-    for (int d : dims) n *= d;
+    for (int d : dims) n = SaturatingMul(n, d);
     return n;
   }
   bool operator==(const Shape& other) const = default;

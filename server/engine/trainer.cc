@@ -22,7 +22,9 @@ void CheckTrainOptions(const TrainOptions& o) {
   if (o.early_stopping_patience > 0 && o.validation_split == 0) {
     throw InvalidArgument("early_stopping_patience needs a validation_split > 0");
   }
-  if (!(o.max_norm >= 0)) fail("max_norm", o.max_norm, ">= 0");
+  if (!(o.max_norm >= 0 && std::isfinite(o.max_norm))) {
+    fail("max_norm", o.max_norm, "finite and >= 0");
+  }
   if (o.threads <= 0) fail("threads", o.threads, "positive");
   CheckOptimizer(o.optimizer);
   CheckSchedule(o.schedule);
@@ -187,6 +189,14 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
       if (on_progress && s + 1 < steps_per_epoch) on_progress(p, *net);
     }
     p.end_of_epoch = true;
+    // The loss is checked before each update; the last update of an epoch is checked here,
+    // before the epoch's parameters are reported (and published).
+    for (const Parameter* param : net->Parameters()) {
+      if (!param->value.allFinite()) {
+        throw InvalidArgument("the parameters became non-finite at epoch " +
+                              std::to_string(epoch) + "; lower the learning rate");
+      }
+    }
     if (val.rows() > 0) {
       double vl = 0;
       Matrix vp = PredictEval(*net, task, loss, val.x, options.threads, &vl, &val.y);

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <sstream>
+#include <utility>
 
 #include "server/engine/conv.h"
 #include "server/engine/dropout.h"
@@ -14,6 +15,12 @@ using engine::InvalidArgument;
 
 engine::Task ToEngine(v1::Task task) {
   return task == v1::TASK_REGRESSION ? engine::Task::kRegression : engine::Task::kClassification;
+}
+
+void CheckTask(const char* field, v1::Task task) {
+  if (task != v1::TASK_UNSPECIFIED && !v1::Task_IsValid(task)) {
+    throw InvalidArgument(std::string(field) + " is not a known task: " + std::to_string(task));
+  }
 }
 
 v1::Task ToProto(engine::Task task) {
@@ -57,9 +64,7 @@ engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& l
          std::to_string(spec.layers_size()) + " layers, the limit is " +
          std::to_string(limits.max_layers));
   }
-  if (spec.task() != v1::TASK_UNSPECIFIED && !v1::Task_IsValid(spec.task())) {
-    throw InvalidArgument("spec.task is not a known task: " + std::to_string(spec.task()));
-  }
+  CheckTask("spec.task", spec.task());
   if (!v1::Loss_IsValid(spec.loss())) {
     throw InvalidArgument("spec.loss is not a known loss: " + std::to_string(spec.loss()));
   }
@@ -170,9 +175,15 @@ engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& l
     }
     // Convolution and pooling: the engine's shape arithmetic, without allocating anything.
     if (engine::IsConvOrPoolType(c.type)) {
-      if (engine::IsConvType(c.type) && c.filters > limits.max_width) {
-        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + ".filters " +
-             std::to_string(c.filters) + " exceeds the limit " + std::to_string(limits.max_width));
+      for (const auto& [field, value] : {std::pair<const char*, int>{"filters", c.filters},
+                                         {"kernel_size", c.kernel_size},
+                                         {"stride", c.stride},
+                                         {"padding", c.padding},
+                                         {"pool_size", c.pool_size}}) {
+        if (value > limits.max_width) {
+          Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + "." + field + " " +
+               std::to_string(value) + " exceeds the limit " + std::to_string(limits.max_width));
+        }
       }
       try {
         add_params(engine::ConvOrPoolParameterCount(c, shape));
@@ -393,6 +404,10 @@ void LoadTensors(const google::protobuf::RepeatedPtrField<v1::NamedTensor>& tens
     }
     target->value = engine::ConstMatrixMap(v.values().data(), target->value.rows(),
                                            target->value.cols());
+    if (!target->value.allFinite()) {
+      throw InvalidArgument("checkpoint tensor '" + t.name() + "' of layer " +
+                            std::to_string(t.layer()) + " has non-finite values");
+    }
   }
 }
 
@@ -411,6 +426,10 @@ std::shared_ptr<Snapshot> FromCheckpoint(const v1::Checkpoint& c, const SpecLimi
     }
     s->standardizer.mean = Eigen::Map<const engine::RowVector>(st.mean().data(), n);
     s->standardizer.scale = Eigen::Map<const engine::RowVector>(st.scale().data(), n);
+    if (!s->standardizer.mean.allFinite() || !s->standardizer.scale.allFinite() ||
+        !(s->standardizer.scale.array() > 0).all()) {
+      throw InvalidArgument("checkpoint standardization needs finite means and positive scales");
+    }
   }
   s->steps = c.steps();
   s->history.assign(c.history().begin(), c.history().end());
@@ -432,18 +451,39 @@ void ToStored(const engine::Dataset& d, const std::string& name, v1::StoredDatas
 }
 
 engine::Dataset FromStored(const v1::StoredDataset& s) {
+  auto bad = [&](const std::string& why) {
+    throw InvalidArgument("stored data set '" + s.name() + "' " + why);
+  };
+  if (s.task() != v1::TASK_UNSPECIFIED && !v1::Task_IsValid(s.task())) bad("has an unknown task");
   engine::Dataset d;
   d.task = ToEngine(s.task());
-  for (int v : s.input_shape()) d.input_shape.dims.push_back(v);
-  if (s.x().shape_size() != 2 || s.y().shape_size() != 2 || s.x().shape(0) != s.y().shape(0) ||
-      s.x().shape(1) != d.input_shape.Size() ||
-      s.x().values_size() != s.x().shape(0) * s.x().shape(1) ||
-      s.y().values_size() != s.y().shape(0) * s.y().shape(1)) {
-    throw InvalidArgument("stored data set '" + s.name() + "' has inconsistent shapes");
+  for (int v : s.input_shape()) {
+    if (v <= 0) bad("has a non-positive input_shape dimension");
+    d.input_shape.dims.push_back(v);
   }
-  d.x = engine::ConstMatrixMap(s.x().values().data(), s.x().shape(0), s.x().shape(1));
-  d.y = engine::ConstMatrixMap(s.y().values().data(), s.y().shape(0), s.y().shape(1));
+  const v1::Tensor& x = s.x();
+  const v1::Tensor& y = s.y();
+  if (x.shape_size() != 2 || y.shape_size() != 2 || x.shape(0) <= 0 || x.shape(0) != y.shape(0) ||
+      x.shape(1) <= 0 || y.shape(1) <= 0 || x.shape(1) != d.input_shape.Size() ||
+      x.values_size() != engine::SaturatingMul(x.shape(0), x.shape(1)) ||
+      y.values_size() != engine::SaturatingMul(y.shape(0), y.shape(1))) {
+    bad("has inconsistent shapes");
+  }
+  d.x = engine::ConstMatrixMap(x.values().data(), x.shape(0), x.shape(1));
+  d.y = engine::ConstMatrixMap(y.values().data(), y.shape(0), y.shape(1));
+  if (!d.x.allFinite() || !d.y.allFinite()) bad("has non-finite values");
   d.num_classes = s.num_classes();
+  if (d.task == engine::Task::kClassification) {
+    // Labels index the model's outputs: each must be a class below num_classes.
+    if (d.y.cols() != 1) bad("has more than one label a row");
+    for (int64_t r = 0; r < d.y.rows(); ++r) {
+      const float v = d.y(r, 0);
+      if (!(v >= 0 && v < d.num_classes && v == std::floor(v))) {
+        bad("has label " + std::to_string(v) + " outside its " + std::to_string(d.num_classes) +
+            " classes");
+      }
+    }
+  }
   d.feature_names.assign(s.feature_names().begin(), s.feature_names().end());
   d.class_names.assign(s.class_names().begin(), s.class_names().end());
   return d;

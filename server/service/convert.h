@@ -18,6 +18,8 @@ struct SpecLimits {
 };
 
 engine::Task ToEngine(v1::Task task);
+// Throws InvalidArgument naming `field` unless `task` is TASK_UNSPECIFIED or a known task.
+void CheckTask(const char* field, v1::Task task);
 v1::Task ToProto(engine::Task task);
 engine::LossKind ResolveLoss(const v1::ModelSpec& spec);
 

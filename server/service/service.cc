@@ -208,6 +208,7 @@ grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
     const v1::DatasetHeader header = msg.header();
     CheckName("header.name", header.name());
     log.model = header.name();
+    CheckTask("header.task", header.task());
     const engine::Task task = ToEngine(header.task());
     std::vector<float> features, targets;
     std::string csv;
@@ -310,12 +311,17 @@ grpc::Status DropnetService::ImportDataset(grpc::ServerContext* ctx,
   return Handle("ImportDataset", ctx, Role::kAdmin, [&](CallLog& log) {
     CheckName("name", req->name());
     log.model = req->name();
+    CheckTask("task", req->task());
+    if (req->limit() < 0) Fail(StatusCode::INVALID_ARGUMENT, "limit must be >= 0");
     if (config_.data_root.empty()) {
       Fail(StatusCode::FAILED_PRECONDITION, "ImportDataset is disabled: the server has no --data-root");
     }
     // Resolve symlinks and '..' on both sides, then require the file to stay under the root.
     auto resolve = [&](const std::string& rel, const char* field) {
       if (rel.empty()) Fail(StatusCode::INVALID_ARGUMENT, std::string(field) + " is required");
+      if (rel.find('\0') != std::string::npos) {
+        Fail(StatusCode::INVALID_ARGUMENT, std::string(field) + " must not contain a NUL byte");
+      }
       fs::path p(rel);
       if (p.is_absolute()) {
         Fail(StatusCode::INVALID_ARGUMENT, std::string(field) + " '" + rel +
@@ -349,7 +355,6 @@ grpc::Status DropnetService::ImportDataset(grpc::ServerContext* ctx,
       }
       d = engine::LoadIdx(file.string(), resolve(req->label_path(), "label_path").string());
     }
-    if (req->limit() < 0) Fail(StatusCode::INVALID_ARGUMENT, "limit must be >= 0");
     if (req->limit() > 0 && req->limit() < d.rows()) {
       std::vector<int64_t> rows(req->limit());
       for (int64_t i = 0; i < req->limit(); ++i) rows[i] = i;

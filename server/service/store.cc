@@ -84,7 +84,51 @@ std::vector<std::string> ListDirs(const fs::path& dir) {
   return out;
 }
 
+uint32_t Crc32(const std::string& bytes) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (size_t done = 0; done < bytes.size();) {
+    const uInt n = static_cast<uInt>(std::min<size_t>(bytes.size() - done, 1u << 30));
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + done), n);
+    done += n;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
 }  // namespace
+
+std::string SerializeBlob(const google::protobuf::Message& payload) {
+  std::string bytes;
+  if (!payload.SerializeToString(&bytes)) {
+    Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "model store: payload too large to serialise");
+  }
+  return WrapBlob(std::move(bytes));
+}
+
+std::string WrapBlob(std::string payload_bytes) {
+  v1::StoredBlob blob;
+  blob.set_format(kFormat);
+  blob.set_crc32(Crc32(payload_bytes));
+  blob.set_payload(std::move(payload_bytes));
+  std::string out;
+  if (!blob.SerializeToString(&out)) {
+    Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "model store: payload too large to serialise");
+  }
+  return out;
+}
+
+void ParseBlob(const std::string& bytes, const std::string& source,
+               google::protobuf::Message* payload) {
+  v1::StoredBlob blob;
+  if (!blob.ParseFromString(bytes) || blob.format() != kFormat) {
+    Fail(grpc::StatusCode::DATA_LOSS, "model store: '" + source + "' is not a stored blob");
+  }
+  if (Crc32(blob.payload()) != blob.crc32()) {
+    Fail(grpc::StatusCode::DATA_LOSS, "model store: checksum mismatch in '" + source + "'");
+  }
+  if (!payload->ParseFromString(blob.payload())) {
+    Fail(grpc::StatusCode::DATA_LOSS, "model store: cannot parse '" + source + "'");
+  }
+}
 
 ModelStore::ModelStore(fs::path root, bool writable) : root_(std::move(root)), writable_(writable) {
   if (writable_) {
@@ -116,17 +160,7 @@ int ModelStore::CleanTemporaries() {
 void ModelStore::WriteAtomically(const fs::path& dir, const std::string& file,
                                  const google::protobuf::Message& payload) {
   if (!writable_) Fail(grpc::StatusCode::FAILED_PRECONDITION, "the model store is read-only");
-  v1::StoredBlob blob;
-  blob.set_format(kFormat);
-  std::string bytes;
-  if (!payload.SerializeToString(&bytes)) {
-    Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "model store: payload too large to serialise");
-  }
-  blob.set_crc32(static_cast<uint32_t>(
-      crc32(0L, reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size()))));
-  blob.set_payload(std::move(bytes));
-  std::string out;
-  blob.SerializeToString(&out);
+  const std::string out = SerializeBlob(payload);
 
   const fs::path parent = dir.parent_path();
   std::error_code ec;
@@ -160,20 +194,8 @@ void ModelStore::WriteAtomically(const fs::path& dir, const std::string& file,
 void ModelStore::ReadBlob(const fs::path& file, google::protobuf::Message* payload) const {
   std::ifstream in(file, std::ios::binary);
   if (!in) Fail(grpc::StatusCode::NOT_FOUND, "model store: no file '" + file.string() + "'");
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  v1::StoredBlob blob;
-  if (!blob.ParseFromString(bytes) || blob.format() != kFormat) {
-    Fail(grpc::StatusCode::DATA_LOSS, "model store: '" + file.string() + "' is not a stored blob");
-  }
-  const auto& p = blob.payload();
-  const uint32_t crc = static_cast<uint32_t>(
-      crc32(0L, reinterpret_cast<const Bytef*>(p.data()), static_cast<uInt>(p.size())));
-  if (crc != blob.crc32()) {
-    Fail(grpc::StatusCode::DATA_LOSS, "model store: checksum mismatch in '" + file.string() + "'");
-  }
-  if (!payload->ParseFromString(p)) {
-    Fail(grpc::StatusCode::DATA_LOSS, "model store: cannot parse '" + file.string() + "'");
-  }
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ParseBlob(bytes, file.string(), payload);
 }
 
 void ModelStore::RemoveTree(const fs::path& dir) {

@@ -19,6 +19,15 @@
 
 namespace dropnet::service {
 
+// A file's bytes: a StoredBlob (format, CRC-32, payload) wrapping `payload`, or payload bytes
+// already serialised.
+std::string SerializeBlob(const google::protobuf::Message& payload);
+std::string WrapBlob(std::string payload_bytes);
+// Checks a file's bytes and parses its payload. Throws DATA_LOSS naming `source` when the bytes
+// are not a stored blob, the checksum does not match or the payload does not parse.
+void ParseBlob(const std::string& bytes, const std::string& source,
+               google::protobuf::Message* payload);
+
 class ModelStore {
  public:
   // Creates the directories when `writable`; a read-only store never writes.

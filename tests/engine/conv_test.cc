@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
@@ -269,6 +270,25 @@ TEST(ConvShapeTest, BadConfigurationsNameTheField) {
   expect_error(ConvConfig("conv1d", 4, 3, 1, 0), Shape{{1, 8, 8}}, "[channels, length]");
   expect_error(PoolConfig("max_pool2d", 2, 0, 2), Shape{{1, 8, 8}}, "padding");
   expect_error(PoolConfig("max_pool", 2, 0, 0), Shape{{8}}, "[channels, length] or");
+}
+
+TEST(ConvShapeTest, HugeGeometryIsAnErrorNotAnOverflow) {
+  constexpr int kMax = std::numeric_limits<int>::max();
+  // 2 * padding and the output side overflow an int.
+  EXPECT_THROW(ConvOrPoolOutputShape(ConvConfig("conv2d", 1, 3, 1, kMax), Shape{{1, 6, 6}}),
+               InvalidArgument);
+  EXPECT_THROW(ConvOrPoolOutputShape(ConvConfig("conv1d", 1, 1, 1, kMax / 2 + 1), Shape{{1, 6}}),
+               InvalidArgument);
+  EXPECT_THROW(ConvOrPoolOutputShape(PoolConfig("max_pool2d", kMax, 0, kMax / 2 + 1),
+                                     Shape{{1, 6, 6}}),
+               InvalidArgument);
+  // A kernel as large as an int fits with padding; its parameter count saturates.
+  const LayerConfig big = ConvConfig("conv2d", kMax, kMax, 1, kMax / 2);
+  EXPECT_EQ(ConvOrPoolOutputShape(big, Shape{{kMax, 1, 1}}), (Shape{{kMax, 1, 1}}));
+  EXPECT_EQ(ConvOrPoolParameterCount(big, Shape{{kMax, 1, 1}}), INT64_MAX);
+  // A size past int64 saturates too, so that any limit refuses it.
+  EXPECT_EQ((Shape{{kMax, kMax, kMax}}).Size(), INT64_MAX);
+  EXPECT_EQ((Shape{{3, 4, 5}}).Size(), 60);
 }
 
 TEST(ConvTest, ResultsDoNotDependOnTheThreadCount) {

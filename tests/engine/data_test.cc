@@ -259,6 +259,52 @@ TEST_F(IdxTest, RejectsTruncatedFiles) {
   EXPECT_THROW(LoadIdx((dir_ / "missing").string(), labels), InvalidArgument);
 }
 
+std::string Gzip(const std::string& bytes) {
+  z_stream zs{};
+  EXPECT_EQ(deflateInit2(&zs, Z_BEST_COMPRESSION, Z_DEFLATED, 16 + MAX_WBITS, 8,
+                         Z_DEFAULT_STRATEGY), Z_OK);
+  std::string out(deflateBound(&zs, bytes.size()), '\0');
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
+  zs.avail_in = static_cast<uInt>(bytes.size());
+  zs.next_out = reinterpret_cast<Bytef*>(out.data());
+  zs.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
+  out.resize(zs.total_out);
+  deflateEnd(&zs);
+  return out;
+}
+
+TEST_F(IdxTest, ReadsFromMemoryPlainGzippedAndInSeveralMembers) {
+  const std::string images = Images(3, 2, 3, Pixels()), labels = Labels({2, 0, 1});
+  ExpectSmallSet(ReadIdx(images, labels));
+  ExpectSmallSet(ReadIdx(Gzip(images), Gzip(labels)));
+  // gzip allows members back to back; so does zlib's gzread.
+  ExpectSmallSet(ReadIdx(Gzip(images.substr(0, 7)) + Gzip(images.substr(7)), labels));
+  // Anything after the last member is refused, as is a stream cut short.
+  EXPECT_THROW(ReadIdx(Gzip(images) + "junk", labels), InvalidArgument);
+  const std::string gz = Gzip(images);
+  EXPECT_THROW(ReadIdx(gz.substr(0, gz.size() - 9), labels), InvalidArgument);
+}
+
+TEST_F(IdxTest, InflatingStopsPastTheDeclaredSize) {
+  // 3 images of 2 x 3 pixels, then 32 MiB of zeros the header does not announce: a small file
+  // that would inflate into a large buffer.
+  const std::string bomb = Gzip(Images(3, 2, 3, Pixels()) + std::string(32 << 20, '\0'));
+  ASSERT_LT(bomb.size(), 64u << 10);
+  const std::string head = IdxBytes(bomb, "bomb", 16 + 18);
+  EXPECT_GT(head.size(), 16u + 18u);
+  EXPECT_LE(head.size(), 16u + 18u + (64u << 10));
+  try {
+    ReadIdx(bomb, Labels({2, 0, 1}), "bomb");
+    ADD_FAILURE() << "a file longer than its header says was read";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("more than 18 pixel bytes"), std::string::npos) << e.what();
+  }
+  // Labels are held to the image count the same way.
+  EXPECT_THROW(ReadIdx(Images(3, 2, 3, Pixels()), Gzip(Labels({2, 0, 1}) + std::string(1 << 20, '\1'))),
+               InvalidArgument);
+}
+
 TEST(FashionMnistTest, LoadsTheTestSet) {
   const std::string dir = "/usr/share/datasets/fashion-mnist/";
   if (!std::filesystem::exists(dir + "t10k-images-idx3-ubyte.gz")) {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -461,8 +462,30 @@ TEST(TrainerTest, BadOptionsThrowNamingTheField) {
   bad.max_norm = -1;
   ExpectInvalidArgumentContaining(train_with(bad), {"max_norm"});
   bad = o;
+  bad.max_norm = std::numeric_limits<double>::infinity();
+  ExpectInvalidArgumentContaining(train_with(bad), {"max_norm"});
+  bad = o;
   bad.early_stopping_patience = 2;  // without a validation split
   ExpectInvalidArgumentContaining(train_with(bad), {"early_stopping_patience"});
+}
+
+TEST(TrainerTest, ParametersThatBecomeNonFiniteAreNeverReported) {
+  // One step a run (batch = rows): the loss before the step is finite, the step is not. The
+  // epoch must fail before its parameters reach the progress callback (which publishes them).
+  const Dataset data = Blobs(10, 17);
+  for (const char* type : {"sgd", "adam"}) {
+    Network net(BlobNet());
+    TrainOptions o = Adam(1e300, 1, static_cast<int>(data.rows()));
+    o.optimizer.type = type;
+    int reported = 0;
+    ExpectInvalidArgumentContaining(
+        [&] {
+          Train(&net, Task::kClassification, LossKind::kCrossEntropy, data, o,
+                [&](const TrainProgress& p, const Network&) { reported += p.end_of_epoch; });
+        },
+        {"non-finite", "learning rate"});
+    EXPECT_EQ(reported, 0) << type;
+  }
 }
 
 TEST(TrainerTest, DataThatDoesNotFitTheNetworkThrows) {

@@ -2,14 +2,17 @@
 // expects a status code (and, for INVALID_ARGUMENT, a substring of the message).
 #include <gtest/gtest.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -81,6 +84,121 @@ Case UncCase(std::string n, StatusCode code, std::string sub,
             r.set_samples(8);
             mut(&r); v1::PredictUncertaintyResponse resp; auto c = Ctx();
             return st->PredictUncertainty(c.get(), r, &resp);
+          }};
+}
+
+grpc::Status Upload(v1::Dropnet::Stub* st, const std::string& name, v1::Task task, int width,
+                    const std::vector<float>& features, const std::vector<float>& targets) {
+  v1::UploadDatasetResponse resp; auto c = Ctx();
+  auto w = st->UploadDataset(c.get(), &resp);
+  v1::UploadDatasetRequest r;
+  auto* h = r.mutable_header(); h->set_name(name); h->set_task(task); h->add_input_shape(width);
+  w->Write(r);
+  r.Clear();
+  r.mutable_rows()->mutable_features()->Add(features.begin(), features.end());
+  r.mutable_rows()->mutable_targets()->Add(targets.begin(), targets.end());
+  w->Write(r);
+  w->WritesDone();
+  return w->Finish();
+}
+
+// rows x width features; targets r % classes (classification) or a smooth function (regression).
+grpc::Status UploadTable(v1::Dropnet::Stub* st, const std::string& name, v1::Task task, int width,
+                         int rows, int classes) {
+  std::vector<float> x, y;
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < width; ++c) x.push_back(std::sin(static_cast<float>(3 * r + c)));
+    y.push_back(task == v1::TASK_REGRESSION ? std::cos(static_cast<float>(r)) : r % classes);
+  }
+  return Upload(st, name, task, width, x, y);
+}
+
+Case ImportCase(std::string n, StatusCode code, std::string sub,
+                std::function<void(v1::ImportDatasetRequest*)> mut) {
+  return {n, code, sub, [=](v1::Dropnet::Stub* st) {
+            v1::ImportDatasetRequest r; r.set_name("imp"); r.set_path("ok.csv");
+            mut(&r); v1::ImportDatasetResponse resp; auto c = Ctx();
+            return st->ImportDataset(c.get(), r, &resp);
+          }};
+}
+
+grpc::Status RunTrain(v1::Dropnet::Stub* st, const v1::TrainRequest& r,
+                      std::chrono::milliseconds deadline = std::chrono::seconds(20)) {
+  grpc::ClientContext c;
+  c.set_deadline(std::chrono::system_clock::now() + deadline);
+  auto rd = st->Train(&c, r);
+  v1::TrainEvent e;
+  while (rd->Read(&e)) {}
+  return rd->Finish();
+}
+
+// Model "good" (4 features, 3 classes) on data set "cls4" (12 rows), one epoch of batch 4.
+Case TrainCase(std::string n, StatusCode code, std::string sub,
+               std::function<void(v1::TrainRequest*)> mut) {
+  return {n, code, sub, [=](v1::Dropnet::Stub* st) {
+            v1::TrainRequest r; r.set_model("good"); r.set_dataset("cls4");
+            r.set_epochs(1); r.set_batch_size(4); r.set_seed(1);
+            mut(&r);
+            return RunTrain(st, r);
+          }};
+}
+
+Case EvalCase(std::string n, StatusCode code, std::string sub,
+              std::function<void(v1::EvaluateRequest*)> mut) {
+  return {n, code, sub, [=](v1::Dropnet::Stub* st) {
+            v1::EvaluateRequest r; r.set_model("good"); r.set_dataset("cls4");
+            mut(&r); v1::EvaluateResponse resp; auto c = Ctx();
+            return st->Evaluate(c.get(), r, &resp);
+          }};
+}
+
+v1::LayerSpec* Add(v1::ModelSpec* s, const std::string& type, int units = 0) {
+  auto* l = s->add_layers(); l->set_type(type);
+  if (units) l->set_units(units);
+  return l;
+}
+
+// [1, 8, 8] -> conv2d(2 filters, 3x3) -> relu -> max_pool2d(2) -> flatten -> dense(3).
+v1::ModelSpec ConvSpec() {
+  v1::ModelSpec s;
+  for (int d : {1, 8, 8}) s.add_input_shape(d);
+  auto* c = Add(&s, "conv2d"); c->set_filters(2); c->set_kernel_size(3);
+  Add(&s, "relu");
+  Add(&s, "max_pool2d")->set_pool_size(2);
+  Add(&s, "flatten");
+  Add(&s, "dense", 3);
+  return s;
+}
+
+// [5, 3] -> lstm(4) -> dense(3).
+v1::ModelSpec RnnSpec() {
+  v1::ModelSpec s;
+  s.add_input_shape(5); s.add_input_shape(3);
+  Add(&s, "lstm", 4);
+  Add(&s, "dense", 3);
+  return s;
+}
+
+// [4] -> <layer under test> -> dense(3).
+v1::ModelSpec FlatSpec(const std::string& type, int units = 0) {
+  v1::ModelSpec s;
+  s.add_input_shape(4);
+  Add(&s, type, units);
+  Add(&s, "dense", 3);
+  return s;
+}
+
+Case SpecCase(std::string n, StatusCode code, std::string sub, std::function<v1::ModelSpec()> make,
+              std::function<void(v1::ModelSpec*)> mut) {
+  return {n, code, sub, [=](v1::Dropnet::Stub* st) {
+            v1::ModelSpec s = make(); mut(&s);
+            // A spec that is accepted leaves a model behind; remove it so the name stays free.
+            grpc::Status status = Create(st, "family", s);
+            if (status.ok()) {
+              v1::DeleteModelRequest d; d.set_name("family"); v1::DeleteModelResponse resp;
+              auto c = Ctx(); st->DeleteModel(c.get(), d, &resp);
+            }
+            return status;
           }};
 }
 
@@ -238,16 +356,416 @@ std::vector<Case> Table() {
   return t;
 }
 
+// ImportDataset, Train and Evaluate options. The data root holds the files the test writes
+// (ok.csv, bad CSVs, IDX pairs); data sets cls4, cls5, reg4 and cls4x6 are uploaded first.
+std::vector<Case> OptionsTable() {
+  std::vector<Case> t;
+  const auto OK = StatusCode::OK;
+  const auto IA = StatusCode::INVALID_ARGUMENT;
+  const auto NF = StatusCode::NOT_FOUND;
+  const auto PD = StatusCode::PERMISSION_DENIED;
+  const auto RE = StatusCode::RESOURCE_EXHAUSTED;
+  // ImportDataset: names and paths.
+  t.push_back(ImportCase("import control", OK, "", [](v1::ImportDatasetRequest* r) { r->set_name("imp-ok"); }));
+  t.push_back(ImportCase("import taken name", StatusCode::ALREADY_EXISTS, "",
+                         [](v1::ImportDatasetRequest* r) { r->set_name("imp-ok"); }));
+  t.push_back(ImportCase("import empty name", IA, "name", [](v1::ImportDatasetRequest* r) { r->set_name(""); }));
+  t.push_back(ImportCase("import name traversal", IA, "name", [](v1::ImportDatasetRequest* r) { r->set_name("../x"); }));
+  t.push_back(ImportCase("import empty path", IA, "path", [](v1::ImportDatasetRequest* r) { r->set_path(""); }));
+  t.push_back(ImportCase("import absolute path", IA, "relative", [](v1::ImportDatasetRequest* r) { r->set_path("/etc/passwd"); }));
+  t.push_back(ImportCase("import parent path", PD, "", [](v1::ImportDatasetRequest* r) { r->set_path("../outside.csv"); }));
+  t.push_back(ImportCase("import parent inside path", PD, "", [](v1::ImportDatasetRequest* r) { r->set_path("sub/../../outside.csv"); }));
+  t.push_back(ImportCase("import symlink out", PD, "", [](v1::ImportDatasetRequest* r) { r->set_path("link.csv"); }));
+  t.push_back(ImportCase("import missing file", NF, "", [](v1::ImportDatasetRequest* r) { r->set_path("nope.csv"); }));
+  t.push_back(ImportCase("import directory", NF, "", [](v1::ImportDatasetRequest* r) { r->set_path("sub"); }));
+  t.push_back(ImportCase("import NUL in path", IA, "path", [](v1::ImportDatasetRequest* r) {
+    r->set_path(std::string("ok.csv\0/../../outside.csv", 25)); }));
+  t.push_back(ImportCase("import negative limit", IA, "limit", [](v1::ImportDatasetRequest* r) { r->set_limit(-1); }));
+  t.push_back(ImportCase("import unknown task", IA, "task", [](v1::ImportDatasetRequest* r) {
+    r->set_task(static_cast<v1::Task>(77)); }));
+  // ImportDataset: wrong formats.
+  t.push_back(ImportCase("import text feature", IA, "line 3", [](v1::ImportDatasetRequest* r) { r->set_path("words.csv"); }));
+  t.push_back(ImportCase("import empty csv", IA, "empty", [](v1::ImportDatasetRequest* r) { r->set_path("empty.csv"); }));
+  t.push_back(ImportCase("import header only", IA, "no data rows", [](v1::ImportDatasetRequest* r) { r->set_path("header.csv"); }));
+  t.push_back(ImportCase("import ragged csv", IA, "fields", [](v1::ImportDatasetRequest* r) { r->set_path("ragged.csv"); }));
+  t.push_back(ImportCase("import unknown target", IA, "nope", [](v1::ImportDatasetRequest* r) { r->set_target_column("nope"); }));
+  t.push_back(ImportCase("import text regression target", IA, "target", [](v1::ImportDatasetRequest* r) {
+    r->set_path("strings.csv"); r->set_task(v1::TASK_REGRESSION); }));
+  t.push_back(ImportCase("import binary as csv", IA, "", [](v1::ImportDatasetRequest* r) { r->set_path("binary.csv"); }));
+  t.push_back(ImportCase("import idx without labels", IA, "label_path", [](v1::ImportDatasetRequest* r) {
+    r->set_path("images-idx3-ubyte"); }));
+  t.push_back(ImportCase("import idx missing labels", NF, "", [](v1::ImportDatasetRequest* r) {
+    r->set_path("images-idx3-ubyte"); r->set_label_path("nope-idx1-ubyte"); }));
+  t.push_back(ImportCase("import idx labels outside", PD, "", [](v1::ImportDatasetRequest* r) {
+    r->set_path("images-idx3-ubyte"); r->set_label_path("../outside.csv"); }));
+  t.push_back(ImportCase("import idx control", OK, "", [](v1::ImportDatasetRequest* r) {
+    r->set_name("imp-idx"); r->set_path("images-idx3-ubyte"); r->set_label_path("labels-idx1-ubyte"); }));
+  t.push_back(ImportCase("import idx count mismatch", IA, "labels", [](v1::ImportDatasetRequest* r) {
+    r->set_path("images-idx3-ubyte"); r->set_label_path("labels2-idx1-ubyte"); }));
+  t.push_back(ImportCase("import idx swapped", IA, "IDX", [](v1::ImportDatasetRequest* r) {
+    r->set_path("labels-idx1-ubyte"); r->set_label_path("images-idx3-ubyte"); }));
+  t.push_back(ImportCase("import idx truncated gzip", IA, "IDX", [](v1::ImportDatasetRequest* r) {
+    r->set_path("cut-idx3-ubyte.gz"); r->set_label_path("labels-idx1-ubyte"); }));
+  t.push_back(ImportCase("import idx gzip bomb", IA, "IDX", [](v1::ImportDatasetRequest* r) {
+    r->set_path("bomb-idx3-ubyte.gz"); r->set_label_path("labels-idx1-ubyte"); }));
+  t.push_back(ImportCase("import idx text", IA, "IDX", [](v1::ImportDatasetRequest* r) {
+    r->set_path("ok.txt"); r->set_label_path("labels-idx1-ubyte"); }));
+  t.push_back(ImportCase("import idx labels are csv", IA, "IDX", [](v1::ImportDatasetRequest* r) {
+    r->set_path("images-idx3-ubyte"); r->set_label_path("ok.csv"); }));
+  t.push_back(ImportCase("import idx huge header", IA, "IDX", [](v1::ImportDatasetRequest* r) {
+    r->set_path("huge-idx3-ubyte"); r->set_label_path("labels-idx1-ubyte"); }));
+  t.push_back({"upload unknown task", IA, "task", [](v1::Dropnet::Stub* st) {
+                 return Upload(st, "up-task", static_cast<v1::Task>(77), 1, {1}, {0}); }});
+
+  // Train.
+  constexpr int kIntMax = std::numeric_limits<int>::max();
+  t.push_back(TrainCase("train control", OK, "", [](v1::TrainRequest*) {}));
+  t.push_back(TrainCase("train epochs negative", IA, "epochs", [](v1::TrainRequest* r) { r->set_epochs(-1); }));
+  t.push_back(TrainCase("train epochs zero means 10", OK, "", [](v1::TrainRequest* r) { r->set_epochs(0); }));
+  t.push_back({"train epochs huge stops at the deadline", StatusCode::DEADLINE_EXCEEDED, "",
+               [](v1::Dropnet::Stub* st) {
+                 v1::TrainRequest r; r.set_model("good"); r.set_dataset("cls4");
+                 r.set_epochs(kIntMax); r.set_batch_size(4);
+                 return RunTrain(st, r, std::chrono::milliseconds(1500)); }});
+  t.push_back({"train after a deadline frees the model", OK, "", [](v1::Dropnet::Stub* st) {
+                 v1::TrainRequest r; r.set_model("good"); r.set_dataset("cls4"); r.set_epochs(1);
+                 grpc::Status s;
+                 for (int i = 0; i < 100; ++i) {
+                   s = RunTrain(st, r);
+                   if (s.error_code() != StatusCode::FAILED_PRECONDITION) break;
+                   std::this_thread::sleep_for(std::chrono::milliseconds(100));
+                 }
+                 return s; }});
+  t.push_back(TrainCase("train batch negative", IA, "batch_size", [](v1::TrainRequest* r) { r->set_batch_size(-4); }));
+  t.push_back(TrainCase("train batch huge", OK, "", [](v1::TrainRequest* r) { r->set_batch_size(kIntMax); }));
+  for (double lr : {kNaN, kInf, -kInf, -0.1})
+    t.push_back(TrainCase("train learning_rate " + std::to_string(lr), IA, "learning_rate",
+                          [lr](v1::TrainRequest* r) { r->set_learning_rate(lr); }));
+  t.push_back(TrainCase("train learning_rate beyond float", IA, "learning rate",
+                        [](v1::TrainRequest* r) { r->set_learning_rate(1e300); }));
+  t.push_back(TrainCase("train unknown optimizer", IA, "optimizer", [](v1::TrainRequest* r) {
+    r->set_optimizer(static_cast<v1::Optimizer>(77)); }));
+  for (double m : {-0.5, 1.0, kNaN})
+    t.push_back(TrainCase("train momentum " + std::to_string(m), IA, "momentum", [m](v1::TrainRequest* r) {
+      r->set_optimizer(v1::OPTIMIZER_SGD); r->set_momentum(m); }));
+  t.push_back(TrainCase("train nesterov without momentum", IA, "nesterov", [](v1::TrainRequest* r) {
+    r->set_optimizer(v1::OPTIMIZER_SGD); r->set_momentum(0); r->set_nesterov(true); }));
+  for (double wd : {-1.0, kNaN, kInf})
+    t.push_back(TrainCase("train weight_decay " + std::to_string(wd), IA, "weight_decay",
+                          [wd](v1::TrainRequest* r) { r->set_weight_decay(wd); }));
+  for (double mn : {-1.0, kNaN, kInf})
+    t.push_back(TrainCase("train max_norm " + std::to_string(mn), IA, "max_norm",
+                          [mn](v1::TrainRequest* r) { r->set_max_norm(mn); }));
+  for (double vs : {-0.1, 1.0, 2.0, kNaN, kInf})
+    t.push_back(TrainCase("train validation_split " + std::to_string(vs), IA, "validation_split",
+                          [vs](v1::TrainRequest* r) { r->set_validation_split(vs); }));
+  t.push_back(TrainCase("train validation takes every row", IA, "no training rows", [](v1::TrainRequest* r) {
+    r->set_validation_split(0.99); }));
+  t.push_back(TrainCase("train patience negative", IA, "early_stopping_patience", [](v1::TrainRequest* r) {
+    r->set_early_stopping_patience(-1); }));
+  t.push_back(TrainCase("train patience without split", IA, "validation_split", [](v1::TrainRequest* r) {
+    r->set_early_stopping_patience(2); }));
+  t.push_back(TrainCase("train unknown schedule", IA, "schedule", [](v1::TrainRequest* r) {
+    r->set_schedule(static_cast<v1::Schedule>(77)); }));
+  t.push_back(TrainCase("train schedule_step_epochs negative", IA, "step_epochs", [](v1::TrainRequest* r) {
+    r->set_schedule(v1::SCHEDULE_STEP); r->set_schedule_step_epochs(-1); }));
+  for (double g : {2.0, -0.5, kNaN})
+    t.push_back(TrainCase("train schedule_gamma " + std::to_string(g), IA, "gamma", [g](v1::TrainRequest* r) {
+      r->set_schedule(v1::SCHEDULE_STEP); r->set_schedule_gamma(g); }));
+  t.push_back(TrainCase("train report_every_steps negative", IA, "report_every_steps",
+                        [](v1::TrainRequest* r) { r->set_report_every_steps(-1); }));
+  t.push_back(TrainCase("train unknown dataset", NF, "", [](v1::TrainRequest* r) { r->set_dataset("nope"); }));
+  t.push_back(TrainCase("train empty model name", NF, "", [](v1::TrainRequest* r) { r->set_model(""); }));
+  t.push_back(TrainCase("train feature count mismatch", IA, "features", [](v1::TrainRequest* r) { r->set_dataset("cls5"); }));
+  t.push_back(TrainCase("train regression data", IA, "regression", [](v1::TrainRequest* r) { r->set_dataset("reg4"); }));
+  t.push_back(TrainCase("train more classes than outputs", IA, "classes", [](v1::TrainRequest* r) { r->set_dataset("cls4x6"); }));
+  t.push_back(TrainCase("train image data on a flat model", IA, "features", [](v1::TrainRequest* r) { r->set_dataset("imp-idx"); }));
+
+  // Evaluate.
+  t.push_back(EvalCase("evaluate control", OK, "", [](v1::EvaluateRequest*) {}));
+  t.push_back(EvalCase("evaluate mc control", OK, "", [](v1::EvaluateRequest* r) {
+    r->set_mode(v1::EVAL_MODE_MONTE_CARLO); r->set_samples(5); r->set_seed(1); }));
+  t.push_back(EvalCase("evaluate mc default samples", OK, "", [](v1::EvaluateRequest* r) { r->set_mode(v1::EVAL_MODE_MONTE_CARLO); }));
+  t.push_back(EvalCase("evaluate limit negative", IA, "limit", [](v1::EvaluateRequest* r) { r->set_limit(-1); }));
+  t.push_back(EvalCase("evaluate limit huge", OK, "", [](v1::EvaluateRequest* r) {
+    r->set_limit(std::numeric_limits<int64_t>::max()); }));
+  t.push_back(EvalCase("evaluate unknown mode", IA, "mode", [](v1::EvaluateRequest* r) {
+    r->set_mode(static_cast<v1::EvalMode>(77)); }));
+  t.push_back(EvalCase("evaluate mc samples negative", IA, "samples", [](v1::EvaluateRequest* r) {
+    r->set_mode(v1::EVAL_MODE_MONTE_CARLO); r->set_samples(-1); }));
+  t.push_back(EvalCase("evaluate mc samples over limit", RE, "", [](v1::EvaluateRequest* r) {
+    r->set_mode(v1::EVAL_MODE_MONTE_CARLO); r->set_samples(101); }));
+  t.push_back(EvalCase("evaluate feature count mismatch", IA, "features", [](v1::EvaluateRequest* r) { r->set_dataset("cls5"); }));
+  t.push_back(EvalCase("evaluate regression data", IA, "regression", [](v1::EvaluateRequest* r) { r->set_dataset("reg4"); }));
+  t.push_back(EvalCase("evaluate more classes than outputs", IA, "classes", [](v1::EvaluateRequest* r) { r->set_dataset("cls4x6"); }));
+  t.push_back(EvalCase("evaluate empty dataset name", NF, "", [](v1::EvaluateRequest* r) { r->set_dataset(""); }));
+  return t;
+}
+
+// Convolution, pooling, recurrent and learned-rate layer families. Limits: 10000 parameters, 16
+// layers, 2^20 features per activation row.
+std::vector<Case> FamilyTable() {
+  std::vector<Case> t;
+  const auto OK = StatusCode::OK;
+  const auto IA = StatusCode::INVALID_ARGUMENT;
+  const auto RE = StatusCode::RESOURCE_EXHAUSTED;
+  constexpr int kIntMax = std::numeric_limits<int>::max();
+  auto conv = [](v1::ModelSpec* s) { return s->mutable_layers(0); };
+  auto pool = [](v1::ModelSpec* s) { return s->mutable_layers(2); };
+  // conv2d.
+  t.push_back(SpecCase("conv control", OK, "", ConvSpec, [](v1::ModelSpec*) {}));
+  for (int k : {0, -1})
+    t.push_back(SpecCase("conv kernel " + std::to_string(k), IA, "kernel_size", ConvSpec,
+                         [=](v1::ModelSpec* s) { conv(s)->set_kernel_size(k); }));
+  t.push_back(SpecCase("conv kernel larger than input", IA, "does not fit", ConvSpec,
+                       [=](v1::ModelSpec* s) { conv(s)->set_kernel_size(9); }));
+  t.push_back(SpecCase("conv kernel larger than input, padded", OK, "", ConvSpec, [=](v1::ModelSpec* s) {
+    conv(s)->set_kernel_size(9); conv(s)->set_padding(1); s->mutable_layers(2)->set_type("relu"); }));
+  t.push_back(SpecCase("conv kernel huge", RE, "kernel_size", ConvSpec,
+                       [=](v1::ModelSpec* s) { conv(s)->set_kernel_size(kIntMax); }));
+  t.push_back(SpecCase("conv stride negative", IA, "stride", ConvSpec, [=](v1::ModelSpec* s) { conv(s)->set_stride(-2); }));
+  t.push_back(SpecCase("conv stride huge", RE, "stride", ConvSpec, [=](v1::ModelSpec* s) { conv(s)->set_stride(kIntMax); }));
+  t.push_back(SpecCase("conv stride larger than input", OK, "", ConvSpec, [=](v1::ModelSpec* s) {
+    conv(s)->set_stride(100); s->mutable_layers(2)->set_type("relu"); }));
+  t.push_back(SpecCase("conv padding negative", IA, "padding", ConvSpec, [=](v1::ModelSpec* s) { conv(s)->set_padding(-1); }));
+  t.push_back(SpecCase("conv padding int max", RE, "padding", ConvSpec, [=](v1::ModelSpec* s) { conv(s)->set_padding(kIntMax); }));
+  t.push_back(SpecCase("conv padding past the width limit", RE, "", ConvSpec, [=](v1::ModelSpec* s) {
+    conv(s)->set_padding(1 << 19); }));
+  t.push_back(SpecCase("conv padding, kernel and stride at the limit", RE, "", ConvSpec, [=](v1::ModelSpec* s) {
+    conv(s)->set_padding(1 << 20); conv(s)->set_kernel_size(1 << 20); conv(s)->set_stride(1); }));
+  for (int f : {0, -3})
+    t.push_back(SpecCase("conv filters " + std::to_string(f), IA, "filters", ConvSpec,
+                         [=](v1::ModelSpec* s) { conv(s)->set_filters(f); }));
+  t.push_back(SpecCase("conv filters past the width limit", RE, "filters", ConvSpec,
+                       [=](v1::ModelSpec* s) { conv(s)->set_filters(kIntMax); }));
+  t.push_back(SpecCase("conv filters past the parameter limit", RE, "parameters", ConvSpec,
+                       [=](v1::ModelSpec* s) { conv(s)->set_filters(5000); }));
+  t.push_back(SpecCase("conv2d on flat input", IA, "conv2d", ConvSpec, [](v1::ModelSpec* s) {
+    s->clear_input_shape(); s->add_input_shape(64); }));
+  t.push_back(SpecCase("conv2d on [channels, length]", IA, "conv2d", ConvSpec, [](v1::ModelSpec* s) {
+    s->clear_input_shape(); s->add_input_shape(2); s->add_input_shape(32); }));
+  t.push_back(SpecCase("conv1d on an image", IA, "conv1d", ConvSpec, [=](v1::ModelSpec* s) { conv(s)->set_type("conv1d"); }));
+  t.push_back(SpecCase("conv zero channels", IA, "input_shape", ConvSpec, [](v1::ModelSpec* s) { s->set_input_shape(0, 0); }));
+  t.push_back(SpecCase("conv input past the width limit", RE, "input_shape", ConvSpec, [](v1::ModelSpec* s) {
+    s->set_input_shape(1, 2000); s->set_input_shape(2, 2000); }));
+  t.push_back(SpecCase("conv input int max", RE, "input_shape", ConvSpec, [=](v1::ModelSpec* s) {
+    s->set_input_shape(1, kIntMax); s->set_input_shape(2, kIntMax); }));
+  t.push_back(SpecCase("conv output past the width limit", RE, "features", ConvSpec, [=](v1::ModelSpec* s) {
+    s->set_input_shape(1, 1000); s->set_input_shape(2, 1000); }));
+  t.push_back(SpecCase("dense on conv output without flatten", IA, "flat", ConvSpec, [](v1::ModelSpec* s) {
+    s->mutable_layers()->DeleteSubrange(3, 1); }));
+  // Pooling.
+  t.push_back(SpecCase("pool size negative", IA, "pool_size", ConvSpec, [=](v1::ModelSpec* s) { pool(s)->set_pool_size(-1); }));
+  t.push_back(SpecCase("pool larger than input", IA, "does not fit", ConvSpec, [=](v1::ModelSpec* s) { pool(s)->set_pool_size(7); }));
+  t.push_back(SpecCase("pool size huge", RE, "pool_size", ConvSpec, [=](v1::ModelSpec* s) { pool(s)->set_pool_size(kIntMax); }));
+  t.push_back(SpecCase("pool padding over half", IA, "padding", ConvSpec, [=](v1::ModelSpec* s) { pool(s)->set_padding(2); }));
+  t.push_back(SpecCase("pool padding huge", RE, "padding", ConvSpec, [=](v1::ModelSpec* s) {
+    pool(s)->set_padding(kIntMax / 2 + 1); pool(s)->set_pool_size(kIntMax); }));
+  t.push_back(SpecCase("avg pool stride negative", IA, "stride", ConvSpec, [=](v1::ModelSpec* s) {
+    pool(s)->set_type("avg_pool2d"); pool(s)->set_stride(-2); }));
+  t.push_back(SpecCase("max_pool1d on an image", IA, "max_pool1d", ConvSpec, [=](v1::ModelSpec* s) { pool(s)->set_type("max_pool1d"); }));
+  t.push_back(SpecCase("global_avg_pool on flat input", IA, "global_avg_pool", [] { return FlatSpec("global_avg_pool"); },
+                       [](v1::ModelSpec*) {}));
+  t.push_back(SpecCase("spatial_dropout2d on flat input", IA, "spatial_dropout2d",
+                       [] { return FlatSpec("spatial_dropout2d"); }, [](v1::ModelSpec*) {}));
+  t.push_back(SpecCase("spatial_dropout1d on an image", IA, "spatial_dropout1d", ConvSpec, [](v1::ModelSpec* s) {
+    s->mutable_layers(1)->set_type("spatial_dropout1d"); }));
+  t.push_back(SpecCase("spatial_dropout2d rate 1", IA, "rate", ConvSpec, [](v1::ModelSpec* s) {
+    s->mutable_layers(1)->set_type("spatial_dropout2d"); s->mutable_layers(1)->set_rate(1); }));
+  t.push_back(SpecCase("conv1d control", OK, "", ConvSpec, [](v1::ModelSpec* s) {
+    s->clear_input_shape(); s->add_input_shape(2); s->add_input_shape(16);
+    s->mutable_layers(0)->set_type("conv1d"); s->mutable_layers(1)->set_type("spatial_dropout1d");
+    s->mutable_layers(2)->set_type("avg_pool1d"); }));
+
+  // Recurrent.
+  auto rnn = [](v1::ModelSpec* s) { return s->mutable_layers(0); };
+  t.push_back(SpecCase("lstm control", OK, "", RnnSpec, [](v1::ModelSpec*) {}));
+  t.push_back(SpecCase("gru control", OK, "", RnnSpec, [=](v1::ModelSpec* s) { rnn(s)->set_type("gru"); }));
+  for (int u : {0, -1})
+    t.push_back(SpecCase("lstm units " + std::to_string(u), IA, "units", RnnSpec, [=](v1::ModelSpec* s) { rnn(s)->set_units(u); }));
+  t.push_back(SpecCase("lstm units past the width limit", RE, "units", RnnSpec, [=](v1::ModelSpec* s) { rnn(s)->set_units(kIntMax); }));
+  t.push_back(SpecCase("lstm units past the parameter limit", RE, "parameters", RnnSpec,
+                       [=](v1::ModelSpec* s) { rnn(s)->set_units(100000); }));
+  t.push_back(SpecCase("lstm on flat input", IA, "steps", RnnSpec, [](v1::ModelSpec* s) {
+    s->clear_input_shape(); s->add_input_shape(15); }));
+  t.push_back(SpecCase("gru on an image", IA, "steps", RnnSpec, [=](v1::ModelSpec* s) {
+    rnn(s)->set_type("gru"); s->clear_input_shape(); for (int d : {1, 5, 3}) s->add_input_shape(d); }));
+  for (const char* field : {"rate", "recurrent_rate", "zoneout_cell", "zoneout_hidden"}) {
+    for (double v : {-0.1, 1.0, 1.5, kNaN, kInf}) {
+      t.push_back(SpecCase(std::string("lstm ") + field + " " + std::to_string(v), IA, field, RnnSpec,
+                           [=](v1::ModelSpec* s) {
+                             auto* l = rnn(s);
+                             const std::string f = field;
+                             if (f == "rate") l->set_rate(v);
+                             else if (f == "recurrent_rate") l->set_recurrent_rate(v);
+                             else if (f == "zoneout_cell") l->set_zoneout_cell(v);
+                             else l->set_zoneout_hidden(v);
+                           }));
+    }
+  }
+  t.push_back(SpecCase("gru zoneout_cell", IA, "zoneout_cell", RnnSpec, [=](v1::ModelSpec* s) {
+    rnn(s)->set_type("gru"); rnn(s)->set_zoneout_cell(0.1); }));
+  t.push_back(SpecCase("lstm sequences into dense", IA, "flat", RnnSpec, [=](v1::ModelSpec* s) {
+    rnn(s)->set_return_sequences(true); }));
+  t.push_back(SpecCase("lstm sequences past the width limit", RE, "width", RnnSpec, [=](v1::ModelSpec* s) {
+    s->set_input_shape(0, 100000); s->set_input_shape(1, 1); rnn(s)->set_units(20);
+    rnn(s)->set_return_sequences(true); }));
+  t.push_back(SpecCase("stacked lstm control", OK, "", RnnSpec, [=](v1::ModelSpec* s) {
+    rnn(s)->set_return_sequences(true);
+    auto* l = s->mutable_layers()->Add(); l->set_type("lstm"); l->set_units(3);
+    s->mutable_layers()->SwapElements(1, 2); }));
+
+  // Learned rates, DropConnect and the rest of the flat layers.
+  auto first = [](v1::ModelSpec* s) { return s->mutable_layers(0); };
+  auto concrete = [] { return FlatSpec("concrete_dropout"); };
+  t.push_back(SpecCase("concrete control", OK, "", concrete, [](v1::ModelSpec*) {}));
+  for (double r : {0.0, 1.0, kNaN})
+    t.push_back(SpecCase("concrete init_rate " + std::to_string(r), IA, "init_rate", concrete,
+                         [=](v1::ModelSpec* s) { first(s)->set_init_rate(r); }));
+  for (double v : {0.0, -1.0, kInf})
+    t.push_back(SpecCase("concrete temperature " + std::to_string(v), IA, "temperature", concrete,
+                         [=](v1::ModelSpec* s) { first(s)->set_temperature(v); }));
+  for (double v : {-1.0, kInf})
+    t.push_back(SpecCase("concrete length_scale " + std::to_string(v), IA, "length_scale", concrete,
+                         [=](v1::ModelSpec* s) { first(s)->set_length_scale(v); }));
+  for (double v : {-1.0, kNaN, kInf})
+    t.push_back(SpecCase("concrete weight_regularizer " + std::to_string(v), IA, "regularizer", concrete,
+                         [=](v1::ModelSpec* s) { first(s)->set_weight_regularizer(v); }));
+  t.push_back(SpecCase("concrete dropout_regularizer inf", IA, "regularizer", concrete,
+                       [=](v1::ModelSpec* s) { first(s)->set_dropout_regularizer(kInf); }));
+  t.push_back(SpecCase("concrete units negative", IA, "units", concrete, [=](v1::ModelSpec* s) { first(s)->set_units(-1); }));
+  auto sparse = [] { return FlatSpec("sparse_vd", 8); };
+  t.push_back(SpecCase("sparse_vd control", OK, "", sparse, [](v1::ModelSpec*) {}));
+  t.push_back(SpecCase("sparse_vd units zero", IA, "units", sparse, [=](v1::ModelSpec* s) { first(s)->set_units(0); }));
+  t.push_back(SpecCase("sparse_vd units huge", RE, "", sparse, [=](v1::ModelSpec* s) { first(s)->set_units(kIntMax); }));
+  for (double v : {-1.0, kNaN, kInf})
+    t.push_back(SpecCase("sparse_vd kl_weight " + std::to_string(v), IA, "kl_weight", sparse,
+                         [=](v1::ModelSpec* s) { first(s)->set_kl_weight(v); }));
+  t.push_back(SpecCase("sparse_vd log_sigma2_init NaN", IA, "log_sigma2_init", sparse,
+                       [=](v1::ModelSpec* s) { first(s)->set_log_sigma2_init(kNaN); }));
+  t.push_back(SpecCase("sparse_vd prune_threshold inf", IA, "prune_threshold", sparse,
+                       [=](v1::ModelSpec* s) { first(s)->set_prune_threshold(kInf); }));
+  auto dc = [] { return FlatSpec("drop_connect", 8); };
+  t.push_back(SpecCase("drop_connect unknown activation", IA, "activation", dc,
+                       [=](v1::ModelSpec* s) { first(s)->set_activation("bogus"); }));
+  t.push_back(SpecCase("drop_connect units zero", IA, "units", dc, [=](v1::ModelSpec* s) { first(s)->set_units(0); }));
+  t.push_back(SpecCase("drop_connect on an image", IA, "flat", dc, [](v1::ModelSpec* s) {
+    s->clear_input_shape(); for (int d : {1, 2, 2}) s->add_input_shape(d); }));
+  auto bn = [] { return FlatSpec("batch_norm"); };
+  for (double m : {0.0, 1.5, kNaN})
+    t.push_back(SpecCase("batch_norm momentum " + std::to_string(m), IA, "momentum", bn,
+                         [=](v1::ModelSpec* s) { first(s)->set_momentum(m); }));
+  for (double e : {0.0, -1.0, kNaN, kInf})
+    t.push_back(SpecCase("batch_norm epsilon " + std::to_string(e), IA, "epsilon", bn,
+                         [=](v1::ModelSpec* s) { first(s)->set_epsilon(e); }));
+  for (double v : {kNaN, kInf})
+    t.push_back(SpecCase("leaky_relu negative_slope " + std::to_string(v), IA, "negative_slope",
+                         [] { return FlatSpec("leaky_relu"); }, [=](v1::ModelSpec* s) { first(s)->set_negative_slope(v); }));
+  t.push_back(SpecCase("dense unknown init", IA, "init", [] { return FlatSpec("dense", 8); },
+                       [=](v1::ModelSpec* s) { first(s)->set_init("bogus"); }));
+  // Heads.
+  t.push_back(SpecCase("classification with one output", IA, "2 outputs", [] { return FlatSpec("relu"); },
+                       [](v1::ModelSpec* s) { s->mutable_layers(1)->set_units(1); }));
+  t.push_back(SpecCase("regression with cross entropy", IA, "cross_entropy", [] { return FlatSpec("relu"); },
+                       [](v1::ModelSpec* s) { s->set_task(v1::TASK_REGRESSION); s->set_loss(v1::LOSS_CROSS_ENTROPY); }));
+  t.push_back(SpecCase("gaussian_nll with odd outputs", IA, "gaussian_nll", [] { return FlatSpec("relu"); },
+                       [](v1::ModelSpec* s) { s->set_task(v1::TASK_REGRESSION); s->set_loss(v1::LOSS_GAUSSIAN_NLL); }));
+  return t;
+}
+
+void RunTable(v1::Dropnet::Stub* stub, const std::vector<Case>& table) {
+  for (const Case& c : table) {
+    grpc::Status s = c.call(stub);
+    EXPECT_EQ(s.error_code(), c.code) << c.name << ": " << s.error_message();
+    if (c.code == StatusCode::INVALID_ARGUMENT && !c.substr.empty()) {
+      EXPECT_NE(s.error_message().find(c.substr), std::string::npos)
+          << c.name << ": " << s.error_message();
+    }
+  }
+}
+
 TEST_F(BadInputTest, EveryCaseAnswersWithItsCode) {
   ASSERT_TRUE(Create(stub_.get(), "good", Spec()).ok());
   auto table = Table();
-  for (const Case& c : table) {
-    grpc::Status s = c.call(stub_.get());
-    EXPECT_EQ(s.error_code(), c.code) << c.name << ": " << s.error_message();
-    if (c.code == StatusCode::INVALID_ARGUMENT && !c.substr.empty())
-      EXPECT_NE(s.error_message().find(c.substr), std::string::npos) << c.name << ": " << s.error_message();
-  }
+  RunTable(stub_.get(), table);
   std::cout << "cases: " << table.size() << "\n";
+  v1::PredictRequest r; r.set_model("good");
+  r.mutable_inputs()->add_shape(1); r.mutable_inputs()->add_shape(4);
+  for (int i = 0; i < 4; ++i) r.mutable_inputs()->add_values(0.1f);
+  v1::PredictResponse resp; auto ctx = Ctx();
+  EXPECT_TRUE(stub_->Predict(ctx.get(), r, &resp).ok());
+}
+
+void WriteFile(const fs::path& p, const std::string& bytes) {
+  fs::create_directories(p.parent_path());
+  std::ofstream out(p, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// `bytes`, then `zeros` zero bytes, gzipped.
+void WriteGzip(const fs::path& p, const std::string& bytes, size_t zeros = 0) {
+  gzFile f = gzopen(p.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size()));
+  const std::string block(1 << 16, '\0');
+  for (size_t done = 0; done < zeros; done += block.size()) {
+    gzwrite(f, block.data(), static_cast<unsigned>(std::min(block.size(), zeros - done)));
+  }
+  gzclose(f);
+}
+
+std::string BigEndian(std::initializer_list<uint32_t> values) {
+  std::string s;
+  for (uint32_t v : values)
+    for (int shift = 24; shift >= 0; shift -= 8) s.push_back(static_cast<char>(v >> shift));
+  return s;
+}
+
+TEST_F(BadInputTest, ImportTrainEvaluateAndLayerFamilies) {
+  ASSERT_TRUE(Create(stub_.get(), "good", Spec()).ok());
+  ASSERT_TRUE(UploadTable(stub_.get(), "cls4", v1::TASK_CLASSIFICATION, 4, 12, 3).ok());
+  ASSERT_TRUE(UploadTable(stub_.get(), "cls5", v1::TASK_CLASSIFICATION, 5, 12, 3).ok());
+  ASSERT_TRUE(UploadTable(stub_.get(), "reg4", v1::TASK_REGRESSION, 4, 12, 0).ok());
+  ASSERT_TRUE(UploadTable(stub_.get(), "cls4x6", v1::TASK_CLASSIFICATION, 4, 12, 6).ok());
+  // The data root, and a file just outside it.
+  const fs::path root = dir_ / "data";
+  WriteFile(dir_ / "outside.csv", "a,b,label\n1,2,0\n");
+  std::string ok = "f0,f1,f2,f3,label\n";
+  for (int r = 0; r < 12; ++r) ok += "0.1,0.2,0.3," + std::to_string(r) + "," + std::to_string(r % 3) + "\n";
+  WriteFile(root / "ok.csv", ok);
+  WriteFile(root / "ok.txt", ok);
+  WriteFile(root / "words.csv", "a,b,label\n1,2,0\n3,four,1\n");
+  WriteFile(root / "empty.csv", "");
+  WriteFile(root / "header.csv", "a,b,label\n");
+  WriteFile(root / "ragged.csv", "a,b,label\n1,2,0\n3,1\n");
+  WriteFile(root / "strings.csv", "a,b,label\n1,2,cat\n");
+  WriteFile(root / "binary.csv", std::string("\x1f\x8b\0\xff\xfe,\0\n\x01\x02", 12));
+  WriteFile(root / "sub" / "x.csv", ok);
+  fs::create_symlink(dir_ / "outside.csv", root / "link.csv");
+  // IDX: three 3x3 images, their three labels, two labels, a gzip stream cut in half, a gzip
+  // stream with 64 MiB more pixels than its header announces, and a header announcing 2^56 pixels.
+  std::string images = BigEndian({0x803, 3, 3, 3});
+  for (int i = 0; i < 27; ++i) images.push_back(static_cast<char>(i * 9));
+  WriteFile(root / "images-idx3-ubyte", images);
+  WriteFile(root / "labels-idx1-ubyte", BigEndian({0x801, 3}) + std::string("\0\1\2", 3));
+  WriteFile(root / "labels2-idx1-ubyte", BigEndian({0x801, 2}) + std::string("\0\1", 2));
+  std::string many = BigEndian({0x803, 1000, 3, 3});
+  for (int i = 0; i < 9000; ++i) many.push_back(static_cast<char>((i * 7919) % 251));
+  WriteGzip(root / "full-idx3-ubyte.gz", many);
+  {
+    std::ifstream in(root / "full-idx3-ubyte.gz", std::ios::binary);
+    const std::string gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    WriteFile(root / "cut-idx3-ubyte.gz", gz.substr(0, gz.size() / 2));
+  }
+  WriteGzip(root / "bomb-idx3-ubyte.gz", images, 64 << 20);
+  WriteFile(root / "huge-idx3-ubyte", BigEndian({0x803, 0xffffffffu, 4096, 4096}) + "pixels");
+
+  auto options = OptionsTable();
+  RunTable(stub_.get(), options);
+  auto families = FamilyTable();
+  RunTable(stub_.get(), families);
+  std::cout << "cases: " << options.size() << " options, " << families.size() << " layer families\n";
+  // The server still answers.
   v1::PredictRequest r; r.set_model("good");
   r.mutable_inputs()->add_shape(1); r.mutable_inputs()->add_shape(4);
   for (int i = 0; i < 4; ++i) r.mutable_inputs()->add_values(0.1f);

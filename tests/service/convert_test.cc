@@ -6,8 +6,11 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/message_differencer.h>
@@ -264,6 +267,27 @@ TEST(FromTensorTest, NonFiniteValuesNameRowAndColumn) {
   }
 }
 
+TEST(FromTensorTest, LargeBatchesAreCopiedAndCheckedEverywhere) {
+  // A batch of 37 rows of 784: bad values in the body and in the tail of the copy loop, and the
+  // largest finite floats, which are not bad.
+  v1::Tensor t = MakeTensor({37, 784}, 37 * 784);
+  t.set_values(5, std::numeric_limits<float>::max());
+  t.set_values(6, -std::numeric_limits<float>::max());
+  const Matrix m = FromTensor(t, 784, "inputs");
+  ASSERT_EQ(m.rows(), 37);
+  EXPECT_EQ(m(36, 783), 0.5f * (37 * 784 - 1));
+  EXPECT_EQ(m(0, 5), std::numeric_limits<float>::max());
+  for (int index : {0, 17 * 784 + 300, 37 * 784 - 1}) {
+    v1::Tensor bad = t;
+    bad.set_values(index, std::numeric_limits<float>::infinity());
+    const std::string msg = TensorError(bad, 784);
+    EXPECT_NE(msg.find("row " + std::to_string(index / 784) + ", column " +
+                       std::to_string(index % 784)),
+              std::string::npos)
+        << msg;
+  }
+}
+
 TEST(ToTensorTest, MatrixRoundTrip) {
   Matrix m(2, 3);
   m << 1, 2, 3, 4, 5, 6;
@@ -387,6 +411,81 @@ TEST(CheckpointTest, TensorsThatDoNotFitTheSpecAreRejected) {
   EXPECT_THROW(FromCheckpoint(wrong_standardization, SpecLimits{}), InvalidArgument);
 
   EXPECT_NO_THROW(FromCheckpoint(good, SpecLimits{}));
+}
+
+TEST(CheckpointTest, NonFiniteTensorsAndStandardizationAreRejected) {
+  auto snap = TrainedSnapshot();
+  v1::Checkpoint good;
+  ToCheckpoint(*snap, &good);
+  ASSERT_GT(good.standardization().scale_size(), 0);
+
+  v1::Checkpoint nan_weight = good;
+  nan_weight.mutable_parameters(0)->mutable_value()->set_values(0, std::nanf(""));
+  EXPECT_THROW(FromCheckpoint(nan_weight, SpecLimits{}), InvalidArgument);
+  for (float scale : {0.0f, -1.0f, std::numeric_limits<float>::infinity()}) {
+    v1::Checkpoint bad = good;
+    bad.mutable_standardization()->set_scale(0, scale);
+    EXPECT_THROW(FromCheckpoint(bad, SpecLimits{}), InvalidArgument) << scale;
+  }
+  v1::Checkpoint nan_mean = good;
+  nan_mean.mutable_standardization()->set_mean(0, std::nanf(""));
+  EXPECT_THROW(FromCheckpoint(nan_mean, SpecLimits{}), InvalidArgument);
+}
+
+// A stored data set: 3 rows of 2 features, classes 0..2.
+v1::StoredDataset SmallStored() {
+  engine::Dataset d;
+  d.input_shape = engine::Shape{{2}};
+  d.x = Matrix::Ones(3, 2);
+  d.y.resize(3, 1);
+  d.y << 0, 1, 2;
+  d.num_classes = 3;
+  v1::StoredDataset s;
+  ToStored(d, "small", &s);
+  return s;
+}
+
+TEST(StoredDatasetTest, InconsistentFilesAreRejected) {
+  EXPECT_NO_THROW(FromStored(SmallStored()));
+  std::vector<std::pair<std::string, std::function<void(v1::StoredDataset*)>>> cases = {
+      {"negative input dims", [](v1::StoredDataset* s) {
+         s->set_input_shape(0, -1);
+         for (auto* t : {s->mutable_x(), s->mutable_y()}) {
+           t->set_shape(0, -1);
+           t->set_shape(1, -1);
+           t->mutable_values()->Truncate(1);
+         }
+       }},
+      {"zero rows", [](v1::StoredDataset* s) {
+         s->mutable_x()->set_shape(0, 0);
+         s->mutable_y()->set_shape(0, 0);
+         s->mutable_x()->clear_values();
+         s->mutable_y()->clear_values();
+       }},
+      {"shape whose value count overflows to 0", [](v1::StoredDataset* s) {
+         // 16 rows of 2^60 features: rows x features wraps around to 0 values.
+         s->clear_input_shape();
+         s->add_input_shape(1 << 30);
+         s->add_input_shape(1 << 30);
+         s->mutable_x()->set_shape(0, 16);
+         s->mutable_x()->set_shape(1, int64_t{1} << 60);
+         s->mutable_x()->clear_values();
+         s->mutable_y()->set_shape(0, 16);
+         s->mutable_y()->clear_values();
+         for (int i = 0; i < 16; ++i) s->mutable_y()->add_values(0);
+       }},
+      {"unknown task", [](v1::StoredDataset* s) { s->set_task(static_cast<v1::Task>(9)); }},
+      {"NaN feature", [](v1::StoredDataset* s) { s->mutable_x()->set_values(3, std::nanf("")); }},
+      {"label past num_classes", [](v1::StoredDataset* s) { s->mutable_y()->set_values(2, 3); }},
+      {"negative label", [](v1::StoredDataset* s) { s->mutable_y()->set_values(0, -1); }},
+      {"fractional label", [](v1::StoredDataset* s) { s->mutable_y()->set_values(1, 0.5f); }},
+      {"num_classes too small", [](v1::StoredDataset* s) { s->set_num_classes(2); }},
+  };
+  for (const auto& [name, mutate] : cases) {
+    v1::StoredDataset s = SmallStored();
+    mutate(&s);
+    EXPECT_THROW(FromStored(s), InvalidArgument) << name;
+  }
 }
 
 TEST(ModelSpecJsonTest, JsonMappingParsesCamelCaseFields) {

@@ -193,6 +193,26 @@ TEST(ModelStoreTest, CorruptDatasetAndGarbageFilesAreDataLoss) {
   EXPECT_EQ(CodeOf([&] { store.LoadDataset("d"); }), grpc::StatusCode::DATA_LOSS);
 }
 
+TEST(BlobTest, ParsesFromMemoryAndChecksTheChecksum) {
+  const v1::Checkpoint c = MakeCheckpoint("m", 3);
+  const std::string file = SerializeBlob(c);
+  v1::Checkpoint back;
+  ParseBlob(file, "memory", &back);
+  EXPECT_TRUE(MessageDifferencer::Equals(c, back));
+  // WrapBlob of the serialised payload is the same file.
+  EXPECT_EQ(WrapBlob(c.SerializeAsString()), file);
+
+  std::string flipped = file;
+  flipped[flipped.size() - 2] ^= 0x10;
+  EXPECT_EQ(CodeOf([&] { ParseBlob(flipped, "memory", &back); }), grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(CodeOf([&] { ParseBlob("", "memory", &back); }), grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(CodeOf([&] { ParseBlob(file.substr(0, file.size() / 2), "memory", &back); }),
+            grpc::StatusCode::DATA_LOSS);
+  // A correct checksum around bytes that are not a checkpoint.
+  EXPECT_EQ(CodeOf([&] { ParseBlob(WrapBlob("\xff\xff\xff"), "memory", &back); }),
+            grpc::StatusCode::DATA_LOSS);
+}
+
 TEST(ModelStoreTest, MissingVersionIsNotFound) {
   TempDir dir;
   ModelStore store(dir.path(), true);
