@@ -9,7 +9,6 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "common/status_code_name.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace dropnet::client {
 
@@ -60,8 +59,10 @@ Client::Client(ClientOptions options) : options_(std::move(options)) {
   args.SetServiceConfigJSON(ServiceConfig(options_.max_attempts));
   args.SetMaxReceiveMessageSize(options_.max_message_bytes);
   args.SetMaxSendMessageSize(options_.max_message_bytes);
+  if (options_.own_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   channel_ = grpc::CreateCustomChannel(options_.target, creds, args);
   stub_ = v1::Dropnet::NewStub(channel_);
+  health_stub_ = grpc::health::v1::Health::NewStub(channel_);
 }
 
 void Client::Prepare(grpc::ClientContext* ctx, const CallOptions& call, bool streaming) const {
@@ -74,13 +75,12 @@ void Client::Prepare(grpc::ClientContext* ctx, const CallOptions& call, bool str
 }
 
 bool Client::Healthy(const std::string& service, CallOptions call) {
-  auto stub = grpc::health::v1::Health::NewStub(channel_);
   grpc::ClientContext ctx;
   Prepare(&ctx, call);
   grpc::health::v1::HealthCheckRequest req;
   req.set_service(service);
   grpc::health::v1::HealthCheckResponse resp;
-  Check(stub->Check(&ctx, req, &resp));
+  Check(health_stub_->Check(&ctx, req, &resp));
   return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
@@ -224,13 +224,17 @@ v1::TrainEvent Client::Train(const v1::TrainRequest& request,
 
 v1::PredictResponse Client::Predict(const std::string& model, const Matrix& inputs,
                                     CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
   v1::PredictRequest req;
   req.set_model(model);
   ToTensor(inputs, req.mutable_inputs());
+  return Predict(req, call);
+}
+
+v1::PredictResponse Client::Predict(const v1::PredictRequest& request, CallOptions call) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, call);
   v1::PredictResponse resp;
-  Check(stub_->Predict(&ctx, req, &resp));
+  Check(stub_->Predict(&ctx, request, &resp));
   return resp;
 }
 
@@ -238,8 +242,6 @@ v1::PredictUncertaintyResponse Client::PredictUncertainty(const std::string& mod
                                                           const Matrix& inputs,
                                                           const UncertaintyOptions& options,
                                                           CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
   v1::PredictUncertaintyRequest req;
   req.set_model(model);
   ToTensor(inputs, req.mutable_inputs());
@@ -247,8 +249,15 @@ v1::PredictUncertaintyResponse Client::PredictUncertainty(const std::string& mod
   if (options.seed) req.set_seed(*options.seed);
   req.set_return_samples(options.return_samples);
   req.set_interval(options.interval);
+  return PredictUncertainty(req, call);
+}
+
+v1::PredictUncertaintyResponse Client::PredictUncertainty(
+    const v1::PredictUncertaintyRequest& request, CallOptions call) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, call);
   v1::PredictUncertaintyResponse resp;
-  Check(stub_->PredictUncertainty(&ctx, req, &resp));
+  Check(stub_->PredictUncertainty(&ctx, request, &resp));
   return resp;
 }
 

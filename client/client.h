@@ -19,6 +19,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "dropnet/v1/service.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace dropnet::client {
 
@@ -45,6 +46,10 @@ struct ClientOptions {
   std::string ca_file, cert_file, key_file;
   // Bearer token sent as "authorization: Bearer <token>" when non-empty.
   std::string token;
+  // A TCP connection of this client's own. By default gRPC shares one connection between all
+  // channels to the same target with the same settings, so that calls from several clients
+  // multiplex over it; a load generator that wants one connection per worker sets this.
+  bool own_connection = false;
 };
 
 // Per-call options.
@@ -94,6 +99,11 @@ class Client {
   v1::PredictUncertaintyResponse PredictUncertainty(const std::string& model, const Matrix& inputs,
                                                     const UncertaintyOptions& options = {},
                                                     CallOptions call = {});
+  // The same calls with a request built once (a caller sending the same inputs again and again
+  // saves the conversion).
+  v1::PredictResponse Predict(const v1::PredictRequest& request, CallOptions call = {});
+  v1::PredictUncertaintyResponse PredictUncertainty(const v1::PredictUncertaintyRequest& request,
+                                                    CallOptions call = {});
   v1::EvaluateResponse Evaluate(const v1::EvaluateRequest& request, CallOptions call = {});
 
  private:
@@ -102,6 +112,7 @@ class Client {
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Dropnet::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_stub_;
 };
 
 // ---- Conversions ----

@@ -7,12 +7,15 @@
 #include <spdlog/spdlog.h>
 
 #include "server/engine/parallel.h"
+#include "server/service/memory.h"
 #include "server/service/server.h"
 
 int main(int argc, char** argv) {
   dropnet::engine::TuneAllocatorForTraining();
+  dropnet::service::ConfigureAllocator();
   dropnet::service::ServerConfig c;
   c.service.compute_threads = dropnet::engine::HardwareThreads();
+  c.service.workers = dropnet::engine::HardwareThreads();
   std::string log_level = "info";
   std::string data_root;
 
@@ -37,7 +40,14 @@ int main(int argc, char** argv) {
   app.add_option("--example-epochs", c.example_epochs)->check(CLI::PositiveNumber);
   app.add_option("--threads", c.service.compute_threads, "threads one request computes on")
       ->envname("DROPNET_THREADS")->check(CLI::PositiveNumber);
-  app.add_option("--rpc-threads", c.rpc_threads, "maximum threads serving calls")
+  app.add_option("--workers", c.service.workers,
+                 "Predict, PredictUncertainty and Evaluate calls computing at a time (more wait)")
+      ->envname("DROPNET_WORKERS")->check(CLI::PositiveNumber);
+  app.add_option("--max-queue", c.service.max_queued_calls,
+                 "calls that may wait for a worker (RESOURCE_EXHAUSTED past it)")
+      ->envname("DROPNET_MAX_QUEUE")->check(CLI::PositiveNumber);
+  app.add_option("--rpc-threads", c.rpc_threads,
+                 "maximum threads serving the other calls (models, data sets, Train)")
       ->envname("DROPNET_RPC_THREADS")->check(CLI::PositiveNumber);
   app.add_option("--max-message-bytes", c.max_message_bytes, "largest request or response")
       ->envname("DROPNET_MAX_MESSAGE_BYTES")->check(CLI::PositiveNumber);

@@ -7,6 +7,7 @@
 //   dropnet predict MODEL --input FILE.csv [--format table|csv|json]
 //   dropnet uncertainty MODEL --input FILE.csv --samples T [--seed N]
 //   dropnet evaluate MODEL --data NAME [--mc-samples T]
+//   dropnet bench MODEL [--concurrency 1,2,4,8 --duration S --count N --json ...]
 //   dropnet demo
 //
 // The server comes from --server or DROPNET_SERVER (default 127.0.0.1:50051); a bearer token from
@@ -32,6 +33,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <nlohmann/json.hpp>
 
+#include "client/cli/bench.h"
 #include "client/client.h"
 #include "server/engine/data.h"
 
@@ -52,7 +54,7 @@ struct Global {
   std::string ca, cert, key, token_file;
 };
 
-dc::Client MakeClient(const Global& g) {
+dc::ClientOptions MakeClientOptions(const Global& g) {
   dc::ClientOptions o;
   o.target = g.server;
   o.deadline = std::chrono::milliseconds(static_cast<int64_t>(g.timeout * 1000));
@@ -67,7 +69,7 @@ dc::Client MakeClient(const Global& g) {
   } else if (const char* t = std::getenv("DROPNET_TOKEN")) {
     o.token = t;
   }
-  return dc::Client(o);
+  return o;
 }
 
 // ---- Output ----
@@ -662,6 +664,42 @@ int main(int argc, char** argv) {
   evaluate->add_option("--limit", limit, "only the first N rows");
   evaluate->add_option("--format", format)->check(CLI::IsMember({"table", "csv", "json"}));
 
+  dropnet::cli::BenchOptions bench_options;
+  std::vector<std::string> bench_workloads = {"health", "predict", "predict-batch", "uncertainty"};
+  bool bench_json = false, bench_shared = false, bench_quiet = false;
+  auto* bench = app.add_subcommand(
+      "bench", "load test: latency and throughput of health, Predict and PredictUncertainty");
+  bench->add_option("model", bench_options.model)->required();
+  bench->add_option("--concurrency,-c", bench_options.concurrency,
+                    "concurrent callers, one level after another")
+      ->delimiter(',')->capture_default_str()->check(CLI::PositiveNumber);
+  auto* bench_duration = bench->add_option("--duration", bench_options.duration_seconds,
+                                           "measured seconds per workload and level")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  bench->add_option("--count", bench_options.count,
+                    "measured calls per workload and level, instead of --duration")
+      ->check(CLI::PositiveNumber)->excludes(bench_duration);
+  bench->add_option("--warmup", bench_options.warmup_seconds,
+                    "unrecorded seconds before each measurement")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  bench->add_option("--workloads", bench_workloads,
+                    "any of health, predict (1 row), predict-batch, uncertainty (1 row)")
+      ->delimiter(',')->capture_default_str()
+      ->check(CLI::IsMember({"health", "predict", "predict-batch", "uncertainty"}));
+  bench->add_option("--batch", bench_options.batch, "rows of the predict-batch workload")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  bench->add_option("--samples,-T", bench_options.samples, "T of the uncertainty workload")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  bench->add_option("--data", bench_options.data_path,
+                    "CSV rows to send (default: uniform random values in [0, 1))")
+      ->check(CLI::ExistingFile);
+  bench->add_option("--target", bench_options.target_column, "a CSV column to leave out");
+  bench->add_option("--seed", bench_options.seed, "picks the rows")->capture_default_str();
+  bench->add_flag("--shared-channel", bench_shared,
+                  "every worker on one channel (one connection) instead of one each");
+  bench->add_flag("--json", bench_json, "machine-readable results on stdout");
+  bench->add_flag("--quiet,-q", bench_quiet, "no progress lines on stderr");
+
   std::string demo_data = "/usr/share/datasets/fashion-mnist";
   auto* demo = app.add_subcommand("demo", "a tour: a confident and an ambiguous item side by side");
   demo->add_option("--data-dir", demo_data, "Fashion-MNIST IDX directory")->capture_default_str();
@@ -674,7 +712,22 @@ int main(int argc, char** argv) {
   }
 
   try {
-    dc::Client c = MakeClient(g);
+    const dc::ClientOptions client_options = MakeClientOptions(g);
+    if (*bench) {
+      bench_options.workloads.clear();
+      for (const auto& w : bench_workloads) {
+        bench_options.workloads.push_back(dropnet::cli::ParseWorkload(w));
+      }
+      bench_options.shared_channel = bench_shared;
+      auto report = dropnet::cli::RunBench(client_options, bench_options,
+                                           bench_quiet ? nullptr : &std::cerr);
+      if (bench_json) std::cout << report.ToJson().dump(2) << "\n";
+      else report.PrintTable(std::cout);
+      int64_t errors = 0;
+      for (const auto& r : report.results) errors += r.errors;
+      return errors ? 1 : 0;
+    }
+    dc::Client c(client_options);
     const Format f = ParseFormat(format);
     if (*health) return Health(c, health_service);
     if (*m_list) return ModelsTable(c.ListModels()).Print(std::cout, f), 0;

@@ -58,7 +58,7 @@ void TokenAuth::LoadEnvironment() {
   if (const char* t = std::getenv("DROPNET_PREDICT_TOKEN"); t && *t) Add(Role::kPredict, t);
 }
 
-grpc::Status TokenAuth::Check(const grpc::ServerContext& ctx, Role required,
+grpc::Status TokenAuth::Check(const grpc::ServerContextBase& ctx, Role required,
                               const char* method) const {
   if (tokens_.empty()) return grpc::Status::OK;
   const auto& md = ctx.client_metadata();

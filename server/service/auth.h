@@ -30,7 +30,7 @@ class TokenAuth {
   size_t size() const { return tokens_.size(); }
 
   // OK, UNAUTHENTICATED or PERMISSION_DENIED for a call that needs `required`.
-  grpc::Status Check(const grpc::ServerContext& ctx, Role required, const char* method) const;
+  grpc::Status Check(const grpc::ServerContextBase& ctx, Role required, const char* method) const;
 
  private:
   struct Entry {

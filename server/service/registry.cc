@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "server/service/memory.h"
 #include "server/service/status.h"
 
 namespace dropnet::service {
@@ -77,16 +78,16 @@ std::string Registry::LoadAll() {
   }
   for (const auto& name : store_->DatasetNames()) {
     try {
-      auto stored = store_->LoadDataset(name);
-      auto data = std::make_shared<engine::Dataset>(FromStored(stored));
-      auto info = DescribeDataset(*data, name, stored.source(), stored.created_unix_ms());
+      auto slot = std::make_shared<DatasetSlot>();
+      slot->info = DescribeStoredDataset(name);
       std::lock_guard lock(mu_);
-      datasets_[name] = StoredDatasetEntry{std::move(data), std::move(info)};
+      datasets_[name] = std::move(slot);
       ++datasets;
     } catch (const std::exception& e) {
       StoreLog()->error("data set {} cannot be loaded: {}", name, e.what());
     }
   }
+  ReleaseFreeMemory();
   std::ostringstream s;
   s << models << " models, " << datasets << " data sets";
   if (removed) s << ", removed " << removed << " unfinished writes";
@@ -121,8 +122,9 @@ int Registry::Refresh() {
                        versions.back(), e.what());
     }
   }
-  // Data sets, for Evaluate on a replica: load the ones that appeared in the store, drop the ones
-  // that went (one replaced under the same name is picked up by a restart).
+  // Data sets, for Evaluate on a replica: describe the ones that appeared in the store, drop the
+  // ones that went (the rows are read when used; the description of one replaced under the same
+  // name is renewed by a restart).
   const auto dataset_names = store_->DatasetNames();
   for (const auto& name : dataset_names) {
     {
@@ -130,11 +132,10 @@ int Registry::Refresh() {
       if (datasets_.count(name)) continue;
     }
     try {
-      auto stored = store_->LoadDataset(name);
-      auto data = std::make_shared<engine::Dataset>(FromStored(stored));
-      auto info = DescribeDataset(*data, name, stored.source(), stored.created_unix_ms());
+      auto slot = std::make_shared<DatasetSlot>();
+      slot->info = DescribeStoredDataset(name);
       std::lock_guard lock(mu_);
-      datasets_.emplace(name, StoredDatasetEntry{std::move(data), std::move(info)});
+      datasets_.emplace(name, std::move(slot));
       ++changed;
     } catch (const std::exception& e) {
       StoreLog()->warn("data set {} not loaded: {}", name, e.what());
@@ -318,27 +319,50 @@ v1::DatasetInfo Registry::PutDataset(const std::string& name, engine::Dataset da
   ToStored(data, name, &stored);
   stored.set_source(source);
   stored.set_created_unix_ms(NowMs());
-  auto info = DescribeDataset(data, name, source, stored.created_unix_ms());
+  auto slot = std::make_shared<DatasetSlot>();
+  slot->info = DescribeDataset(data, name, source, stored.created_unix_ms());
+  data = engine::Dataset();  // the stored copy is enough from here on
   std::lock_guard lock(mu_);
   if (!overwrite && datasets_.count(name)) {
     Fail(grpc::StatusCode::ALREADY_EXISTS, "data set '" + name + "' exists; set overwrite to replace it");
   }
   store_->SaveDataset(stored);
-  datasets_[name] = StoredDatasetEntry{std::make_shared<engine::Dataset>(std::move(data)), info};
-  return info;
+  datasets_[name] = slot;
+  return slot->info;
+}
+
+v1::DatasetInfo Registry::DescribeStoredDataset(const std::string& name) const {
+  const auto stored = store_->LoadDataset(name);
+  return DescribeDataset(FromStored(stored), name, stored.source(), stored.created_unix_ms());
 }
 
 StoredDatasetEntry Registry::GetDataset(const std::string& name) const {
-  std::lock_guard lock(mu_);
-  auto it = datasets_.find(name);
-  if (it == datasets_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
-  return it->second;
+  std::shared_ptr<DatasetSlot> slot;
+  {
+    std::lock_guard lock(mu_);
+    auto it = datasets_.find(name);
+    if (it == datasets_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
+    slot = it->second;
+  }
+  std::lock_guard load(slot->load_mu);
+  std::shared_ptr<const engine::Dataset> data = slot->loaded.lock();
+  if (!data) {
+    try {
+      data = std::make_shared<const engine::Dataset>(FromStored(store_->LoadDataset(name)));
+    } catch (const ServiceError&) {
+      throw;
+    } catch (const std::exception& e) {
+      Fail(grpc::StatusCode::DATA_LOSS, "data set '" + name + "' cannot be read: " + e.what());
+    }
+    slot->loaded = data;
+  }
+  return StoredDatasetEntry{std::move(data), slot->info};
 }
 
 std::vector<v1::DatasetInfo> Registry::ListDatasets() const {
   std::lock_guard lock(mu_);
   std::vector<v1::DatasetInfo> out;
-  for (const auto& [name, e] : datasets_) out.push_back(e.info);
+  for (const auto& [name, slot] : datasets_) out.push_back(slot->info);
   return out;
 }
 

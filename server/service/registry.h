@@ -4,6 +4,11 @@
 // short lock; readers take a shared_ptr once. A model is trained by at most one Train at a time
 // (a TrainingLease); publishing saves the version to the store before it becomes visible, so
 // nothing served is ever missing from disk.
+//
+// Data sets live in the store. The registry keeps their descriptions; their rows are read from
+// the store when a Train or Evaluate asks for them, shared by the calls that use them at the same
+// time, and freed when the last one finishes, so that a server holding a large training set does
+// not keep it resident between trainings.
 #ifndef DROPNET_SERVICE_REGISTRY_H_
 #define DROPNET_SERVICE_REGISTRY_H_
 
@@ -31,6 +36,7 @@ struct StoredDatasetEntry {
   std::shared_ptr<const engine::Dataset> data;
   v1::DatasetInfo info;
 };
+
 
 class Registry {
  public:
@@ -78,6 +84,7 @@ class Registry {
   // ---- Data sets ----
   v1::DatasetInfo PutDataset(const std::string& name, engine::Dataset data, const std::string& source,
                              bool overwrite);
+  // The data set's rows, read from the store unless a running call already holds them.
   StoredDatasetEntry GetDataset(const std::string& name) const;
   std::vector<v1::DatasetInfo> ListDatasets() const;
   void DeleteDataset(const std::string& name);
@@ -93,12 +100,21 @@ class Registry {
   };
   SnapshotPtr PublishVersion(const std::string& name, std::shared_ptr<Snapshot> next,
                              const std::function<void(Snapshot&)>& stamp);
+  // Reads a data set from the store to describe it.
+  v1::DatasetInfo DescribeStoredDataset(const std::string& name) const;
 
   ModelStore* store_;
   SpecLimits limits_;
   mutable std::mutex mu_;
   std::map<std::string, Entry> models_;
-  std::map<std::string, StoredDatasetEntry> datasets_;
+  // A data set: its description, and its rows while some call holds them. `load_mu` makes
+  // concurrent first readers wait for one read instead of each reading the store.
+  struct DatasetSlot {
+    v1::DatasetInfo info;
+    std::mutex load_mu;
+    std::weak_ptr<const engine::Dataset> loaded;
+  };
+  std::map<std::string, std::shared_ptr<DatasetSlot>> datasets_;
 };
 
 v1::DatasetInfo DescribeDataset(const engine::Dataset& d, const std::string& name,

@@ -126,10 +126,11 @@ void Server::Start() {
   auto* health = server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
-  Log()->info("serving dropnet.v1 on {} (port {}), {}{}, {}", config_.listen, port_,
-              tls ? "TLS" : "plaintext",
+  Log()->info("serving dropnet.v1 on {} (port {}), {}{}, {}, {} workers x {} threads",
+              config_.listen, port_, tls ? "TLS" : "plaintext",
               tls && !config_.tls_client_ca.empty() ? " with client certificates" : "",
-              auth_.enabled() ? std::to_string(auth_.size()) + " tokens" : "no tokens (open)");
+              auth_.enabled() ? std::to_string(auth_.size()) + " tokens" : "no tokens (open)",
+              config_.service.workers, config_.service.compute_threads);
 
   if (config_.poll_interval_seconds > 0) {
     poller_ = std::thread([this] {

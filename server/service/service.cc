@@ -10,6 +10,7 @@
 #include "server/engine/mc.h"
 #include "server/engine/metrics.h"
 #include "server/engine/trainer.h"
+#include "server/service/memory.h"
 #include "server/service/status.h"
 
 namespace dropnet::service {
@@ -25,7 +26,7 @@ std::shared_ptr<spdlog::logger> Logger(const char* name) {
   return l ? l : spdlog::default_logger();
 }
 
-bool DeadlinePassed(const grpc::ServerContext* ctx) {
+bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
   return ctx && ctx->deadline() <= std::chrono::system_clock::now();
 }
 
@@ -88,24 +89,34 @@ void CheckDataFits(const Snapshot& s, const engine::Dataset& d, const std::strin
 
 std::string ModeOf(v1::EvalMode m) { return m == v1::EVAL_MODE_MONTE_CARLO ? "monte_carlo" : "eval"; }
 
+// Declared first in a call that allocates a lot (a training, a data set), it hands the memory the
+// call freed back to the system after every other local is gone.
+struct ReleaseFreeMemoryOnExit {
+  ~ReleaseFreeMemoryOnExit() { ReleaseFreeMemory(); }
+};
+
 }  // namespace
 
-// One log line per call: method, model, version, mode, status and latency.
+// One log line per call: method, model, version, mode, status and latency (from the call's
+// arrival, so a queued call's wait for a worker counts).
 struct DropnetService::CallLog {
   const char* method;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::string model = "-", mode = "-";
   int64_t version = 0, rows = 0;
 
-  void Finish(const grpc::Status& status) const {
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  double ElapsedMs() const {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+        .count();
+  }
+  void Finish(const grpc::Status& status) const { Write(status, ElapsedMs()); }
+  void Write(const grpc::Status& status, double ms) const {
     auto log = Logger("rpc");
     if (status.ok()) {
-      log->info("{} model={} version={} mode={} rows={} status=OK {:.2f} ms", method, model,
+      log->info("{} model={} version={} mode={} rows={} status=OK {:.3f} ms", method, model,
                 version, mode, rows, ms);
     } else {
-      log->warn("{} model={} version={} mode={} rows={} status={} {:.2f} ms: {}", method, model,
+      log->warn("{} model={} version={} mode={} rows={} status={} {:.3f} ms: {}", method, model,
                 version, mode, rows, StatusCodeName(status.error_code()), ms,
                 status.error_message());
     }
@@ -113,7 +124,10 @@ struct DropnetService::CallLog {
 };
 
 DropnetService::DropnetService(Registry* registry, ServiceConfig config, const TokenAuth* auth)
-    : registry_(registry), auth_(auth), config_(std::move(config)) {}
+    : registry_(registry),
+      auth_(auth),
+      config_(std::move(config)),
+      executor_(config_.workers, config_.max_queued_calls) {}
 
 void DropnetService::StartDraining() {
   draining_ = true;
@@ -121,9 +135,8 @@ void DropnetService::StartDraining() {
 }
 
 template <typename Body>
-grpc::Status DropnetService::Handle(const char* method, grpc::ServerContext* ctx, Role role,
-                                    Body&& body) {
-  CallLog log{method};
+grpc::Status DropnetService::Run(const char* method, grpc::ServerContextBase* ctx, Role role,
+                                 Body&& body, CallLog& log) {
   grpc::Status status;
   // Admin calls are the ones that write; a read-only replica refuses them.
   const bool mutates = role == Role::kAdmin;
@@ -141,8 +154,75 @@ grpc::Status DropnetService::Handle(const char* method, grpc::ServerContext* ctx
       status = ToStatus(std::current_exception(), DeadlinePassed(ctx));
     }
   }
+  return status;
+}
+
+template <typename Body>
+grpc::Status DropnetService::Handle(const char* method, grpc::ServerContextBase* ctx, Role role,
+                                    Body&& body) {
+  CallLog log{method};
+  const grpc::Status status = Run(method, ctx, role, std::forward<Body>(body), log);
   log.Finish(status);
   return status;
+}
+
+int DropnetService::ThreadsForCall(int64_t work) const {
+  if (work >= 0 && work <= kInlineWork) return 1;
+  const int active = std::max(1, active_calls_.load(std::memory_order_relaxed));
+  return std::max(1, config_.compute_threads / active);
+}
+
+int64_t DropnetService::EstimatedWork(const std::string& model, const v1::Tensor& inputs,
+                                      int64_t samples) const {
+  try {
+    const int64_t rows = inputs.shape().empty() ? 0 : inputs.shape(0);
+    return std::max<int64_t>(rows, 1) * registry_->Get(model)->net.ParameterCount() *
+           std::max<int64_t>(samples, 1);
+  } catch (const ServiceError&) {
+    return 0;  // an unknown model: the answer is an error, found at once
+  }
+}
+
+template <typename Body>
+grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
+                                                grpc::CallbackServerContext* ctx, Role role,
+                                                int64_t work, Body body) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  auto log = std::make_shared<CallLog>(CallLog{method});
+  auto run = [this, method, ctx, role, reactor, log, body = std::move(body)]() mutable {
+    grpc::Status status;
+    // A call that waited past its deadline, or whose client went away, is not computed.
+    if (ctx->IsCancelled()) {
+      status = grpc::Status(StatusCode::CANCELLED, "the call was cancelled while it waited");
+    } else if (DeadlinePassed(ctx)) {
+      status = grpc::Status(StatusCode::DEADLINE_EXCEEDED,
+                            "the deadline passed while the call waited for a worker");
+    } else {
+      active_calls_.fetch_add(1, std::memory_order_relaxed);
+      status = Run(method, ctx, role, body, *log);
+      active_calls_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    // The answer goes out first; the log line is written after it, off the call's latency.
+    const double ms = log->ElapsedMs();
+    reactor->Finish(status);
+    log->Write(status, ms);
+  };
+  // A small call (a row or a few through the network) while a worker is free runs here, on the
+  // gRPC thread that received it: handing it to a worker would cost a thread wake-up of the same
+  // order as its compute.
+  if (work >= 0 && work <= kInlineWork &&
+      active_calls_.load(std::memory_order_relaxed) < executor_.workers()) {
+    run();
+    return reactor;
+  }
+  if (!executor_.Submit(std::move(run))) {
+    const grpc::Status busy(StatusCode::RESOURCE_EXHAUSTED,
+                            "the server is busy: " + std::to_string(executor_.max_queued()) +
+                                " calls already wait for a worker");
+    log->Finish(busy);
+    reactor->Finish(busy);
+  }
+  return reactor;
 }
 
 // ---- Models ----
@@ -201,6 +281,7 @@ grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
                                            grpc::ServerReader<v1::UploadDatasetRequest>* reader,
                                            v1::UploadDatasetResponse* resp) {
   return Handle("UploadDataset", ctx, Role::kAdmin, [&](CallLog& log) {
+    ReleaseFreeMemoryOnExit release;
     v1::UploadDatasetRequest msg;
     if (!reader->Read(&msg) || !msg.has_header()) {
       Fail(StatusCode::INVALID_ARGUMENT, "the first UploadDataset message must be a header");
@@ -309,6 +390,7 @@ grpc::Status DropnetService::ImportDataset(grpc::ServerContext* ctx,
                                            const v1::ImportDatasetRequest* req,
                                            v1::ImportDatasetResponse* resp) {
   return Handle("ImportDataset", ctx, Role::kAdmin, [&](CallLog& log) {
+    ReleaseFreeMemoryOnExit release;
     CheckName("name", req->name());
     log.model = req->name();
     CheckTask("task", req->task());
@@ -389,6 +471,7 @@ grpc::Status DropnetService::DeleteDataset(grpc::ServerContext* ctx,
 
 grpc::Status DropnetService::RunTraining(const v1::TrainRequest& req, const TrainSink& sink,
                                          const std::function<bool()>& stop) {
+  ReleaseFreeMemoryOnExit release;  // the private network, optimizer state and rows, once freed
   auto start_snap = registry_->Get(req.model());
   const auto data_entry = registry_->GetDataset(req.dataset());
   const engine::Dataset& data = *data_entry.data;
@@ -592,9 +675,11 @@ grpc::Status DropnetService::Train(grpc::ServerContext* ctx, const v1::TrainRequ
 
 // ---- Prediction ----
 
-grpc::Status DropnetService::Predict(grpc::ServerContext* ctx, const v1::PredictRequest* req,
-                                     v1::PredictResponse* resp) {
-  return Handle("Predict", ctx, Role::kPredict, [&](CallLog& log) {
+grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* ctx,
+                                                  const v1::PredictRequest* req,
+                                                  v1::PredictResponse* resp) {
+  const int64_t work = EstimatedWork(req->model(), req->inputs(), 1);
+  return Queue("Predict", ctx, Role::kPredict, work, [this, req, resp, work](CallLog& log) {
     log.model = req->model();
     log.mode = "eval";
     SnapshotPtr snap = registry_->Get(req->model());
@@ -602,7 +687,7 @@ grpc::Status DropnetService::Predict(grpc::ServerContext* ctx, const v1::Predict
     Matrix x = ReadInputs(*snap, req->inputs(), config_.max_batch_rows);
     log.rows = x.rows();
     Matrix var;
-    Matrix out = engine::PredictEval(snap->net, snap->task, snap->loss, x, config_.compute_threads,
+    Matrix out = engine::PredictEval(snap->net, snap->task, snap->loss, x, ThreadsForCall(work),
                                      nullptr, nullptr, &var);
     ToTensor(out, resp->mutable_outputs());
     if (var.size()) ToTensor(var, resp->mutable_variances());
@@ -619,10 +704,13 @@ grpc::Status DropnetService::Predict(grpc::ServerContext* ctx, const v1::Predict
   });
 }
 
-grpc::Status DropnetService::PredictUncertainty(grpc::ServerContext* ctx,
-                                                const v1::PredictUncertaintyRequest* req,
-                                                v1::PredictUncertaintyResponse* resp) {
-  return Handle("PredictUncertainty", ctx, Role::kPredict, [&](CallLog& log) {
+grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(
+    grpc::CallbackServerContext* ctx, const v1::PredictUncertaintyRequest* req,
+    v1::PredictUncertaintyResponse* resp) {
+  const int64_t work = EstimatedWork(
+      req->model(), req->inputs(), req->samples() > 0 ? req->samples() : config_.default_samples);
+  return Queue("PredictUncertainty", ctx, Role::kPredict, work,
+               [this, ctx, req, resp, work](CallLog& log) {
     log.model = req->model();
     log.mode = "monte_carlo";
     SnapshotPtr snap = registry_->Get(req->model());
@@ -643,7 +731,7 @@ grpc::Status DropnetService::PredictUncertainty(grpc::ServerContext* ctx,
                " values, the limit is " + std::to_string(config_.max_returned_samples));
     }
     mo.seed = req->has_seed() ? req->seed() : FreshSeed();
-    mo.threads = config_.compute_threads;
+    mo.threads = ThreadsForCall(work);
     mo.memory_budget_bytes = config_.mc_memory_budget_bytes;
     mo.keep_samples = req->return_samples();
     mo.tau = snap->tau;
@@ -681,9 +769,11 @@ grpc::Status DropnetService::PredictUncertainty(grpc::ServerContext* ctx,
   });
 }
 
-grpc::Status DropnetService::Evaluate(grpc::ServerContext* ctx, const v1::EvaluateRequest* req,
-                                      v1::EvaluateResponse* resp) {
-  return Handle("Evaluate", ctx, Role::kPredict, [&](CallLog& log) {
+grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* ctx,
+                                                   const v1::EvaluateRequest* req,
+                                                   v1::EvaluateResponse* resp) {
+  return Queue("Evaluate", ctx, Role::kPredict, /*work=*/-1, [this, ctx, req, resp](CallLog& log) {
+    ReleaseFreeMemoryOnExit release;  // the data set's rows and the outputs, once freed
     log.model = req->model();
     log.mode = ModeOf(req->mode());
     SnapshotPtr snap = registry_->Get(req->model());
@@ -706,13 +796,13 @@ grpc::Status DropnetService::Evaluate(grpc::ServerContext* ctx, const v1::Evalua
     double ll_sum = 0;
     const bool mc = req->mode() == v1::EVAL_MODE_MONTE_CARLO;
     if (!mc) {
-      mean = engine::PredictEval(snap->net, snap->task, snap->loss, x, config_.compute_threads,
+      mean = engine::PredictEval(snap->net, snap->task, snap->loss, x, ThreadsForCall(-1),
                                  nullptr, nullptr, &var);
     } else {
       engine::McOptions mo;
       mo.samples = ResolveSamples(req->samples(), config_.default_samples, config_.max_samples);
       mo.seed = req->has_seed() ? req->seed() : FreshSeed();
-      mo.threads = config_.compute_threads;
+      mo.threads = ThreadsForCall(-1);
       mo.memory_budget_bytes = config_.mc_memory_budget_bytes;
       mo.tau = snap->tau;
       mo.should_stop = [&] { return ctx->IsCancelled() || DeadlinePassed(ctx) || draining_.load(); };

@@ -2,6 +2,11 @@
 // engine. Every handler runs through one wrapper that refuses work while draining, maps
 // exceptions to statuses (status.h) and logs one line per call with model, version, mode, status
 // and latency.
+//
+// Predict, PredictUncertainty and Evaluate use gRPC's callback API: their handlers queue the work
+// on a CallExecutor (executor.h) whose workers compute it, so that any number of calls can wait
+// for a worker and none holds a gRPC thread meanwhile. The other calls (model and data-set
+// management, the Train and UploadDataset streams) are synchronous, on gRPC's threads.
 #ifndef DROPNET_SERVICE_SERVICE_H_
 #define DROPNET_SERVICE_SERVICE_H_
 
@@ -13,6 +18,7 @@
 
 #include "dropnet/v1/service.grpc.pb.h"
 #include "server/service/auth.h"
+#include "server/service/executor.h"
 #include "server/service/registry.h"
 
 namespace dropnet::service {
@@ -24,6 +30,8 @@ struct ServiceConfig {
   int default_samples = 50;
   int max_concurrent_trainings = 2;
   int compute_threads = 1;                 // threads one request computes on
+  int workers = 1;                         // prediction calls computing at a time
+  size_t max_queued_calls = 1024;          // prediction calls waiting for a worker
   int64_t mc_memory_budget_bytes = 64ll << 20;
   int64_t max_dataset_bytes = 2ll << 30;   // UploadDataset: features + targets as float32
   int64_t max_returned_samples = 16 << 20; // PredictUncertainty return_samples: floats
@@ -34,7 +42,12 @@ struct ServiceConfig {
 // Returns false when the receiver is gone (training then stops).
 using TrainSink = std::function<bool(const v1::TrainEvent&)>;
 
-class DropnetService final : public v1::Dropnet::Service {
+// Predict, PredictUncertainty and Evaluate through the callback API, the rest synchronous.
+using DropnetServiceBase = v1::Dropnet::WithCallbackMethod_Predict<
+    v1::Dropnet::WithCallbackMethod_PredictUncertainty<
+        v1::Dropnet::WithCallbackMethod_Evaluate<v1::Dropnet::Service>>>;
+
+class DropnetService final : public DropnetServiceBase {
  public:
   // `auth` may be null (every call allowed); it must outlive the service.
   DropnetService(Registry* registry, ServiceConfig config, const TokenAuth* auth = nullptr);
@@ -66,22 +79,45 @@ class DropnetService final : public v1::Dropnet::Service {
                              v1::DeleteDatasetResponse*) override;
   grpc::Status Train(grpc::ServerContext*, const v1::TrainRequest*,
                      grpc::ServerWriter<v1::TrainEvent>*) override;
-  grpc::Status Predict(grpc::ServerContext*, const v1::PredictRequest*,
-                       v1::PredictResponse*) override;
-  grpc::Status PredictUncertainty(grpc::ServerContext*, const v1::PredictUncertaintyRequest*,
-                                  v1::PredictUncertaintyResponse*) override;
-  grpc::Status Evaluate(grpc::ServerContext*, const v1::EvaluateRequest*,
-                        v1::EvaluateResponse*) override;
+  grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext*, const v1::PredictRequest*,
+                                    v1::PredictResponse*) override;
+  grpc::ServerUnaryReactor* PredictUncertainty(grpc::CallbackServerContext*,
+                                               const v1::PredictUncertaintyRequest*,
+                                               v1::PredictUncertaintyResponse*) override;
+  grpc::ServerUnaryReactor* Evaluate(grpc::CallbackServerContext*, const v1::EvaluateRequest*,
+                                     v1::EvaluateResponse*) override;
 
  private:
   struct CallLog;
+  // Checks the token, draining and read-only state, runs `body` and maps what it throws.
   template <typename Body>
-  grpc::Status Handle(const char* method, grpc::ServerContext* ctx, Role role, Body&& body);
+  grpc::Status Run(const char* method, grpc::ServerContextBase* ctx, Role role, Body&& body,
+                   CallLog& log);
+  // Run, then the call's log line: the synchronous handlers.
+  template <typename Body>
+  grpc::Status Handle(const char* method, grpc::ServerContextBase* ctx, Role role, Body&& body);
+  // Queues `body` on the executor and answers the call when it has run. `work` estimates its
+  // multiply-adds (-1: unknown, large); a call of at most kInlineWork runs at once on the calling
+  // thread when a worker is free.
+  template <typename Body>
+  grpc::ServerUnaryReactor* Queue(const char* method, grpc::CallbackServerContext* ctx, Role role,
+                                  int64_t work, Body body);
+  static constexpr int64_t kInlineWork = int64_t{1} << 21;
+  // Rows x parameters x samples of a prediction call.
+  int64_t EstimatedWork(const std::string& model, const v1::Tensor& inputs, int64_t samples) const;
+  // Engine threads for a prediction call of `work` (see Queue): one for a small call, else all of
+  // --threads when it computes alone and a share when several do. Calls that run side by side
+  // already keep the cores busy; splitting each across all of them too would only add hand-offs,
+  // as would splitting a small one (results do not depend on the thread count).
+  int ThreadsForCall(int64_t work) const;
 
   Registry* registry_;
   const TokenAuth* auth_;
   ServiceConfig config_;
   std::atomic<bool> draining_{false};
+  std::atomic<int> active_calls_{0};  // prediction calls computing now
+  // Last member: destroyed first, so its workers finish before the rest goes.
+  CallExecutor executor_;
 };
 
 }  // namespace dropnet::service

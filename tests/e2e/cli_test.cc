@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -250,6 +251,56 @@ TEST_F(CliTest, EvaluateEvalAndMonteCarlo) {
   EXPECT_GT(k["nll"].get<double>(), 0.0);
   auto t = Run({"evaluate", "digits", "--data", "digits"});
   EXPECT_NE(t.out.find("accuracy  nll"), std::string::npos) << t.out;
+}
+
+TEST_F(CliTest, BenchReportsLatencyAndThroughputPerWorkloadAndLevel) {
+  EnsureDigitsModel();
+  // About a second: 4 workloads x 2 levels x (0.1 s + 0.02 s warm-up).
+  auto r = Run({"bench", "digits", "--concurrency", "1,2", "--duration", "0.1", "--warmup", "0.02",
+                "--batch", "16", "--samples", "10", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = json::parse(r.out);
+  EXPECT_EQ(j["model"], "digits");
+  EXPECT_EQ(j["input_width"], 64);
+  EXPECT_EQ(j["channels"], "a channel per worker");
+  ASSERT_EQ(j["results"].size(), 8u);
+  std::map<std::string, int> seen;
+  for (const auto& x : j["results"]) {
+    const std::string what = x["name"].get<std::string>() + " c" + std::to_string(x["concurrency"].get<int>());
+    ++seen[x["workload"].get<std::string>()];
+    EXPECT_GT(x["calls"].get<int64_t>(), 0) << what;
+    EXPECT_EQ(x["errors"].get<int64_t>(), 0) << what;
+    const double p50 = x["p50_ms"], p90 = x["p90_ms"], p99 = x["p99_ms"];
+    EXPECT_GT(p50, 0.0) << what;
+    EXPECT_GE(p90, p50) << what;
+    EXPECT_GE(p99, p90) << what;
+    EXPECT_GE(x["max_ms"].get<double>(), p99) << what;
+    EXPECT_GT(x["calls_per_second"].get<double>(), 0.0) << what;
+    EXPECT_NEAR(x["rows_per_second"].get<double>(),
+                x["calls_per_second"].get<double>() * x["rows"].get<int>(), 1e-6) << what;
+  }
+  EXPECT_EQ(seen, (std::map<std::string, int>{
+                      {"health", 2}, {"predict", 2}, {"predict-batch", 2}, {"uncertainty", 2}}));
+  EXPECT_EQ(j["results"][2]["rows"], 16);
+  EXPECT_EQ(j["results"][3]["samples"], 10);
+  ASSERT_EQ(j["ratios"].size(), 2u);
+  for (const auto& x : j["ratios"]) {
+    EXPECT_GT(x["predict_p50_over_health_p50"].get<double>(), 0.0);
+    EXPECT_GT(x["uncertainty_p50_over_health_p50"].get<double>(), 0.0);
+  }
+  EXPECT_NE(r.err.find("bench [8/8] concurrency 2, uncertainty T=10: p50"), std::string::npos) << r.err;
+
+  // A fixed number of calls, and the table.
+  auto t = Run({"bench", "digits", "-c", "1", "--count", "20", "--warmup", "0",
+                "--workloads", "health,predict", "--quiet"});
+  ASSERT_EQ(t.code, 0) << t.err;
+  EXPECT_NE(t.out.find("workload    concurrency  calls  errors  p50_ms"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("predict b1  1            20     0"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("p50 over the health-check p50"), std::string::npos) << t.out;
+  EXPECT_TRUE(t.err.empty()) << t.err;
+
+  EXPECT_EQ(Run({"bench", "digits", "--workloads", "nothing"}).code, 2);
+  EXPECT_EQ(Run({"bench", "no-such-model", "--count", "1", "--warmup", "0"}).code, 10 + 5);
 }
 
 TEST_F(CliTest, CtrlCCancelsTrainingAndKeepsAVersion) {
