@@ -175,7 +175,9 @@ bool IsGzip(std::string_view raw) {
 }  // namespace
 
 std::string IdxBytes(std::string_view raw, const std::string& name, uint64_t max_bytes) {
-  if (!IsGzip(raw)) return std::string(raw);
+  if (!IsGzip(raw)) {
+    return std::string(max_bytes < raw.size() ? raw.substr(0, max_bytes + 1) : raw);
+  }
   std::string out;
   z_stream zs{};
   if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) throw std::bad_alloc();

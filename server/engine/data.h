@@ -44,8 +44,8 @@ Dataset LoadIdx(const std::string& images_path, const std::string& labels_path);
 // The same from the files' bytes; the names only go into error messages.
 Dataset ReadIdx(std::string_view images, std::string_view labels,
                 const std::string& images_name = "images", const std::string& labels_name = "labels");
-// The bytes of a file, gunzipped when they start with gzip's magic bytes (one member or several).
-// Inflating stops once the output passes max_bytes; the caller compares the size it gets.
+// The bytes of a file, gunzipped when they start with gzip's magic bytes (one member or several),
+// up to max_bytes + 1 of them: inflating stops there, and the caller compares the size it gets.
 std::string IdxBytes(std::string_view raw, const std::string& name, uint64_t max_bytes);
 
 // Rows `rows` of `data`, in that order.

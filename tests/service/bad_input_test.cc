@@ -739,7 +739,7 @@ TEST_F(BadInputTest, ImportTrainEvaluateAndLayerFamilies) {
   WriteFile(root / "header.csv", "a,b,label\n");
   WriteFile(root / "ragged.csv", "a,b,label\n1,2,0\n3,1\n");
   WriteFile(root / "strings.csv", "a,b,label\n1,2,cat\n");
-  WriteFile(root / "binary.csv", std::string("\x1f\x8b\0\xff\xfe,\0\n\x01\x02", 12));
+  WriteFile(root / "binary.csv", std::string("\x1f\x8b\0\xff\xfe,\0\n\x01\x02", 10));
   WriteFile(root / "sub" / "x.csv", ok);
   fs::create_symlink(dir_ / "outside.csv", root / "link.csv");
   // IDX: three 3x3 images, their three labels, two labels, a gzip stream cut in half, a gzip

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Server memory against parameter bytes: starts dropnet-server on a temporary store on loopback,
+# imports the first ROWS Fashion-MNIST training images, creates MODELS copies of the example MLP
+# (examples/fashion_mlp.json: 784-512-512-10, ReLU, dropout 0.5; 669,706 float32 parameters) and
+# trains each for EPOCHS epochs on those rows, one after the other. Then it reads VmRSS (resident
+# now) and VmHWM (the peak) from /proc/<pid>/status and compares VmRSS with the target
+# 1.5 x parameter bytes + 60 MB.
+#
+#   bench/memory_bench.sh [--rows N] [--epochs N] [--models N] [--threads N] [--json FILE]
+#
+# Defaults: 10 models, 10,000 rows, 1 epoch, the server's default threads. Take the lock the
+# machine's benchmarks share so that nothing else runs meanwhile:
+#   flock /tmp/dropnet-build.lock bench/memory_bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rows=10000 epochs=1 models=10 threads="" json=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --rows) rows="$2"; shift 2 ;;
+    --epochs) epochs="$2"; shift 2 ;;
+    --models) models="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    --json) json="$2"; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "memory_bench.sh: unknown argument '$1' (--help)" >&2; exit 2 ;;
+  esac
+done
+
+bin="${DROPNET_BUILD_DIR:-build}/bin"
+data_root=/usr/share/datasets
+[[ -x "$bin/dropnet-server" && -x "$bin/dropnet" ]] || { echo "build first: cmake --build build" >&2; exit 1; }
+[[ -f "$data_root/fashion-mnist/train-images-idx3-ubyte.gz" ]] ||
+  { echo "Fashion-MNIST is missing: apt-get install dataset-fashion-mnist" >&2; exit 1; }
+
+tmp=$(mktemp -d)
+server_pid=""
+cleanup() {
+  if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+server_args=(--listen 127.0.0.1:0 --store "$tmp/store" --data-root "$data_root" --log-level info)
+[[ -n "$threads" ]] && server_args+=(--threads "$threads")
+"$bin/dropnet-server" "${server_args[@]}" 2> "$tmp/server.log" &
+server_pid=$!
+port=""
+for _ in $(seq 100); do
+  port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$tmp/server.log" | head -1)
+  [[ -n "$port" ]] && break
+  sleep 0.1
+done
+[[ -n "$port" ]] || { cat "$tmp/server.log" >&2; exit 1; }
+export DROPNET_SERVER="127.0.0.1:$port"
+
+status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$server_pid/status"; }
+mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
+
+rss_start=$(status_kb VmRSS)
+echo "server pid $server_pid on $DROPNET_SERVER: VmRSS $(mb "$rss_start") MB at start" >&2
+
+"$bin/dropnet" data import fashion-train fashion-mnist/train-images-idx3-ubyte.gz \
+  fashion-mnist/train-labels-idx1-ubyte.gz --limit "$rows" >&2
+for i in $(seq 1 "$models"); do
+  "$bin/dropnet" models create "mlp-$i" --spec examples/fashion_mlp.json > /dev/null
+  "$bin/dropnet" train "mlp-$i" --data fashion-train --epochs "$epochs" --seed "$i" > "$tmp/train-$i.log"
+  echo "trained mlp-$i: $(grep -o 'epoch [0-9]*/[0-9]*  loss [0-9.]*  acc [0-9.]*' "$tmp/train-$i.log" | tail -1);" \
+    "VmRSS $(mb "$(status_kb VmRSS)") MB" >&2
+done
+sleep 1  # let the last training's thread finish releasing
+
+params=$("$bin/dropnet" models get mlp-1 --format json | sed -n 's/.*"parameter_count": "\([0-9]*\)".*/\1/p')
+rss=$(status_kb VmRSS)
+hwm=$(status_kb VmHWM)
+param_bytes=$((models * params * 4))  # the engine computes in float32
+budget_bytes=$((param_bytes * 3 / 2 + 60 * 1024 * 1024))
+met=$([[ $((rss * 1024)) -lt $budget_bytes ]] && echo yes || echo no)
+
+printf '| models | parameters each | parameter bytes | VmRSS at start | VmRSS | VmHWM | target (1.5 x params + 60 MB) | met |\n'
+printf '|---|---|---|---|---|---|---|---|\n'
+printf '| %d | %d | %s MB | %s MB | %s MB | %s MB | %s MB | %s |\n' "$models" "$params" \
+  "$(mb $((param_bytes / 1024)))" "$(mb "$rss_start")" "$(mb "$rss")" "$(mb "$hwm")" \
+  "$(mb $((budget_bytes / 1024)))" "$met"
+if [[ -n "$json" ]]; then
+  printf '{"models": %d, "rows": %d, "epochs": %d, "parameters_each": %d, "parameter_bytes": %d, "vm_rss_start_kb": %d, "vm_rss_kb": %d, "vm_hwm_kb": %d, "target_bytes": %d, "met": %s}\n' \
+    "$models" "$rows" "$epochs" "$params" "$param_bytes" "$rss_start" "$rss" "$hwm" "$budget_bytes" \
+    "$([[ $met == yes ]] && echo true || echo false)" > "$json"
+fi
