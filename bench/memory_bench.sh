@@ -4,7 +4,7 @@
 # (examples/fashion_mlp.json: 784-512-512-10, ReLU, dropout 0.5; 669,706 float32 parameters) and
 # trains each for EPOCHS epochs on those rows, one after the other. Then it reads VmRSS (resident
 # now) and VmHWM (the peak) from /proc/<pid>/status and compares VmRSS with the target
-# 1.5 x parameter bytes + 60 MB.
+# 1.5 x parameter bytes + 60 MB (MB: 10^6 bytes).
 #
 #   bench/memory_bench.sh [--rows N] [--epochs N] [--models N] [--threads N] [--json FILE]
 #
@@ -55,13 +55,14 @@ done
 export DROPNET_SERVER="127.0.0.1:$port"
 
 status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$server_pid/status"; }
-mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
+mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb * 1024 / 1e6 }'; }  # kB (KiB) -> MB (10^6 bytes)
 
 rss_start=$(status_kb VmRSS)
 echo "server pid $server_pid on $DROPNET_SERVER: VmRSS $(mb "$rss_start") MB at start" >&2
 
 "$bin/dropnet" data import fashion-train fashion-mnist/train-images-idx3-ubyte.gz \
   fashion-mnist/train-labels-idx1-ubyte.gz --limit "$rows" >&2
+echo "after the import: VmRSS $(mb "$(status_kb VmRSS)") MB, VmHWM $(mb "$(status_kb VmHWM)") MB" >&2
 for i in $(seq 1 "$models"); do
   "$bin/dropnet" models create "mlp-$i" --spec examples/fashion_mlp.json > /dev/null
   "$bin/dropnet" train "mlp-$i" --data fashion-train --epochs "$epochs" --seed "$i" > "$tmp/train-$i.log"
@@ -74,14 +75,14 @@ params=$("$bin/dropnet" models get mlp-1 --format json | sed -n 's/.*"parameter_
 rss=$(status_kb VmRSS)
 hwm=$(status_kb VmHWM)
 param_bytes=$((models * params * 4))  # the engine computes in float32
-budget_bytes=$((param_bytes * 3 / 2 + 60 * 1024 * 1024))
+budget_bytes=$((param_bytes * 3 / 2 + 60000000))
 met=$([[ $((rss * 1024)) -lt $budget_bytes ]] && echo yes || echo no)
 
 printf '| models | parameters each | parameter bytes | VmRSS at start | VmRSS | VmHWM | target (1.5 x params + 60 MB) | met |\n'
 printf '|---|---|---|---|---|---|---|---|\n'
 printf '| %d | %d | %s MB | %s MB | %s MB | %s MB | %s MB | %s |\n' "$models" "$params" \
-  "$(mb $((param_bytes / 1024)))" "$(mb "$rss_start")" "$(mb "$rss")" "$(mb "$hwm")" \
-  "$(mb $((budget_bytes / 1024)))" "$met"
+  "$(awk -v b="$param_bytes" 'BEGIN { printf "%.1f", b / 1e6 }')" "$(mb "$rss_start")" \
+  "$(mb "$rss")" "$(mb "$hwm")" "$(awk -v b="$budget_bytes" 'BEGIN { printf "%.1f", b / 1e6 }')" "$met"
 if [[ -n "$json" ]]; then
   printf '{"models": %d, "rows": %d, "epochs": %d, "parameters_each": %d, "parameter_bytes": %d, "vm_rss_start_kb": %d, "vm_rss_kb": %d, "vm_hwm_kb": %d, "target_bytes": %d, "met": %s}\n' \
     "$models" "$rows" "$epochs" "$params" "$param_bytes" "$rss_start" "$rss" "$hwm" "$budget_bytes" \

@@ -1,5 +1,7 @@
 #include "client/cli/bench.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -152,6 +154,14 @@ void RunWorker(dc::Client& client, const Requests& requests, const Phase& phase,
   }
 }
 
+// CPU time this process has used, user and system, in seconds.
+double ProcessCpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
 // Nearest-rank percentile of sorted values.
 double Percentile(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return std::nan("");
@@ -232,7 +242,8 @@ json BenchReport::ToJson() const {
                             {"mean_ms", r.mean_ms},
                             {"max_ms", r.max_ms},
                             {"calls_per_second", r.calls_per_second},
-                            {"rows_per_second", r.rows_per_second}});
+                            {"rows_per_second", r.rows_per_second},
+                            {"client_cpu", r.client_cpu}});
     if (!r.first_error.empty()) j["results"].back()["first_error"] = r.first_error;
     if (std::find(levels.begin(), levels.end(), r.concurrency) == levels.end()) {
       levels.push_back(r.concurrency);
@@ -257,14 +268,14 @@ void BenchReport::PrintTable(std::ostream& out) const {
       << " per row after " << Fixed(warmup_seconds, 1) << " s warm-up\n\n";
   std::vector<std::vector<std::string>> rows = {{"workload", "concurrency", "calls", "errors",
                                                  "p50_ms", "p90_ms", "p99_ms", "calls/s",
-                                                 "rows/s"}};
+                                                 "rows/s", "client_cpu"}};
   std::vector<int> levels;
   std::string one_name, unc_name;
   for (const auto& r : results) {
     rows.push_back({r.name, std::to_string(r.concurrency), std::to_string(r.calls),
                     std::to_string(r.errors), Fixed(r.p50_ms, 3), Fixed(r.p90_ms, 3),
                     Fixed(r.p99_ms, 3), Fixed(r.calls_per_second, 0),
-                    r.rows ? Fixed(r.rows_per_second, 0) : "-"});
+                    r.rows ? Fixed(r.rows_per_second, 0) : "-", Fixed(r.client_cpu, 2)});
     if (std::find(levels.begin(), levels.end(), r.concurrency) == levels.end()) {
       levels.push_back(r.concurrency);
     }
@@ -383,6 +394,8 @@ BenchReport RunBench(const dc::ClientOptions& client_options, const BenchOptions
                               std::chrono::duration<double>(o.duration_seconds));
       if (o.count > 0) phase.remaining = &remaining;
       std::vector<WorkerLog> logs(level);
+      const double cpu_start = ProcessCpuSeconds();
+      const Clock::time_point wall_start = Clock::now();
       std::vector<std::thread> workers;
       for (int i = 0; i < level; ++i) {
         dc::Client& client = *clients[o.shared_channel ? 0 : i];
@@ -390,6 +403,8 @@ BenchReport RunBench(const dc::ClientOptions& client_options, const BenchOptions
             [&, i, &client = client] { RunWorker(client, requests, phase, i, &logs[i]); });
       }
       for (auto& t : workers) t.join();
+      const double wall = std::chrono::duration<double>(Clock::now() - wall_start).count();
+      r.client_cpu = wall > 0 ? (ProcessCpuSeconds() - cpu_start) / wall : 0;
 
       std::vector<double> all;
       int64_t completed = 0;

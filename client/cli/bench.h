@@ -55,6 +55,9 @@ struct BenchResult {
   double seconds = 0;   // measured window
   double p50_ms = 0, p90_ms = 0, p99_ms = 0, mean_ms = 0, max_ms = 0;
   double calls_per_second = 0, rows_per_second = 0;
+  // Cores this client kept busy meanwhile (CPU seconds over wall seconds, warm-up included): on a
+  // machine shared with the server, what the load generator took from it.
+  double client_cpu = 0;
 };
 
 struct BenchReport {

@@ -276,6 +276,7 @@ TEST_F(CliTest, BenchReportsLatencyAndThroughputPerWorkloadAndLevel) {
     EXPECT_GE(p99, p90) << what;
     EXPECT_GE(x["max_ms"].get<double>(), p99) << what;
     EXPECT_GT(x["calls_per_second"].get<double>(), 0.0) << what;
+    EXPECT_GE(x["client_cpu"].get<double>(), 0.0) << what;
     EXPECT_NEAR(x["rows_per_second"].get<double>(),
                 x["calls_per_second"].get<double>() * x["rows"].get<int>(), 1e-6) << what;
   }
