@@ -345,18 +345,26 @@ StoredDatasetEntry Registry::GetDataset(const std::string& name) const {
     slot = it->second;
   }
   std::lock_guard load(slot->load_mu);
-  std::shared_ptr<const engine::Dataset> data = slot->loaded.lock();
-  if (!data) {
+  if (!slot->rows) {
     try {
-      data = std::make_shared<const engine::Dataset>(FromStored(store_->LoadDataset(name)));
+      slot->rows = std::make_shared<const engine::Dataset>(FromStored(store_->LoadDataset(name)));
     } catch (const ServiceError&) {
       throw;
     } catch (const std::exception& e) {
       Fail(grpc::StatusCode::DATA_LOSS, "data set '" + name + "' cannot be read: " + e.what());
     }
-    slot->loaded = data;
   }
-  return StoredDatasetEntry{std::move(data), slot->info};
+  ++slot->users;
+  // A handle on the slot's rows; the last one to go frees them.
+  std::shared_ptr<const engine::Dataset> handle(slot->rows.get(), [slot](const engine::Dataset*) {
+    std::shared_ptr<const engine::Dataset> last;
+    {
+      std::lock_guard lock(slot->load_mu);
+      if (--slot->users == 0) last = std::move(slot->rows);
+    }
+    // `last` frees the rows here, outside the lock.
+  });
+  return StoredDatasetEntry{std::move(handle), slot->info};
 }
 
 std::vector<v1::DatasetInfo> Registry::ListDatasets() const {

@@ -107,12 +107,14 @@ class Registry {
   SpecLimits limits_;
   mutable std::mutex mu_;
   std::map<std::string, Entry> models_;
-  // A data set: its description, and its rows while some call holds them. `load_mu` makes
-  // concurrent first readers wait for one read instead of each reading the store.
+  // A data set: its description, and its rows while `users` calls hold them. `load_mu` guards
+  // the rows and makes concurrent first readers wait for one read instead of each reading the
+  // store.
   struct DatasetSlot {
     v1::DatasetInfo info;
     std::mutex load_mu;
-    std::weak_ptr<const engine::Dataset> loaded;
+    std::shared_ptr<const engine::Dataset> rows;
+    int users = 0;
   };
   std::map<std::string, std::shared_ptr<DatasetSlot>> datasets_;
 };
