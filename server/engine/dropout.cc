@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <vector>
 
 #include "server/engine/parallel.h"
 
@@ -15,22 +16,48 @@ void CheckDropRate(const char* field, double p) {
   }
 }
 
-Matrix BernoulliMask(int64_t rows, int64_t cols, double p, float keep_value, const Context& ctx) {
-  Matrix mask(rows, cols);
+namespace {
+
+// The mask of BernoulliMask row by row; with x, also y = x * mask in the same pass (and the mask
+// kept only when `mask` is non-null), so a pass that needs no backward never stores it.
+void DrawMask(int64_t rows, int64_t cols, double p, float keep_value, const Context& ctx,
+              const Matrix* x, Matrix* y, Matrix* mask) {
+  if (mask) mask->resize(rows, cols);
+  if (y) y->resize(rows, cols);
   // Element dropped when its 32-bit word falls below p * 2^32.
   // p < 1, so p * 2^32 < 2^32 fits the word's range.
   const uint32_t threshold = static_cast<uint32_t>(std::ldexp(p, 32));
   const int threads = rows * cols < (1 << 14) ? 1 : ctx.threads;
   ParallelFor(rows, threads, [&, keep_value](int64_t r0, int64_t r1) {
-    std::vector<uint32_t> bits(cols);
+    thread_local std::vector<uint32_t> bits;
+    bits.resize(cols);
     const uint32_t* w = bits.data();
     for (int64_t r = r0; r < r1; ++r) {
       RowRng(ctx.rng, ctx.layer, r).Bits(bits.data(), cols);
-      float* m = mask.row(r).data();
       // Branch-free (the comparison is a coin flip), so it vectorises.
-      for (int64_t j = 0; j < cols; ++j) m[j] = static_cast<float>(w[j] >= threshold) * keep_value;
+      if (mask) {
+        float* m = mask->row(r).data();
+        for (int64_t j = 0; j < cols; ++j) m[j] = static_cast<float>(w[j] >= threshold) * keep_value;
+        if (x) {
+          const float* xr = x->row(r).data();
+          float* yr = y->row(r).data();
+          for (int64_t j = 0; j < cols; ++j) yr[j] = xr[j] * m[j];
+        }
+      } else {
+        const float* xr = x->row(r).data();
+        float* yr = y->row(r).data();
+        for (int64_t j = 0; j < cols; ++j)
+          yr[j] = xr[j] * (static_cast<float>(w[j] >= threshold) * keep_value);
+      }
     }
   });
+}
+
+}  // namespace
+
+Matrix BernoulliMask(int64_t rows, int64_t cols, double p, float keep_value, const Context& ctx) {
+  Matrix mask;
+  DrawMask(rows, cols, p, keep_value, ctx, nullptr, nullptr, &mask);
   return mask;
 }
 
@@ -47,9 +74,7 @@ void Dropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Ma
     return;
   }
   const float keep_value = config_.classic_scaling ? 1.0f : static_cast<float>(1.0 / (1.0 - p));
-  Matrix mask = BernoulliMask(x.rows(), x.cols(), p, keep_value, ctx);
-  *y = x.cwiseProduct(mask);
-  if (cache) cache->mask = std::move(mask);
+  DrawMask(x.rows(), x.cols(), p, keep_value, ctx, &x, y, cache ? &cache->mask : nullptr);
 }
 
 void Dropout::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -23,37 +24,24 @@ thread_local bool in_pool_worker = false;
 // than a futex sleep and wake-up.
 constexpr auto kSpin = std::chrono::microseconds(50);
 
+// Products with fewer multiply-adds run on one thread: the hand-off would cost more than it saves.
+constexpr int64_t kMinParallel = int64_t{1} << 16;
+
 inline void CpuRelax() {
 #if defined(__x86_64__)
   __builtin_ia32_pause();
 #endif
 }
 
+// Workers that find no task spin for kSpin before sleeping, at most one fewer than there are
+// cores (the thread that hands work out runs a part of it itself), so spinning never takes a
+// core from the threads doing the work. Submit wakes a sleeper only when the tasks waiting
+// outnumber the spinners: waking a thread that then finds nothing to do costs a context switch
+// on a core someone needs.
 class Pool {
  public:
-  explicit Pool(int n) {
-    for (int i = 0; i < n; ++i) {
-      workers_.emplace_back([this] {
-        in_pool_worker = true;
-        for (;;) {
-          const auto until = std::chrono::steady_clock::now() + kSpin;
-          while (queued_.load(std::memory_order_acquire) == 0 &&
-                 std::chrono::steady_clock::now() < until) {
-            for (int k = 0; k < 16; ++k) CpuRelax();
-          }
-          std::function<void()> task;
-          {
-            std::unique_lock lock(mu_);
-            cv_.wait(lock, [this] { return stop_ || !tasks_.empty(); });
-            if (stop_ && tasks_.empty()) return;
-            task = std::move(tasks_.front());
-            tasks_.pop_front();
-            queued_.fetch_sub(1, std::memory_order_relaxed);
-          }
-          task();
-        }
-      });
-    }
+  explicit Pool(int n) : max_spinners_(std::max(1, HardwareThreads() - 1)) {
+    for (int i = 0; i < n; ++i) workers_.emplace_back([this] { Work(); });
   }
   ~Pool() {
     {
@@ -64,19 +52,69 @@ class Pool {
     for (auto& w : workers_) w.join();
   }
   void Submit(std::function<void()> task) {
+    bool wake;
     {
       std::lock_guard lock(mu_);
       tasks_.push_back(std::move(task));
       queued_.fetch_add(1, std::memory_order_release);
+      wake = static_cast<int>(tasks_.size()) > spinners_;
     }
-    cv_.notify_one();
+    if (wake) cv_.notify_one();
+  }
+  // Sets up to n sleeping workers spinning, without a task.
+  void Wake(int n) {
+    int to_wake;
+    {
+      std::lock_guard lock(mu_);
+      to_wake = std::min(n, max_spinners_) - spinners_ - waking_;
+      if (to_wake <= 0) return;
+      waking_ += to_wake;
+    }
+    for (int i = 0; i < to_wake; ++i) cv_.notify_one();
   }
 
  private:
+  void Work() {
+    in_pool_worker = true;
+    for (;;) {
+      std::unique_lock lock(mu_);
+      if (tasks_.empty() && !stop_ && spinners_ < max_spinners_) {
+        // A spinner is counted until it holds the lock again, so a task queued meanwhile is
+        // either seen here or woken for.
+        ++spinners_;
+        const auto until = std::chrono::steady_clock::now() + kSpin;
+        bool expired = false;
+        while (tasks_.empty() && !stop_ && !expired) {
+          lock.unlock();
+          while (queued_.load(std::memory_order_acquire) == 0 &&
+                 !(expired = std::chrono::steady_clock::now() >= until)) {
+            for (int k = 0; k < 16; ++k) CpuRelax();
+          }
+          lock.lock();
+        }
+        --spinners_;
+      }
+      cv_.wait(lock, [this] { return stop_ || !tasks_.empty() || waking_ > 0; });
+      if (tasks_.empty()) {
+        if (stop_) return;
+        --waking_;  // woken to spin
+        continue;
+      }
+      std::function<void()> task = std::move(tasks_.front());
+      tasks_.pop_front();
+      queued_.fetch_sub(1, std::memory_order_relaxed);
+      lock.unlock();
+      task();
+    }
+  }
+
+  const int max_spinners_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> tasks_;
   std::atomic<int> queued_{0};
+  int spinners_ = 0;  // guarded by mu_
+  int waking_ = 0;    // workers Wake() has notified that have not woken yet; guarded by mu_
   std::vector<std::thread> workers_;
   bool stop_ = false;
 };
@@ -88,6 +126,10 @@ Pool& SharedPool() {
 }
 
 }  // namespace
+
+void WakeWorkers(int threads) {
+  if (threads > 1) SharedPool().Wake(threads - 1);
+}
 
 int HardwareThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
@@ -148,7 +190,7 @@ void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b
   if (inner != inner_b) throw InvalidArgument("MatMul: inner dimensions differ");
   if (!accumulate) c->resize(rows, cols);
   // Small products are not worth a hand-off.
-  if (rows * cols * inner < (1 << 18)) threads = 1;
+  if (rows * cols * inner < kMinParallel) threads = 1;
   if (FastGemmAvailable()) {
     // The AVX-512 kernel of conv.h: each element's sum runs in the same order whatever the row
     // or column range, so the thread count does not change the result.
@@ -193,22 +235,25 @@ void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int 
   std::vector<int32_t> index;
   bool worth_it = FastGemmAvailable();
   if (worth_it) {
-    // Stops scanning as soon as fewer than a quarter of the columns can still be all zero.
-    std::vector<uint8_t> used(inner, 0);
-    int64_t used_count = 0;
-    for (int64_t r = 0; r < rows && worth_it; ++r) {
-      const float* ar = a.row(r).data();
-      for (int64_t j = 0; j < inner; ++j) {
-        const uint8_t u = ar[j] != 0.0f;
-        used_count += u & ~used[j];
-        used[j] |= u;
+    // A column is used when any row holds a value other than +0 or -0 there: OR the bits of the
+    // rows (sign bit cleared), eight rows at a time, and stop as soon as fewer than a quarter of
+    // the columns can still be all zero.
+    thread_local std::vector<uint32_t> used;
+    used.assign(inner, 0);
+    uint32_t* u = used.data();
+    for (int64_t r0 = 0; r0 < rows && worth_it; r0 += 8) {
+      const int64_t r1 = std::min(rows, r0 + 8);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* ar = a.row(r).data();
+        for (int64_t j = 0; j < inner; ++j) u[j] |= std::bit_cast<uint32_t>(ar[j]) & 0x7fffffffu;
       }
+      int64_t used_count = 0;
+      for (int64_t j = 0; j < inner; ++j) used_count += u[j] != 0;
       worth_it = used_count * 4 <= inner * 3;
     }
     if (worth_it) {
-      index.reserve(used_count);
       for (int64_t j = 0; j < inner; ++j)
-        if (used[j]) index.push_back(static_cast<int32_t>(j));
+        if (u[j]) index.push_back(static_cast<int32_t>(j));
     }
   }
   if (!worth_it) {
@@ -217,10 +262,13 @@ void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int 
   }
   const int64_t kn = static_cast<int64_t>(index.size());
   Matrix packed(rows, kn);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t i = 0; i < kn; ++i) packed(r, i) = a(r, index[i]);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* ar = a.row(r).data();
+    float* pr = packed.row(r).data();
+    for (int64_t i = 0; i < kn; ++i) pr[i] = ar[index[i]];
+  }
   c->resize(rows, cols);
-  if (rows * cols * kn < (1 << 18)) threads = 1;
+  if (rows * cols * kn < kMinParallel) threads = 1;
   if (cols >= 64 * threads && (rows < 8 * threads || rows <= cols)) {
     const int64_t blocks = (cols + 63) / 64;
     ParallelFor(blocks, threads, [&](int64_t b0, int64_t b1) {

@@ -17,6 +17,10 @@ namespace dropnet::engine {
 // Runs fn(begin, end) over a partition of [0, n) on up to `threads` threads and waits.
 void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn);
 
+// Gets the workers a ParallelFor over `threads` threads will use spinning, so that it does not
+// wait for them to wake up: call it when such work is about to start.
+void WakeWorkers(int threads);
+
 // Hardware threads, at least 1.
 int HardwareThreads();
 

@@ -1,5 +1,6 @@
 #include "server/service/service.h"
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <random>
@@ -9,6 +10,7 @@
 
 #include "server/engine/mc.h"
 #include "server/engine/metrics.h"
+#include "server/engine/parallel.h"
 #include "server/engine/trainer.h"
 #include "server/service/memory.h"
 #include "server/service/status.h"
@@ -30,9 +32,17 @@ bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
   return ctx && ctx->deadline() <= std::chrono::system_clock::now();
 }
 
+// A seed for a call that gave none: a SplitMix64 sequence started from the system's entropy
+// once per process (opening std::random_device per call cost more than a small prediction).
 uint64_t FreshSeed() {
-  std::random_device rd;
-  return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  static std::atomic<uint64_t> state = [] {
+    std::random_device rd;
+    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  }();
+  uint64_t z = state.fetch_add(0x9E3779B97F4A7C15ull, std::memory_order_relaxed) + 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
 }
 
 // Reads a request batch, checks its size and applies the model's standardisation.
@@ -189,7 +199,7 @@ grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
                                                 int64_t work, Body body) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   auto log = std::make_shared<CallLog>(CallLog{method});
-  auto run = [this, method, ctx, role, reactor, log, body = std::move(body)]() mutable {
+  auto run = [this, method, ctx, role, reactor, log, work, body = std::move(body)]() mutable {
     grpc::Status status;
     // A call that waited past its deadline, or whose client went away, is not computed.
     if (ctx->IsCancelled()) {
@@ -199,6 +209,9 @@ grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
                             "the deadline passed while the call waited for a worker");
     } else {
       active_calls_.fetch_add(1, std::memory_order_relaxed);
+      // The engine's workers start spinning now, while the call reads its inputs, instead of
+      // being woken by its first product.
+      engine::WakeWorkers(ThreadsForCall(work));
       status = Run(method, ctx, role, body, *log);
       active_calls_.fetch_sub(1, std::memory_order_relaxed);
     }

@@ -1,13 +1,17 @@
 // Tests for parallel.h: the product paths (rows split, columns split, few-row kernel, zero
 // columns skipped) give one result, bit for bit, whatever the thread count; ParallelFor covers
-// its range once and passes exceptions on.
+// its range once, from any number of callers at once, and passes exceptions on.
 #include "server/engine/parallel.h"
 
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <cstring>
+#include <chrono>
+#include <limits>
 #include <random>
+#include <thread>
+#include <vector>
 
 namespace dropnet::engine {
 namespace {
@@ -72,6 +76,25 @@ TEST(MatMulTest, SkippingZeroColumnsChangesNoBit) {
   }
 }
 
+TEST(MatMulTest, NegativeZeroColumnsAreSkippedAndNonFiniteOnesKept) {
+  for (int64_t rows : {1, 6, 40}) {
+    Matrix a = RandomMatrix(rows, 300, 6);
+    for (int64_t j = 0; j < 250; ++j) a.col(j).setZero();
+    for (int64_t j = 0; j < 250; j += 3) a.col(j).setConstant(-0.0f);
+    const Matrix b = RandomMatrix(300, 70, 7);
+    Matrix dense, skipped;
+    MatMul(a, false, b, false, &dense, 1);
+    MatMulSkippingZeroColumns(a, b, &skipped, 2);
+    ASSERT_TRUE(BitEqual(dense, skipped)) << rows << " rows";
+    // A column holding NaN or infinity in one row is not all zero: it stays in the product.
+    a(rows - 1, 5) = std::numeric_limits<float>::quiet_NaN();
+    a(0, 7) = std::numeric_limits<float>::infinity();
+    MatMulSkippingZeroColumns(a, b, &skipped, 2);
+    EXPECT_TRUE(skipped.row(rows - 1).array().isNaN().all()) << rows << " rows";
+    EXPECT_FALSE(skipped.row(0).array().isFinite().all()) << rows << " rows";
+  }
+}
+
 TEST(ParallelForTest, CoversTheRangeOnceAndRethrows) {
   for (int threads : {1, 2, 3, 8}) {
     std::vector<std::atomic<int>> hits(1000);
@@ -85,6 +108,27 @@ TEST(ParallelForTest, CoversTheRangeOnceAndRethrows) {
                              if (b > 0) throw InvalidArgument("worker failed");
                            }),
                InvalidArgument);
+}
+
+// Several callers at once, each waking the workers first or not: every range is covered once and
+// no call waits forever for a task that a spinning worker was expected to take (the test would
+// time out).
+TEST(ParallelForTest, ConcurrentCallersAndWakeUpsLoseNoTask) {
+  constexpr int kCallers = 4, kRounds = 2000;
+  std::atomic<int64_t> total{0};
+  std::vector<std::thread> callers;
+  for (int c = 0; c < kCallers; ++c) {
+    callers.emplace_back([&, c] {
+      for (int round = 0; round < kRounds; ++round) {
+        if ((round + c) % 3 == 0) WakeWorkers(3);
+        // Every few rounds a pause longer than the workers' spin, so they also go to sleep.
+        if (round % 500 == 499) std::this_thread::sleep_for(std::chrono::microseconds(200));
+        ParallelFor(64, 1 + (round + c) % 4, [&](int64_t b, int64_t e) { total += e - b; });
+      }
+    });
+  }
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(total.load(), int64_t{kCallers} * kRounds * 64);
 }
 
 }  // namespace
