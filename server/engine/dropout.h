@@ -26,6 +26,9 @@ class Dropout : public Layer {
   std::string Type() const override { return "dropout"; }
   std::unique_ptr<Layer> Clone() const override { return std::make_unique<Dropout>(*this); }
   bool IsStochastic() const override { return config_.rate > 0.0; }
+  bool PassesThrough(Mode mode) const override {
+    return config_.rate == 0.0 || (mode == Mode::kEval && !config_.classic_scaling);
+  }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;

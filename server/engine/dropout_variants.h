@@ -28,6 +28,7 @@ class SpatialDropout : public Layer {
   std::string Type() const override { return config_.type; }
   std::unique_ptr<Layer> Clone() const override { return std::make_unique<SpatialDropout>(*this); }
   bool IsStochastic() const override { return config_.rate > 0.0; }
+  bool PassesThrough(Mode mode) const override { return config_.rate == 0.0 || !Stochastic(mode); }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;
@@ -45,6 +46,7 @@ class GaussianDropout : public Layer {
   std::string Type() const override { return "gaussian_dropout"; }
   std::unique_ptr<Layer> Clone() const override { return std::make_unique<GaussianDropout>(*this); }
   bool IsStochastic() const override { return config_.rate > 0.0; }
+  bool PassesThrough(Mode mode) const override { return config_.rate == 0.0 || !Stochastic(mode); }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;
@@ -57,6 +59,7 @@ class AlphaDropout : public Layer {
   std::string Type() const override { return "alpha_dropout"; }
   std::unique_ptr<Layer> Clone() const override { return std::make_unique<AlphaDropout>(*this); }
   bool IsStochastic() const override { return config_.rate > 0.0; }
+  bool PassesThrough(Mode mode) const override { return config_.rate == 0.0 || !Stochastic(mode); }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;

@@ -109,6 +109,10 @@ class Layer {
   // True when the layer draws random numbers in kTrain and kMonteCarlo.
   virtual bool IsStochastic() const { return false; }
 
+  // True when Forward in `mode` returns its input unchanged (y = x), so that a pass with no
+  // cache to record may skip the layer instead of copying the activation.
+  virtual bool PassesThrough(Mode mode) const { return false; }
+
   // y = f(x). In kTrain `cache` is non-null and must receive what Backward needs.
   virtual void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const = 0;
 

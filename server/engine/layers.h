@@ -56,6 +56,7 @@ class Flatten : public Layer {
   Flatten(const LayerConfig& config, const Shape& input);
   std::string Type() const override { return "flatten"; }
   std::unique_ptr<Layer> Clone() const override { return std::make_unique<Flatten>(*this); }
+  bool PassesThrough(Mode) const override { return true; }  // rows are already flat
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;

@@ -114,22 +114,31 @@ Matrix Network::Forward(const Matrix& x, const Context& ctx, ForwardCache* cache
   }
   if (ctx.mode == Mode::kTrain && !cache) throw InvalidArgument("kTrain forward needs a cache");
   if (cache) cache->layers.resize(layers_.size());
-  // In kTrain each activation moves into the cache of the layer that reads it (KeepInput), so
-  // nothing is copied; otherwise two buffers alternate.
-  Matrix a, b;
   Context layer_ctx = ctx;
+  if (!cache) {
+    // Two buffers alternate; layers that pass their input through are skipped, not copied.
+    Matrix a, b;
+    const Matrix* in = &x;
+    for (int i = begin; i < end; ++i) {
+      if (layers_[i]->PassesThrough(ctx.mode)) continue;
+      layer_ctx.layer = static_cast<uint32_t>(i);
+      Matrix& out = in == &a ? b : a;
+      layers_[i]->Forward(*in, layer_ctx, nullptr, &out);
+      in = &out;
+    }
+    if (in == &x) return x;
+    return std::move(in == &a ? a : b);
+  }
+  // In kTrain each activation moves into the cache of the layer that reads it (KeepInput), so
+  // nothing is copied.
+  Matrix a, b;
   for (int i = begin; i < end; ++i) {
     layer_ctx.layer = static_cast<uint32_t>(i);
-    const Matrix& in = i == begin ? x : a;
-    if (cache) {
-      LayerCache& lc = cache->layers[i];
-      lc = LayerCache();
-      lc.threads = ctx.threads;
-      if (i > begin) lc.input = std::move(a);
-      layers_[i]->Forward(i > begin ? lc.input : x, layer_ctx, &lc, &b);
-    } else {
-      layers_[i]->Forward(in, layer_ctx, nullptr, &b);
-    }
+    LayerCache& lc = cache->layers[i];
+    lc = LayerCache();
+    lc.threads = ctx.threads;
+    if (i > begin) lc.input = std::move(a);
+    layers_[i]->Forward(i > begin ? lc.input : x, layer_ctx, &lc, &b);
     std::swap(a, b);
   }
   if (begin == end) return x;

@@ -68,7 +68,9 @@ Matrix PredictEval(const Network& net, Task task, LossKind loss, const Matrix& x
   constexpr int64_t kBatch = 1024;
   for (int64_t r0 = 0; r0 < x.rows(); r0 += kBatch) {
     const int64_t n = std::min(kBatch, x.rows() - r0);
-    Matrix raw = net.Forward(x.middleRows(r0, n), ctx, nullptr, 0, end);
+    // One batch that is all of x goes in as it is, not as a copy of its rows.
+    Matrix raw = n == x.rows() ? net.Forward(x, ctx, nullptr, 0, end)
+                               : net.Forward(x.middleRows(r0, n), ctx, nullptr, 0, end);
     if (targets) loss_sum += ComputeLoss(loss, raw, targets->middleRows(r0, n), nullptr) * n;
     Matrix pred, v;
     HeadOutputs(task, loss, false, raw, &pred, &v);

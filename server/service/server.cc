@@ -115,6 +115,8 @@ void Server::Start() {
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(config_.max_message_bytes);
   builder.SetMaxSendMessageSize(config_.max_message_bytes);
+  // A second server on a taken port fails instead of silently sharing its connections.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   grpc::ResourceQuota quota("dropnet");
   quota.SetMaxThreads(std::max(2, config_.rpc_threads));
   builder.SetResourceQuota(quota);

@@ -346,5 +346,25 @@ TEST(ServerProcessTest, SigtermDrainsAndExitsZero) {
   fs::remove_all(dir, ec);
 }
 
+// A second server on a port that is taken exits with the reason instead of sharing the port
+// (gRPC's default SO_REUSEPORT would let both listen and split the connections between them).
+TEST(ServerProcessTest, SecondServerOnATakenPortFailsAndSaysSo) {
+  fs::path dir = fs::temp_directory_path() / ("dropnet-port-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  Process first({kServer, "--listen", "127.0.0.1:0", "--store", (dir / "one").string()}, dir);
+  const std::smatch m = first.WaitFor(R"(\(port (\d+)\))", true);
+  ASSERT_FALSE(m.empty()) << first.err();
+  const std::string port = m[1].str();
+  Process second({kServer, "--listen", "127.0.0.1:" + port, "--store", (dir / "two").string()},
+                 dir);
+  EXPECT_NE(second.Wait(std::chrono::seconds(10)), 0) << second.err();
+  EXPECT_NE(second.err().find("cannot listen on 127.0.0.1:" + port), std::string::npos)
+      << second.err();
+  first.Signal(SIGTERM);
+  EXPECT_EQ(first.Wait(std::chrono::seconds(10)), 0) << first.err();
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
 }  // namespace
 }  // namespace dropnet::testing

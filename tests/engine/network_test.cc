@@ -461,5 +461,52 @@ TEST(NetworkTest, BackwardOverAPrefixZeroesLaterParameters) {
   EXPECT_EQ(grads[2].cols(), 3);
 }
 
+// A layer that says it passes its input through in a mode returns it bit for bit there, so
+// skipping it (as Network::Forward does when nothing is cached) changes no output; and a network
+// of such layers gives the same outputs as with every layer run.
+TEST(NetworkTest, LayersThatPassThroughReturnTheirInputAndSkippingThemChangesNothing) {
+  auto with = [](std::string type, double rate, bool classic = false) {
+    LayerConfig c = Simple(type);
+    c.rate = rate;
+    c.classic_scaling = classic;
+    return c;
+  };
+  const std::vector<LayerConfig> layers = {
+      Simple("flatten"),           with("dropout", 0.3),         with("dropout", 0.3, true),
+      with("dropout", 0.0, true),  with("gaussian_dropout", 0.2), with("alpha_dropout", 0.1),
+      with("spatial_dropout", 0.4), DenseLayer(5),               Simple("relu")};
+  const Shape shape{{4, 3}};
+  const Matrix x = RandomMatrix(7, 12, 9);
+  int passing = 0;
+  for (const auto& config : layers) {
+    const bool shaped = config.type == "flatten" || config.type == "spatial_dropout";
+    auto layer = MakeLayer(config, shaped ? shape : Shape{{12}}, 1);
+    for (Mode mode : {Mode::kTrain, Mode::kEval, Mode::kMonteCarlo}) {
+      if (!layer->PassesThrough(mode)) continue;
+      ++passing;
+      LayerCache cache;
+      Matrix y;
+      layer->Forward(x, MakeContext(mode, 3), mode == Mode::kTrain ? &cache : nullptr, &y);
+      EXPECT_TRUE(BitEqual(x, y)) << config.type << " rate " << config.rate << " mode "
+                                  << static_cast<int>(mode);
+    }
+  }
+  // flatten and the rate-0 dropout in all 3 modes; dropout 0.3 (inverted) and the three
+  // variants in eval only; classic-scaling dropout, dense and relu never.
+  EXPECT_EQ(passing, 3 + 3 + 1 + 3) << "a layer's PassesThrough changed";
+  // A network with flatten and eval-identity dropouts: eval output equals the one computed with
+  // the same weights by hand.
+  Network net(MakeSpec({4, 3}, {Simple("flatten"), DenseLayer(6), Simple("relu"),
+                                DropoutLayer(0.5), DenseLayer(2)}));
+  const Matrix out = net.Forward(x, MakeContext(Mode::kEval), nullptr);
+  const auto& w1 = net.layer(1).params()[0].value;
+  const auto& b1 = net.layer(1).params()[1].value;
+  const auto& w2 = net.layer(4).params()[0].value;
+  const auto& b2 = net.layer(4).params()[1].value;
+  const Matrix h = ((x * w1).rowwise() + b1.row(0)).cwiseMax(0.0f);
+  const Matrix expected = (h * w2).rowwise() + b2.row(0);
+  EXPECT_LT((out - expected).cwiseAbs().maxCoeff(), 1e-5f);
+}
+
 }  // namespace
 }  // namespace dropnet::engine
