@@ -19,10 +19,14 @@ namespace {
 
 thread_local bool in_pool_worker = false;
 
-// Spin this long for work (or for a ParallelFor's helpers to finish) before sleeping on a
-// condition variable: the products of one small request are a few microseconds each, shorter
-// than a futex sleep and wake-up.
-constexpr auto kSpin = std::chrono::microseconds(50);
+// How long an idle worker (or a ParallelFor's caller waiting for its helpers) spins before
+// sleeping on a condition variable; see SetWorkerSpin.
+std::atomic<int64_t> spin_ns{50'000};
+
+std::chrono::steady_clock::time_point SpinDeadline() {
+  return std::chrono::steady_clock::now() +
+         std::chrono::nanoseconds(spin_ns.load(std::memory_order_relaxed));
+}
 
 // Products with fewer multiply-adds run on one thread: the hand-off would cost more than it saves.
 constexpr int64_t kMinParallel = int64_t{1} << 16;
@@ -33,7 +37,7 @@ inline void CpuRelax() {
 #endif
 }
 
-// Workers that find no task spin for kSpin before sleeping, at most one fewer than there are
+// Workers that find no task spin (SetWorkerSpin) before sleeping, at most one fewer than there are
 // cores (the thread that hands work out runs a part of it itself), so spinning never takes a
 // core from the threads doing the work. Submit wakes a sleeper only when the tasks waiting
 // outnumber the spinners: waking a thread that then finds nothing to do costs a context switch
@@ -82,13 +86,16 @@ class Pool {
         // A spinner is counted until it holds the lock again, so a task queued meanwhile is
         // either seen here or woken for.
         ++spinners_;
-        const auto until = std::chrono::steady_clock::now() + kSpin;
+        const auto until = SpinDeadline();
         bool expired = false;
         while (tasks_.empty() && !stop_ && !expired) {
           lock.unlock();
           while (queued_.load(std::memory_order_acquire) == 0 &&
                  !(expired = std::chrono::steady_clock::now() >= until)) {
             for (int k = 0; k < 16; ++k) CpuRelax();
+            // Keeps the core awake but gives it to any other runnable thread at once: a spinner
+            // must not delay the threads doing the work it waits for.
+            std::this_thread::yield();
           }
           lock.lock();
         }
@@ -126,6 +133,16 @@ Pool& SharedPool() {
 }
 
 }  // namespace
+
+void SetWorkerSpin(std::chrono::microseconds spin) {
+  spin_ns.store(std::max<int64_t>(0, std::chrono::nanoseconds(spin).count()),
+                std::memory_order_relaxed);
+}
+
+std::chrono::microseconds WorkerSpin() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::nanoseconds(spin_ns.load(std::memory_order_relaxed)));
+}
 
 void WakeWorkers(int threads) {
   if (threads > 1) SharedPool().Wake(threads - 1);
@@ -172,7 +189,7 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
     std::lock_guard lock(mu);
     if (!error) error = std::current_exception();
   }
-  const auto until = std::chrono::steady_clock::now() + kSpin;
+  const auto until = SpinDeadline();
   while (remaining.load(std::memory_order_acquire) != 0 && std::chrono::steady_clock::now() < until) {
     for (int k = 0; k < 16; ++k) CpuRelax();
   }

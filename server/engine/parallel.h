@@ -7,6 +7,7 @@
 #ifndef DROPNET_ENGINE_PARALLEL_H_
 #define DROPNET_ENGINE_PARALLEL_H_
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 
@@ -16,6 +17,15 @@ namespace dropnet::engine {
 
 // Runs fn(begin, end) over a partition of [0, n) on up to `threads` threads and waits.
 void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn);
+
+// How long idle pool workers spin for the next task before sleeping (default 50 µs). A worker
+// that still spins takes a task at once; one that sleeps needs a wake-up, which on a virtual
+// machine whose idle vCPUs halt costs tens of microseconds, and a halted vCPU also slows every
+// other thread woken on it. A server that answers calls a few hundred microseconds apart keeps
+// latency low with a spin longer than that gap, at the price of a core kept busy between calls
+// (idle workers go to sleep when it ends). 0: sleep at once.
+void SetWorkerSpin(std::chrono::microseconds spin);
+std::chrono::microseconds WorkerSpin();
 
 // Gets the workers a ParallelFor over `threads` threads will use spinning, so that it does not
 // wait for them to wake up: call it when such work is about to start.

@@ -28,6 +28,10 @@ std::shared_ptr<spdlog::logger> Logger(const char* name) {
   return l ? l : spdlog::default_logger();
 }
 
+// Whether the prediction call running on this thread found the server idle when it arrived (set
+// by Queue's runner, read by ThreadsForCall).
+thread_local bool call_found_server_idle = false;
+
 bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
   return ctx && ctx->deadline() <= std::chrono::system_clock::now();
 }
@@ -177,7 +181,15 @@ grpc::Status DropnetService::Handle(const char* method, grpc::ServerContextBase*
 }
 
 int DropnetService::ThreadsForCall(int64_t work) const {
-  if (work >= 0 && work <= kInlineWork) return 1;
+  // A small call splits only when it found the server idle (under load the cores are busy with
+  // other calls already, and a split would take one from the next call) and the engine threads
+  // are likely still spinning from the previous call (--spin-us): waking a sleeping one costs
+  // more than it saves.
+  if (work >= 0 && work <= kInlineWork) {
+    return call_found_server_idle && engine::WorkerSpin() >= kSpinForSmallCalls
+               ? config_.compute_threads
+               : 1;
+  }
   const int active = std::max(1, active_calls_.load(std::memory_order_relaxed));
   return std::max(1, config_.compute_threads / active);
 }
@@ -199,7 +211,15 @@ grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
                                                 int64_t work, Body body) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   auto log = std::make_shared<CallLog>(CallLog{method});
-  auto run = [this, method, ctx, role, reactor, log, work, body = std::move(body)]() mutable {
+  // Idle: no other prediction call in the server, and none answered in the last kIdleGap (calls
+  // that follow one another closely are load, even when each is alone in turn).
+  const auto now_ns = std::chrono::steady_clock::now().time_since_epoch().count();
+  const bool idle = in_flight_.fetch_add(1, std::memory_order_relaxed) == 0 &&
+                    now_ns - last_answer_ns_.load(std::memory_order_relaxed) >=
+                        std::chrono::nanoseconds(kIdleGap).count();
+  auto run = [this, method, ctx, role, reactor, log, work, idle,
+              body = std::move(body)]() mutable {
+    call_found_server_idle = idle;
     grpc::Status status;
     // A call that waited past its deadline, or whose client went away, is not computed.
     if (ctx->IsCancelled()) {
@@ -217,6 +237,9 @@ grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
     }
     // The answer goes out first; the log line is written after it, off the call's latency.
     const double ms = log->ElapsedMs();
+    last_answer_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                          std::memory_order_relaxed);
+    in_flight_.fetch_sub(1, std::memory_order_relaxed);
     reactor->Finish(status);
     log->Write(status, ms);
   };
@@ -232,6 +255,7 @@ grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
     const grpc::Status busy(StatusCode::RESOURCE_EXHAUSTED,
                             "the server is busy: " + std::to_string(executor_.max_queued()) +
                                 " calls already wait for a worker");
+    in_flight_.fetch_sub(1, std::memory_order_relaxed);
     log->Finish(busy);
     reactor->Finish(busy);
   }

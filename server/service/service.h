@@ -11,6 +11,7 @@
 #define DROPNET_SERVICE_SERVICE_H_
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -103,12 +104,18 @@ class DropnetService final : public DropnetServiceBase {
   grpc::ServerUnaryReactor* Queue(const char* method, grpc::CallbackServerContext* ctx, Role role,
                                   int64_t work, Body body);
   static constexpr int64_t kInlineWork = int64_t{1} << 21;
+  // The engine threads' spin (engine::SetWorkerSpin) from which a small call also splits.
+  static constexpr std::chrono::microseconds kSpinForSmallCalls{200};
+  // A call that arrives this long after the last answer, with no other in flight, found the
+  // server idle.
+  static constexpr std::chrono::microseconds kIdleGap{60};
   // Rows x parameters x samples of a prediction call.
   int64_t EstimatedWork(const std::string& model, const v1::Tensor& inputs, int64_t samples) const;
-  // Engine threads for a prediction call of `work` (see Queue): one for a small call, else all of
-  // --threads when it computes alone and a share when several do. Calls that run side by side
-  // already keep the cores busy; splitting each across all of them too would only add hand-offs,
-  // as would splitting a small one (results do not depend on the thread count).
+  // Engine threads for a prediction call of `work` (see Queue): all of --threads when it computes
+  // alone and a share when several do; one for a small call unless it found the server idle and
+  // the engine threads spin for at least kSpinForSmallCalls. Calls that run side by side already keep the cores busy;
+  // splitting each across all of them too would only add hand-offs, as would splitting a small
+  // one onto a sleeping thread (results do not depend on the thread count).
   int ThreadsForCall(int64_t work) const;
 
   Registry* registry_;
@@ -116,6 +123,8 @@ class DropnetService final : public DropnetServiceBase {
   ServiceConfig config_;
   std::atomic<bool> draining_{false};
   std::atomic<int> active_calls_{0};  // prediction calls computing now
+  std::atomic<int> in_flight_{0};     // prediction calls received and not yet answered
+  std::atomic<int64_t> last_answer_ns_{0};  // steady_clock time of the last prediction answer
   // Last member: destroyed first, so its workers finish before the rest goes.
   CallExecutor executor_;
 };

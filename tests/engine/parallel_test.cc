@@ -110,10 +110,24 @@ TEST(ParallelForTest, CoversTheRangeOnceAndRethrows) {
                InvalidArgument);
 }
 
+void RunConcurrentCallers();
+
 // Several callers at once, each waking the workers first or not: every range is covered once and
 // no call waits forever for a task that a spinning worker was expected to take (the test would
-// time out).
+// time out); with workers that sleep at once, spin briefly or spin long.
 TEST(ParallelForTest, ConcurrentCallersAndWakeUpsLoseNoTask) {
+  for (int spin_us : {0, 50, 2000}) {
+    SCOPED_TRACE(testing::Message() << "spin " << spin_us << " us");
+    SetWorkerSpin(std::chrono::microseconds(spin_us));
+    EXPECT_EQ(WorkerSpin().count(), spin_us);
+    RunConcurrentCallers();
+  }
+  SetWorkerSpin(std::chrono::microseconds(-5));
+  EXPECT_EQ(WorkerSpin().count(), 0);
+  SetWorkerSpin(std::chrono::microseconds(50));  // the engine's default, for the other tests
+}
+
+void RunConcurrentCallers() {
   constexpr int kCallers = 4, kRounds = 2000;
   std::atomic<int64_t> total{0};
   std::vector<std::thread> callers;
