@@ -7,11 +7,16 @@
 # time), --threads (engine threads of one call) and --rpc-threads (gRPC's threads for the
 # synchronous calls) against the client's concurrency.
 #
-#   bench/service_bench.sh [--threads N] [--workers N] [--rpc-threads N] [--concurrency 1,2,4,8]
+#   bench/service_bench.sh [--threads N] [--workers N] [--rpc-threads N] [--spin-us N]
+#                          [--concurrency 1,2,4,8]
 #                          [--duration S] [--warmup S] [--repeat N] [--out DIR] [--no-scaling]
-#                          [-- BENCH ARGS]
+#                          [--random-inputs] [-- BENCH ARGS]
 #
 # The throughput configurations run --repeat times (default 3), in turn, and report the median.
+#
+# The calls send rows of the Fashion-MNIST test set (the first 1,000 images, scaled to [0, 1] as
+# the model was trained), written to a CSV for `dropnet bench --data`; --random-inputs sends
+# uniform random rows instead (no zero pixels, so the engine skips nothing).
 #
 # Arguments after -- go to `dropnet bench` (e.g. --shared-channel). Results: the tables on stdout,
 # and bench.json, scaling.json and the server logs in --out (default: a temporary directory that
@@ -22,22 +27,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-threads="" workers="" rpc_threads=16 concurrency=1,2,4,8 duration=3 warmup=1 out="" scaling=1
-repeat=3
+threads="" workers="" spin_us="" rpc_threads=16 concurrency=1,2,4,8 duration=3 warmup=1 out="" scaling=1
+repeat=3 random_inputs=0
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --threads) threads="$2"; shift 2 ;;
     --workers) workers="$2"; shift 2 ;;
     --rpc-threads) rpc_threads="$2"; shift 2 ;;
+    --spin-us) spin_us="$2"; shift 2 ;;
     --concurrency) concurrency="$2"; shift 2 ;;
     --duration) duration="$2"; shift 2 ;;
     --warmup) warmup="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --repeat) repeat="$2"; shift 2 ;;
     --no-scaling) scaling=0; shift ;;
+    --random-inputs) random_inputs=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "service_bench.sh: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
 done
@@ -98,10 +105,25 @@ wait_quiet() {
   echo "warning: the machine stayed busy (${busy}%); figures may be disturbed" >&2
 }
 
+if [[ $random_inputs == 0 ]]; then
+  python3 - /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz "$tmp/fashion-test.csv" <<'EOF'
+import gzip, struct, sys
+raw = gzip.open(sys.argv[1]).read()
+_, n, h, w = struct.unpack(">IIII", raw[:16])
+with open(sys.argv[2], "w") as out:
+    out.write(",".join(f"p{i}" for i in range(h * w)) + "\n")
+    for i in range(min(n, 1000)):
+        px = raw[16 + i * h * w:16 + (i + 1) * h * w]
+        out.write(",".join("%g" % (b / 255) for b in px) + "\n")
+EOF
+  extra=(--data "$tmp/fashion-test.csv" "${extra[@]}")
+fi
+
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 server_args=(--rpc-threads "$rpc_threads")
 [[ -n "$threads" ]] && server_args+=(--threads "$threads")
 [[ -n "$workers" ]] && server_args+=(--workers "$workers")
+[[ -n "$spin_us" ]] && server_args+=(--spin-us "$spin_us")
 
 # The example model: Fashion-MNIST imported and one epoch trained on the first start.
 start_server "$out/server-example.log" --example --data-root /usr/share/datasets "${server_args[@]}"
@@ -125,7 +147,7 @@ python3 - "$out/bench.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"{r['channels']}, {r['duration_seconds']} s per row after {r['warmup_seconds']} s warm-up, "
-      f"random inputs, model version {r['model_version']}\n")
+      f"{r['inputs']}, model version {r['model_version']}\n")
 print("| workload | concurrency | calls | errors | p50 ms | p90 ms | p99 ms | calls/s | rows/s | client CPU (cores) |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for x in r["results"]:
@@ -216,7 +238,8 @@ configs=(
 : > "$out/scaling.jsonl"
 for round in $(seq "$repeat"); do for c in "${configs[@]}"; do
   read -r w t r n <<< "$c"
-  start_server "$out/server-w$w-t$t-r$r.log" --workers "$w" --threads "$t" --rpc-threads "$r"
+  start_server "$out/server-w$w-t$t-r$r.log" --workers "$w" --threads "$t" --rpc-threads "$r" \
+    ${spin_us:+--spin-us "$spin_us"}
   wait_quiet
   { "$bin/dropnet" bench fashion-mlp --workloads predict-batch --concurrency "$n" \
       --duration "$duration" --warmup "$warmup" --json --quiet "${extra[@]}" || true; } |

@@ -10,6 +10,27 @@ namespace {
 
 constexpr double kLog2Pi = 1.8378770664093453;
 
+// One sample's predictions in double and, for classification, each row's entropy and arg max:
+// computed by the thread that ran the sample, added to the Accumulator in sample order.
+struct SampleStats {
+  Eigen::MatrixXd p;
+  Eigen::VectorXd entropy;
+  std::vector<Eigen::Index> arg_max;
+
+  SampleStats(const Matrix& pred, bool classify) : p(pred.cast<double>()) {
+    if (!classify) return;
+    entropy.resize(p.rows());
+    arg_max.resize(p.rows());
+    for (int64_t r = 0; r < p.rows(); ++r) {
+      double h = 0;
+      for (int64_t c = 0; c < p.cols(); ++c)
+        if (p(r, c) > 0) h -= p(r, c) * std::log(p(r, c));
+      entropy[r] = h;
+      p.row(r).maxCoeff(&arg_max[r]);
+    }
+  }
+};
+
 // Running statistics over the samples added so far, in double precision.
 struct Accumulator {
   int64_t n = 0;
@@ -33,22 +54,19 @@ struct Accumulator {
     }
   }
 
-  // Adds one sample: pred is B x C (probabilities or means), var its predicted variances or empty.
-  void Add(const Matrix& pred, const Matrix& var, const Matrix* targets, double tau) {
+  // Adds one sample: its predictions (B x C probabilities or means) in double, and for
+  // classification each row's entropy and arg max (SampleStats, computed where the sample was);
+  // var its predicted variances or empty.
+  void Add(const SampleStats& st, const Matrix& var, const Matrix* targets, double tau) {
     ++n;
-    const Eigen::MatrixXd p = pred.cast<double>();
+    const Eigen::MatrixXd& p = st.p;
     const Eigen::MatrixXd delta = p - mean;
     mean += delta / static_cast<double>(n);
     m2 += delta.cwiseProduct(p - mean);
     if (votes.size()) {
       for (int64_t r = 0; r < p.rows(); ++r) {
-        double h = 0;
-        for (int64_t c = 0; c < p.cols(); ++c)
-          if (p(r, c) > 0) h -= p(r, c) * std::log(p(r, c));
-        entropy_sum[r] += h;
-        Eigen::Index arg;
-        p.row(r).maxCoeff(&arg);
-        ++votes(r, arg);
+        entropy_sum[r] += st.entropy[r];
+        ++votes(r, st.arg_max[r]);
       }
     }
     if (aleatoric_sum.size()) aleatoric_sum += var.cast<double>();
@@ -142,6 +160,7 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
   // The head outputs (predictions, predicted variances) of one chunk's samples, in sample order.
   struct ChunkOutputs {
     std::vector<Matrix> pred, var;
+    std::vector<SampleStats> stats;
   };
   auto run_chunk = [&](int c, ChunkOutputs* out, int inner_threads) {
     const int t0 = c * chunk;
@@ -169,6 +188,7 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
       Matrix& pred = out->pred[t - t0];
       HeadOutputs(task, loss, net.EndsWithSoftmax(), raw.middleRows(off, b), &pred,
                   &out->var[t - t0]);
+      out->stats.emplace_back(pred, classify);
       if (options.keep_samples) result.sample_outputs[t] = pred;
     }
   };
@@ -191,7 +211,7 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
     });
     for (const auto& p : parts) {
       for (size_t i = 0; i < p.pred.size(); ++i) {
-        total.Add(p.pred[i], p.var[i], options.targets, options.tau);
+        total.Add(p.stats[i], p.var[i], options.targets, options.tau);
       }
     }
   }
