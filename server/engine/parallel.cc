@@ -189,9 +189,11 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
     std::lock_guard lock(mu);
     if (!error) error = std::current_exception();
   }
+  // The helpers may wait for this very core (the others busy): yield it while spinning.
   const auto until = SpinDeadline();
   while (remaining.load(std::memory_order_acquire) != 0 && std::chrono::steady_clock::now() < until) {
     for (int k = 0; k < 16; ++k) CpuRelax();
+    std::this_thread::yield();
   }
   std::unique_lock lock(mu);
   done_cv.wait(lock, [&] { return remaining.load(std::memory_order_acquire) == 0; });
