@@ -210,6 +210,11 @@ namespace {
 // no copy).
 constexpr int kMr = 8, kNr = 32, kKc = 256;
 
+// The lane mask of a 16-float vector whose first `valid` lanes (clamped to 0..16) are in use.
+constexpr __mmask16 LaneMask(int64_t valid) {
+  return valid >= 16 ? 0xFFFF : valid <= 0 ? 0 : static_cast<__mmask16>((1u << valid) - 1);
+}
+
 template <int MR>
 __attribute__((target("avx512f,fma"))) void MicroKernel(int64_t kc, const float* a, int64_t a_rs,
                                                         int64_t a_cs, const float* panel, float* c,
@@ -228,10 +233,7 @@ __attribute__((target("avx512f,fma"))) void MicroKernel(int64_t kc, const float*
     }
   }
   const __m512 va = _mm512_set1_ps(alpha);
-  const __mmask16 k0 = n_valid >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n_valid) - 1);
-  const __mmask16 k1 = n_valid >= 32   ? 0xFFFF
-                       : n_valid <= 16 ? 0
-                                       : static_cast<__mmask16>((1u << (n_valid - 16)) - 1);
+  const __mmask16 k0 = LaneMask(n_valid), k1 = LaneMask(n_valid - 16);
   for (int m = 0; m < MR; ++m) {
     float* cm = c + m * ldc;
     __m512 r0 = _mm512_mul_ps(acc0[m], va), r1 = _mm512_mul_ps(acc1[m], va);
@@ -250,10 +252,7 @@ __attribute__((target("avx512f,fma"))) void MicroKernel(int64_t kc, const float*
 __attribute__((target("avx512f"))) void PackPanel(const float* b, int64_t ldb,
                                                   const int32_t* k_index, int64_t s0, int64_t kc,
                                                   int64_t n0, int nv, float* p) {
-  const __mmask16 m0 = nv >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nv) - 1);
-  const __mmask16 m1 = nv >= 32   ? 0xFFFF
-                       : nv <= 16 ? 0
-                                  : static_cast<__mmask16>((1u << (nv - 16)) - 1);
+  const __mmask16 m0 = LaneMask(nv), m1 = LaneMask(nv - 16);
   for (int64_t kk = 0; kk < kc; ++kk) {
     const int64_t row = k_index ? int64_t{k_index[s0 + kk]} : s0 + kk;
     const float* bk = b + row * ldb + n0;
@@ -290,10 +289,7 @@ __attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, const int64_t*
   for (int64_t n0 = 0; n0 < n; n0 += kCols) {
     const int64_t nv = std::min<int64_t>(kCols, n - n0);
     __mmask16 mask[4];
-    for (int j = 0; j < 4; ++j) {
-      const int64_t v = std::clamp<int64_t>(nv - 16 * j, 0, 16);
-      mask[j] = v == 16 ? 0xFFFF : static_cast<__mmask16>((1u << v) - 1);
-    }
+    for (int j = 0; j < 4; ++j) mask[j] = LaneMask(nv - 16 * j);
     for (int blk = 0; blk < blocks; ++blk) {
       __m512 acc[MR][4];
       for (int m = 0; m < MR; ++m)

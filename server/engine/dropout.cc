@@ -18,8 +18,8 @@ void CheckDropRate(const char* field, double p) {
 
 namespace {
 
-// The mask of BernoulliMask row by row; with x, also y = x * mask in the same pass (and the mask
-// kept only when `mask` is non-null), so a pass that needs no backward never stores it.
+// The mask of BernoulliMask row by row, into `mask` when given (a pass that needs no backward
+// does not keep it: each row's mask is then only a scratch row); with x, also y = x * mask.
 void DrawMask(int64_t rows, int64_t cols, double p, float keep_value, const Context& ctx,
               const Matrix* x, Matrix* y, Matrix* mask) {
   if (mask) mask->resize(rows, cols);
@@ -30,24 +30,19 @@ void DrawMask(int64_t rows, int64_t cols, double p, float keep_value, const Cont
   const int threads = rows * cols < (1 << 14) ? 1 : ctx.threads;
   ParallelFor(rows, threads, [&, keep_value](int64_t r0, int64_t r1) {
     thread_local std::vector<uint32_t> bits;
+    thread_local std::vector<float> scratch;
     bits.resize(cols);
+    if (!mask) scratch.resize(cols);
     const uint32_t* w = bits.data();
     for (int64_t r = r0; r < r1; ++r) {
       RowRng(ctx.rng, ctx.layer, r).Bits(bits.data(), cols);
+      float* m = mask ? mask->row(r).data() : scratch.data();
       // Branch-free (the comparison is a coin flip), so it vectorises.
-      if (mask) {
-        float* m = mask->row(r).data();
-        for (int64_t j = 0; j < cols; ++j) m[j] = static_cast<float>(w[j] >= threshold) * keep_value;
-        if (x) {
-          const float* xr = x->row(r).data();
-          float* yr = y->row(r).data();
-          for (int64_t j = 0; j < cols; ++j) yr[j] = xr[j] * m[j];
-        }
-      } else {
+      for (int64_t j = 0; j < cols; ++j) m[j] = static_cast<float>(w[j] >= threshold) * keep_value;
+      if (x) {
         const float* xr = x->row(r).data();
         float* yr = y->row(r).data();
-        for (int64_t j = 0; j < cols; ++j)
-          yr[j] = xr[j] * (static_cast<float>(w[j] >= threshold) * keep_value);
+        for (int64_t j = 0; j < cols; ++j) yr[j] = xr[j] * m[j];
       }
     }
   });

@@ -157,15 +157,16 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
   result.chunk_samples = chunk;
   if (options.keep_samples) result.sample_outputs.resize(options.samples);
 
-  // The head outputs (predictions, predicted variances) of one chunk's samples, in sample order.
+  // The head outputs of one chunk's samples, in sample order: predictions (as SampleStats) and
+  // predicted variances.
   struct ChunkOutputs {
-    std::vector<Matrix> pred, var;
     std::vector<SampleStats> stats;
+    std::vector<Matrix> var;
   };
   auto run_chunk = [&](int c, ChunkOutputs* out, int inner_threads) {
     const int t0 = c * chunk;
     const int t1 = std::min(options.samples, t0 + chunk);
-    out->pred.resize(t1 - t0);
+    out->stats.reserve(t1 - t0);
     out->var.resize(t1 - t0);
     Matrix raw;
     if (stochastic) {
@@ -185,11 +186,11 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
     }
     for (int t = t0; t < t1; ++t) {
       const int64_t off = stochastic ? static_cast<int64_t>(t - t0) * b : 0;
-      Matrix& pred = out->pred[t - t0];
+      Matrix pred;
       HeadOutputs(task, loss, net.EndsWithSoftmax(), raw.middleRows(off, b), &pred,
                   &out->var[t - t0]);
       out->stats.emplace_back(pred, classify);
-      if (options.keep_samples) result.sample_outputs[t] = pred;
+      if (options.keep_samples) result.sample_outputs[t] = std::move(pred);
     }
   };
 
@@ -210,7 +211,7 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
       for (int64_t i = i0; i < i1; ++i) run_chunk(c0 + static_cast<int>(i), &parts[i], inner);
     });
     for (const auto& p : parts) {
-      for (size_t i = 0; i < p.pred.size(); ++i) {
+      for (size_t i = 0; i < p.stats.size(); ++i) {
         total.Add(p.stats[i], p.var[i], options.targets, options.tau);
       }
     }

@@ -1,6 +1,5 @@
 #include "server/service/service.h"
 
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <random>
@@ -11,6 +10,7 @@
 #include "server/engine/mc.h"
 #include "server/engine/metrics.h"
 #include "server/engine/parallel.h"
+#include "server/engine/random.h"
 #include "server/engine/trainer.h"
 #include "server/service/memory.h"
 #include "server/service/status.h"
@@ -36,17 +36,15 @@ bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
   return ctx && ctx->deadline() <= std::chrono::system_clock::now();
 }
 
-// A seed for a call that gave none: a SplitMix64 sequence started from the system's entropy
-// once per process (opening std::random_device per call cost more than a small prediction).
+// A seed for a call that gave none: each thread draws from its own SplitMix64 sequence, started
+// from the system's entropy once (opening std::random_device per call cost more than a small
+// prediction).
 uint64_t FreshSeed() {
-  static std::atomic<uint64_t> state = [] {
+  thread_local engine::SplitMix64 rng = [] {
     std::random_device rd;
-    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+    return engine::SplitMix64((static_cast<uint64_t>(rd()) << 32) ^ rd());
   }();
-  uint64_t z = state.fetch_add(0x9E3779B97F4A7C15ull, std::memory_order_relaxed) + 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+  return rng.Next();
 }
 
 // Reads a request batch, checks its size and applies the model's standardisation.

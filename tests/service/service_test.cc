@@ -1003,6 +1003,11 @@ TEST_F(ServiceTest, PredictUncertaintyIsReproducibleBySeed) {
   ASSERT_OK(Uncertainty(UncertaintyRequest("clf", x, 30, std::nullopt), &chosen));
   ASSERT_OK(Uncertainty(UncertaintyRequest("clf", x, 30, chosen.seed()), &replay));
   EXPECT_EQ(chosen.SerializeAsString(), replay.SerializeAsString());
+  // The next call without a seed gets another one, and so other masks.
+  v1::PredictUncertaintyResponse other;
+  ASSERT_OK(Uncertainty(UncertaintyRequest("clf", x, 30, std::nullopt), &other));
+  EXPECT_NE(other.seed(), chosen.seed());
+  EXPECT_FALSE(SameBits(other.mean(), chosen.mean()));
 
   // samples 0 means the configured default.
   v1::PredictUncertaintyResponse def;
