@@ -215,7 +215,8 @@ constexpr __mmask16 LaneMask(int64_t valid) {
   return valid >= 16 ? 0xFFFF : valid <= 0 ? 0 : static_cast<__mmask16>((1u << valid) - 1);
 }
 
-template <int MR>
+// kHalf: the panel's last 16 columns are padding (n_valid <= 16), and are not computed.
+template <int MR, bool kHalf>
 __attribute__((target("avx512f,fma"))) void MicroKernel(int64_t kc, const float* a, int64_t a_rs,
                                                         int64_t a_cs, const float* panel, float* c,
                                                         int64_t ldc, int n_valid, bool accumulate,
@@ -224,25 +225,25 @@ __attribute__((target("avx512f,fma"))) void MicroKernel(int64_t kc, const float*
   for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 b0 = _mm512_loadu_ps(panel + k * kNr);
-    const __m512 b1 = _mm512_loadu_ps(panel + k * kNr + 16);
+    const __m512 b1 = kHalf ? b0 : _mm512_loadu_ps(panel + k * kNr + 16);
     const float* ak = a + k * a_cs;
     for (int m = 0; m < MR; ++m) {
       const __m512 av = _mm512_set1_ps(ak[m * a_rs]);
       acc0[m] = _mm512_fmadd_ps(av, b0, acc0[m]);
-      acc1[m] = _mm512_fmadd_ps(av, b1, acc1[m]);
+      if (!kHalf) acc1[m] = _mm512_fmadd_ps(av, b1, acc1[m]);
     }
   }
   const __m512 va = _mm512_set1_ps(alpha);
-  const __mmask16 k0 = LaneMask(n_valid), k1 = LaneMask(n_valid - 16);
+  const __mmask16 k0 = LaneMask(n_valid), k1 = kHalf ? 0 : LaneMask(n_valid - 16);
   for (int m = 0; m < MR; ++m) {
     float* cm = c + m * ldc;
     __m512 r0 = _mm512_mul_ps(acc0[m], va), r1 = _mm512_mul_ps(acc1[m], va);
     if (accumulate) {
       r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(k0, cm));
-      r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(k1, cm + 16));
+      if (!kHalf) r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(k1, cm + 16));
     }
     _mm512_mask_storeu_ps(cm, k0, r0);
-    _mm512_mask_storeu_ps(cm + 16, k1, r1);
+    if (!kHalf) _mm512_mask_storeu_ps(cm + 16, k1, r1);
   }
 }
 
@@ -263,9 +264,18 @@ __attribute__((target("avx512f"))) void PackPanel(const float* b, int64_t ldb,
 
 using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, float*, int64_t,
                           int, bool, float);
-constexpr KernelFn kKernels[kMr + 1] = {nullptr,         MicroKernel<1>, MicroKernel<2>,
-                                        MicroKernel<3>,  MicroKernel<4>, MicroKernel<5>,
-                                        MicroKernel<6>,  MicroKernel<7>, MicroKernel<8>};
+constexpr KernelFn kFullKernels[kMr + 1] = {
+    nullptr,                  MicroKernel<1, false>, MicroKernel<2, false>,
+    MicroKernel<3, false>,    MicroKernel<4, false>, MicroKernel<5, false>,
+    MicroKernel<6, false>,    MicroKernel<7, false>, MicroKernel<8, false>};
+constexpr KernelFn kHalfKernels[kMr + 1] = {
+    nullptr,                 MicroKernel<1, true>, MicroKernel<2, true>,
+    MicroKernel<3, true>,    MicroKernel<4, true>, MicroKernel<5, true>,
+    MicroKernel<6, true>,    MicroKernel<7, true>, MicroKernel<8, true>};
+
+// The kernel for mr rows of a panel with nv valid columns: a panel of at most 16 (a narrow
+// product, such as a 10-class head, or the last panel) computes half the accumulators.
+KernelFn Kernel(int mr, int nv) { return nv <= 16 ? kHalfKernels[mr] : kFullKernels[mr]; }
 
 bool HaveAvx512() {
   static const bool have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
@@ -364,7 +374,7 @@ void GemmAvx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, flo
       const bool accumulate = k0 > 0 || beta == 1.0f;
       for (int64_t m0 = 0; m0 < m; m0 += kMr) {
         const int mr = static_cast<int>(std::min<int64_t>(kMr, m - m0));
-        kKernels[mr](kc, a + m0 * a_rs + k0 * a_cs, a_rs, a_cs, p, c + m0 * ldc + n0, ldc, nv,
+        Kernel(mr, nv)(kc, a + m0 * a_rs + k0 * a_cs, a_rs, a_cs, p, c + m0 * ldc + n0, ldc, nv,
                      accumulate, alpha);
       }
     }
@@ -436,7 +446,7 @@ void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int3
         PackPanel(b, ldb, k_index, s0, kc, n0, nv, p);
         for (int64_t m0 = 0; m0 < m; m0 += kMr) {
           const int mr = static_cast<int>(std::min<int64_t>(kMr, m - m0));
-          kKernels[mr](kc, a + m0 * lda + s0, lda, 1, p, c + m0 * ldc + n0, ldc, nv, blk > 0, 1.0f);
+          Kernel(mr, nv)(kc, a + m0 * lda + s0, lda, 1, p, c + m0 * ldc + n0, ldc, nv, blk > 0, 1.0f);
         }
       }
     }
@@ -447,6 +457,52 @@ void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int3
   for (int64_t i = 0; i < kn; ++i)
     rows.row(i) = Eigen::Map<const RowVector>(b + int64_t{k_index[i]} * ldb, n);
   Gemm(false, false, m, n, kn, 1.0f, a, lda, rows.data(), n, 0.0f, c, ldc);
+}
+
+#ifdef DROPNET_GEMM_AVX512
+namespace {
+
+// GatherColumns 16 columns at a time: each block's selected columns compressed in a register.
+__attribute__((target("avx512f,popcnt"))) void GatherColumnsAvx512(const float* a, int64_t rows,
+                                                                   int64_t cols,
+                                                                   const int32_t* k_index,
+                                                                   int64_t kn, float* out) {
+  const int64_t blocks = (cols + 15) / 16;
+  thread_local std::vector<__mmask16> selected;
+  selected.assign(blocks, 0);
+  for (int64_t i = 0; i < kn; ++i) {
+    selected[k_index[i] / 16] |= static_cast<__mmask16>(1u << (k_index[i] % 16));
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* ar = a + r * cols;
+    float* o = out + r * kn;
+    for (int64_t q = 0; q < blocks; ++q) {
+      const __mmask16 m = selected[q];
+      if (!m) continue;
+      const __m512 v = _mm512_maskz_loadu_ps(LaneMask(cols - 16 * q), ar + 16 * q);
+      const int count = __builtin_popcount(m);
+      _mm512_mask_storeu_ps(o, LaneMask(count), _mm512_maskz_compress_ps(m, v));
+      o += count;
+    }
+  }
+}
+
+}  // namespace
+#endif  // DROPNET_GEMM_AVX512
+
+void GatherColumns(const float* a, int64_t rows, int64_t cols, const int32_t* k_index, int64_t kn,
+                   float* out) {
+#ifdef DROPNET_GEMM_AVX512
+  if (HaveAvx512()) {
+    GatherColumnsAvx512(a, rows, cols, k_index, kn, out);
+    return;
+  }
+#endif
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* ar = a + r * cols;
+    float* o = out + r * kn;
+    for (int64_t i = 0; i < kn; ++i) o[i] = ar[k_index[i]];
+  }
 }
 
 // ---- Conv ----

@@ -54,6 +54,10 @@ void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
 void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int32_t* k_index,
                    int64_t kn, const float* b, int64_t ldb, float* c, int64_t ldc);
 
+// out (rows x kn, row-major) = the columns k_index (ascending) of a (rows x cols, row-major).
+void GatherColumns(const float* a, int64_t rows, int64_t cols, const int32_t* k_index, int64_t kn,
+                   float* out);
+
 // conv1d ({C, L} -> {F, L'}) and conv2d ({C, H, W} -> {F, H', W'}).
 class Conv : public Layer {
  public:

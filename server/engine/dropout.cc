@@ -29,21 +29,10 @@ void DrawMask(int64_t rows, int64_t cols, double p, float keep_value, const Cont
   const uint32_t threshold = static_cast<uint32_t>(std::ldexp(p, 32));
   const int threads = rows * cols < (1 << 14) ? 1 : ctx.threads;
   ParallelFor(rows, threads, [&, keep_value](int64_t r0, int64_t r1) {
-    thread_local std::vector<uint32_t> bits;
-    thread_local std::vector<float> scratch;
-    bits.resize(cols);
-    if (!mask) scratch.resize(cols);
-    const uint32_t* w = bits.data();
     for (int64_t r = r0; r < r1; ++r) {
-      RowRng(ctx.rng, ctx.layer, r).Bits(bits.data(), cols);
-      float* m = mask ? mask->row(r).data() : scratch.data();
-      // Branch-free (the comparison is a coin flip), so it vectorises.
-      for (int64_t j = 0; j < cols; ++j) m[j] = static_cast<float>(w[j] >= threshold) * keep_value;
-      if (x) {
-        const float* xr = x->row(r).data();
-        float* yr = y->row(r).data();
-        for (int64_t j = 0; j < cols; ++j) yr[j] = xr[j] * m[j];
-      }
+      RowRng(ctx.rng, ctx.layer, r)
+          .Keep(threshold, keep_value, x ? x->row(r).data() : nullptr,
+                y ? y->row(r).data() : nullptr, mask ? mask->row(r).data() : nullptr, cols);
     }
   });
 }

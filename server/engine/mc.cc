@@ -10,23 +10,37 @@ namespace {
 
 constexpr double kLog2Pi = 1.8378770664093453;
 
-// One sample's predictions in double and, for classification, each row's entropy and arg max:
-// computed by the thread that ran the sample, added to the Accumulator in sample order.
-struct SampleStats {
+// The predictions of one chunk's samples in double (sample s in rows s*B .. s*B+B-1), their
+// predicted variances and, for classification, each row's entropy and arg max: computed by the
+// thread that ran the chunk, added to the Accumulator in sample order. One allocation a chunk,
+// not several a sample.
+struct ChunkStats {
+  int64_t b = 0;
   Eigen::MatrixXd p;
   Eigen::VectorXd entropy;
   std::vector<Eigen::Index> arg_max;
+  std::vector<Matrix> var;
 
-  SampleStats(const Matrix& pred, bool classify) : p(pred.cast<double>()) {
+  void Init(int samples, int64_t rows, int64_t cols, bool classify) {
+    b = rows;
+    p.resize(samples * rows, cols);
+    var.resize(samples);
     if (!classify) return;
-    entropy.resize(p.rows());
-    arg_max.resize(p.rows());
-    for (int64_t r = 0; r < p.rows(); ++r) {
+    entropy.resize(samples * rows);
+    arg_max.resize(samples * rows);
+  }
+
+  // Sample s's predictions (B x C).
+  void Set(int s, const Matrix& pred, bool classify) {
+    auto ps = p.middleRows(s * b, b);
+    ps = pred.cast<double>();
+    if (!classify) return;
+    for (int64_t r = 0; r < b; ++r) {
       double h = 0;
-      for (int64_t c = 0; c < p.cols(); ++c)
-        if (p(r, c) > 0) h -= p(r, c) * std::log(p(r, c));
-      entropy[r] = h;
-      p.row(r).maxCoeff(&arg_max[r]);
+      for (int64_t c = 0; c < ps.cols(); ++c)
+        if (ps(r, c) > 0) h -= ps(r, c) * std::log(ps(r, c));
+      entropy[s * b + r] = h;
+      ps.row(r).maxCoeff(&arg_max[s * b + r]);
     }
   }
 };
@@ -39,6 +53,7 @@ struct Accumulator {
   Eigen::MatrixXi votes;          // classification: B x C argmax counts
   Eigen::MatrixXd aleatoric_sum;  // gaussian head: sum of predicted variances
   Eigen::MatrixXd ll_max, ll_sum; // log-sum-exp state per (row, target)
+  Eigen::MatrixXd delta;          // scratch of Add
 
   void Init(int64_t b, int64_t c, bool classify, bool aleatoric, bool ll) {
     mean = Eigen::MatrixXd::Zero(b, c);
@@ -54,19 +69,19 @@ struct Accumulator {
     }
   }
 
-  // Adds one sample: its predictions (B x C probabilities or means) in double, and for
-  // classification each row's entropy and arg max (SampleStats, computed where the sample was);
-  // var its predicted variances or empty.
-  void Add(const SampleStats& st, const Matrix& var, const Matrix* targets, double tau) {
+  // Adds sample s of a chunk: its predictions (B x C probabilities or means), for classification
+  // each row's entropy and arg max, and its predicted variances (or none).
+  void Add(const ChunkStats& cs, int s, const Matrix* targets, double tau) {
     ++n;
-    const Eigen::MatrixXd& p = st.p;
-    const Eigen::MatrixXd delta = p - mean;
+    const auto p = cs.p.middleRows(s * cs.b, cs.b);
+    const Matrix& var = cs.var[s];
+    delta = p - mean;
     mean += delta / static_cast<double>(n);
     m2 += delta.cwiseProduct(p - mean);
     if (votes.size()) {
       for (int64_t r = 0; r < p.rows(); ++r) {
-        entropy_sum[r] += st.entropy[r];
-        ++votes(r, st.arg_max[r]);
+        entropy_sum[r] += cs.entropy[s * cs.b + r];
+        ++votes(r, cs.arg_max[s * cs.b + r]);
       }
     }
     if (aleatoric_sum.size()) aleatoric_sum += var.cast<double>();
@@ -157,17 +172,10 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
   result.chunk_samples = chunk;
   if (options.keep_samples) result.sample_outputs.resize(options.samples);
 
-  // The head outputs of one chunk's samples, in sample order: predictions (as SampleStats) and
-  // predicted variances.
-  struct ChunkOutputs {
-    std::vector<SampleStats> stats;
-    std::vector<Matrix> var;
-  };
-  auto run_chunk = [&](int c, ChunkOutputs* out, int inner_threads) {
+  auto run_chunk = [&](int c, ChunkStats* out, int inner_threads) {
     const int t0 = c * chunk;
     const int t1 = std::min(options.samples, t0 + chunk);
-    out->stats.reserve(t1 - t0);
-    out->var.resize(t1 - t0);
+    out->Init(t1 - t0, b, out_cols, classify);
     Matrix raw;
     if (stochastic) {
       Context ctx;
@@ -184,13 +192,14 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
     } else {
       raw = net.Forward(prefix, prefix_ctx, nullptr, first, -1);
     }
+    // One sample's outputs at a time, in buffers reused across the samples.
+    Matrix sample_raw, pred;
     for (int t = t0; t < t1; ++t) {
       const int64_t off = stochastic ? static_cast<int64_t>(t - t0) * b : 0;
-      Matrix pred;
-      HeadOutputs(task, loss, net.EndsWithSoftmax(), raw.middleRows(off, b), &pred,
-                  &out->var[t - t0]);
-      out->stats.emplace_back(pred, classify);
-      if (options.keep_samples) result.sample_outputs[t] = std::move(pred);
+      sample_raw = raw.middleRows(off, b);
+      HeadOutputs(task, loss, net.EndsWithSoftmax(), sample_raw, &pred, &out->var[t - t0]);
+      out->Set(t - t0, pred, classify);
+      if (options.keep_samples) result.sample_outputs[t] = pred;
     }
   };
 
@@ -205,14 +214,14 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
                       std::to_string(options.samples) + " samples");
     }
     const int count = std::min(wave, chunks - c0);
-    std::vector<ChunkOutputs> parts(count);
+    std::vector<ChunkStats> parts(count);
     const int inner = count == 1 ? options.threads : 1;
     ParallelFor(count, count, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) run_chunk(c0 + static_cast<int>(i), &parts[i], inner);
     });
     for (const auto& p : parts) {
-      for (size_t i = 0; i < p.stats.size(); ++i) {
-        total.Add(p.stats[i], p.var[i], options.targets, options.tau);
+      for (int s = 0; s < static_cast<int>(p.var.size()); ++s) {
+        total.Add(p, s, options.targets, options.tau);
       }
     }
   }

@@ -281,11 +281,7 @@ void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int 
   }
   const int64_t kn = static_cast<int64_t>(index.size());
   Matrix packed(rows, kn);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* ar = a.row(r).data();
-    float* pr = packed.row(r).data();
-    for (int64_t i = 0; i < kn; ++i) pr[i] = ar[index[i]];
-  }
+  GatherColumns(a.data(), rows, inner, index.data(), kn, packed.data());
   c->resize(rows, cols);
   if (rows * cols * kn < kMinParallel) threads = 1;
   if (cols >= 64 * threads && (rows < 8 * threads || rows <= cols)) {

@@ -1,5 +1,6 @@
 #include "server/engine/random.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <Random123/philox.h>
@@ -43,57 +44,87 @@ bool HavePhiloxAvx512() {
   return have;
 }
 
-// The hi and lo 32 bits of m * c for each 32-bit lane. (A function of its own: clang does not
-// give a lambda the target of the function it is written in.)
-__attribute__((target("avx512f"))) inline void MulHiLo(__m512i m, __m512i c, __m512i* hi,
-                                                       __m512i* lo) {
-  const __m512i even = _mm512_mul_epu32(m, c);
-  const __m512i odd = _mm512_mul_epu32(m, _mm512_srli_epi64(c, 32));
-  *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-  *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-}
-
 // Philox4x32-10 on 16 counters at once (blocks first .. first+15 of one generator), the same
-// rounds as Random123's philox4x32: each lane's 64-bit products come from two vpmuludq.
-__attribute__((target("avx512f"))) void PhiloxBlocks16(const uint32_t key[2],
-                                                       const uint32_t ctr[3], uint32_t first,
-                                                       uint32_t* out) {
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  __m512i c0 = _mm512_set1_epi32(static_cast<int>(ctr[0]));
-  __m512i c1 = _mm512_set1_epi32(static_cast<int>(ctr[1]));
-  __m512i c2 = _mm512_set1_epi32(static_cast<int>(ctr[2]));
-  __m512i c3 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first)),
-                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
-                                                  14, 15));
+// rounds as Random123's philox4x32. The words come out in element order: out[q] holds elements
+// 16q .. 16q+15 (block b's word i is element 4b + i), transposed in registers.
+__attribute__((target("avx512f"))) inline void PhiloxElements64(const uint32_t key[2],
+                                                                const uint32_t ctr[3],
+                                                                uint32_t first, __m512i out[4]) {
+  // Two groups of eight blocks (first .. first+7 and first+8 .. first+15), one block per 64-bit
+  // lane whose low 32 bits hold the word: vpmuludq gives each lane's full 64-bit product, whose
+  // high half a vpshufd moves down. The high halves of the lanes are never read (vpmuludq takes
+  // the low ones; xor works bit by bit), so they need no clearing.
+  const __m512i m0 = _mm512_set1_epi64(0xD2511F53u);
+  const __m512i m1 = _mm512_set1_epi64(0xCD9E8D57u);
+  __m512i a0 = _mm512_set1_epi32(static_cast<int>(ctr[0])), b0 = a0;
+  __m512i a1 = _mm512_set1_epi32(static_cast<int>(ctr[1])), b1 = a1;
+  __m512i a2 = _mm512_set1_epi32(static_cast<int>(ctr[2])), b2 = a2;
+  const __m512i lanes = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  __m512i a3 = _mm512_add_epi64(_mm512_set1_epi64(first), lanes);
+  __m512i b3 = _mm512_add_epi64(_mm512_set1_epi64(int64_t{first} + 8), lanes);
   uint32_t k0 = key[0], k1 = key[1];
   for (int round = 0; round < 10; ++round) {
     if (round > 0) {
       k0 += 0x9E3779B9u;
       k1 += 0xBB67AE85u;
     }
-    __m512i hi0, lo0, hi1, lo1;
-    MulHiLo(m0, c0, &hi0, &lo0);
-    MulHiLo(m1, c2, &hi1, &lo1);
-    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1),
-                                        _mm512_set1_epi32(static_cast<int>(k0)));
-    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3),
-                                        _mm512_set1_epi32(static_cast<int>(k1)));
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
+    const __m512i vk0 = _mm512_set1_epi32(static_cast<int>(k0));
+    const __m512i vk1 = _mm512_set1_epi32(static_cast<int>(k1));
+    const __m512i pa0 = _mm512_mul_epu32(m0, a0), pa2 = _mm512_mul_epu32(m1, a2);
+    const __m512i pb0 = _mm512_mul_epu32(m0, b0), pb2 = _mm512_mul_epu32(m1, b2);
+    // 0xB1 swaps the 32-bit halves of each lane; 0x96 is a ^ b ^ c.
+    a0 = _mm512_ternarylogic_epi32(_mm512_shuffle_epi32(pa2, _MM_PERM_CDAB), a1, vk0, 0x96);
+    a2 = _mm512_ternarylogic_epi32(_mm512_shuffle_epi32(pa0, _MM_PERM_CDAB), a3, vk1, 0x96);
+    a1 = pa2;
+    a3 = pa0;
+    b0 = _mm512_ternarylogic_epi32(_mm512_shuffle_epi32(pb2, _MM_PERM_CDAB), b1, vk0, 0x96);
+    b2 = _mm512_ternarylogic_epi32(_mm512_shuffle_epi32(pb0, _MM_PERM_CDAB), b3, vk1, 0x96);
+    b1 = pb2;
+    b3 = pb0;
   }
-  alignas(64) uint32_t w[4][16];
-  _mm512_store_si512(w[0], c0);
-  _mm512_store_si512(w[1], c1);
-  _mm512_store_si512(w[2], c2);
-  _mm512_store_si512(w[3], c3);
-  for (int b = 0; b < 16; ++b) {
-    out[4 * b] = w[0][b];
-    out[4 * b + 1] = w[1][b];
-    out[4 * b + 2] = w[2][b];
-    out[4 * b + 3] = w[3][b];
+  // The low words of both groups, blocks first .. first+15 in lanes 0 .. 15.
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i c0 = _mm512_permutex2var_epi32(a0, even, b0);
+  const __m512i c1 = _mm512_permutex2var_epi32(a1, even, b1);
+  const __m512i c2 = _mm512_permutex2var_epi32(a2, even, b2);
+  const __m512i c3 = _mm512_permutex2var_epi32(a3, even, b3);
+  // Lane 4L + j of c_i is block 4L + j's word i. Within each 128-bit lane L, transpose 4 x 4:
+  // u_j's lane L is then block 4L + j (its four words in order).
+  const __m512i t0 = _mm512_unpacklo_epi32(c0, c1), t1 = _mm512_unpackhi_epi32(c0, c1);
+  const __m512i t2 = _mm512_unpacklo_epi32(c2, c3), t3 = _mm512_unpackhi_epi32(c2, c3);
+  const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
+  const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
+  // Then the 4 x 4 of 128-bit lanes: out[q] = blocks 4q .. 4q+3 = lane q of u0, u1, u2, u3.
+  const __m512i lo01 = _mm512_shuffle_i32x4(u0, u1, 0x44), lo23 = _mm512_shuffle_i32x4(u2, u3, 0x44);
+  const __m512i hi01 = _mm512_shuffle_i32x4(u0, u1, 0xEE), hi23 = _mm512_shuffle_i32x4(u2, u3, 0xEE);
+  out[0] = _mm512_shuffle_i32x4(lo01, lo23, 0x88);
+  out[1] = _mm512_shuffle_i32x4(lo01, lo23, 0xDD);
+  out[2] = _mm512_shuffle_i32x4(hi01, hi23, 0x88);
+  out[3] = _mm512_shuffle_i32x4(hi01, hi23, 0xDD);
+}
+
+__attribute__((target("avx512f"))) void PhiloxBlocks16(const uint32_t key[2],
+                                                       const uint32_t ctr[3], uint32_t first,
+                                                       uint32_t* out) {
+  __m512i w[4];
+  PhiloxElements64(key, ctr, first, w);
+  for (int q = 0; q < 4; ++q) _mm512_storeu_si512(out + 16 * q, w[q]);
+}
+
+// Keep for 64 elements from block `first` on (see CounterRng::Keep).
+__attribute__((target("avx512f"))) void Keep64(const uint32_t key[2], const uint32_t ctr[3],
+                                               uint32_t first, uint32_t threshold,
+                                               float keep_value, const float* x, float* y,
+                                               float* mask) {
+  __m512i w[4];
+  PhiloxElements64(key, ctr, first, w);
+  const __m512i th = _mm512_set1_epi32(static_cast<int>(threshold));
+  const __m512 keep = _mm512_set1_ps(keep_value);
+  for (int q = 0; q < 4; ++q) {
+    const __m512 m = _mm512_maskz_mov_ps(_mm512_cmpge_epu32_mask(w[q], th), keep);
+    if (mask) _mm512_storeu_ps(mask + 16 * q, m);
+    // A full product, as the scalar path: a dropped -3 gives -0 and a dropped NaN stays NaN.
+    if (y) _mm512_storeu_ps(y + 16 * q, x ? _mm512_mul_ps(_mm512_loadu_ps(x + 16 * q), m) : m);
   }
 }
 
@@ -113,6 +144,29 @@ void CounterRng::Bits(uint32_t* out, int64_t n) const {
   if (n % 4) {
     Block(static_cast<uint32_t>(full), w);
     for (int64_t i = 0; i < n % 4; ++i) out[4 * full + i] = w[i];
+  }
+}
+
+void CounterRng::Keep(uint32_t threshold, float keep_value, const float* x, float* y,
+                      float* mask, int64_t n) const {
+  int64_t j = 0;
+#ifdef DROPNET_PHILOX_AVX512
+  if (HavePhiloxAvx512()) {
+    for (; j + 64 <= n; j += 64) {
+      Keep64(key_, ctr_, static_cast<uint32_t>(j / 4), threshold, keep_value, x ? x + j : nullptr,
+             y ? y + j : nullptr, mask ? mask + j : nullptr);
+    }
+  }
+#endif
+  uint32_t w[4];
+  for (; j < n; j += 4) {
+    Block(static_cast<uint32_t>(j / 4), w);
+    for (int64_t i = j; i < std::min(n, j + 4); ++i) {
+      // Branch-free (the comparison is a coin flip).
+      const float m = static_cast<float>(w[i - j] >= threshold) * keep_value;
+      if (mask) mask[i] = m;
+      if (y) y[i] = x ? x[i] * m : m;
+    }
   }
 }
 

@@ -35,6 +35,10 @@ class CounterRng {
   void Normal(float* out, int64_t n) const;
   // Fills n raw words for elements 0..n-1.
   void Bits(uint32_t* out, int64_t n) const;
+  // The dropout draw for elements 0..n-1: m[j] = keep_value when word j >= threshold, else 0;
+  // mask[j] = m[j] and y[j] = x[j] * m[j] (y[j] = m[j] without x). mask and y may be null.
+  void Keep(uint32_t threshold, float keep_value, const float* x, float* y, float* mask,
+            int64_t n) const;
 
  private:
   uint32_t key_[2];

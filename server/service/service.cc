@@ -241,11 +241,18 @@ grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
     reactor->Finish(status);
     log->Write(status, ms);
   };
-  // A small call (a row or a few through the network) while a worker is free runs here, on the
-  // gRPC thread that received it: handing it to a worker would cost a thread wake-up of the same
-  // order as its compute.
-  if (work >= 0 && work <= kInlineWork &&
-      active_calls_.load(std::memory_order_relaxed) < executor_.workers()) {
+  // Some calls run here, on the gRPC thread that received it, because handing them to a worker
+  // costs a thread wake-up (tens of microseconds where idle cores sleep) and a second one when
+  // the answer goes out from a thread gRPC does not poll on:
+  // - a small call (a row or a few through the network) while a worker is free: the hand-off
+  //   would be of the order of its compute;
+  // - a call of up to kInlineIdleWork that found the server idle: no other call waits for this
+  //   thread. Calls that arrive meanwhile go to the workers, so for at most about a millisecond
+  //   one call more than --workers may compute.
+  const bool small = work >= 0 && work <= kInlineWork &&
+                     active_calls_.load(std::memory_order_relaxed) < executor_.workers();
+  const bool alone = idle && work >= 0 && work <= kInlineIdleWork;
+  if (small || alone) {
     run();
     return reactor;
   }

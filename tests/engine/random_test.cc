@@ -4,6 +4,7 @@
 #include "server/engine/random.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <set>
@@ -94,6 +95,43 @@ TEST(CounterRngTest, BitsMatchesBlockForEveryLength) {
         uint32_t block[4];
         rng.Block(static_cast<uint32_t>(i / 4), block);
         ASSERT_EQ(bits[i], block[i % 4]) << "n " << n << " element " << i;
+      }
+    }
+  }
+}
+
+// Keep draws 64 elements at a time (vectorised where the CPU allows) and the rest by blocks:
+// every length gives m = keep_value exactly where the element's word is >= threshold, else 0,
+// into the mask and into y = x * m (NaN and negative inputs included: a product, not a select).
+TEST(CounterRngTest, KeepMatchesBlockForEveryLength) {
+  const CounterRng rng(0x299f31d0a4093822ULL, 77, 9, 0x13198a2eu);
+  for (const double p : {0.1, 0.5, 0.9}) {
+    const auto threshold = static_cast<uint32_t>(std::ldexp(p, 32));
+    const float keep = static_cast<float>(1.0 / (1.0 - p));
+    for (int64_t n : {0, 1, 3, 5, 63, 64, 65, 130, 511, 512, 1000}) {
+      std::vector<float> x(n), y(n, 7.0f), mask(n, 7.0f), y_only(n, 7.0f);
+      for (int64_t i = 0; i < n; ++i) x[i] = i % 7 == 3 ? NAN : static_cast<float>(i % 5) - 2.5f;
+      rng.Keep(threshold, keep, x.data(), y.data(), mask.data(), n);
+      rng.Keep(threshold, keep, nullptr, y_only.data(), nullptr, n);
+      int64_t kept = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        uint32_t block[4];
+        rng.Block(static_cast<uint32_t>(i / 4), block);
+        const float m = block[i % 4] >= threshold ? keep : 0.0f;
+        kept += m != 0.0f;
+        ASSERT_EQ(mask[i], m) << "p " << p << " n " << n << " element " << i;
+        ASSERT_EQ(y_only[i], m) << "p " << p << " n " << n << " element " << i;
+        const float want = x[i] * m;
+        if (std::isnan(want)) {
+          ASSERT_TRUE(std::isnan(y[i])) << "element " << i;
+        } else {
+          ASSERT_EQ(std::bit_cast<uint32_t>(y[i]), std::bit_cast<uint32_t>(want)) << "element " << i;
+        }
+      }
+      if (n == 1000) {
+        // Binomial(1000, 1 - p): within 5 standard deviations of its mean.
+        const double sd = std::sqrt(1000 * p * (1 - p));
+        EXPECT_NEAR(kept, 1000 * (1 - p), 5 * sd) << "p " << p;
       }
     }
   }
