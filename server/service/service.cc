@@ -247,8 +247,8 @@ grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
   // - a small call (a row or a few through the network) while a worker is free: the hand-off
   //   would be of the order of its compute;
   // - a call of up to kInlineIdleWork that found the server idle: no other call waits for this
-  //   thread. Calls that arrive meanwhile go to the workers, so for at most about a millisecond
-  //   one call more than --workers may compute.
+  //   thread. Calls that arrive meanwhile go to the workers, so for at most about half a
+  //   millisecond one call more than --workers may compute.
   const bool small = work >= 0 && work <= kInlineWork &&
                      active_calls_.load(std::memory_order_relaxed) < executor_.workers();
   const bool alone = idle && work >= 0 && work <= kInlineIdleWork;
