@@ -470,9 +470,18 @@ __attribute__((target("avx512f,popcnt"))) void GatherColumnsAvx512(const float* 
   const int64_t blocks = (cols + 15) / 16;
   thread_local std::vector<__mmask16> selected;
   selected.assign(blocks, 0);
+  // k_index ascends: each block's bits gather in a register.
+  unsigned bits = 0;
+  int64_t block = kn > 0 ? k_index[0] / 16 : 0;
   for (int64_t i = 0; i < kn; ++i) {
-    selected[k_index[i] / 16] |= static_cast<__mmask16>(1u << (k_index[i] % 16));
+    if (k_index[i] / 16 != block) {
+      selected[block] = static_cast<__mmask16>(bits);
+      bits = 0;
+      block = k_index[i] / 16;
+    }
+    bits |= 1u << (k_index[i] % 16);
   }
+  if (kn > 0) selected[block] = static_cast<__mmask16>(bits);
   for (int64_t r = 0; r < rows; ++r) {
     const float* ar = a + r * cols;
     float* o = out + r * kn;
@@ -493,7 +502,8 @@ __attribute__((target("avx512f,popcnt"))) void GatherColumnsAvx512(const float* 
 void GatherColumns(const float* a, int64_t rows, int64_t cols, const int32_t* k_index, int64_t kn,
                    float* out) {
 #ifdef DROPNET_GEMM_AVX512
-  if (HaveAvx512()) {
+  // A row or a few gather faster one by one than the masks take to build.
+  if (HaveAvx512() && rows >= 4) {
     GatherColumnsAvx512(a, rows, cols, k_index, kn, out);
     return;
   }
