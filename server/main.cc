@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
                  "CA (PEM) for client certificates: mutual TLS, clients must present one")
       ->envname("DROPNET_TLS_CLIENT_CA")->check(CLI::ExistingFile);
   app.add_flag("--plaintext", c.plaintext,
-               "serve without TLS on a non-loopback address (loopback is always allowed)")
+               "serve without TLS on a non-loopback address (loopback and Unix sockets are always "
+               "allowed)")
       ->envname("DROPNET_PLAINTEXT");
   app.add_option("--tokens-file", c.tokens_file,
                  "bearer tokens, one '<role> <token>' a line (roles admin, predict); also "

@@ -46,6 +46,8 @@ std::string ReadPem(const std::filesystem::path& path, const char* what) {
 }  // namespace
 
 bool IsLoopbackAddress(const std::string& listen) {
+  // A Unix socket is a file of this host (or, abstract, a name in its network namespace).
+  if (listen.rfind("unix:", 0) == 0 || listen.rfind("unix-abstract:", 0) == 0) return true;
   std::string host = listen;
   if (host.rfind("ipv4:", 0) == 0) host = host.substr(5);
   if (host.rfind("ipv6:", 0) == 0) host = host.substr(5);

@@ -39,7 +39,8 @@ struct ServerConfig {
   std::filesystem::path tokens_file;
 };
 
-// True for 127.0.0.0/8, localhost and [::1] listen addresses.
+// True for listen addresses only this host can reach: 127.0.0.0/8, localhost, [::1], and Unix
+// sockets (unix:path, unix-abstract:name).
 bool IsLoopbackAddress(const std::string& listen);
 
 class Server {

@@ -198,6 +198,9 @@ TEST_F(SecureServerTest, PlaintextOnlyOnLoopbackUnlessAskedFor) {
   EXPECT_FALSE(IsLoopbackAddress("0.0.0.0:50051"));
   EXPECT_FALSE(IsLoopbackAddress("[::]:50051"));
   EXPECT_FALSE(IsLoopbackAddress("10.1.2.3:50051"));
+  EXPECT_TRUE(IsLoopbackAddress("unix:/run/dropnet/dropnet.sock"));
+  EXPECT_TRUE(IsLoopbackAddress("unix-abstract:dropnet"));
+  EXPECT_FALSE(IsLoopbackAddress("dns:unix.example.com:50051"));
 
   ServerConfig c = Config();
   c.listen = "0.0.0.0:0";
@@ -214,6 +217,22 @@ TEST_F(SecureServerTest, PlaintextOnlyOnLoopbackUnlessAskedFor) {
   server_ = std::make_unique<Server>(c);
   EXPECT_NO_THROW(server_->Start());
   EXPECT_GT(server_->port(), 0);
+}
+
+// A Unix socket is reachable from this host only: plaintext needs no flag there.
+TEST_F(SecureServerTest, PlaintextOnAUnixSocketWithoutTheFlag) {
+  fs::create_directories(store_);
+  const fs::path socket = store_ / "dropnet.sock";
+  ServerConfig c = Config();
+  c.listen = "unix:" + socket.string();
+  server_ = std::make_unique<Server>(c);
+  ASSERT_NO_THROW(server_->Start());
+  client::ClientOptions o;
+  o.target = "unix:" + socket.string();
+  o.deadline = std::chrono::seconds(5);
+  client::Client unix_client(o);
+  EXPECT_TRUE(unix_client.Healthy());
+  EXPECT_EQ(CodeOf([&] { unix_client.CreateModel("m", SmallSpec()); }), grpc::StatusCode::OK);
 }
 
 TEST_F(SecureServerTest, TlsNeedsBothCertificateAndKey) {
