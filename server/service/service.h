@@ -105,9 +105,9 @@ class DropnetService final : public DropnetServiceBase {
   grpc::ServerUnaryReactor* Queue(const char* method, grpc::CallbackServerContext* ctx, Role role,
                                   int64_t work, Body body);
   static constexpr int64_t kInlineWork = int64_t{1} << 21;
-  // About half a millisecond of compute on two cores, for which the two thread wake-ups a
-  // hand-off costs (some 50 us) are a tenth of the call or more (PredictUncertainty with T = 100
-  // for one row of a 670,000-parameter model is 6.7e7; Predict of 256 rows, 1.7e8, is not).
+  // About half a millisecond of compute on two cores: the two thread wake-ups a hand-off costs
+  // (20 to 35 us measured) are 5% of such a call or more. PredictUncertainty with T = 100 for
+  // one row of a 670,000-parameter model is 6.7e7; Predict of 256 rows, 1.7e8, is not.
   static constexpr int64_t kInlineIdleWork = int64_t{1} << 27;
   // The engine threads' spin (engine::SetWorkerSpin) from which a small call also splits.
   static constexpr std::chrono::microseconds kSpinForSmallCalls{200};
