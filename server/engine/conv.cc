@@ -375,7 +375,7 @@ void GemmAvx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, flo
       for (int64_t m0 = 0; m0 < m; m0 += kMr) {
         const int mr = static_cast<int>(std::min<int64_t>(kMr, m - m0));
         Kernel(mr, nv)(kc, a + m0 * a_rs + k0 * a_cs, a_rs, a_cs, p, c + m0 * ldc + n0, ldc, nv,
-                     accumulate, alpha);
+                       accumulate, alpha);
       }
     }
   }
@@ -446,7 +446,8 @@ void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int3
         PackPanel(b, ldb, k_index, s0, kc, n0, nv, p);
         for (int64_t m0 = 0; m0 < m; m0 += kMr) {
           const int mr = static_cast<int>(std::min<int64_t>(kMr, m - m0));
-          Kernel(mr, nv)(kc, a + m0 * lda + s0, lda, 1, p, c + m0 * ldc + n0, ldc, nv, blk > 0, 1.0f);
+          Kernel(mr, nv)(kc, a + m0 * lda + s0, lda, 1, p, c + m0 * ldc + n0, ldc, nv, blk > 0,
+                         1.0f);
         }
       }
     }

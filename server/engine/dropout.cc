@@ -51,9 +51,10 @@ Dropout::Dropout(const LayerConfig& config, const Shape& input) : Layer(config, 
 
 void Dropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const {
   const double p = config_.rate;
-  if (!Stochastic(ctx.mode) || p == 0.0) {
-    if (config_.classic_scaling && p > 0.0) *y = x * static_cast<float>(1.0 - p);
-    else *y = x;
+  if (PassesThrough(ctx.mode) || !Stochastic(ctx.mode)) {
+    // In eval, classic scaling multiplies by the keep probability instead of dropping.
+    if (PassesThrough(ctx.mode)) *y = x;
+    else *y = x * static_cast<float>(1.0 - p);
     if (cache) cache->mask.resize(0, 0);
     return;
   }

@@ -30,7 +30,7 @@ SpatialDropout::SpatialDropout(const LayerConfig& config, const Shape& input)
 void SpatialDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache,
                              Matrix* y) const {
   const double p = config_.rate;
-  if (!Stochastic(ctx.mode) || p == 0.0) {
+  if (PassesThrough(ctx.mode)) {
     *y = x;
     if (cache) cache->mask.resize(0, 0);
     return;
@@ -73,7 +73,7 @@ GaussianDropout::GaussianDropout(const LayerConfig& config, const Shape& input)
 void GaussianDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache,
                               Matrix* y) const {
   const double p = config_.rate;
-  if (!Stochastic(ctx.mode) || p == 0.0) {
+  if (PassesThrough(ctx.mode)) {
     *y = x;
     if (cache) cache->mask.resize(0, 0);
     return;
@@ -113,7 +113,7 @@ void AlphaDropout::Affine(double p, double* a, double* b) {
 void AlphaDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache,
                            Matrix* y) const {
   const double p = config_.rate;
-  if (!Stochastic(ctx.mode) || p == 0.0) {
+  if (PassesThrough(ctx.mode)) {
     *y = x;
     if (cache) cache->mask.resize(0, 0);
     return;

@@ -30,11 +30,13 @@ struct ChunkStats {
     arg_max.resize(samples * rows);
   }
 
+  int samples() const { return static_cast<int>(var.size()); }
+
   // Sample s's predictions (B x C).
-  void Set(int s, const Matrix& pred, bool classify) {
+  void Set(int s, const Matrix& pred) {
     auto ps = p.middleRows(s * b, b);
     ps = pred.cast<double>();
-    if (!classify) return;
+    if (arg_max.empty()) return;  // not classification
     for (int64_t r = 0; r < b; ++r) {
       double h = 0;
       for (int64_t c = 0; c < ps.cols(); ++c)
@@ -198,7 +200,7 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
       const int64_t off = stochastic ? static_cast<int64_t>(t - t0) * b : 0;
       sample_raw = raw.middleRows(off, b);
       HeadOutputs(task, loss, net.EndsWithSoftmax(), sample_raw, &pred, &out->var[t - t0]);
-      out->Set(t - t0, pred, classify);
+      out->Set(t - t0, pred);
       if (options.keep_samples) result.sample_outputs[t] = pred;
     }
   };
@@ -220,7 +222,7 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
       for (int64_t i = i0; i < i1; ++i) run_chunk(c0 + static_cast<int>(i), &parts[i], inner);
     });
     for (const auto& p : parts) {
-      for (int s = 0; s < static_cast<int>(p.var.size()); ++s) {
+      for (int s = 0; s < p.samples(); ++s) {
         total.Add(p, s, options.targets, options.tau);
       }
     }

@@ -95,8 +95,10 @@ __attribute__((target("avx512f"))) inline void PhiloxElements64(const uint32_t k
   const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
   const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
   // Then the 4 x 4 of 128-bit lanes: out[q] = blocks 4q .. 4q+3 = lane q of u0, u1, u2, u3.
-  const __m512i lo01 = _mm512_shuffle_i32x4(u0, u1, 0x44), lo23 = _mm512_shuffle_i32x4(u2, u3, 0x44);
-  const __m512i hi01 = _mm512_shuffle_i32x4(u0, u1, 0xEE), hi23 = _mm512_shuffle_i32x4(u2, u3, 0xEE);
+  const __m512i lo01 = _mm512_shuffle_i32x4(u0, u1, 0x44);
+  const __m512i lo23 = _mm512_shuffle_i32x4(u2, u3, 0x44);
+  const __m512i hi01 = _mm512_shuffle_i32x4(u0, u1, 0xEE);
+  const __m512i hi23 = _mm512_shuffle_i32x4(u2, u3, 0xEE);
   out[0] = _mm512_shuffle_i32x4(lo01, lo23, 0x88);
   out[1] = _mm512_shuffle_i32x4(lo01, lo23, 0xDD);
   out[2] = _mm512_shuffle_i32x4(hi01, hi23, 0x88);
@@ -137,7 +139,9 @@ void CounterRng::Bits(uint32_t* out, int64_t n) const {
   int64_t b = 0;
 #ifdef DROPNET_PHILOX_AVX512
   if (HavePhiloxAvx512()) {
-    for (; b + 16 <= full; b += 16) PhiloxBlocks16(key_, ctr_, static_cast<uint32_t>(b), out + 4 * b);
+    for (; b + 16 <= full; b += 16) {
+      PhiloxBlocks16(key_, ctr_, static_cast<uint32_t>(b), out + 4 * b);
+    }
   }
 #endif
   for (; b < full; ++b) Block(static_cast<uint32_t>(b), out + 4 * b);

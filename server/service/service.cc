@@ -28,10 +28,6 @@ std::shared_ptr<spdlog::logger> Logger(const char* name) {
   return l ? l : spdlog::default_logger();
 }
 
-// Whether the prediction call running on this thread found the server idle when it arrived (set
-// by Queue's runner, read by ThreadsForCall).
-thread_local bool call_found_server_idle = false;
-
 bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
   return ctx && ctx->deadline() <= std::chrono::system_clock::now();
 }
@@ -116,6 +112,7 @@ struct DropnetService::CallLog {
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::string model = "-", mode = "-";
   int64_t version = 0, rows = 0;
+  int threads = 1;  // engine threads of a prediction call, chosen by Queue when it starts
 
   double ElapsedMs() const {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
@@ -178,13 +175,13 @@ grpc::Status DropnetService::Handle(const char* method, grpc::ServerContextBase*
   return status;
 }
 
-int DropnetService::ThreadsForCall(int64_t work) const {
+int DropnetService::ThreadsForCall(int64_t work, bool found_idle) const {
   // A small call splits only when it found the server idle (under load the cores are busy with
   // other calls already, and a split would take one from the next call) and the engine threads
   // are likely still spinning from the previous call (--spin-us): waking a sleeping one costs
   // more than it saves.
   if (work >= 0 && work <= kInlineWork) {
-    return call_found_server_idle && engine::WorkerSpin() >= kSpinForSmallCalls
+    return found_idle && engine::WorkerSpin() >= kSpinForSmallCalls
                ? config_.compute_threads
                : 1;
   }
@@ -217,7 +214,6 @@ grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
                         std::chrono::nanoseconds(kIdleGap).count();
   auto run = [this, method, ctx, role, reactor, log, work, idle,
               body = std::move(body)]() mutable {
-    call_found_server_idle = idle;
     grpc::Status status;
     // A call that waited past its deadline, or whose client went away, is not computed.
     if (ctx->IsCancelled()) {
@@ -229,7 +225,8 @@ grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
       active_calls_.fetch_add(1, std::memory_order_relaxed);
       // The engine's workers start spinning now, while the call reads its inputs, instead of
       // being woken by its first product.
-      engine::WakeWorkers(ThreadsForCall(work));
+      log->threads = ThreadsForCall(work, idle);
+      engine::WakeWorkers(log->threads);
       status = Run(method, ctx, role, body, *log);
       active_calls_.fetch_sub(1, std::memory_order_relaxed);
     }
@@ -721,7 +718,7 @@ grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* c
                                                   const v1::PredictRequest* req,
                                                   v1::PredictResponse* resp) {
   const int64_t work = EstimatedWork(req->model(), req->inputs(), 1);
-  return Queue("Predict", ctx, Role::kPredict, work, [this, req, resp, work](CallLog& log) {
+  return Queue("Predict", ctx, Role::kPredict, work, [this, req, resp](CallLog& log) {
     log.model = req->model();
     log.mode = "eval";
     SnapshotPtr snap = registry_->Get(req->model());
@@ -729,7 +726,7 @@ grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* c
     Matrix x = ReadInputs(*snap, req->inputs(), config_.max_batch_rows);
     log.rows = x.rows();
     Matrix var;
-    Matrix out = engine::PredictEval(snap->net, snap->task, snap->loss, x, ThreadsForCall(work),
+    Matrix out = engine::PredictEval(snap->net, snap->task, snap->loss, x, log.threads,
                                      nullptr, nullptr, &var);
     ToTensor(out, resp->mutable_outputs());
     if (var.size()) ToTensor(var, resp->mutable_variances());
@@ -752,7 +749,7 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(
   const int64_t work = EstimatedWork(
       req->model(), req->inputs(), req->samples() > 0 ? req->samples() : config_.default_samples);
   return Queue("PredictUncertainty", ctx, Role::kPredict, work,
-               [this, ctx, req, resp, work](CallLog& log) {
+               [this, ctx, req, resp](CallLog& log) {
     log.model = req->model();
     log.mode = "monte_carlo";
     SnapshotPtr snap = registry_->Get(req->model());
@@ -773,7 +770,7 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(
                " values, the limit is " + std::to_string(config_.max_returned_samples));
     }
     mo.seed = req->has_seed() ? req->seed() : FreshSeed();
-    mo.threads = ThreadsForCall(work);
+    mo.threads = log.threads;
     mo.memory_budget_bytes = config_.mc_memory_budget_bytes;
     mo.keep_samples = req->return_samples();
     mo.tau = snap->tau;
@@ -838,13 +835,13 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
     double ll_sum = 0;
     const bool mc = req->mode() == v1::EVAL_MODE_MONTE_CARLO;
     if (!mc) {
-      mean = engine::PredictEval(snap->net, snap->task, snap->loss, x, ThreadsForCall(-1),
+      mean = engine::PredictEval(snap->net, snap->task, snap->loss, x, log.threads,
                                  nullptr, nullptr, &var);
     } else {
       engine::McOptions mo;
       mo.samples = ResolveSamples(req->samples(), config_.default_samples, config_.max_samples);
       mo.seed = req->has_seed() ? req->seed() : FreshSeed();
-      mo.threads = ThreadsForCall(-1);
+      mo.threads = log.threads;
       mo.memory_budget_bytes = config_.mc_memory_budget_bytes;
       mo.tau = snap->tau;
       mo.should_stop = [&] { return ctx->IsCancelled() || DeadlinePassed(ctx) || draining_.load(); };

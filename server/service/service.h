@@ -116,12 +116,12 @@ class DropnetService final : public DropnetServiceBase {
   static constexpr std::chrono::microseconds kIdleGap{60};
   // Rows x parameters x samples of a prediction call.
   int64_t EstimatedWork(const std::string& model, const v1::Tensor& inputs, int64_t samples) const;
-  // Engine threads for a prediction call of `work` (see Queue): all of --threads when it computes
-  // alone and a share when several do; one for a small call unless it found the server idle and
-  // the engine threads spin for at least kSpinForSmallCalls. Calls that run side by side already
+  // Engine threads for a prediction call of `work` (see Queue), chosen once as it starts: all of
+  // --threads when it computes alone and a share when several do; one for a small call unless it
+  // found the server idle and the engine threads spin for at least kSpinForSmallCalls. Calls that run side by side already
   // keep the cores busy; splitting each across all of them too would only add hand-offs, as would
   // splitting a small one onto a sleeping thread (results do not depend on the thread count).
-  int ThreadsForCall(int64_t work) const;
+  int ThreadsForCall(int64_t work, bool found_idle) const;
 
   Registry* registry_;
   const TokenAuth* auth_;

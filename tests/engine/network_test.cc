@@ -506,6 +506,20 @@ TEST(NetworkTest, LayersThatPassThroughReturnTheirInputAndSkippingThemChangesNot
   const Matrix h = ((x * w1).rowwise() + b1.row(0)).cwiseMax(0.0f);
   const Matrix expected = (h * w2).rowwise() + b2.row(0);
   EXPECT_LT((out - expected).cwiseAbs().maxCoeff(), 1e-5f);
+  // The same passes with every layer run, none skipped, give the same bits: in eval (flatten and
+  // dropout skipped) and in Monte Carlo (flatten skipped, dropout drawing from the same address).
+  for (Mode mode : {Mode::kEval, Mode::kMonteCarlo}) {
+    const Context ctx = MakeContext(mode, 11);
+    Matrix every = x;
+    for (int i = 0; i < net.size(); ++i) {
+      Context layer_ctx = ctx;
+      layer_ctx.layer = static_cast<uint32_t>(i);
+      Matrix next;
+      net.layer(i).Forward(every, layer_ctx, nullptr, &next);
+      every = std::move(next);
+    }
+    EXPECT_TRUE(BitEqual(net.Forward(x, ctx, nullptr), every)) << static_cast<int>(mode);
+  }
 }
 
 }  // namespace

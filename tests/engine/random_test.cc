@@ -125,7 +125,8 @@ TEST(CounterRngTest, KeepMatchesBlockForEveryLength) {
         if (std::isnan(want)) {
           ASSERT_TRUE(std::isnan(y[i])) << "element " << i;
         } else {
-          ASSERT_EQ(std::bit_cast<uint32_t>(y[i]), std::bit_cast<uint32_t>(want)) << "element " << i;
+          ASSERT_EQ(std::bit_cast<uint32_t>(y[i]), std::bit_cast<uint32_t>(want))
+              << "element " << i;
         }
       }
       if (n == 1000) {
