@@ -7,6 +7,7 @@
 #include <thread>
 
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/impl/codegen/client_unary_call.h>
 
 #include "common/status_code_name.h"
 
@@ -235,6 +236,26 @@ v1::PredictResponse Client::Predict(const v1::PredictRequest& request, CallOptio
   Prepare(&ctx, call);
   v1::PredictResponse resp;
   Check(stub_->Predict(&ctx, request, &resp));
+  return resp;
+}
+
+grpc::ByteBuffer Client::Serialize(const v1::PredictRequest& request) {
+  grpc::ByteBuffer buffer;
+  bool own_buffer = false;
+  grpc::Status s = grpc::SerializationTraits<v1::PredictRequest>::Serialize(request, &buffer,
+                                                                            &own_buffer);
+  if (!s.ok()) throw ClientError(s.error_code(), "serialising the request: " + s.error_message());
+  return buffer;
+}
+
+v1::PredictResponse Client::Predict(const grpc::ByteBuffer& serialized_request, CallOptions call) {
+  static const char* const kMethod = "/dropnet.v1.Dropnet/Predict";
+  const grpc::internal::RpcMethod method(kMethod, grpc::internal::RpcMethod::NORMAL_RPC, channel_);
+  grpc::ClientContext ctx;
+  Prepare(&ctx, call);
+  v1::PredictResponse resp;
+  Check(grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, v1::PredictResponse>(
+      channel_.get(), method, &ctx, serialized_request, &resp));
   return resp;
 }
 

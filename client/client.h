@@ -105,6 +105,10 @@ class Client {
   v1::PredictUncertaintyResponse PredictUncertainty(const v1::PredictUncertaintyRequest& request,
                                                     CallOptions call = {});
   v1::EvaluateResponse Evaluate(const v1::EvaluateRequest& request, CallOptions call = {});
+  // Predict with a request serialised once by Serialize: a caller that sends the same bytes again
+  // and again (a load generator) saves the serialisation of every call, a copy of the inputs.
+  static grpc::ByteBuffer Serialize(const v1::PredictRequest& request);
+  v1::PredictResponse Predict(const grpc::ByteBuffer& serialized_request, CallOptions call = {});
 
  private:
   void Prepare(grpc::ClientContext* ctx, const CallOptions& call, bool streaming = false) const;

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(spec checkpoint csv idx)
+((${#targets[@]})) || targets=(spec checkpoint csv idx request)
 dir=${DROPNET_FUZZ_BUILD_DIR:-build-fuzz}
 cxx=${DROPNET_FUZZ_CXX:-$(command -v clang++-14 || command -v clang++ || true)}
 [ -n "$cxx" ] || { echo "fuzz: clang++ is not installed (scripts/setup.sh installs it)" >&2; exit 1; }

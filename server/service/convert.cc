@@ -2,7 +2,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <sstream>
+#include <stdexcept>
 #include <utility>
 
 #include "server/engine/conv.h"
@@ -299,64 +301,84 @@ void ToTensor(const Eigen::VectorXf& v, v1::Tensor* out) {
   out->mutable_values()->Add(v.data(), v.data() + v.size());
 }
 
-namespace {
-
-// Copies n floats and says whether every one is finite, in one pass over the data (a request
-// batch is read once, not once to check and once to copy). 0 * v is 0 for a finite v and NaN for
-// an infinite or NaN one; eight independent sums let the compiler vectorise the loop.
-bool CopyFinite(const float* src, float* dst, int64_t n) {
+// 0 * v is 0 for a finite v and NaN for an infinite or NaN one; eight independent sums let the
+// compiler vectorise the loop (memcpy loads compile to unaligned vector loads).
+bool CopyFinite(const char* src, float* dst, int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     for (int k = 0; k < 8; ++k) {
-      const float v = src[i + k];
+      float v;
+      std::memcpy(&v, src + 4 * (i + k), 4);
       dst[i + k] = v;
       acc[k] += v * 0.0f;
     }
   }
   float sum = 0;
   for (; i < n; ++i) {
-    dst[i] = src[i];
-    sum += src[i] * 0.0f;
+    float v;
+    std::memcpy(&v, src + 4 * i, 4);
+    dst[i] = v;
+    sum += v * 0.0f;
   }
   for (float a : acc) sum += a;
   return sum == 0.0f;
 }
 
+namespace {
+
+template <typename... Parts>
+[[noreturn]] void FailField(const char* field, Parts&&... parts) {
+  std::ostringstream msg;
+  msg << field;
+  (msg << ... << parts);
+  throw InvalidArgument(msg.str());
+}
+
 }  // namespace
 
-engine::Matrix FromTensor(const v1::Tensor& t, int64_t row_size, const char* field) {
-  auto fail = [&](auto&&... parts) {
-    std::ostringstream msg;
-    msg << field;
-    (msg << ... << parts);
-    throw InvalidArgument(msg.str());
-  };
-  if (t.shape().empty()) {
-    fail(".shape is empty: expected [rows, ...] with ", row_size, " values a row");
+int64_t CheckBatchShape(std::span<const int64_t> shape, int64_t value_count, int64_t row_size,
+                        const char* field) {
+  if (shape.empty()) {
+    FailField(field, ".shape is empty: expected [rows, ...] with ", row_size, " values a row");
   }
-  int64_t rows = t.shape(0), per_row = 1;
-  for (int i = 0; i < t.shape_size(); ++i) {
-    if (t.shape(i) <= 0) fail(".shape[", i, "] must be positive, got ", t.shape(i));
-    if (i > 0) {
-      per_row *= t.shape(i);
-      if (per_row > (int64_t{1} << 40)) fail(".shape is too large");
+  int64_t rows = shape[0], per_row = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] <= 0) FailField(field, ".shape[", i, "] must be positive, got ", shape[i]);
+    if (i > 0 && (__builtin_mul_overflow(per_row, shape[i], &per_row) ||
+                  per_row > (int64_t{1} << 40))) {
+      FailField(field, ".shape is too large");
     }
   }
-  if (t.shape_size() == 1) per_row = rows ? static_cast<int64_t>(t.values_size()) / rows : 0;
+  if (shape.size() == 1) per_row = value_count / rows;
   if (per_row != row_size) {
-    fail(" rows have ", per_row, " values, the model expects ", row_size);
+    FailField(field, " rows have ", per_row, " values, the model expects ", row_size);
   }
-  if (static_cast<int64_t>(t.values_size()) != rows * per_row) {
-    fail(" has ", t.values_size(), " values, its shape needs ", rows * per_row);
+  int64_t needed;
+  if (__builtin_mul_overflow(rows, per_row, &needed)) {
+    FailField(field, " has ", value_count, " values, its shape needs ", rows, " x ", per_row);
   }
-  engine::Matrix m(rows, per_row);
-  if (!CopyFinite(t.values().data(), m.data(), m.size())) {
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < per_row; ++c)
-        if (!std::isfinite(m(r, c))) {
-          fail(" has a non-finite value (", m(r, c), ") at row ", r, ", column ", c);
-        }
+  if (value_count != needed) {
+    FailField(field, " has ", value_count, " values, its shape needs ", needed);
+  }
+  return rows;
+}
+
+void FailNonFinite(const engine::Matrix& m, const char* field) {
+  for (int64_t r = 0; r < m.rows(); ++r)
+    for (int64_t c = 0; c < m.cols(); ++c)
+      if (!std::isfinite(m(r, c))) {
+        FailField(field, " has a non-finite value (", m(r, c), ") at row ", r, ", column ", c);
+      }
+  throw std::logic_error("FailNonFinite: every value is finite");
+}
+
+engine::Matrix FromTensor(const v1::Tensor& t, int64_t row_size, const char* field) {
+  const int64_t rows = CheckBatchShape({t.shape().data(), static_cast<size_t>(t.shape_size())},
+                                       t.values_size(), row_size, field);
+  engine::Matrix m(rows, row_size);
+  if (!CopyFinite(reinterpret_cast<const char*>(t.values().data()), m.data(), m.size())) {
+    FailNonFinite(m, field);
   }
   return m;
 }

@@ -2,6 +2,7 @@
 #ifndef DROPNET_SERVICE_CONVERT_H_
 #define DROPNET_SERVICE_CONVERT_H_
 
+#include <span>
 #include <string>
 
 #include "dropnet/v1/model.pb.h"
@@ -39,6 +40,15 @@ std::shared_ptr<Snapshot> FromCheckpoint(const v1::Checkpoint& c, const SpecLimi
 // shape whose per-row size differs from row_size, a value count that does not match the shape,
 // or a NaN/Inf value (with its row and column).
 engine::Matrix FromTensor(const v1::Tensor& t, int64_t row_size, const char* field);
+// FromTensor's parts, for values that are not in a v1.Tensor (request_wire.h):
+// - the checks of a shape and a value count; returns the number of rows;
+int64_t CheckBatchShape(std::span<const int64_t> shape, int64_t value_count, int64_t row_size,
+                        const char* field);
+// - copies n little-endian floats from bytes at any alignment, and says whether every one is
+//   finite, in one pass (a request batch is read once, not once to check and once to copy);
+bool CopyFinite(const char* src, float* dst, int64_t n);
+// - throws the error naming the first non-finite value of m (one CopyFinite found).
+[[noreturn]] void FailNonFinite(const engine::Matrix& m, const char* field);
 void ToTensor(const engine::Matrix& m, v1::Tensor* out);
 void ToTensor(const Eigen::VectorXf& v, v1::Tensor* out);
 

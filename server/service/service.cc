@@ -13,6 +13,7 @@
 #include "server/engine/random.h"
 #include "server/engine/trainer.h"
 #include "server/service/memory.h"
+#include "server/service/request_wire.h"
 #include "server/service/status.h"
 
 namespace dropnet::service {
@@ -43,13 +44,38 @@ uint64_t FreshSeed() {
   return rng.Next();
 }
 
+// A Predict or PredictUncertainty call: its request, read from its bytes (request_wire.h), and its
+// answer, serialised by the call's body when it succeeds.
+template <typename Request, typename Response>
+struct WireCall {
+  Request request;     // all but the inputs
+  WireTensor inputs;
+  bool parsed = false;
+  Response response;
+
+  // Throws for a request that was not a valid message; the call's body checks this first, after
+  // the call's token.
+  void CheckParsed() const {
+    if (!parsed) {
+      Fail(StatusCode::INVALID_ARGUMENT,
+           "the request is not a valid " + Request::descriptor()->full_name() + " message");
+    }
+  }
+};
+
+grpc::Status SerializeResponse(const google::protobuf::Message& response, grpc::ByteBuffer* out) {
+  bool own_buffer = false;
+  return grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::Message>(
+      response, out, &own_buffer);
+}
+
 // Reads a request batch, checks its size and applies the model's standardisation.
-Matrix ReadInputs(const Snapshot& s, const v1::Tensor& inputs, int64_t max_rows) {
-  if (!inputs.shape().empty() && inputs.shape(0) > max_rows) {
-    Fail(StatusCode::RESOURCE_EXHAUSTED, "inputs has " + std::to_string(inputs.shape(0)) +
+Matrix ReadInputs(const Snapshot& s, const WireTensor& inputs, int64_t max_rows) {
+  if (!inputs.shape.empty() && inputs.shape[0] > max_rows) {
+    Fail(StatusCode::RESOURCE_EXHAUSTED, "inputs has " + std::to_string(inputs.shape[0]) +
                                              " rows, the limit is " + std::to_string(max_rows));
   }
-  Matrix x = FromTensor(inputs, s.net.input_shape().Size(), "inputs");
+  Matrix x = inputs.ToMatrix(s.net.input_shape().Size(), "inputs");
   s.standardizer.Apply(&x);
   return x;
 }
@@ -189,10 +215,10 @@ int DropnetService::ThreadsForCall(int64_t work, bool found_idle) const {
   return std::max(1, config_.compute_threads / active);
 }
 
-int64_t DropnetService::EstimatedWork(const std::string& model, const v1::Tensor& inputs,
+int64_t DropnetService::EstimatedWork(const std::string& model, const std::vector<int64_t>& shape,
                                       int64_t samples) const {
   try {
-    const int64_t rows = inputs.shape().empty() ? 0 : inputs.shape(0);
+    const int64_t rows = shape.empty() ? 0 : shape[0];
     return std::max<int64_t>(rows, 1) * registry_->Get(model)->net.ParameterCount() *
            std::max<int64_t>(samples, 1);
   } catch (const ServiceError&) {
@@ -715,15 +741,20 @@ grpc::Status DropnetService::Train(grpc::ServerContext* ctx, const v1::TrainRequ
 // ---- Prediction ----
 
 grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* ctx,
-                                                  const v1::PredictRequest* req,
-                                                  v1::PredictResponse* resp) {
-  const int64_t work = EstimatedWork(req->model(), req->inputs(), 1);
-  return Queue("Predict", ctx, Role::kPredict, work, [this, req, resp](CallLog& log) {
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
+  auto call = std::make_shared<WireCall<v1::PredictRequest, v1::PredictResponse>>();
+  call->parsed = ParseRequest(*request, &call->request, &call->inputs);
+  const v1::PredictRequest* req = &call->request;
+  v1::PredictResponse* resp = &call->response;
+  const int64_t work = EstimatedWork(req->model(), call->inputs.shape, 1);
+  return Queue("Predict", ctx, Role::kPredict, work, [this, call, req, resp, response](CallLog& log) {
+    call->CheckParsed();
     log.model = req->model();
     log.mode = "eval";
     SnapshotPtr snap = registry_->Get(req->model());
     log.version = snap->version;
-    Matrix x = ReadInputs(*snap, req->inputs(), config_.max_batch_rows);
+    Matrix x = ReadInputs(*snap, call->inputs, config_.max_batch_rows);
     log.rows = x.rows();
     Matrix var;
     Matrix out = engine::PredictEval(snap->net, snap->task, snap->loss, x, log.threads,
@@ -739,17 +770,24 @@ grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* c
         resp->add_predicted_class(static_cast<int32_t>(arg));
       }
     }
-    return grpc::Status::OK;
+    return SerializeResponse(*resp, response);
   });
 }
 
-grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(
-    grpc::CallbackServerContext* ctx, const v1::PredictUncertaintyRequest* req,
-    v1::PredictUncertaintyResponse* resp) {
+grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServerContext* ctx,
+                                                             const grpc::ByteBuffer* request,
+                                                             grpc::ByteBuffer* response) {
+  auto call =
+      std::make_shared<WireCall<v1::PredictUncertaintyRequest, v1::PredictUncertaintyResponse>>();
+  call->parsed = ParseRequest(*request, &call->request, &call->inputs);
+  const v1::PredictUncertaintyRequest* req = &call->request;
+  v1::PredictUncertaintyResponse* resp = &call->response;
   const int64_t work = EstimatedWork(
-      req->model(), req->inputs(), req->samples() > 0 ? req->samples() : config_.default_samples);
+      req->model(), call->inputs.shape,
+      req->samples() > 0 ? req->samples() : config_.default_samples);
   return Queue("PredictUncertainty", ctx, Role::kPredict, work,
-               [this, ctx, req, resp](CallLog& log) {
+               [this, ctx, call, req, resp, response](CallLog& log) {
+    call->CheckParsed();
     log.model = req->model();
     log.mode = "monte_carlo";
     SnapshotPtr snap = registry_->Get(req->model());
@@ -760,7 +798,7 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(
     if (!(mo.interval > 0 && mo.interval < 1)) {
       Fail(StatusCode::INVALID_ARGUMENT, "interval must be in (0, 1), got " + std::to_string(mo.interval));
     }
-    Matrix x = ReadInputs(*snap, req->inputs(), config_.max_batch_rows);
+    Matrix x = ReadInputs(*snap, call->inputs, config_.max_batch_rows);
     log.rows = x.rows();
     const int64_t outputs = snap->net.output_shape().Size();
     if (req->return_samples() &&
@@ -804,7 +842,7 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(
     resp->set_seed(mo.seed);
     resp->set_version(snap->version);
     resp->set_task(ToProto(snap->task));
-    return grpc::Status::OK;
+    return SerializeResponse(*resp, response);
   });
 }
 

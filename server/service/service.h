@@ -44,8 +44,9 @@ struct ServiceConfig {
 using TrainSink = std::function<bool(const v1::TrainEvent&)>;
 
 // Predict, PredictUncertainty and Evaluate through the callback API, the rest synchronous.
-using DropnetServiceBase = v1::Dropnet::WithCallbackMethod_Predict<
-    v1::Dropnet::WithCallbackMethod_PredictUncertainty<
+// Predict and PredictUncertainty take their requests as bytes (request_wire.h).
+using DropnetServiceBase = v1::Dropnet::WithRawCallbackMethod_Predict<
+    v1::Dropnet::WithRawCallbackMethod_PredictUncertainty<
         v1::Dropnet::WithCallbackMethod_Evaluate<v1::Dropnet::Service>>>;
 
 class DropnetService final : public DropnetServiceBase {
@@ -80,11 +81,10 @@ class DropnetService final : public DropnetServiceBase {
                              v1::DeleteDatasetResponse*) override;
   grpc::Status Train(grpc::ServerContext*, const v1::TrainRequest*,
                      grpc::ServerWriter<v1::TrainEvent>*) override;
-  grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext*, const v1::PredictRequest*,
-                                    v1::PredictResponse*) override;
+  grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext*, const grpc::ByteBuffer*,
+                                    grpc::ByteBuffer*) override;
   grpc::ServerUnaryReactor* PredictUncertainty(grpc::CallbackServerContext*,
-                                               const v1::PredictUncertaintyRequest*,
-                                               v1::PredictUncertaintyResponse*) override;
+                                               const grpc::ByteBuffer*, grpc::ByteBuffer*) override;
   grpc::ServerUnaryReactor* Evaluate(grpc::CallbackServerContext*, const v1::EvaluateRequest*,
                                      v1::EvaluateResponse*) override;
 
@@ -115,7 +115,8 @@ class DropnetService final : public DropnetServiceBase {
   // server idle.
   static constexpr std::chrono::microseconds kIdleGap{60};
   // Rows x parameters x samples of a prediction call.
-  int64_t EstimatedWork(const std::string& model, const v1::Tensor& inputs, int64_t samples) const;
+  int64_t EstimatedWork(const std::string& model, const std::vector<int64_t>& shape,
+                        int64_t samples) const;
   // Engine threads for a prediction call of `work` (see Queue), chosen once as it starts: all of
   // --threads when it computes alone and a share when several do; one for a small call unless it
   // found the server idle and the engine threads spin for at least kSpinForSmallCalls. Calls that run side by side already

@@ -131,6 +131,19 @@ TEST_F(SecureServerTest, TokensSeparateAdminFromPredict) {
   EXPECT_EQ(CodeOf([&] { pre.GetModel("m"); }), grpc::StatusCode::OK);
   EXPECT_EQ(CodeOf([&] { pre.DeleteModel("m"); }), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(CodeOf([&] { anon.Predict("m", x); }), grpc::StatusCode::UNAUTHENTICATED);
+  // A request serialised once carries the token as the others do, and gets the same answer.
+  v1::PredictRequest request;
+  request.set_model("m");
+  client::ToTensor(x, request.mutable_inputs());
+  const grpc::ByteBuffer bytes = client::Client::Serialize(request);
+  const v1::PredictResponse a = pre.Predict(bytes), b = pre.Predict("m", x);
+  ASSERT_EQ(a.outputs().values_size(), b.outputs().values_size());
+  ASSERT_GT(a.outputs().values_size(), 0);
+  for (int i = 0; i < a.outputs().values_size(); ++i) {
+    EXPECT_EQ(a.outputs().values(i), b.outputs().values(i));
+  }
+  EXPECT_EQ(CodeOf([&] { pre.Predict(bytes); }), grpc::StatusCode::OK);
+  EXPECT_EQ(CodeOf([&] { anon.Predict(bytes); }), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(CodeOf([&] { adm.DeleteModel("m"); }), grpc::StatusCode::OK);
   fs::remove(tokens);
 }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/codegen/client_unary_call.h>
 
 #include "dropnet/v1/service.grpc.pb.h"
 #include "server/service/server.h"
@@ -694,6 +695,62 @@ TEST_F(BadInputTest, EveryCaseAnswersWithItsCode) {
   for (int i = 0; i < 4; ++i) r.mutable_inputs()->add_values(0.1f);
   v1::PredictResponse resp; auto ctx = Ctx();
   EXPECT_TRUE(stub_->Predict(ctx.get(), r, &resp).ok());
+}
+
+// Sends `bytes` as the request of `method` ("Predict", "PredictUncertainty").
+grpc::Status CallWithBytes(grpc::Channel* channel, const std::string& method,
+                           const std::string& bytes, grpc::ByteBuffer* answer) {
+  const std::string name = "/dropnet.v1.Dropnet/" + method;
+  const grpc::internal::RpcMethod rpc(name.c_str(), grpc::internal::RpcMethod::NORMAL_RPC);
+  grpc::Slice slice(bytes.data(), bytes.size());
+  grpc::ByteBuffer request(&slice, 1);
+  auto c = Ctx();
+  return grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+      channel, rpc, c.get(), request, answer);
+}
+
+TEST_F(BadInputTest, RequestBytesThatAreNotAMessageAreAnInvalidArgument) {
+  ASSERT_TRUE(Create(stub_.get(), "good", Spec()).ok());
+  v1::PredictRequest r;
+  r.set_model("good");
+  r.mutable_inputs()->add_shape(1);
+  r.mutable_inputs()->add_shape(4);
+  for (float x : {0.1f, 0.2f, 0.3f, 0.4f}) r.mutable_inputs()->add_values(x);
+  const std::string whole = r.SerializeAsString();
+  for (const std::string method : {"Predict", "PredictUncertainty"}) {
+    grpc::ByteBuffer answer;
+    grpc::Status s = CallWithBytes(channel_.get(), method, whole.substr(0, whole.size() - 2),
+                                   &answer);
+    EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_NE(s.error_message().find("the request is not a valid dropnet.v1." + method +
+                                     "Request message"),
+              std::string::npos)
+        << s.error_message();
+  }
+  // The values as one record each (unpacked), as protobuf also accepts them: the same answer.
+  std::string unpacked = "\x0a\x04good";
+  std::string tensor = "\x0a\x02\x01\x04";  // shape [1, 4], packed
+  for (float x : r.inputs().values()) {
+    tensor += '\x15';  // field 2, fixed32
+    tensor.append(reinterpret_cast<const char*>(&x), 4);
+  }
+  unpacked += '\x12';
+  unpacked += static_cast<char>(tensor.size());
+  unpacked += tensor;
+  grpc::ByteBuffer answer;
+  ASSERT_TRUE(CallWithBytes(channel_.get(), "Predict", unpacked, &answer).ok());
+  v1::PredictResponse from_bytes, from_stub;
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(answer.Dump(&slices).ok());
+  std::string answer_bytes;
+  for (const auto& sl : slices) answer_bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  ASSERT_TRUE(from_bytes.ParseFromString(answer_bytes));
+  auto c = Ctx();
+  ASSERT_TRUE(stub_->Predict(c.get(), r, &from_stub).ok());
+  ASSERT_EQ(from_bytes.outputs().values_size(), 3);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(from_bytes.outputs().values(i), from_stub.outputs().values(i));
+  }
 }
 
 void WriteFile(const fs::path& p, const std::string& bytes) {

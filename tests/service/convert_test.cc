@@ -254,6 +254,13 @@ TEST(FromTensorTest, Errors) {
   EXPECT_NE(count.find("has 7 values"), std::string::npos) << count;
   EXPECT_NE(TensorError(MakeTensor({2, 4}, 9), 4), "");
   EXPECT_EQ(TensorError(MakeTensor({2, 4}, 8), 4), "");
+  // Products past 64 bits: dimensions, and rows times the row size.
+  const int64_t big = int64_t{1} << 39;
+  EXPECT_NE(TensorError(MakeTensor({1, big, big}, 4), 4).find("inputs.shape is too large"),
+            std::string::npos);
+  const std::string rows = TensorError(MakeTensor({int64_t{1} << 62, 4}, 4), 4);
+  EXPECT_NE(rows.find("has 4 values, its shape needs 4611686018427387904 x 4"), std::string::npos)
+      << rows;
 }
 
 TEST(FromTensorTest, NonFiniteValuesNameRowAndColumn) {
