@@ -748,7 +748,8 @@ grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* c
   const v1::PredictRequest* req = &call->request;
   v1::PredictResponse* resp = &call->response;
   const int64_t work = EstimatedWork(req->model(), call->inputs.shape, 1);
-  return Queue("Predict", ctx, Role::kPredict, work, [this, call, req, resp, response](CallLog& log) {
+  return Queue("Predict", ctx, Role::kPredict, work,
+               [this, call, req, resp, response](CallLog& log) {
     call->CheckParsed();
     log.model = req->model();
     log.mode = "eval";

@@ -743,7 +743,9 @@ TEST_F(BadInputTest, RequestBytesThatAreNotAMessageAreAnInvalidArgument) {
   std::vector<grpc::Slice> slices;
   ASSERT_TRUE(answer.Dump(&slices).ok());
   std::string answer_bytes;
-  for (const auto& sl : slices) answer_bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  for (const auto& sl : slices) {
+    answer_bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  }
   ASSERT_TRUE(from_bytes.ParseFromString(answer_bytes));
   auto c = Ctx();
   ASSERT_TRUE(stub_->Predict(c.get(), r, &from_stub).ok());
