@@ -67,7 +67,7 @@ TEST(RequestWireTest, GeneratedRequestsReadAsProtobufReadsThem) {
     if (i % 2) r.set_samples(i);
     if (i % 3) r.set_seed(1000 + i);
     r.set_return_samples(i % 4 == 0);
-    if (i % 5) r.set_interval(0.5);
+    if (i % 5) r.set_interval(i % 13 == 0 ? std::numeric_limits<double>::quiet_NaN() : 0.5);
     r.mutable_inputs()->add_shape(rows);
     if (i % 3) r.mutable_inputs()->add_shape(cols);
     for (int k = 0; k < rows * cols; ++k) r.mutable_inputs()->add_values(normal(rng));
