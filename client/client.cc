@@ -63,6 +63,8 @@ Client::Client(ClientOptions options) : options_(std::move(options)) {
   if (options_.own_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   channel_ = grpc::CreateCustomChannel(options_.target, creds, args);
   stub_ = v1::Dropnet::NewStub(channel_);
+  predict_bytes_ = std::make_unique<grpc::internal::RpcMethod>(
+      "/dropnet.v1.Dropnet/Predict", grpc::internal::RpcMethod::NORMAL_RPC, channel_);
   health_stub_ = grpc::health::v1::Health::NewStub(channel_);
 }
 
@@ -249,13 +251,11 @@ grpc::ByteBuffer Client::Serialize(const v1::PredictRequest& request) {
 }
 
 v1::PredictResponse Client::Predict(const grpc::ByteBuffer& serialized_request, CallOptions call) {
-  static const char* const kMethod = "/dropnet.v1.Dropnet/Predict";
-  const grpc::internal::RpcMethod method(kMethod, grpc::internal::RpcMethod::NORMAL_RPC, channel_);
   grpc::ClientContext ctx;
   Prepare(&ctx, call);
   v1::PredictResponse resp;
   Check(grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, v1::PredictResponse>(
-      channel_.get(), method, &ctx, serialized_request, &resp));
+      channel_.get(), *predict_bytes_, &ctx, serialized_request, &resp));
   return resp;
 }
 

@@ -116,6 +116,8 @@ class Client {
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Dropnet::Stub> stub_;
+  // Predict for serialised requests, registered on the channel once, as a stub's methods are.
+  std::unique_ptr<grpc::internal::RpcMethod> predict_bytes_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_stub_;
 };
 

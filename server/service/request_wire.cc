@@ -89,13 +89,13 @@ class SliceReader {
   // While set, every byte passed over is also appended to *out.
   void CopyTo(std::string* out) { copy_ = out; }
 
+ private:
   static int VarintSize(uint64_t v) {
     int n = 1;
     while (v >= 0x80) v >>= 7, ++n;
     return n;
   }
 
- private:
   bool ReadVarint(uint64_t* value, int* bytes) {
     uint64_t v = 0;
     for (int i = 0; i < 10; ++i) {

@@ -745,12 +745,11 @@ grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* c
                                                   grpc::ByteBuffer* response) {
   auto call = std::make_shared<WireCall<v1::PredictRequest, v1::PredictResponse>>();
   call->parsed = ParseRequest(*request, &call->request, &call->inputs);
-  const v1::PredictRequest* req = &call->request;
-  v1::PredictResponse* resp = &call->response;
-  const int64_t work = EstimatedWork(req->model(), call->inputs.shape, 1);
-  return Queue("Predict", ctx, Role::kPredict, work,
-               [this, call, req, resp, response](CallLog& log) {
+  const int64_t work = EstimatedWork(call->request.model(), call->inputs.shape, 1);
+  return Queue("Predict", ctx, Role::kPredict, work, [this, call, response](CallLog& log) {
     call->CheckParsed();
+    const v1::PredictRequest* req = &call->request;
+    v1::PredictResponse* resp = &call->response;
     log.model = req->model();
     log.mode = "eval";
     SnapshotPtr snap = registry_->Get(req->model());
@@ -781,14 +780,14 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
   auto call =
       std::make_shared<WireCall<v1::PredictUncertaintyRequest, v1::PredictUncertaintyResponse>>();
   call->parsed = ParseRequest(*request, &call->request, &call->inputs);
-  const v1::PredictUncertaintyRequest* req = &call->request;
-  v1::PredictUncertaintyResponse* resp = &call->response;
-  const int64_t work = EstimatedWork(
-      req->model(), call->inputs.shape,
-      req->samples() > 0 ? req->samples() : config_.default_samples);
+  const int samples = call->request.samples();
+  const int64_t work = EstimatedWork(call->request.model(), call->inputs.shape,
+                                     samples > 0 ? samples : config_.default_samples);
   return Queue("PredictUncertainty", ctx, Role::kPredict, work,
-               [this, ctx, call, req, resp, response](CallLog& log) {
+               [this, ctx, call, response](CallLog& log) {
     call->CheckParsed();
+    const v1::PredictUncertaintyRequest* req = &call->request;
+    v1::PredictUncertaintyResponse* resp = &call->response;
     log.model = req->model();
     log.mode = "monte_carlo";
     SnapshotPtr snap = registry_->Get(req->model());

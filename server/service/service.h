@@ -119,9 +119,10 @@ class DropnetService final : public DropnetServiceBase {
                         int64_t samples) const;
   // Engine threads for a prediction call of `work` (see Queue), chosen once as it starts: all of
   // --threads when it computes alone and a share when several do; one for a small call unless it
-  // found the server idle and the engine threads spin for at least kSpinForSmallCalls. Calls that run side by side already
-  // keep the cores busy; splitting each across all of them too would only add hand-offs, as would
-  // splitting a small one onto a sleeping thread (results do not depend on the thread count).
+  // found the server idle and the engine threads spin for at least kSpinForSmallCalls. Calls
+  // that run side by side already keep the cores busy; splitting each across all of them too
+  // would only add hand-offs, as would splitting a small one onto a sleeping thread (results do
+  // not depend on the thread count).
   int ThreadsForCall(int64_t work, bool found_idle) const;
 
   Registry* registry_;
