@@ -23,7 +23,9 @@ WORKDIR /src
 COPY . .
 # At most two compile jobs: a Release build of the engine takes about 1 GiB per job.
 ARG JOBS=2
-RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDROPNET_BUILD_TESTS=OFF \
+# Only what the image ships: no tests, no benchmarks (their packages are not installed here).
+RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DDROPNET_BUILD_TESTS=OFF -DDROPNET_BUILD_BENCH=OFF -DDROPNET_FUZZ=OFF \
  && cmake --build /build --target dropnet-server dropnet -j "${JOBS}" \
  && strip /build/bin/dropnet-server /build/bin/dropnet
 
