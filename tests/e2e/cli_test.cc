@@ -9,7 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "tests/e2e/process.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/testing/temp_dir.h"
 
 namespace dropnet::testing {
 namespace {
@@ -17,42 +18,24 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-const std::string kServer = DROPNET_SERVER_BIN;
-const std::string kCli = DROPNET_CLI_BIN;
-const fs::path kSource = DROPNET_SOURCE_DIR;
-
-struct Result {
-  int code;
-  std::string out, err;
-};
-
 class CliTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / ("dropnet-e2e-" + std::to_string(::getpid()));
+    temp_ = std::make_unique<TempDir>("dropnet-e2e-");
+    dir_ = temp_->path();
     fs::create_directories(dir_ / "root");
     fs::copy_file(kSource / "data/digits.csv", dir_ / "root/digits.csv");
-    server_ = new Process({kServer, "--listen", "127.0.0.1:0", "--store", (dir_ / "store").string(),
-                           "--data-root", (dir_ / "root").string(), "--threads", "1",
-                           "--max-samples", "500"},
-                          dir_);
-    auto m = server_->WaitFor(R"(\(port (\d+)\))", true);
-    ASSERT_FALSE(m.empty()) << server_->err();
-    address_ = "127.0.0.1:" + m[1].str();
+    server_ = StartServerProcess(dir_, dir_ / "store",
+                                 {"--data-root", (dir_ / "root").string(), "--max-samples", "500"});
+    address_ = ListenAddress(*server_);
+    ASSERT_FALSE(address_.empty()) << server_->err();
   }
   static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
+    server_.reset();
+    temp_.reset();
   }
 
-  static Result Run(std::vector<std::string> args) {
-    args.insert(args.begin(), kCli);
-    Process p(args, dir_, {{"DROPNET_SERVER", address_}});
-    int code = p.Wait(std::chrono::minutes(5));
-    return {code, p.out(), p.err()};
-  }
+  static Result Run(std::vector<std::string> args) { return RunCli(dir_, address_, args); }
 
   // A model trained on digits, created once for the tests that need one.
   static void EnsureDigitsModel() {
@@ -66,16 +49,14 @@ class CliTest : public ::testing::Test {
   }
 
   static fs::path WriteInputs(int rows) {
-    std::ifstream in(kSource / "data/digits.csv");
     fs::path p = dir_ / ("inputs" + std::to_string(rows) + ".csv");
-    std::ofstream out(p);
-    std::string line;
-    for (int i = 0; i <= rows && std::getline(in, line); ++i) out << line << "\n";
+    WriteDigitsRows(p, rows);
     return p;
   }
 
+  static inline std::unique_ptr<TempDir> temp_;
   static inline fs::path dir_;
-  static inline Process* server_ = nullptr;
+  static inline std::unique_ptr<Process> server_;
   static inline std::string address_;
   static inline bool digits_ready_ = false;
 };
@@ -333,8 +314,8 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
 }
 
 TEST(ServerProcessTest, SigtermDrainsAndExitsZero) {
-  fs::path dir = fs::temp_directory_path() / ("dropnet-sigterm-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
+  TempDir temp("dropnet-sigterm-");
+  const fs::path& dir = temp.path();
   Process server({kServer, "--listen", "127.0.0.1:0", "--store", (dir / "store").string()}, dir);
   ASSERT_FALSE(server.WaitFor(R"(\(port (\d+)\))", true).empty()) << server.err();
   const auto start = std::chrono::steady_clock::now();
@@ -342,15 +323,13 @@ TEST(ServerProcessTest, SigtermDrainsAndExitsZero) {
   EXPECT_EQ(server.Wait(std::chrono::seconds(10)), 0) << server.err();
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
   EXPECT_NE(server.err().find("health NOT_SERVING"), std::string::npos) << server.err();
-  std::error_code ec;
-  fs::remove_all(dir, ec);
 }
 
 // A second server on a port that is taken exits with the reason instead of sharing the port
 // (gRPC's default SO_REUSEPORT would let both listen and split the connections between them).
 TEST(ServerProcessTest, SecondServerOnATakenPortFailsAndSaysSo) {
-  fs::path dir = fs::temp_directory_path() / ("dropnet-port-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
+  TempDir temp("dropnet-port-");
+  const fs::path& dir = temp.path();
   Process first({kServer, "--listen", "127.0.0.1:0", "--store", (dir / "one").string()}, dir);
   const std::smatch m = first.WaitFor(R"(\(port (\d+)\))", true);
   ASSERT_FALSE(m.empty()) << first.err();
@@ -362,8 +341,6 @@ TEST(ServerProcessTest, SecondServerOnATakenPortFailsAndSaysSo) {
       << second.err();
   first.Signal(SIGTERM);
   EXPECT_EQ(first.Wait(std::chrono::seconds(10)), 0) << first.err();
-  std::error_code ec;
-  fs::remove_all(dir, ec);
 }
 
 }  // namespace

@@ -9,7 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "tests/e2e/process.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/testing/temp_dir.h"
 
 namespace dropnet::testing {
 namespace {
@@ -17,40 +18,15 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-const std::string kServer = DROPNET_SERVER_BIN;
-const std::string kCli = DROPNET_CLI_BIN;
-
-struct Result {
-  int code;
-  std::string out, err;
-};
-
 class CrashTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("dropnet-crash-" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    server_.reset();
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   void StartServer() {
-    server_ = std::make_unique<Process>(
-        std::vector<std::string>{kServer, "--listen", "127.0.0.1:0", "--store", (dir_ / "store").string(),
-                                 "--threads", "1"},
-        dir_);
-    auto m = server_->WaitFor(R"(\(port (\d+)\))", true);
-    ASSERT_FALSE(m.empty()) << server_->err();
-    address_ = "127.0.0.1:" + m[1].str();
+    server_ = StartServerProcess(dir_, dir_ / "store");
+    address_ = ListenAddress(*server_);
+    ASSERT_FALSE(address_.empty()) << server_->err();
   }
   Result Run(std::vector<std::string> args) {
-    args.insert(args.begin(), kCli);
-    Process p(args, dir_, {{"DROPNET_SERVER", address_}});
-    int code = p.Wait(std::chrono::minutes(2));
-    return {code, p.out(), p.err()};
+    return RunCli(dir_, address_, args, std::chrono::minutes(2));
   }
   fs::path ModelDir() const { return dir_ / "store/models/big"; }
   bool HasTemporary(const fs::path& d) const {
@@ -71,7 +47,9 @@ class CrashTest : public ::testing::Test {
     return best;
   }
 
-  fs::path dir_;
+  // Declared first, so that the server stops before its directory goes.
+  TempDir temp_{"dropnet-crash-"};
+  const fs::path dir_ = temp_.path();
   std::unique_ptr<Process> server_;
   std::string address_;
 };
@@ -156,8 +134,8 @@ TEST_F(CrashTest, KillDuringSavesLeavesNewestCompleteVersion) {
 // root) fails the Train with a status naming the store, and the old version is still served.
 TEST_F(CrashTest, FailedWriteKeepsOldVersionAndSaysSo) {
   StartServer();
-  const std::string spec = std::string(DROPNET_SOURCE_DIR) + "/examples/digits_mlp.json";
-  const std::string csv = std::string(DROPNET_SOURCE_DIR) + "/data/digits.csv";
+  const std::string spec = (kSource / "examples/digits_mlp.json").string();
+  const std::string csv = (kSource / "data/digits.csv").string();
   ASSERT_EQ(Run({"models", "create", "big", "--spec", spec}).code, 0);
   ASSERT_EQ(Run({"data", "upload", "d", csv}).code, 0);
   auto t1 = Run({"train", "big", "--data", "d", "--epochs", "1", "--standardize"});

@@ -10,7 +10,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "tests/e2e/process.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/testing/temp_dir.h"
 
 namespace dropnet::testing {
 namespace {
@@ -19,47 +20,24 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-const std::string kServer = DROPNET_SERVER_BIN;
-const std::string kCli = DROPNET_CLI_BIN;
-const fs::path kSource = DROPNET_SOURCE_DIR;
 constexpr double kPollSeconds = 0.5;
 // Margin over the poll interval for loading the checkpoint and for starting the client processes
 // that ask (two cores shared with a build).
 constexpr double kMarginSeconds = 2.5;
 
-struct Result {
-  int code;
-  std::string out, err;
-};
-
 class ReplicaTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    static int counter = 0;
-    dir_ = fs::temp_directory_path() /
-           ("dropnet-replica-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::create_directories(dir_);
-    store_ = dir_ / "store";
     // The replica starts first, on a store that does not exist yet: it must not create it.
-    replica_ = std::make_unique<Process>(
-        std::vector<std::string>{kServer, "--listen", "127.0.0.1:0", "--store", store_.string(),
-                                 "--read-only", "--poll-interval", std::to_string(kPollSeconds),
-                                 "--threads", "1"},
-        dir_);
-    replica_address_ = Address(*replica_);
+    replica_ = StartServerProcess(dir_, store_,
+                                  {"--read-only", "--poll-interval", std::to_string(kPollSeconds)});
+    replica_address_ = ListenAddress(*replica_);
     ASSERT_FALSE(replica_address_.empty()) << replica_->err();
     ASSERT_FALSE(fs::exists(store_)) << "a read-only replica created the store directory";
-    trainer_ = std::make_unique<Process>(
-        std::vector<std::string>{kServer, "--listen", "127.0.0.1:0", "--store", store_.string(),
-                                 "--threads", "1"},
-        dir_);
-    trainer_address_ = Address(*trainer_);
+    trainer_ = StartServerProcess(dir_, store_);
+    trainer_address_ = ListenAddress(*trainer_);
     ASSERT_FALSE(trainer_address_.empty()) << trainer_->err();
-    inputs_ = dir_ / "inputs.csv";
-    std::ifstream in(kSource / "data/digits.csv");
-    std::ofstream out(inputs_);
-    std::string line;
-    for (int i = 0; i <= 5 && std::getline(in, line); ++i) out << line << "\n";
+    WriteDigitsRows(inputs_, 5);
   }
 
   void TearDown() override {
@@ -70,20 +48,10 @@ class ReplicaTest : public ::testing::Test {
     }
     replica_.reset();
     trainer_.reset();
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
-  static std::string Address(Process& p) {
-    auto m = p.WaitFor(R"(\(port (\d+)\))", true);
-    return m.empty() ? std::string() : "127.0.0.1:" + m[1].str();
   }
 
   Result Run(const std::string& address, std::vector<std::string> args) {
-    args.insert(args.begin(), kCli);
-    Process p(args, dir_, {{"DROPNET_SERVER", address}});
-    int code = p.Wait(std::chrono::minutes(5));
-    return {code, p.out(), p.err()};
+    return RunCli(dir_, address, args);
   }
 
   // The version `address` serves for `model`, 0 when it has no such model.
@@ -124,7 +92,11 @@ class ReplicaTest : public ::testing::Test {
     return ServedVersion(trainer_address_, "digits");
   }
 
-  fs::path dir_, store_, inputs_;
+  // Declared first, so that the servers stop before their directory goes.
+  TempDir temp_{"dropnet-replica-"};
+  const fs::path dir_ = temp_.path();
+  const fs::path store_ = dir_ / "store";
+  const fs::path inputs_ = dir_ / "inputs.csv";
   std::unique_ptr<Process> replica_, trainer_;
   std::string replica_address_, trainer_address_;
 };

@@ -18,17 +18,14 @@
 
 #include <nlohmann/json.hpp>
 
-#include "tests/e2e/process.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/testing/temp_dir.h"
 
 namespace dropnet::testing {
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-const std::string kServer = DROPNET_SERVER_BIN;
-const std::string kCli = DROPNET_CLI_BIN;
-const fs::path kSource = DROPNET_SOURCE_DIR;
 
 // The load runs kDuration; its first kWarmUp fills the server's caches and allocator arenas.
 constexpr std::chrono::seconds kDuration{60}, kWarmUp{15};
@@ -56,14 +53,11 @@ long RssKb(pid_t pid) {
 }
 
 TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
-  const fs::path dir = fs::temp_directory_path() / ("dropnet-soak-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  Process server({kServer, "--listen", "127.0.0.1:0", "--store", (dir / "store").string(), "--threads", "1"},
-                 dir);
-  auto m = server.WaitFor(R"(\(port (\d+)\))", true);
-  ASSERT_FALSE(m.empty()) << server.err();
-  const std::string address = "127.0.0.1:" + m[1].str();
+  TempDir temp("dropnet-soak-");
+  const fs::path& dir = temp.path();
+  const std::unique_ptr<Process> server = StartServerProcess(dir, dir / "store");
+  const std::string address = ListenAddress(*server);
+  ASSERT_FALSE(address.empty()) << server->err();
   std::mutex start_mu;
   auto run = [&](std::vector<std::string> args) {
     args.insert(args.begin(), {kCli, "--server", address});
@@ -80,16 +74,11 @@ TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
   ASSERT_EQ(std::get<0>(run({"data", "upload", "digits", (kSource / "data/digits.csv").string()})), 0);
   ASSERT_EQ(std::get<0>(run({"train", "digits", "--data", "digits", "--epochs", "1", "--standardize"})), 0);
   const fs::path input = dir / "in.csv";
-  {
-    std::ifstream in(kSource / "data/digits.csv");
-    std::ofstream out(input);
-    std::string line;
-    for (int i = 0; i <= 20 && std::getline(in, line); ++i) out << line << "\n";
-  }
+  WriteDigitsRows(input, 20);
   // Warm-up: every kind of call once.
   run({"predict", "digits", "--input", input.string()});
   run({"uncertainty", "digits", "--input", input.string(), "--samples", "50"});
-  const long rss_warm = RssKb(server.pid());
+  const long rss_warm = RssKb(server->pid());
   ASSERT_GT(rss_warm, 0);
 
   std::atomic<bool> stop{false};
@@ -144,7 +133,7 @@ TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
   while (std::chrono::steady_clock::now() < end) {
     const auto now = std::chrono::steady_clock::now();
     if (now >= next_sample) {
-      const long rss = RssKb(server.pid());
+      const long rss = RssKb(server->pid());
       rss_samples.emplace_back(std::chrono::duration<double>(now - start).count(), rss);
       if (now >= warm_until) {
         if (rss_loaded < 0) rss_loaded = rss;
@@ -170,7 +159,7 @@ TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
   for (auto& t : threads) t.join();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const long rss_end = RssKb(server.pid());
+  const long rss_end = RssKb(server->pid());
   rss_peak = std::max(rss_peak, rss_end);
   std::cerr << calls << " calls in " << seconds << " s, version " << last_version << "; RSS "
             << rss_warm << " kB before the load, " << rss_loaded << " kB after "
@@ -189,9 +178,8 @@ TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
         << "RSS grew from " << rss_warm << " kB to " << rss_end << " kB";
   }
   EXPECT_LT(rss_peak, rss_loaded + std::max(rss_loaded / 5, 32L * 1024))
-      << "RSS grew from " << rss_loaded << " kB after the warm-up to a peak of " << rss_peak << " kB";
-  std::error_code ec;
-  fs::remove_all(dir, ec);
+      << "RSS grew from " << rss_loaded << " kB after the warm-up to a peak of " << rss_peak
+      << " kB";
 }
 
 }  // namespace

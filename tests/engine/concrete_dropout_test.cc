@@ -13,24 +13,10 @@
 #include "server/engine/mc.h"
 #include "server/engine/network.h"
 #include "server/engine/trainer.h"
-#include "tests/engine/gradient_check.h"
+#include "tests/engine/test_util.h"
 
 namespace dropnet::engine {
 namespace {
-
-using test_support::CheckLayerGradients;
-using test_support::CompareWithCentralDifferences;
-using test_support::GradCheckOptions;
-using test_support::GradCheckResult;
-using test_support::UniformMatrix;
-
-Context MakeContext(Mode mode, uint64_t seed, uint64_t stream = 0, int threads = 1) {
-  Context ctx;
-  ctx.mode = mode;
-  ctx.rng = RandomStream{seed, stream, 1 << 30};
-  ctx.threads = threads;
-  return ctx;
-}
 
 LayerConfig Concrete(int units, double init_rate, bool per_unit = false) {
   LayerConfig c;
@@ -39,13 +25,6 @@ LayerConfig Concrete(int units, double init_rate, bool per_unit = false) {
   c.init_rate = init_rate;
   c.per_unit = per_unit;
   return c;
-}
-
-void ExpectBinomial(int64_t k, int64_t n, double q, const std::string& what) {
-  const double mean = static_cast<double>(n) * q;
-  const double bound = 5.0 * std::sqrt(static_cast<double>(n) * q * (1.0 - q));
-  EXPECT_LE(std::abs(static_cast<double>(k) - mean), bound)
-      << what << ": " << k << " of " << n << ", expected " << mean << " +- " << bound;
 }
 
 class ConcreteRateTest : public ::testing::TestWithParam<double> {};
@@ -84,10 +63,8 @@ TEST(ConcreteDropoutTest, GradientsWithFrozenNoise) {
         c.temperature = temperature;
         auto layer = MakeLayer(c, Shape{{5}}, 2);
         const Matrix x = UniformMatrix(6, 5, -1, 1, 3);
-        GradCheckOptions opt;
-        opt.eps = temperature < 0.2 ? 2e-4 : 1e-3;
-        opt.rtol = 3e-2;
-        opt.atol = 3e-3;
+        const GradCheckOptions opt{
+            .eps = temperature < 0.2 ? 2e-4 : 1e-3, .rtol = 3e-2, .atol = 3e-3};
         auto r = CheckLayerGradients(layer.get(), x, MakeContext(Mode::kTrain, 5, 2), opt, 9);
         EXPECT_EQ(r.mismatches, 0) << "per_unit " << per_unit << " units " << units << " t "
                                    << temperature << "\n" << r.report;
@@ -153,7 +130,7 @@ TEST(ConcreteDropoutTest, PerUnitRatesModesAndValidation) {
   Matrix a, b, c, d;
   LayerCache cache;
   layer->Forward(x, MakeContext(Mode::kTrain, 1), &cache, &a);
-  layer->Forward(x, MakeContext(Mode::kMonteCarlo, 1, 0, 2), nullptr, &b);
+  layer->Forward(x, MakeContext(Mode::kMonteCarlo, 1, 0, kWholeBatch, 2), nullptr, &b);
   layer->Forward(x, MakeContext(Mode::kMonteCarlo, 2), nullptr, &c);
   layer->Forward(x, MakeContext(Mode::kEval, 1), nullptr, &d);
   EXPECT_EQ(a, b);

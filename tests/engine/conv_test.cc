@@ -16,7 +16,7 @@
 
 #include "server/engine/layers.h"
 #include "server/engine/network.h"
-#include "tests/engine/gradient_check.h"
+#include "tests/engine/test_util.h"
 
 #ifndef DROPNET_FIXTURE_DIR
 #error "DROPNET_FIXTURE_DIR must point at tests/engine/fixtures"
@@ -25,16 +25,8 @@
 namespace dropnet::engine {
 namespace {
 
-using test_support::CheckLayerGradients;
-using test_support::GradCheckOptions;
-using test_support::UniformMatrix;
-
 Context TrainContext(int threads = 1) {
-  Context ctx;
-  ctx.mode = Mode::kTrain;
-  ctx.rng = RandomStream{1, 0, 1 << 30};
-  ctx.threads = threads;
-  return ctx;
+  return MakeContext(Mode::kTrain, 1, 0, kWholeBatch, threads);
 }
 
 // One fixture file: `key values...` lines.

@@ -13,25 +13,16 @@
 
 #include "server/engine/mc.h"
 #include "server/engine/network.h"
-#include "tests/engine/gradient_check.h"
+#include "tests/engine/test_util.h"
 
 namespace dropnet::engine {
 namespace {
 
-using test_support::CheckLayerGradients;
-using test_support::GradCheckOptions;
-using test_support::UniformMatrix;
-
-Context MakeContext(Mode mode, uint64_t seed, uint64_t stream = 0, int64_t rows_per_stream = 1 << 30,
-                    int threads = 1) {
-  Context ctx;
-  ctx.mode = mode;
-  ctx.rng = RandomStream{seed, stream, rows_per_stream};
-  ctx.layer = 2;
-  ctx.threads = threads;
-  return ctx;
+// The layer under test draws its masks as the layer at index 2.
+Context LayerContext(Mode mode, uint64_t seed, uint64_t stream = 0,
+                     int64_t rows_per_stream = kWholeBatch, int threads = 1) {
+  return MakeContext(mode, seed, stream, rows_per_stream, threads, /*layer=*/2);
 }
-
 std::unique_ptr<DropConnectDense> Make(double rate, int in, int units, bool shared = false,
                                        const std::string& activation = "",
                                        bool moment_matching = false) {
@@ -60,7 +51,7 @@ TEST_P(DropConnectRateTest, MaskKeepsOneMinusPWithinBinomialBound) {
   const double q = 1.0 - layer->EffectiveRate();
   int64_t kept = 0, n = 0;
   for (int64_t row = 0; row < 5; ++row) {
-    const Matrix m = layer->MaskFor(MakeContext(Mode::kTrain, 3), row);
+    const Matrix m = layer->MaskFor(LayerContext(Mode::kTrain, 3), row);
     const int64_t k = (m.array() != 0.0f).count();
     EXPECT_EQ((m.array() == static_cast<float>(1.0 / q)).count(), k);
     kept += k;
@@ -77,8 +68,8 @@ TEST_P(DropConnectRateTest, ExpectedOutputIsTheMeanWeightOutput) {
   const Matrix x1 = UniformMatrix(1, in, -1, 1, 4);
   const Matrix x = x1.replicate(samples, 1);  // one example, a different mask per row
   Matrix y, mean_weights;
-  layer->Forward(x, MakeContext(Mode::kMonteCarlo, 6), nullptr, &y);
-  layer->Forward(x1, MakeContext(Mode::kEval, 6), nullptr, &mean_weights);
+  layer->Forward(x, LayerContext(Mode::kMonteCarlo, 6), nullptr, &y);
+  layer->Forward(x1, LayerContext(Mode::kEval, 6), nullptr, &mean_weights);
   const Matrix& w = layer->params()[0].value;
   const double pe = layer->EffectiveRate();
   for (int j = 0; j < units; ++j) {
@@ -98,7 +89,7 @@ TEST(DropConnectTest, PerExampleMasksAreTheStatedFunctionAndWeightsStayUntouched
   auto layer = Make(0.5, 12, 7);
   const Matrix w0 = layer->params()[0].value;
   const Matrix x = UniformMatrix(4, 12, -1, 1, 2);
-  const Context ctx = MakeContext(Mode::kTrain, 9, 5, 4);
+  const Context ctx = LayerContext(Mode::kTrain, 9, 5, 4);
   LayerCache cache;
   cache.threads = 1;
   Matrix y;
@@ -118,7 +109,7 @@ TEST(DropConnectTest, PerExampleMasksAreTheStatedFunctionAndWeightsStayUntouched
 TEST(DropConnectTest, SharedMasksAreOnePerStream) {
   auto layer = Make(0.5, 12, 7, /*shared=*/true);
   const Matrix x = UniformMatrix(6, 12, -1, 1, 2);
-  const Context ctx = MakeContext(Mode::kMonteCarlo, 9, 0, 3);  // two streams of three rows
+  const Context ctx = LayerContext(Mode::kMonteCarlo, 9, 0, 3);  // two streams of three rows
   Matrix y;
   layer->Forward(x, ctx, nullptr, &y);
   const Matrix m0 = layer->MaskFor(ctx, 0);
@@ -137,7 +128,7 @@ TEST(DropConnectTest, EvalUsesTheMeanWeights) {
     auto layer = Make(0.4, 10, 5, false, act);
     const Matrix x = UniformMatrix(3, 10, -1, 1, 3);
     Matrix y;
-    layer->Forward(x, MakeContext(Mode::kEval, 1), nullptr, &y);
+    layer->Forward(x, LayerContext(Mode::kEval, 1), nullptr, &y);
     Matrix z = x * layer->params()[0].value;
     z.rowwise() += layer->params()[1].value.row(0);
     const std::string a = act;
@@ -158,8 +149,8 @@ TEST(DropConnectTest, MomentMatchingMatchesTheMonteCarloAverage) {
     auto layer = Make(0.5, in, units, false, act, /*moment_matching=*/true);
     const Matrix x1 = UniformMatrix(1, in, 0, 1, 7);
     Matrix mm, mc;
-    layer->Forward(x1, MakeContext(Mode::kEval, 1), nullptr, &mm);
-    layer->Forward(x1.replicate(samples, 1), MakeContext(Mode::kMonteCarlo, 2), nullptr, &mc);
+    layer->Forward(x1, LayerContext(Mode::kEval, 1), nullptr, &mm);
+    layer->Forward(x1.replicate(samples, 1), LayerContext(Mode::kMonteCarlo, 2), nullptr, &mc);
     const Matrix mc_mean = mc.colwise().mean();
     // Tolerance: 5 sd of the MC mean, plus the approximation (probit for sigmoid/tanh, Gaussian
     // for the sum) at 0.01.
@@ -171,7 +162,7 @@ TEST(DropConnectTest, MomentMatchingMatchesTheMonteCarloAverage) {
       Matrix plain;
       auto off = Make(0.5, in, units, false, act, false);
       off->params() = layer->params();
-      off->Forward(x1, MakeContext(Mode::kEval, 1), nullptr, &plain);
+      off->Forward(x1, LayerContext(Mode::kEval, 1), nullptr, &plain);
       EXPECT_LE((plain - mm).cwiseAbs().maxCoeff(), 1e-5f);  // linear: E[u] = mu exactly
     }
   }
@@ -182,7 +173,7 @@ TEST(DropConnectTest, GradientsMatchCentralDifferencesWithFrozenMasks) {
     for (const char* act : {"", "tanh", "sigmoid"}) {
       auto layer = Make(0.5, 9, 6, shared, act);
       auto r = CheckLayerGradients(layer.get(), UniformMatrix(5, 9, -1, 1, 4),
-                                   MakeContext(Mode::kTrain, 21, 3, 2, 2), GradCheckOptions{}, 8);
+                                   LayerContext(Mode::kTrain, 21, 3, 2, 2), GradCheckOptions{}, 8);
       EXPECT_EQ(r.mismatches, 0) << "shared " << shared << " " << act << "\n" << r.report;
       EXPECT_EQ(r.checked, 5 * 9 + 9 * 6 + 6);
     }
@@ -191,7 +182,7 @@ TEST(DropConnectTest, GradientsMatchCentralDifferencesWithFrozenMasks) {
   auto layer = Make(0.3, 9, 6, false, "relu");
   layer->params()[1].value.setConstant(0.3f);
   auto r = CheckLayerGradients(layer.get(), UniformMatrix(5, 9, 0.2, 1, 4),
-                               MakeContext(Mode::kTrain, 21), GradCheckOptions{}, 8);
+                               LayerContext(Mode::kTrain, 21), GradCheckOptions{}, 8);
   EXPECT_EQ(r.mismatches, 0) << r.report;
 }
 
@@ -201,13 +192,13 @@ TEST(DropConnectTest, SameAddressSameOutputWhateverTheThreadsOrChunking) {
     const int64_t b = 4;
     const Matrix x = UniformMatrix(3 * b, 20, -1, 1, 1);
     Matrix a1, a3, chunk, other;
-    layer->Forward(x, MakeContext(Mode::kMonteCarlo, 4, 0, b, 1), nullptr, &a1);
-    layer->Forward(x, MakeContext(Mode::kMonteCarlo, 4, 0, b, 3), nullptr, &a3);
+    layer->Forward(x, LayerContext(Mode::kMonteCarlo, 4, 0, b, 1), nullptr, &a1);
+    layer->Forward(x, LayerContext(Mode::kMonteCarlo, 4, 0, b, 3), nullptr, &a3);
     EXPECT_TRUE(a1 == a3) << shared;
-    layer->Forward(x.middleRows(b, 2 * b), MakeContext(Mode::kMonteCarlo, 4, 1, b, 2), nullptr,
+    layer->Forward(x.middleRows(b, 2 * b), LayerContext(Mode::kMonteCarlo, 4, 1, b, 2), nullptr,
                    &chunk);
     EXPECT_LE((chunk - a1.middleRows(b, 2 * b)).cwiseAbs().maxCoeff(), 1e-6f) << shared;
-    layer->Forward(x, MakeContext(Mode::kMonteCarlo, 5, 0, b, 1), nullptr, &other);
+    layer->Forward(x, LayerContext(Mode::kMonteCarlo, 5, 0, b, 1), nullptr, &other);
     EXPECT_FALSE(a1 == other) << shared;
     // Backward with 1 and 3 threads.
     std::vector<Matrix> g1(2), g3(2);
@@ -216,7 +207,7 @@ TEST(DropConnectTest, SameAddressSameOutputWhateverTheThreadsOrChunking) {
       LayerCache cache;
       cache.threads = threads;
       Matrix y;
-      layer->Forward(x, MakeContext(Mode::kTrain, 4, 0, b, threads), &cache, &y);
+      layer->Forward(x, LayerContext(Mode::kTrain, 4, 0, b, threads), &cache, &y);
       layer->Backward(Matrix::Ones(3 * b, 9), cache, threads == 1 ? g1 : g3,
                       threads == 1 ? &dx1 : &dx3);
     }
@@ -258,7 +249,7 @@ TEST(DropConnectNetworkTest, TrainsAndPredictsInEveryMode) {
     EXPECT_EQ(net.FirstStochasticLayer(), 0);
     EXPECT_EQ(net.ParameterCount(), 10 * 16 + 16 + 16 * 3 + 3);
     const Matrix x = UniformMatrix(6, 10, -1, 1, 3);
-    Context ctx = MakeContext(Mode::kTrain, 1, 0, 6);
+    Context ctx = LayerContext(Mode::kTrain, 1, 0, 6);
     ForwardCache cache;
     net.Forward(x, ctx, &cache);
     Gradients grads;

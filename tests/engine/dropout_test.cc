@@ -13,26 +13,10 @@
 #include <gtest/gtest.h>
 
 #include "server/engine/network.h"
-#include "tests/engine/gradient_check.h"
+#include "tests/engine/test_util.h"
 
 namespace dropnet::engine {
 namespace {
-
-using test_support::CompareWithCentralDifferences;
-using test_support::GradCheckOptions;
-using test_support::GradCheckResult;
-using test_support::UniformMatrix;
-using test_support::WeightedSum;
-
-Context MakeContext(Mode mode, uint64_t seed, uint64_t stream = 0, uint32_t layer = 0,
-                    int64_t rows_per_stream = 1 << 30, int threads = 1) {
-  Context ctx;
-  ctx.mode = mode;
-  ctx.rng = RandomStream{seed, stream, rows_per_stream};
-  ctx.layer = layer;
-  ctx.threads = threads;
-  return ctx;
-}
 
 std::unique_ptr<Layer> MakeDropout(double rate, bool classic, const Shape& shape) {
   LayerConfig c;
@@ -44,21 +28,14 @@ std::unique_ptr<Layer> MakeDropout(double rate, bool classic, const Shape& shape
 
 int64_t CountNonZero(const Matrix& m) { return (m.array() != 0.0f).count(); }
 
-// |k - n q| <= 5 sqrt(n q (1 - q)) for k ~ Binomial(n, q).
-void ExpectBinomial(int64_t k, int64_t n, double q, const std::string& what) {
-  const double mean = static_cast<double>(n) * q;
-  const double bound = 5.0 * std::sqrt(static_cast<double>(n) * q * (1.0 - q));
-  EXPECT_LE(std::abs(static_cast<double>(k) - mean), bound)
-      << what << ": " << k << " of " << n << ", expected " << mean << " +- " << bound;
-}
-
 class DropoutRateTest : public ::testing::TestWithParam<double> {};
 
 constexpr int64_t kRows = 400, kCols = 500;  // 200k elements
 
 TEST_P(DropoutRateTest, MaskKeepsOneMinusPWithinBinomialBound) {
   const double p = GetParam();
-  const Matrix mask = BernoulliMask(kRows, kCols, p, 3.0f, MakeContext(Mode::kTrain, 17, 4, 2));
+  const Matrix mask = BernoulliMask(kRows, kCols, p, 3.0f,
+                                    MakeContext(Mode::kTrain, 17, 4, kWholeBatch, 1, /*layer=*/2));
   const int64_t kept = CountNonZero(mask);
   ExpectBinomial(kept, kRows * kCols, 1.0 - p, "kept elements");
   // Every element is exactly 0 or the keep value.
@@ -78,7 +55,7 @@ TEST_P(DropoutRateTest, InvertedScalingKeepsValuesAtOneOverKeepProbability) {
   const Matrix x = Matrix::Ones(kRows, kCols);
   LayerCache cache;
   Matrix y;
-  layer->Forward(x, MakeContext(Mode::kTrain, 5, 1, 3), &cache, &y);
+  layer->Forward(x, MakeContext(Mode::kTrain, 5, 1, kWholeBatch, 1, /*layer=*/3), &cache, &y);
   const float keep_value = static_cast<float>(1.0 / (1.0 - p));
   const int64_t kept = (y.array() == keep_value).count();
   EXPECT_EQ(kept + (y.array() == 0.0f).count(), y.size()) << "values other than 0 and 1/(1-p)";
@@ -93,7 +70,7 @@ TEST_P(DropoutRateTest, ClassicScalingKeepsValuesUnchanged) {
   const Matrix x = UniformMatrix(kRows, kCols, 0.5, 2.0, 8);  // never 0
   LayerCache cache;
   Matrix y;
-  layer->Forward(x, MakeContext(Mode::kTrain, 6, 1, 3), &cache, &y);
+  layer->Forward(x, MakeContext(Mode::kTrain, 6, 1, kWholeBatch, 1, /*layer=*/3), &cache, &y);
   const int64_t kept = (y.array() == x.array()).count();
   EXPECT_EQ(kept + (y.array() == 0.0f).count(), y.size()) << "values other than 0 and x";
   ExpectBinomial(kept, y.size(), 1.0 - p, "kept elements");
@@ -110,7 +87,8 @@ TEST_P(DropoutRateTest, MeanOverDrawsMatchesExpectation) {
   for (bool classic : {false, true}) {
     auto layer = MakeDropout(p, classic, Shape{{kFeatures}});
     // One row per stream: each draw is its own stream, as in Monte Carlo with a batch of 1.
-    const Context ctx = MakeContext(Mode::kMonteCarlo, 2718, 0, 1, /*rows_per_stream=*/1);
+    const Context ctx =
+        MakeContext(Mode::kMonteCarlo, 2718, 0, /*rows_per_stream=*/1, 1, /*layer=*/1);
     Matrix y;
     layer->Forward(x, ctx, nullptr, &y);
     const Eigen::VectorXd mean = y.cast<double>().colwise().mean().transpose();
@@ -142,15 +120,18 @@ TEST_P(DropoutRateTest, EvalIsIdentityOrKeepProbabilityScaling) {
   const double p = GetParam();
   const Matrix x = UniformMatrix(7, 9, -3, 3, 10);
   Matrix y;
-  MakeDropout(p, false, Shape{{9}})->Forward(x, MakeContext(Mode::kEval, 1, 2, 3), nullptr, &y);
+  MakeDropout(p, false, Shape{{9}})
+      ->Forward(x, MakeContext(Mode::kEval, 1, 2, kWholeBatch, 1, /*layer=*/3), nullptr, &y);
   EXPECT_EQ(y, x);
-  MakeDropout(p, true, Shape{{9}})->Forward(x, MakeContext(Mode::kEval, 1, 2, 3), nullptr, &y);
+  MakeDropout(p, true, Shape{{9}})
+      ->Forward(x, MakeContext(Mode::kEval, 1, 2, kWholeBatch, 1, /*layer=*/3), nullptr, &y);
   for (int64_t i = 0; i < x.size(); ++i) {
     EXPECT_NEAR(y.data()[i], (1 - p) * x.data()[i], 1e-6 * (1 + std::abs(x.data()[i])));
   }
   // Eval ignores the random address entirely.
   Matrix y2;
-  MakeDropout(p, true, Shape{{9}})->Forward(x, MakeContext(Mode::kEval, 99, 98, 97), nullptr, &y2);
+  MakeDropout(p, true, Shape{{9}})
+      ->Forward(x, MakeContext(Mode::kEval, 99, 98, kWholeBatch, 1, /*layer=*/97), nullptr, &y2);
   EXPECT_EQ(y, y2);
 }
 
@@ -160,15 +141,17 @@ TEST_P(DropoutRateTest, MonteCarloModeIsStochastic) {
   EXPECT_TRUE(layer->IsStochastic());
   const Matrix x = Matrix::Ones(20, 100);
   Matrix y0, y1, y_train;
-  layer->Forward(x, MakeContext(Mode::kMonteCarlo, 3, 0, 1), nullptr, &y0);
-  layer->Forward(x, MakeContext(Mode::kMonteCarlo, 3, 1, 1), nullptr, &y1);
+  layer->Forward(x, MakeContext(Mode::kMonteCarlo, 3, 0, kWholeBatch, 1, /*layer=*/1), nullptr,
+                 &y0);
+  layer->Forward(x, MakeContext(Mode::kMonteCarlo, 3, 1, kWholeBatch, 1, /*layer=*/1), nullptr,
+                 &y1);
   // Each draw drops something (P(no drop in 2000) <= 0.9^2000) and the two samples differ.
   EXPECT_LT(CountNonZero(y0), y0.size());
   EXPECT_NE(y0, y1);
   ExpectBinomial(CountNonZero(y0), y0.size(), 1 - p, "MC kept elements");
   // The mask is a function of the address, not of the mode: train at the same address agrees.
   LayerCache cache;
-  layer->Forward(x, MakeContext(Mode::kTrain, 3, 0, 1), &cache, &y_train);
+  layer->Forward(x, MakeContext(Mode::kTrain, 3, 0, kWholeBatch, 1, /*layer=*/1), &cache, &y_train);
   EXPECT_EQ(y0, y_train);
 }
 
@@ -243,7 +226,8 @@ TEST(DropoutTest, SameAddressSameMaskOtherAddressOtherMask) {
   const double p = 0.5;
   const int64_t rows = 100, cols = 200;
   auto mask = [&](uint64_t seed, uint64_t stream, uint32_t layer) {
-    return BernoulliMask(rows, cols, p, 1.0f, MakeContext(Mode::kTrain, seed, stream, layer));
+    return BernoulliMask(rows, cols, p, 1.0f,
+                         MakeContext(Mode::kTrain, seed, stream, kWholeBatch, 1, layer));
   };
   const Matrix base = mask(7, 3, 2);
   EXPECT_EQ(base, mask(7, 3, 2));
@@ -278,12 +262,13 @@ TEST(DropoutTest, SameAddressSameMaskOtherAddressOtherMask) {
 TEST(DropoutTest, RowMaskDoesNotDependOnBatchSizeOrThreads) {
   const double p = 0.3;
   const int64_t cols = 37;  // not a multiple of 4: exercises the partial Philox block
-  const Matrix reference = BernoulliMask(400, cols, p, 1.0f, MakeContext(Mode::kTrain, 1, 9, 4));
+  const Matrix reference = BernoulliMask(
+      400, cols, p, 1.0f, MakeContext(Mode::kTrain, 1, 9, kWholeBatch, 1, /*layer=*/4));
   for (int threads : {1, 2, 8}) {
-    const Matrix big =
-        BernoulliMask(400, cols, p, 1.0f, MakeContext(Mode::kTrain, 1, 9, 4, 1 << 30, threads));
-    const Matrix small =
-        BernoulliMask(4, cols, p, 1.0f, MakeContext(Mode::kTrain, 1, 9, 4, 1 << 30, threads));
+    const Matrix big = BernoulliMask(
+        400, cols, p, 1.0f, MakeContext(Mode::kTrain, 1, 9, kWholeBatch, threads, /*layer=*/4));
+    const Matrix small = BernoulliMask(
+        4, cols, p, 1.0f, MakeContext(Mode::kTrain, 1, 9, kWholeBatch, threads, /*layer=*/4));
     EXPECT_EQ(big, reference) << threads << " threads";
     EXPECT_EQ(small, reference.topRows(4)) << threads << " threads";
   }
@@ -291,20 +276,22 @@ TEST(DropoutTest, RowMaskDoesNotDependOnBatchSizeOrThreads) {
   auto layer = MakeDropout(p, false, Shape{{cols}});
   const Matrix x = UniformMatrix(400, cols, 0.5, 1.5, 12);
   Matrix y_ref;
-  layer->Forward(x, MakeContext(Mode::kMonteCarlo, 1, 9, 4), nullptr, &y_ref);
+  layer->Forward(x, MakeContext(Mode::kMonteCarlo, 1, 9, kWholeBatch, 1, /*layer=*/4), nullptr,
+                 &y_ref);
   for (int threads : {1, 2, 8}) {
     Matrix y_small;
-    layer->Forward(x.topRows(4), MakeContext(Mode::kMonteCarlo, 1, 9, 4, 1 << 30, threads), nullptr,
+    layer->Forward(x.topRows(4),
+                   MakeContext(Mode::kMonteCarlo, 1, 9, kWholeBatch, threads, /*layer=*/4), nullptr,
                    &y_small);
     EXPECT_EQ(y_small, y_ref.topRows(4)) << threads << " threads";
   }
   // Monte Carlo chunking: samples t of a batch of B rows. The chunk of samples 3.. run with
   // stream_base + 3 draws what rows 3B.. of the whole pass draw.
   const int64_t batch = 4;
-  const Matrix whole =
-      BernoulliMask(10 * batch, cols, p, 1.0f, MakeContext(Mode::kMonteCarlo, 1, 0, 4, batch));
-  const Matrix chunk =
-      BernoulliMask(5 * batch, cols, p, 1.0f, MakeContext(Mode::kMonteCarlo, 1, 3, 4, batch, 2));
+  const Matrix whole = BernoulliMask(10 * batch, cols, p, 1.0f,
+                                     MakeContext(Mode::kMonteCarlo, 1, 0, batch, 1, /*layer=*/4));
+  const Matrix chunk = BernoulliMask(5 * batch, cols, p, 1.0f,
+                                     MakeContext(Mode::kMonteCarlo, 1, 3, batch, 2, /*layer=*/4));
   EXPECT_EQ(chunk, whole.middleRows(3 * batch, 5 * batch));
 }
 
@@ -316,7 +303,7 @@ TEST(DropoutTest, BackwardMultipliesByTheCachedMask) {
     const Matrix dy = UniformMatrix(8, 30, -1, 1, 14);
     LayerCache cache;
     Matrix y, dx;
-    layer->Forward(x, MakeContext(Mode::kTrain, 21, 5, 0), &cache, &y);
+    layer->Forward(x, MakeContext(Mode::kTrain, 21, 5), &cache, &y);
     ASSERT_EQ(cache.mask.rows(), 8);
     ASSERT_EQ(cache.mask.cols(), 30);
     layer->Backward(dy, cache, {}, &dx);
@@ -328,7 +315,7 @@ TEST(DropoutTest, BackwardMultipliesByTheCachedMask) {
     EXPECT_GT((cache.mask.array() == 0.0f).count(), 0);
     // With the mask frozen (same context), the layer is linear in x: central differences agree.
     GradCheckResult r = test_support::CheckLayerGradients(
-        layer.get(), x, MakeContext(Mode::kTrain, 21, 5, 0), GradCheckOptions{}, 15);
+        layer.get(), x, MakeContext(Mode::kTrain, 21, 5), GradCheckOptions{}, 15);
     EXPECT_EQ(r.checked, 8 * 30);
     EXPECT_EQ(r.mismatches, 0) << r.report;
   }
@@ -362,7 +349,7 @@ TEST(DropoutTest, NetworkGradientsWithFrozenMasksMatchCentralDifferences) {
     if (p->name == "bias") p->value = UniformMatrix(1, p->value.cols(), -0.3, 0.3, 16);
   }
   Matrix x = UniformMatrix(5, 6, -1.5, 1.5, 17);
-  const Context ctx = MakeContext(Mode::kTrain, 31, 12, 0, /*rows_per_stream=*/5);
+  const Context ctx = MakeContext(Mode::kTrain, 31, 12, /*rows_per_stream=*/5);
 
   ForwardCache cache;
   const Matrix y = net.Forward(x, ctx, &cache);
@@ -393,7 +380,7 @@ TEST(DropoutTest, NetworkGradientsWithFrozenMasksMatchCentralDifferences) {
   EXPECT_EQ(r.mismatches, 0) << r.report;
 
   // A different stream (the next training step) gives a different objective: the masks moved.
-  const Context next = MakeContext(Mode::kTrain, 31, 13, 0, 5);
+  const Context next = MakeContext(Mode::kTrain, 31, 13, 5);
   ForwardCache scratch;
   EXPECT_NE(WeightedSum(net.Forward(x, next, &scratch), w), objective());
 }

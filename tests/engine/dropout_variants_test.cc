@@ -14,36 +14,21 @@
 
 #include "server/engine/mc.h"
 #include "server/engine/network.h"
-#include "tests/engine/gradient_check.h"
+#include "tests/engine/test_util.h"
 
 namespace dropnet::engine {
 namespace {
 
-using test_support::CheckLayerGradients;
-using test_support::GradCheckOptions;
-using test_support::UniformMatrix;
-
-Context MakeContext(Mode mode, uint64_t seed, uint64_t stream = 0, int64_t rows_per_stream = 1 << 30,
-                    int threads = 1, uint32_t layer = 3) {
-  Context ctx;
-  ctx.mode = mode;
-  ctx.rng = RandomStream{seed, stream, rows_per_stream};
-  ctx.layer = layer;
-  ctx.threads = threads;
-  return ctx;
+// The variant under test draws its noise as the layer at index `layer` (3 unless a test says).
+Context LayerContext(Mode mode, uint64_t seed, uint64_t stream = 0,
+                     int64_t rows_per_stream = kWholeBatch, int threads = 1, uint32_t layer = 3) {
+  return MakeContext(mode, seed, stream, rows_per_stream, threads, layer);
 }
-
 std::unique_ptr<Layer> Make(const std::string& type, double rate, const Shape& shape) {
   LayerConfig c;
   c.type = type;
   c.rate = rate;
   return MakeLayer(c, shape, 0);
-}
-
-// |k - n q| <= 5 sqrt(n q (1-q)) for k ~ Binomial(n, q).
-void ExpectBinomial(int64_t k, int64_t n, double q, const std::string& what) {
-  const double bound = 5.0 * std::sqrt(n * q * (1.0 - q));
-  EXPECT_LE(std::abs(k - n * q), bound) << what << ": " << k << " of " << n;
 }
 
 Matrix StandardNormal(int64_t rows, int64_t cols, uint64_t seed) {
@@ -63,7 +48,7 @@ TEST_P(VariantRateTest, SpatialDropoutDrawsOncePerExampleAndChannel) {
   const Matrix x = UniformMatrix(rows, channels * h * w, 0.5, 1.5, 1);
   LayerCache cache;
   Matrix y;
-  layer->Forward(x, MakeContext(Mode::kTrain, 7), &cache, &y);
+  layer->Forward(x, LayerContext(Mode::kTrain, 7), &cache, &y);
   ASSERT_EQ(cache.mask.rows(), rows);
   ASSERT_EQ(cache.mask.cols(), channels);
   int64_t kept = 0, broken = 0;
@@ -88,7 +73,7 @@ TEST_P(VariantRateTest, SpatialDropout1dKeepsTheMean) {
   auto layer = Make("spatial_dropout1d", p, Shape{{static_cast<int>(channels), length}});
   const Matrix x = Matrix::Ones(rows, channels * length);
   Matrix y;
-  layer->Forward(x, MakeContext(Mode::kMonteCarlo, 11), nullptr, &y);
+  layer->Forward(x, LayerContext(Mode::kMonteCarlo, 11), nullptr, &y);
   // Mean over n = rows*channels independent channel values 0 or 1/(1-p): E = 1,
   // sd = sqrt(p/(1-p)/n).
   const double n = static_cast<double>(rows * channels);
@@ -103,7 +88,7 @@ TEST_P(VariantRateTest, GaussianDropoutNoiseHasMeanOneAndVarianceOverKeep) {
   const int64_t rows = 400, cols = 500;
   auto layer = Make("gaussian_dropout", p, Shape{{static_cast<int>(cols)}});
   Matrix y;
-  layer->Forward(Matrix::Ones(rows, cols), MakeContext(Mode::kTrain, 5), nullptr, &y);
+  layer->Forward(Matrix::Ones(rows, cols), LayerContext(Mode::kTrain, 5), nullptr, &y);
   const double n = static_cast<double>(rows * cols);
   const double var = p / (1.0 - p);
   const Eigen::ArrayXd e = Eigen::Map<const Eigen::VectorXf>(y.data(), y.size()).cast<double>();
@@ -115,7 +100,7 @@ TEST_P(VariantRateTest, GaussianDropoutNoiseHasMeanOneAndVarianceOverKeep) {
   // E[y] = x for a non-constant input too: y/x is the noise.
   const Matrix x = UniformMatrix(rows, cols, 0.5, 2.0, 3);
   Matrix y2;
-  layer->Forward(x, MakeContext(Mode::kTrain, 5), nullptr, &y2);
+  layer->Forward(x, LayerContext(Mode::kTrain, 5), nullptr, &y2);
   EXPECT_LE((y2.array() / x.array() - y.array()).abs().maxCoeff(), 1e-5f);
 }
 
@@ -128,7 +113,7 @@ TEST_P(VariantRateTest, AlphaDropoutKeepsStandardNormalInputStandard) {
   const Matrix x = StandardNormal(rows, cols, 21);
   LayerCache cache;
   Matrix y;
-  layer->Forward(x, MakeContext(Mode::kTrain, 13), &cache, &y);
+  layer->Forward(x, LayerContext(Mode::kTrain, 13), &cache, &y);
   double a, b;
   AlphaDropout::Affine(p, &a, &b);
   const float dropped = static_cast<float>(a * kAlphaDropoutValue + b);
@@ -173,14 +158,14 @@ TEST(DropoutVariantsTest, EvalIsTheIdentityAndTheOtherModesDraw) {
     const Matrix x = UniformMatrix(6, 60, -1, 1, 2);
     Matrix y;
     LayerCache cache;
-    layer->Forward(x, MakeContext(Mode::kEval, 1), &cache, &y);
+    layer->Forward(x, LayerContext(Mode::kEval, 1), &cache, &y);
     EXPECT_TRUE(y == x) << type;
     Matrix dx;
     layer->Backward(x, cache, {}, &dx);
     EXPECT_TRUE(dx == x) << type;
-    layer->Forward(x, MakeContext(Mode::kMonteCarlo, 1), nullptr, &y);
+    layer->Forward(x, LayerContext(Mode::kMonteCarlo, 1), nullptr, &y);
     EXPECT_FALSE(y == x) << type;
-    layer->Forward(x, MakeContext(Mode::kTrain, 1), &cache, &y);
+    layer->Forward(x, LayerContext(Mode::kTrain, 1), &cache, &y);
     EXPECT_FALSE(y == x) << type;
     EXPECT_TRUE(layer->IsStochastic()) << type;
     EXPECT_FALSE(Make(type, 0.0, ShapeFor(type))->IsStochastic()) << type;
@@ -193,19 +178,19 @@ TEST(DropoutVariantsTest, SameAddressSameNoiseWhateverTheThreadsOrChunking) {
     const int64_t b = 5, t = 4;  // T x B rows of a Monte-Carlo pass
     const Matrix x = UniformMatrix(t * b, 60, 0.5, 1.5, 3);
     Matrix all, again, other_seed;
-    layer->Forward(x, MakeContext(Mode::kMonteCarlo, 9, 0, b, 1), nullptr, &all);
-    layer->Forward(x, MakeContext(Mode::kMonteCarlo, 9, 0, b, 3), nullptr, &again);
+    layer->Forward(x, LayerContext(Mode::kMonteCarlo, 9, 0, b, 1), nullptr, &all);
+    layer->Forward(x, LayerContext(Mode::kMonteCarlo, 9, 0, b, 3), nullptr, &again);
     EXPECT_TRUE(all == again) << type;
-    layer->Forward(x, MakeContext(Mode::kMonteCarlo, 10, 0, b, 1), nullptr, &other_seed);
+    layer->Forward(x, LayerContext(Mode::kMonteCarlo, 10, 0, b, 1), nullptr, &other_seed);
     EXPECT_FALSE(all == other_seed) << type;
     // Samples 2..3 computed alone (a chunk starting at stream 2) draw what they drew above.
     Matrix chunk;
-    layer->Forward(x.middleRows(2 * b, 2 * b), MakeContext(Mode::kMonteCarlo, 9, 2, b, 2),
-                   nullptr, &chunk);
+    layer->Forward(x.middleRows(2 * b, 2 * b), LayerContext(Mode::kMonteCarlo, 9, 2, b, 2), nullptr,
+                   &chunk);
     EXPECT_TRUE(chunk == all.middleRows(2 * b, 2 * b)) << type;
     // A different layer index draws differently.
     Matrix other_layer;
-    layer->Forward(x, MakeContext(Mode::kMonteCarlo, 9, 0, b, 1, 4), nullptr, &other_layer);
+    layer->Forward(x, LayerContext(Mode::kMonteCarlo, 9, 0, b, 1, 4), nullptr, &other_layer);
     EXPECT_FALSE(all == other_layer) << type;
   }
 }
@@ -215,7 +200,7 @@ TEST(DropoutVariantsTest, GradientsMatchCentralDifferencesWithFrozenNoise) {
     for (double p : {0.2, 0.6}) {
       auto layer = Make(type, p, ShapeFor(type));
       auto r = CheckLayerGradients(layer.get(), UniformMatrix(4, 60, -1, 1, 5),
-                                   MakeContext(Mode::kTrain, 17), GradCheckOptions{}, 6);
+                                   LayerContext(Mode::kTrain, 17), GradCheckOptions{}, 6);
       EXPECT_EQ(r.mismatches, 0) << type << " p " << p << "\n" << r.report;
       EXPECT_EQ(r.checked, 240);
     }
@@ -270,7 +255,7 @@ TEST(DropoutVariantsNetworkTest, EveryVariantTrainsAndPredictsInEveryMode) {
     EXPECT_EQ(net.FirstStochasticLayer(), 2) << type;
     const Matrix x = UniformMatrix(8, net.input_shape().Size(), -1, 1, 1);
     // kTrain: forward, backward, the masks are part of the step.
-    Context ctx = MakeContext(Mode::kTrain, 3, 0, 8);
+    Context ctx = LayerContext(Mode::kTrain, 3, 0, 8);
     ForwardCache cache;
     const Matrix y = net.Forward(x, ctx, &cache);
     Gradients grads;

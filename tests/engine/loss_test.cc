@@ -9,15 +9,10 @@
 
 #include <gtest/gtest.h>
 
-#include "tests/engine/gradient_check.h"
+#include "tests/engine/test_util.h"
 
 namespace dropnet::engine {
 namespace {
-
-using test_support::CompareWithCentralDifferences;
-using test_support::GradCheckOptions;
-using test_support::GradCheckResult;
-using test_support::UniformMatrix;
 
 constexpr double kLog2Pi = 1.8378770664093453;
 

@@ -7,50 +7,25 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "server/engine/random.h"
-#include "tests/engine/layer_configs.h"
+#include "tests/engine/test_util.h"
 
 namespace dropnet::engine {
 namespace {
 
 constexpr double kLog2Pi = 1.8378770664093453;
 
-using test_support::DenseLayer;
-using test_support::DropoutLayer;
-using test_support::Simple;
-
 Network MakeNet(int inputs, std::vector<LayerConfig> layers, uint64_t seed = 3) {
-  NetworkSpec spec;
-  spec.input = Shape{{inputs}};
-  spec.layers = std::move(layers);
-  spec.seed = seed;
-  return Network(spec);
+  return Network(MakeSpec(inputs, std::move(layers), seed));
 }
 
 // Dense-ReLU-Dropout-Dense: a two-layer deterministic prefix that MC computes once.
 Network ClassifierWithPrefix(int inputs = 6, int classes = 4) {
   return MakeNet(inputs, {DenseLayer(16), Simple("relu"), DropoutLayer(0.5), DenseLayer(classes)});
-}
-
-Matrix RandomMatrix(int64_t rows, int64_t cols, uint64_t seed, double scale = 1.0) {
-  SplitMix64 rng(seed);
-  Matrix m(rows, cols);
-  for (int64_t i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.Normal() * scale);
-  return m;
-}
-
-bool BitEqual(const Matrix& a, const Matrix& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0;
-}
-
-bool BitEqual(const Eigen::VectorXf& a, const Eigen::VectorXf& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0;
 }
 
 // The raw network outputs of sample t: the whole network in kMonteCarlo at stream t.

@@ -6,73 +6,25 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "server/engine/random.h"
-#include "tests/engine/layer_configs.h"
+#include "tests/engine/test_util.h"
 
 namespace dropnet::engine {
 namespace {
-
-using test_support::DenseLayer;
-using test_support::DropoutLayer;
-using test_support::Simple;
-
-NetworkSpec MakeSpec(std::vector<int> input, std::vector<LayerConfig> layers, uint64_t seed = 1) {
-  NetworkSpec spec;
-  spec.input = Shape{std::move(input)};
-  spec.layers = std::move(layers);
-  spec.seed = seed;
-  return spec;
-}
 
 // Dense(8)-ReLU-Dropout(p)-Dense(3) on 4 inputs.
 NetworkSpec SmallSpec(double rate = 0.5, uint64_t seed = 1) {
   return MakeSpec({4}, {DenseLayer(8), Simple("relu"), DropoutLayer(rate), DenseLayer(3)}, seed);
 }
 
-Matrix RandomMatrix(int64_t rows, int64_t cols, uint64_t seed, double scale = 1.0) {
-  SplitMix64 rng(seed);
-  Matrix m(rows, cols);
-  for (int64_t i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.Normal() * scale);
-  return m;
-}
-
-bool BitEqual(const Matrix& a, const Matrix& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0;
-}
-
-Context MakeContext(Mode mode, uint64_t seed = 0, uint64_t stream = 0, int64_t rows = 1 << 30,
-                    int threads = 1) {
-  Context ctx;
-  ctx.mode = mode;
-  ctx.rng = RandomStream{seed, stream, rows};
-  ctx.threads = threads;
-  return ctx;
-}
-
 // Runs a forward pass in any mode (kTrain gets a throw-away cache).
 Matrix RunForward(const Network& net, const Matrix& x, const Context& ctx) {
   ForwardCache cache;
   return net.Forward(x, ctx, ctx.mode == Mode::kTrain ? &cache : nullptr);
-}
-
-void ExpectInvalidArgumentContaining(const std::function<void()>& fn,
-                                     const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected InvalidArgument";
-  } catch (const InvalidArgument& e) {
-    const std::string message = e.what();
-    for (const auto& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-    }
-  }
 }
 
 TEST(NetworkTest, BuildsShapesAndCountsParameters) {
@@ -186,7 +138,7 @@ TEST(NetworkTest, RangeEndingAtTheLastLayerAndEmptyRanges) {
 TEST(NetworkTest, EvalIsDeterministicAndDropoutIsIdentity) {
   Network net(SmallSpec(0.5));
   const Matrix x = RandomMatrix(6, 4, 3);
-  const Matrix a = RunForward(net, x, MakeContext(Mode::kEval, 1, 0));
+  const Matrix a = RunForward(net, x, MakeContext(Mode::kEval, 1));
   const Matrix b = RunForward(net, x, MakeContext(Mode::kEval, 99, 12345));
   EXPECT_TRUE(BitEqual(a, b));
   // Eval equals the network with the dropout layer skipped.
@@ -202,10 +154,10 @@ TEST(NetworkTest, TrainAndMonteCarloAreStochastic) {
   const Matrix eval = RunForward(net, x, MakeContext(Mode::kEval));
   for (Mode mode : {Mode::kTrain, Mode::kMonteCarlo}) {
     SCOPED_TRACE(ModeName(mode));
-    const Matrix a = RunForward(net, x, MakeContext(mode, 5, 0));
-    EXPECT_TRUE(BitEqual(a, RunForward(net, x, MakeContext(mode, 5, 0))));
+    const Matrix a = RunForward(net, x, MakeContext(mode, 5));
+    EXPECT_TRUE(BitEqual(a, RunForward(net, x, MakeContext(mode, 5))));
     EXPECT_GT((a - RunForward(net, x, MakeContext(mode, 5, 1))).cwiseAbs().maxCoeff(), 1e-3);
-    EXPECT_GT((a - RunForward(net, x, MakeContext(mode, 6, 0))).cwiseAbs().maxCoeff(), 1e-3);
+    EXPECT_GT((a - RunForward(net, x, MakeContext(mode, 6))).cwiseAbs().maxCoeff(), 1e-3);
     EXPECT_GT((a - eval).cwiseAbs().maxCoeff(), 1e-3);
   }
   // Without BatchNorm, kTrain and kMonteCarlo draw the same masks at the same address.
@@ -345,9 +297,8 @@ TEST(NetworkTest, SameSeedSameMasksWhateverTheThreadCount) {
                               Simple("tanh"), DropoutLayer(0.2), DenseLayer(10)}));
   const Matrix x = RandomMatrix(96, 64, 12);
   ForwardCache base_cache;
-  const Matrix base_train =
-      net.Forward(x, MakeContext(Mode::kTrain, 77, 5, 96, 1), &base_cache);
-  const Matrix base_mc = RunForward(net, x, MakeContext(Mode::kMonteCarlo, 77, 5, 32, 1));
+  const Matrix base_train = net.Forward(x, MakeContext(Mode::kTrain, 77, 5, 96), &base_cache);
+  const Matrix base_mc = RunForward(net, x, MakeContext(Mode::kMonteCarlo, 77, 5, 32));
   Gradients base_grads;
   net.Backward(Matrix::Ones(96, 10), base_cache, &base_grads);
   for (int threads : {2, 8}) {
@@ -365,7 +316,7 @@ TEST(NetworkTest, SameSeedSameMasksWhateverTheThreadCount) {
   }
   // Masks really are drawn: two streams differ.
   ForwardCache other;
-  net.Forward(x, MakeContext(Mode::kTrain, 77, 6, 96, 1), &other);
+  net.Forward(x, MakeContext(Mode::kTrain, 77, 6, 96), &other);
   EXPECT_FALSE(BitEqual(other.layers[2].mask, base_cache.layers[2].mask));
 }
 
@@ -405,6 +356,16 @@ TEST(NetworkTest, BackwardMatchesNumericalGradient) {
   Matrix dx;
   net.Backward(r, cache, &grads, -1, &dx);
 
+  // The central difference of the loss at `at` in *v: a weight, or an element of `at` itself.
+  auto central_difference = [&](float* v, const Matrix& at) {
+    const float saved = *v;
+    *v = saved + static_cast<float>(eps);
+    const double up = loss(at);
+    *v = saved - static_cast<float>(eps);
+    const double down = loss(at);
+    *v = saved;
+    return (up - down) / (2 * eps);
+  };
   const auto params = net.Parameters();
   ASSERT_EQ(grads.size(), params.size());
   int checked = 0;
@@ -413,13 +374,7 @@ TEST(NetworkTest, BackwardMatchesNumericalGradient) {
     ASSERT_EQ(grads[i].rows(), w.rows());
     ASSERT_EQ(grads[i].cols(), w.cols());
     for (int64_t k = 0; k < w.size(); ++k) {
-      const float saved = w.data()[k];
-      w.data()[k] = saved + static_cast<float>(eps);
-      const double up = loss(x);
-      w.data()[k] = saved - static_cast<float>(eps);
-      const double down = loss(x);
-      w.data()[k] = saved;
-      const double numeric = (up - down) / (2 * eps);
+      const double numeric = central_difference(&w.data()[k], x);
       const double analytic = grads[i].data()[k];
       EXPECT_NEAR(analytic, numeric, 2e-3 + 1e-2 * std::abs(numeric))
           << "param " << i << " (" << params[i]->name << ") element " << k;
@@ -433,13 +388,8 @@ TEST(NetworkTest, BackwardMatchesNumericalGradient) {
   ASSERT_EQ(dx.cols(), 5);
   Matrix xp = x;
   for (int64_t k = 0; k < x.size(); ++k) {
-    const float saved = xp.data()[k];
-    xp.data()[k] = saved + static_cast<float>(eps);
-    const double up = loss(xp);
-    xp.data()[k] = saved - static_cast<float>(eps);
-    const double down = loss(xp);
-    xp.data()[k] = saved;
-    EXPECT_NEAR(dx.data()[k], (up - down) / (2 * eps), 2e-3 + 1e-2 * std::abs(dx.data()[k]))
+    EXPECT_NEAR(dx.data()[k], central_difference(&xp.data()[k], xp),
+                2e-3 + 1e-2 * std::abs(dx.data()[k]))
         << "input element " << k;
   }
   EXPECT_GT(dx.cwiseAbs().maxCoeff(), 1e-2);
@@ -484,9 +434,7 @@ TEST(NetworkTest, LayersThatPassThroughReturnTheirInputAndSkippingThemChangesNot
     for (Mode mode : {Mode::kTrain, Mode::kEval, Mode::kMonteCarlo}) {
       if (!layer->PassesThrough(mode)) continue;
       ++passing;
-      LayerCache cache;
-      Matrix y;
-      layer->Forward(x, MakeContext(mode, 3), mode == Mode::kTrain ? &cache : nullptr, &y);
+      const Matrix y = RunLayer(*layer, x, MakeContext(mode, 3));
       EXPECT_TRUE(BitEqual(x, y)) << config.type << " rate " << config.rate << " mode "
                                   << static_cast<int>(mode);
     }

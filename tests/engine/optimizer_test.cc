@@ -8,6 +8,7 @@
 #include <functional>
 #include <numbers>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dropnet::engine {
@@ -181,33 +182,24 @@ TEST(OptimizerTest, BadConfigurationsThrowNamingTheField) {
     Problem p;
     EXPECT_THROW(Optimizer(c, p.params()), InvalidArgument);
   };
-  OptimizerConfig c;
-  EXPECT_NO_THROW(CheckOptimizer(c));
-  c.type = "rmsprop";
-  expect_throw(c, "rmsprop");
-  c = {};
-  c.learning_rate = 0;
-  expect_throw(c, "learning_rate");
-  c = {};
-  c.learning_rate = INFINITY;
-  expect_throw(c, "learning_rate");
-  c = {};
-  c.momentum = 1.0;
-  expect_throw(c, "momentum");
-  c = {};
-  c.beta1 = -0.1;
-  expect_throw(c, "beta1");
-  c = {};
-  c.beta2 = 1.0;
-  expect_throw(c, "beta2");
-  c = {};
-  c.epsilon = 0;
-  expect_throw(c, "epsilon");
-  c = {};
-  c.weight_decay = -1;
-  expect_throw(c, "weight_decay");
-  c = Sgd(0.0, true, 0.0);
-  expect_throw(c, "nesterov");
+  EXPECT_NO_THROW(CheckOptimizer(OptimizerConfig{}));
+  // A change to the default configuration each, and the field its error names.
+  const std::vector<std::pair<std::function<void(OptimizerConfig*)>, std::string>> bad = {
+      {[](OptimizerConfig* c) { c->type = "rmsprop"; }, "rmsprop"},
+      {[](OptimizerConfig* c) { c->learning_rate = 0; }, "learning_rate"},
+      {[](OptimizerConfig* c) { c->learning_rate = INFINITY; }, "learning_rate"},
+      {[](OptimizerConfig* c) { c->momentum = 1.0; }, "momentum"},
+      {[](OptimizerConfig* c) { c->beta1 = -0.1; }, "beta1"},
+      {[](OptimizerConfig* c) { c->beta2 = 1.0; }, "beta2"},
+      {[](OptimizerConfig* c) { c->epsilon = 0; }, "epsilon"},
+      {[](OptimizerConfig* c) { c->weight_decay = -1; }, "weight_decay"},
+      {[](OptimizerConfig* c) { *c = Sgd(0.0, true, 0.0); }, "nesterov"},
+  };
+  for (const auto& [change, field] : bad) {
+    OptimizerConfig c;
+    change(&c);
+    expect_throw(c, field);
+  }
 }
 
 TEST(ScheduleTest, ConstantAndStep) {

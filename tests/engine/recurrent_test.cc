@@ -17,7 +17,7 @@
 #include "server/engine/mc.h"
 #include "server/engine/network.h"
 #include "server/engine/trainer.h"
-#include "tests/engine/gradient_check.h"
+#include "tests/engine/test_util.h"
 
 #ifndef DROPNET_RNN_FIXTURES_DIR
 #error "DROPNET_RNN_FIXTURES_DIR must name tests/engine/fixtures"
@@ -26,32 +26,12 @@
 namespace dropnet::engine {
 namespace {
 
-using test_support::CheckLayerGradients;
-using test_support::GradCheckOptions;
-using test_support::UniformMatrix;
-
-Context MakeContext(Mode mode, uint64_t seed, uint64_t stream = 0, int threads = 1) {
-  Context ctx;
-  ctx.mode = mode;
-  ctx.rng = RandomStream{seed, stream, 1 << 30};
-  ctx.threads = threads;
-  return ctx;
-}
-
 LayerConfig RnnConfig(const std::string& type, int units, bool sequences = false) {
   LayerConfig c;
   c.type = type;
   c.units = units;
   c.return_sequences = sequences;
   return c;
-}
-
-// |k - n q| <= 5 sqrt(n q (1 - q)) for k ~ Binomial(n, q).
-void ExpectBinomial(int64_t k, int64_t n, double q, const std::string& what) {
-  const double mean = static_cast<double>(n) * q;
-  const double bound = 5.0 * std::sqrt(static_cast<double>(n) * q * (1.0 - q));
-  EXPECT_LE(std::abs(static_cast<double>(k) - mean), bound)
-      << what << ": " << k << " of " << n << ", expected " << mean << " +- " << bound;
 }
 
 // ---- PyTorch parity ----
@@ -133,12 +113,10 @@ TEST_P(RecurrentGradientTest, BpttMatchesCentralDifferencesWithFrozenMasks) {
   // Larger weights than the default make the recurrence matter.
   for (auto& p : layer->params()) p.value *= 2.0f;
   const Matrix x = UniformMatrix(4, 18, -1.5, 1.5, 5);
-  GradCheckOptions opt;
-  opt.eps = 2e-3;
-  opt.rtol = 2e-2;
-  opt.atol = 2e-3;
+  const GradCheckOptions opt{.eps = 2e-3, .rtol = 2e-2, .atol = 2e-3};
   for (int threads : {1, 2}) {
-    auto r = CheckLayerGradients(layer.get(), x, MakeContext(Mode::kTrain, 99, 4, threads), opt, 17);
+    auto r = CheckLayerGradients(layer.get(), x,
+                                 MakeContext(Mode::kTrain, 99, 4, kWholeBatch, threads), opt, 17);
     EXPECT_GT(r.checked, 100);
     EXPECT_EQ(r.mismatches, 0) << r.report;
   }
@@ -330,7 +308,7 @@ TEST(RecurrentTest, ZoneoutKeepsThePreviousStateWithProbabilityZ) {
         p[2].value.middleCols(2 * h, h).setConstant(1.0f);
       }
       Matrix y;
-      layer->Forward(Matrix::Zero(rows, t), MakeContext(Mode::kMonteCarlo, 4, 0), nullptr, &y);
+      layer->Forward(Matrix::Zero(rows, t), MakeContext(Mode::kMonteCarlo, 4), nullptr, &y);
       for (int s = 0; s < t; ++s) {
         const int64_t zeros = (y.middleCols(s * h, h).array() == 0.0f).count();
         ExpectBinomial(zeros, rows * h, std::pow(z, s + 1), type + " units still zero at step " +
@@ -359,10 +337,7 @@ TEST(RecurrentTest, ModesSeedsAndThreads) {
     EXPECT_TRUE(layer->IsStochastic());
     const Matrix x = UniformMatrix(9, 15, -1, 1, 2);
     auto run = [&](Mode mode, uint64_t seed, int threads) {
-      Matrix y;
-      LayerCache cache;
-      layer->Forward(x, MakeContext(mode, seed, 0, threads), mode == Mode::kTrain ? &cache : nullptr, &y);
-      return y;
+      return RunLayer(*layer, x, MakeContext(mode, seed, 0, kWholeBatch, threads));
     };
     EXPECT_EQ(run(Mode::kEval, 1, 1), run(Mode::kEval, 2, 2));
     EXPECT_EQ(run(Mode::kMonteCarlo, 1, 1), run(Mode::kMonteCarlo, 1, 2));
@@ -377,8 +352,8 @@ TEST(RecurrentTest, ModesSeedsAndThreads) {
     const Matrix big = UniformMatrix(700, 15, -1, 1, 12);
     Matrix y_blocks, y_whole;
     LayerCache cache;
-    layer->Forward(big, MakeContext(Mode::kMonteCarlo, 3, 0, 2), nullptr, &y_blocks);
-    layer->Forward(big, MakeContext(Mode::kTrain, 3, 0, 1), &cache, &y_whole);
+    layer->Forward(big, MakeContext(Mode::kMonteCarlo, 3, 0, kWholeBatch, 2), nullptr, &y_blocks);
+    layer->Forward(big, MakeContext(Mode::kTrain, 3), &cache, &y_whole);
     EXPECT_LE((y_blocks - y_whole).cwiseAbs().maxCoeff(), 1e-5);
   }
   LayerConfig plain = RnnConfig("lstm", 4);

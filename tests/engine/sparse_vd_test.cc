@@ -12,24 +12,10 @@
 #include "server/engine/mc.h"
 #include "server/engine/network.h"
 #include "server/engine/trainer.h"
-#include "tests/engine/gradient_check.h"
+#include "tests/engine/test_util.h"
 
 namespace dropnet::engine {
 namespace {
-
-using test_support::CheckLayerGradients;
-using test_support::CompareWithCentralDifferences;
-using test_support::GradCheckOptions;
-using test_support::GradCheckResult;
-using test_support::UniformMatrix;
-
-Context MakeContext(Mode mode, uint64_t seed, uint64_t stream = 0, int threads = 1) {
-  Context ctx;
-  ctx.mode = mode;
-  ctx.rng = RandomStream{seed, stream, 1 << 30};
-  ctx.threads = threads;
-  return ctx;
-}
 
 LayerConfig SparseVd(int units, double log_sigma2 = -10) {
   LayerConfig c;
@@ -73,12 +59,10 @@ TEST(SparseVdTest, GradientsWithFrozenNoise) {
   layer->params()[1].value = UniformMatrix(5, 4, -4, -1, 5);
   layer->params()[2].value = UniformMatrix(1, 4, -1, 1, 6);
   const Matrix x = UniformMatrix(6, 5, -1, 1, 3);
-  GradCheckOptions opt;
-  opt.eps = 1e-3;
-  opt.rtol = 2e-2;
-  opt.atol = 2e-3;
+  const GradCheckOptions opt{.eps = 1e-3, .rtol = 2e-2, .atol = 2e-3};
   for (int threads : {1, 2}) {
-    auto r = CheckLayerGradients(layer.get(), x, MakeContext(Mode::kTrain, 3, 1, threads), opt, 8);
+    auto r = CheckLayerGradients(layer.get(), x,
+                                 MakeContext(Mode::kTrain, 3, 1, kWholeBatch, threads), opt, 8);
     EXPECT_GT(r.checked, 70);
     EXPECT_EQ(r.mismatches, 0) << r.report;
   }
@@ -175,10 +159,7 @@ TEST(SparseVdTest, ModesSeedsAndValidation) {
   EXPECT_TRUE(layer->IsStochastic());
   const Matrix x = UniformMatrix(7, 6, -1, 1, 3);
   auto run = [&](Mode mode, uint64_t seed, int threads) {
-    Matrix y;
-    LayerCache cache;
-    layer->Forward(x, MakeContext(mode, seed, 0, threads), mode == Mode::kTrain ? &cache : nullptr, &y);
-    return y;
+    return RunLayer(*layer, x, MakeContext(mode, seed, 0, kWholeBatch, threads));
   };
   EXPECT_EQ(run(Mode::kEval, 1, 1), run(Mode::kEval, 2, 2));
   EXPECT_EQ(run(Mode::kTrain, 1, 1), run(Mode::kMonteCarlo, 1, 2)) << "nothing pruned yet";

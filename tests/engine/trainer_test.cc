@@ -7,29 +7,15 @@
 #include <atomic>
 #include <cmath>
 #include <algorithm>
-#include <cstring>
-#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "server/engine/random.h"
-#include "tests/engine/layer_configs.h"
+#include "tests/engine/test_util.h"
 
 namespace dropnet::engine {
 namespace {
-
-using test_support::DenseLayer;
-using test_support::DropoutLayer;
-using test_support::Simple;
-
-NetworkSpec MakeSpec(int inputs, std::vector<LayerConfig> layers, uint64_t seed = 1) {
-  NetworkSpec spec;
-  spec.input = Shape{{inputs}};
-  spec.layers = std::move(layers);
-  spec.seed = seed;
-  return spec;
-}
 
 // Three well separated Gaussian blobs in 2-D, `per_class` rows each.
 Dataset Blobs(int per_class, uint64_t seed) {
@@ -103,11 +89,6 @@ std::vector<Matrix> Snapshot(const Network& net) {
   return out;
 }
 
-bool BitEqual(const Matrix& a, const Matrix& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0;
-}
-
 bool SameParameters(const std::vector<Matrix>& a, const std::vector<Matrix>& b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
@@ -123,19 +104,6 @@ double Accuracy(const Matrix& probs, const Matrix& labels) {
     correct += arg == static_cast<Eigen::Index>(labels(r, 0));
   }
   return correct / static_cast<double>(probs.rows());
-}
-
-void ExpectInvalidArgumentContaining(const std::function<void()>& fn,
-                                     const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected InvalidArgument";
-  } catch (const InvalidArgument& e) {
-    const std::string message = e.what();
-    for (const auto& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-    }
-  }
 }
 
 TEST(TrainerTest, ClassificationLossFallsOnSeparableData) {

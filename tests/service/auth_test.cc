@@ -73,6 +73,20 @@ class SecureServerTest : public ::testing::Test {
     c.store = store_;
     return c;
   }
+  // Config() serving TLS with the test server certificate.
+  ServerConfig TlsConfig() {
+    ServerConfig c = Config();
+    c.tls_cert = kTls / "server.pem";
+    c.tls_key = kTls / "server.key";
+    return c;
+  }
+  // Client options for TLS that trust the CA in `ca`, a file of the test TLS directory.
+  static client::ClientOptions TrustingCa(const char* ca) {
+    client::ClientOptions o;
+    o.use_tls = true;
+    o.ca_file = (kTls / ca).string();
+    return o;
+  }
   client::Client Connect(client::ClientOptions o) {
     o.target = "localhost:" + std::to_string(server_->port());
     o.deadline = std::chrono::seconds(5);
@@ -161,39 +175,26 @@ TEST_F(SecureServerTest, TokensFromTheEnvironment) {
 }
 
 TEST_F(SecureServerTest, TlsServesClientsThatTrustItsCa) {
-  ServerConfig c = Config();
-  c.tls_cert = kTls / "server.pem";
-  c.tls_key = kTls / "server.key";
-  server_ = std::make_unique<Server>(c);
+  server_ = std::make_unique<Server>(TlsConfig());
   server_->Start();
 
-  client::ClientOptions tls;
-  tls.use_tls = true;
-  tls.ca_file = (kTls / "ca.pem").string();
-  auto good = Connect(tls);
+  auto good = Connect(TrustingCa("ca.pem"));
   EXPECT_EQ(CodeOf([&] { good.CreateModel("m", SmallSpec()); }), grpc::StatusCode::OK);
 
   auto plain = Connect(client::ClientOptions{});
   EXPECT_EQ(CodeOf([&] { plain.ListModels(); }), grpc::StatusCode::UNAVAILABLE);
 
-  client::ClientOptions untrusted;
-  untrusted.use_tls = true;
-  untrusted.ca_file = (kTls / "other-ca.pem").string();  // not the issuing CA
-  auto bad = Connect(untrusted);
+  auto bad = Connect(TrustingCa("other-ca.pem"));  // not the issuing CA
   EXPECT_EQ(CodeOf([&] { bad.ListModels(); }), grpc::StatusCode::UNAVAILABLE);
 }
 
 TEST_F(SecureServerTest, MutualTlsRequiresAClientCertificate) {
-  ServerConfig c = Config();
-  c.tls_cert = kTls / "server.pem";
-  c.tls_key = kTls / "server.key";
+  ServerConfig c = TlsConfig();
   c.tls_client_ca = kTls / "ca.pem";
   server_ = std::make_unique<Server>(c);
   server_->Start();
 
-  client::ClientOptions no_cert;
-  no_cert.use_tls = true;
-  no_cert.ca_file = (kTls / "ca.pem").string();
+  const client::ClientOptions no_cert = TrustingCa("ca.pem");
   auto anon = Connect(no_cert);
   EXPECT_EQ(CodeOf([&] { anon.ListModels(); }), grpc::StatusCode::UNAVAILABLE);
 

@@ -28,6 +28,12 @@ namespace fs = std::filesystem;
 using grpc::StatusCode;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// The codes the tables expect, by short names.
+constexpr StatusCode OK = StatusCode::OK;
+constexpr StatusCode IA = StatusCode::INVALID_ARGUMENT;
+constexpr StatusCode NF = StatusCode::NOT_FOUND;
+constexpr StatusCode PD = StatusCode::PERMISSION_DENIED;
+constexpr StatusCode RE = StatusCode::RESOURCE_EXHAUSTED;
 
 struct Case {
   std::string name;
@@ -238,8 +244,6 @@ class BadInputTest : public ::testing::Test {
 
 std::vector<Case> Table() {
   std::vector<Case> t;
-  const auto IA = StatusCode::INVALID_ARGUMENT;
-  const auto NF = StatusCode::NOT_FOUND;
   auto noop = [](v1::ModelSpec*) {};
   // CreateModel names.
   t.push_back(CreateCase("name empty", IA, "name", noop, ""));
@@ -361,11 +365,6 @@ std::vector<Case> Table() {
 // (ok.csv, bad CSVs, IDX pairs); data sets cls4, cls5, reg4 and cls4x6 are uploaded first.
 std::vector<Case> OptionsTable() {
   std::vector<Case> t;
-  const auto OK = StatusCode::OK;
-  const auto IA = StatusCode::INVALID_ARGUMENT;
-  const auto NF = StatusCode::NOT_FOUND;
-  const auto PD = StatusCode::PERMISSION_DENIED;
-  const auto RE = StatusCode::RESOURCE_EXHAUSTED;
   // ImportDataset: names and paths.
   t.push_back(ImportCase("import control", OK, "", [](v1::ImportDatasetRequest* r) { r->set_name("imp-ok"); }));
   t.push_back(ImportCase("import taken name", StatusCode::ALREADY_EXISTS, "",
@@ -507,9 +506,6 @@ std::vector<Case> OptionsTable() {
 // layers, 2^20 features per activation row.
 std::vector<Case> FamilyTable() {
   std::vector<Case> t;
-  const auto OK = StatusCode::OK;
-  const auto IA = StatusCode::INVALID_ARGUMENT;
-  const auto RE = StatusCode::RESOURCE_EXHAUSTED;
   constexpr int kIntMax = std::numeric_limits<int>::max();
   auto conv = [](v1::ModelSpec* s) { return s->mutable_layers(0); };
   auto pool = [](v1::ModelSpec* s) { return s->mutable_layers(2); };

@@ -3,7 +3,6 @@
 #include "server/service/store.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -15,29 +14,14 @@
 
 #include "server/service/convert.h"
 #include "server/service/status.h"
+#include "tests/testing/temp_dir.h"
 
 namespace dropnet::service {
 namespace {
 
 namespace fs = std::filesystem;
 using google::protobuf::util::MessageDifferencer;
-
-// A fresh directory under the system temp dir, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "dropnet-store-test-XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using testing::TempDir;
 
 v1::ModelSpec SmallSpec() {
   v1::ModelSpec spec;
@@ -85,6 +69,12 @@ v1::StoredDataset MakeDataset(const std::string& name) {
   d.set_num_classes(2);
   d.set_source("upload");
   return d;
+}
+
+// Saves version 1 of the model "m" and the data set "d".
+void SaveModelAndDataset(ModelStore* store) {
+  store->SaveCheckpoint(MakeCheckpoint("m", 1));
+  store->SaveDataset(MakeDataset("d"));
 }
 
 // Runs `f` and returns the code of the ServiceError it throws (OK when it throws nothing).
@@ -222,8 +212,7 @@ TEST(ModelStoreTest, MissingVersionIsNotFound) {
 TEST(ModelStoreTest, TemporariesAreNeverListedAndAreCleanedUp) {
   TempDir dir;
   ModelStore store(dir.path(), true);
-  store.SaveCheckpoint(MakeCheckpoint("m", 1));
-  store.SaveDataset(MakeDataset("d"));
+  SaveModelAndDataset(&store);
   // Leftovers of interrupted writes: a model, a version, a data set, and a stray file.
   fs::create_directories(dir.path() / "models" / ".n.tmp-1-2-3");
   fs::create_directories(dir.path() / "models" / "m" / ".2.tmp-1-2-3");
@@ -249,8 +238,7 @@ TEST(ModelStoreTest, TemporariesAreNeverListedAndAreCleanedUp) {
 TEST(ModelStoreTest, WritesLeaveNoTemporaries) {
   TempDir dir;
   ModelStore store(dir.path(), true);
-  store.SaveCheckpoint(MakeCheckpoint("m", 1));
-  store.SaveDataset(MakeDataset("d"));
+  SaveModelAndDataset(&store);
   store.SaveDataset(MakeDataset("d"));  // a replacement
   for (const auto& e : fs::recursive_directory_iterator(dir.path())) {
     EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
@@ -261,8 +249,7 @@ TEST(ModelStoreTest, ReadOnlyStoreRefusesWrites) {
   TempDir dir;
   {
     ModelStore writer(dir.path(), true);
-    writer.SaveCheckpoint(MakeCheckpoint("m", 1));
-    writer.SaveDataset(MakeDataset("d"));
+    SaveModelAndDataset(&writer);
   }
   fs::create_directories(dir.path() / "models" / ".leftover");
 
