@@ -1,14 +1,15 @@
 #include "client/client.h"
 
 #include <atomic>
-#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <thread>
 
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/impl/codegen/client_unary_call.h>
+#include <grpcpp/impl/codegen/rpc_method.h>
 
+#include "common/dataio/csv.h"
 #include "common/status_code_name.h"
 
 namespace dropnet::client {
@@ -26,12 +27,14 @@ std::string ReadFile(const std::string& path, const char* what) {
 }
 
 // UNAVAILABLE is retried with exponential backoff by gRPC itself (gRFC A6).
-// round_robin: a name with several addresses (dns:///dropnet-headless...:50051, a Kubernetes headless
-// Service over the serving replicas) spreads the calls over all of them; with one address it is
-// the same as the default pick_first.
+// round_robin: a name with several addresses (dns:///dropnet-headless...:50051, a Kubernetes
+// headless Service over the serving replicas) spreads the calls over all of them; with one address
+// it is the same as the default pick_first.
 std::string ServiceConfig(int max_attempts) {
   std::ostringstream s;
-  s << R"({"loadBalancingConfig":[{"round_robin":{}}],"methodConfig":[{"name":[{"service":"dropnet.v1.Dropnet"},{"service":"grpc.health.v1.Health"}],)"
+  s << R"({"loadBalancingConfig":[{"round_robin":{}}],)"
+    << R"("methodConfig":[{"name":[{"service":"dropnet.v1.Dropnet"},)"
+    << R"({"service":"grpc.health.v1.Health"}],)"
     << R"("retryPolicy":{"maxAttempts":)" << std::max(2, std::min(max_attempts, 5))
     << R"(,"initialBackoff":"0.1s","maxBackoff":"2s","backoffMultiplier":2,)"
     << R"("retryableStatusCodes":["UNAVAILABLE"]}}]})";
@@ -45,12 +48,25 @@ ClientError::ClientError(grpc::StatusCode code, const std::string& message)
 
 const char* ClientError::code_name() const { return StatusCodeName(code_); }
 
+struct Client::RawMethods {
+  explicit RawMethods(const std::shared_ptr<grpc::Channel>& channel)
+      : predict("/dropnet.v1.Dropnet/Predict", grpc::internal::RpcMethod::NORMAL_RPC, channel) {}
+
+  grpc::internal::RpcMethod predict;
+};
+
+Client::~Client() = default;
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+
 Client::Client(ClientOptions options) : options_(std::move(options)) {
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (options_.use_tls) {
     grpc::SslCredentialsOptions ssl;
     if (!options_.ca_file.empty()) ssl.pem_root_certs = ReadFile(options_.ca_file, "CA file");
-    if (!options_.cert_file.empty()) ssl.pem_cert_chain = ReadFile(options_.cert_file, "certificate");
+    if (!options_.cert_file.empty()) {
+      ssl.pem_cert_chain = ReadFile(options_.cert_file, "certificate");
+    }
     if (!options_.key_file.empty()) ssl.pem_private_key = ReadFile(options_.key_file, "key");
     creds = grpc::SslCredentials(ssl);
   } else {
@@ -63,8 +79,7 @@ Client::Client(ClientOptions options) : options_(std::move(options)) {
   if (options_.own_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   channel_ = grpc::CreateCustomChannel(options_.target, creds, args);
   stub_ = v1::Dropnet::NewStub(channel_);
-  predict_bytes_ = std::make_unique<grpc::internal::RpcMethod>(
-      "/dropnet.v1.Dropnet/Predict", grpc::internal::RpcMethod::NORMAL_RPC, channel_);
+  raw_ = std::make_unique<RawMethods>(channel_);
   health_stub_ = grpc::health::v1::Health::NewStub(channel_);
 }
 
@@ -77,53 +92,48 @@ void Client::Prepare(grpc::ClientContext* ctx, const CallOptions& call, bool str
   if (!options_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.token);
 }
 
-bool Client::Healthy(const std::string& service, CallOptions call) {
+template <typename Stub, typename Request, typename Response>
+Response Client::Unary(Stub& stub,
+                       grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
+                                                    Response*),
+                       const Request& request, const CallOptions& call) const {
   grpc::ClientContext ctx;
   Prepare(&ctx, call);
+  Response response;
+  Check((stub.*method)(&ctx, request, &response));
+  return response;
+}
+
+bool Client::Healthy(const std::string& service, CallOptions call) {
   grpc::health::v1::HealthCheckRequest req;
   req.set_service(service);
-  grpc::health::v1::HealthCheckResponse resp;
-  Check(health_stub_->Check(&ctx, req, &resp));
-  return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  return Unary(*health_stub_, &grpc::health::v1::Health::Stub::Check, req, call).status() ==
+         grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
 v1::ModelInfo Client::CreateModel(const std::string& name, const v1::ModelSpec& spec,
                                   CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
   v1::CreateModelRequest req;
   req.set_name(name);
   *req.mutable_spec() = spec;
-  v1::CreateModelResponse resp;
-  Check(stub_->CreateModel(&ctx, req, &resp));
-  return resp.model();
+  return Unary(*stub_, &v1::Dropnet::Stub::CreateModel, req, call).model();
 }
 
 v1::ModelInfo Client::GetModel(const std::string& name, CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
   v1::GetModelRequest req;
   req.set_name(name);
-  v1::GetModelResponse resp;
-  Check(stub_->GetModel(&ctx, req, &resp));
-  return resp.model();
+  return Unary(*stub_, &v1::Dropnet::Stub::GetModel, req, call).model();
 }
 
 std::vector<v1::ModelInfo> Client::ListModels(CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
-  v1::ListModelsResponse resp;
-  Check(stub_->ListModels(&ctx, v1::ListModelsRequest(), &resp));
+  const auto resp = Unary(*stub_, &v1::Dropnet::Stub::ListModels, v1::ListModelsRequest(), call);
   return {resp.models().begin(), resp.models().end()};
 }
 
 void Client::DeleteModel(const std::string& name, CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
   v1::DeleteModelRequest req;
   req.set_name(name);
-  v1::DeleteModelResponse resp;
-  Check(stub_->DeleteModel(&ctx, req, &resp));
+  Unary(*stub_, &v1::Dropnet::Stub::DeleteModel, req, call);
 }
 
 v1::DatasetInfo Client::UploadCsv(const v1::DatasetHeader& header, const std::string& csv,
@@ -170,28 +180,19 @@ v1::DatasetInfo Client::UploadRows(const v1::DatasetHeader& header, const Matrix
 }
 
 v1::DatasetInfo Client::ImportDataset(const v1::ImportDatasetRequest& request, CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
-  v1::ImportDatasetResponse resp;
-  Check(stub_->ImportDataset(&ctx, request, &resp));
-  return resp.dataset();
+  return Unary(*stub_, &v1::Dropnet::Stub::ImportDataset, request, call).dataset();
 }
 
 std::vector<v1::DatasetInfo> Client::ListDatasets(CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
-  v1::ListDatasetsResponse resp;
-  Check(stub_->ListDatasets(&ctx, v1::ListDatasetsRequest(), &resp));
+  const auto resp =
+      Unary(*stub_, &v1::Dropnet::Stub::ListDatasets, v1::ListDatasetsRequest(), call);
   return {resp.datasets().begin(), resp.datasets().end()};
 }
 
 void Client::DeleteDataset(const std::string& name, CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
   v1::DeleteDatasetRequest req;
   req.set_name(name);
-  v1::DeleteDatasetResponse resp;
-  Check(stub_->DeleteDataset(&ctx, req, &resp));
+  Unary(*stub_, &v1::Dropnet::Stub::DeleteDataset, req, call);
 }
 
 v1::TrainEvent Client::Train(const v1::TrainRequest& request,
@@ -234,11 +235,7 @@ v1::PredictResponse Client::Predict(const std::string& model, const Matrix& inpu
 }
 
 v1::PredictResponse Client::Predict(const v1::PredictRequest& request, CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
-  v1::PredictResponse resp;
-  Check(stub_->Predict(&ctx, request, &resp));
-  return resp;
+  return Unary(*stub_, &v1::Dropnet::Stub::Predict, request, call);
 }
 
 grpc::ByteBuffer Client::Serialize(const v1::PredictRequest& request) {
@@ -255,7 +252,7 @@ v1::PredictResponse Client::Predict(const grpc::ByteBuffer& serialized_request, 
   Prepare(&ctx, call);
   v1::PredictResponse resp;
   Check(grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, v1::PredictResponse>(
-      channel_.get(), *predict_bytes_, &ctx, serialized_request, &resp));
+      channel_.get(), raw_->predict, &ctx, serialized_request, &resp));
   return resp;
 }
 
@@ -275,19 +272,11 @@ v1::PredictUncertaintyResponse Client::PredictUncertainty(const std::string& mod
 
 v1::PredictUncertaintyResponse Client::PredictUncertainty(
     const v1::PredictUncertaintyRequest& request, CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
-  v1::PredictUncertaintyResponse resp;
-  Check(stub_->PredictUncertainty(&ctx, request, &resp));
-  return resp;
+  return Unary(*stub_, &v1::Dropnet::Stub::PredictUncertainty, request, call);
 }
 
 v1::EvaluateResponse Client::Evaluate(const v1::EvaluateRequest& request, CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
-  v1::EvaluateResponse resp;
-  Check(stub_->Evaluate(&ctx, request, &resp));
-  return resp;
+  return Unary(*stub_, &v1::Dropnet::Stub::Evaluate, request, call);
 }
 
 // ---- Conversions ----
@@ -310,63 +299,21 @@ Matrix ToMatrix(const v1::Tensor& t) {
   return Eigen::Map<const Matrix>(t.values().data(), rows, cols);
 }
 
-namespace {
-
-std::vector<std::string> SplitLine(const std::string& line) {
-  std::vector<std::string> out;
-  std::string cur;
-  bool quoted = false;
-  for (char ch : line) {
-    if (ch == '"') quoted = !quoted;
-    else if (ch == ',' && !quoted) out.push_back(cur), cur.clear();
-    else if (ch != '\r') cur += ch;
-  }
-  out.push_back(cur);
-  return out;
-}
-
-}  // namespace
-
 CsvTable ReadCsvFile(const std::string& path, const std::string& drop_column) {
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot read CSV file '" + path + "'");
+  dataio::CsvOptions options;
+  options.label_column = drop_column;
+  dataio::CsvTable csv;
+  try {
+    csv = dataio::ReadCsv(in, options);
+  } catch (const dataio::DataError& e) {
+    throw std::runtime_error(path + ": " + e.what());
+  }
   CsvTable t;
-  std::string line;
-  if (!std::getline(in, line)) throw std::runtime_error("CSV file '" + path + "' is empty");
-  auto header = SplitLine(line);
-  int drop = -1;
-  for (size_t i = 0; i < header.size(); ++i) {
-    if (!drop_column.empty() && header[i] == drop_column) drop = static_cast<int>(i);
-    else t.header.push_back(header[i]);
-  }
-  if (!drop_column.empty() && drop < 0) {
-    throw std::runtime_error("CSV file '" + path + "' has no column '" + drop_column + "'");
-  }
-  std::vector<float> values;
-  int64_t rows = 0, line_no = 1;
-  while (std::getline(in, line)) {
-    ++line_no;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    auto fields = SplitLine(line);
-    if (fields.size() != header.size()) {
-      throw std::runtime_error(path + ":" + std::to_string(line_no) + ": " +
-                               std::to_string(fields.size()) + " fields, the header has " +
-                               std::to_string(header.size()));
-    }
-    for (size_t i = 0; i < fields.size(); ++i) {
-      if (static_cast<int>(i) == drop) continue;
-      char* end = nullptr;
-      const float v = std::strtof(fields[i].c_str(), &end);
-      if (fields[i].empty() || (end && *end != '\0' && *end != ' ') || !std::isfinite(v)) {
-        throw std::runtime_error(path + ":" + std::to_string(line_no) + ": column '" + header[i] +
-                                 "' holds '" + fields[i] + "', not a finite number");
-      }
-      values.push_back(v);
-    }
-    ++rows;
-  }
-  const int64_t cols = static_cast<int64_t>(t.header.size());
-  t.values = Eigen::Map<const Matrix>(values.data(), rows, cols);
+  t.header = std::move(csv.feature_names);
+  t.values = Eigen::Map<const Matrix>(csv.values.data(), csv.rows,
+                                      static_cast<int64_t>(t.header.size()));
   return t;
 }
 

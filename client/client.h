@@ -67,13 +67,17 @@ struct UncertaintyOptions {
 class Client {
  public:
   explicit Client(ClientOptions options);
+  ~Client();
+  Client(Client&&) noexcept;
+  Client& operator=(Client&&) noexcept;
 
   const ClientOptions& options() const { return options_; }
 
   // grpc.health.v1 Check for `service` ("" = the whole server); true when SERVING.
   bool Healthy(const std::string& service = "", CallOptions call = {});
 
-  v1::ModelInfo CreateModel(const std::string& name, const v1::ModelSpec& spec, CallOptions call = {});
+  v1::ModelInfo CreateModel(const std::string& name, const v1::ModelSpec& spec,
+                            CallOptions call = {});
   v1::ModelInfo GetModel(const std::string& name, CallOptions call = {});
   std::vector<v1::ModelInfo> ListModels(CallOptions call = {});
   void DeleteModel(const std::string& name, CallOptions call = {});
@@ -95,7 +99,8 @@ class Client {
                        const std::function<void(const v1::TrainEvent&)>& on_event,
                        const std::function<bool()>& cancel = {}, CallOptions call = {});
 
-  v1::PredictResponse Predict(const std::string& model, const Matrix& inputs, CallOptions call = {});
+  v1::PredictResponse Predict(const std::string& model, const Matrix& inputs,
+                              CallOptions call = {});
   v1::PredictUncertaintyResponse PredictUncertainty(const std::string& model, const Matrix& inputs,
                                                     const UncertaintyOptions& options = {},
                                                     CallOptions call = {});
@@ -111,13 +116,22 @@ class Client {
   v1::PredictResponse Predict(const grpc::ByteBuffer& serialized_request, CallOptions call = {});
 
  private:
+  // Methods of the channel that the generated stubs do not offer (Predict for serialised
+  // requests), each registered on the channel once, as a stub's methods are.
+  struct RawMethods;
+
   void Prepare(grpc::ClientContext* ctx, const CallOptions& call, bool streaming = false) const;
+  // One unary call of a generated stub's method: a context with the call's deadline and token,
+  // and ClientError when the call fails.
+  template <typename Stub, typename Request, typename Response>
+  Response Unary(Stub& stub,
+                 grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+                 const Request& request, const CallOptions& call) const;
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Dropnet::Stub> stub_;
-  // Predict for serialised requests, registered on the channel once, as a stub's methods are.
-  std::unique_ptr<grpc::internal::RpcMethod> predict_bytes_;
+  std::unique_ptr<RawMethods> raw_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_stub_;
 };
 
@@ -127,8 +141,9 @@ class Client {
 void ToTensor(const Matrix& m, v1::Tensor* out);
 Matrix ToMatrix(const v1::Tensor& t);
 
-// Numeric CSV with a header row -> matrix; `drop_column` (by name) is left out when given.
-// Throws std::runtime_error naming the line and column of a bad value.
+// Numeric CSV with a header row -> matrix; `drop_column` (by name) is left out when given. The
+// CSV rules are common/dataio's, the server's. Throws std::runtime_error naming the file and the
+// line and column of a bad value.
 struct CsvTable {
   std::vector<std::string> header;
   Matrix values;

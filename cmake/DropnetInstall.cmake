@@ -1,6 +1,7 @@
 # Installs the client library as a CMake package:
-#   find_package(dropnet CONFIG REQUIRED)  ->  target dropnet::client
-# with the generated dropnet.v1 and grpc.health.v1 headers, and the two programs.
+#   find_package(dropnet CONFIG REQUIRED)  ->  target dropnet::client, #include "dropnet/client.h"
+# with the generated dropnet.v1 and grpc.health.v1 headers (dropnet/v1/, grpc/health/v1/), and
+# the two programs. dropnet::dataio goes along as the client library's private dependency.
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
@@ -8,13 +9,14 @@ set_target_properties(dropnet_proto PROPERTIES EXPORT_NAME proto)
 set_target_properties(dropnet_health_proto PROPERTIES EXPORT_NAME health_proto)
 set_target_properties(dropnet_client PROPERTIES EXPORT_NAME client)
 set_target_properties(dropnet_options PROPERTIES EXPORT_NAME options)
+set_target_properties(dropnet_dataio PROPERTIES EXPORT_NAME dataio)
 
-install(TARGETS dropnet_client dropnet_proto dropnet_health_proto dropnet_options
+install(TARGETS dropnet_client dropnet_proto dropnet_health_proto dropnet_options dropnet_dataio
         EXPORT dropnetTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS dropnet dropnet-server RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-install(FILES client/client.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/client)
+install(FILES client/client.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/dropnet)
 install(DIRECTORY ${PROJECT_BINARY_DIR}/proto/dropnet ${PROJECT_BINARY_DIR}/proto/grpc
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} FILES_MATCHING PATTERN "*.h")
 install(EXPORT dropnetTargets NAMESPACE dropnet:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/dropnet)

@@ -167,7 +167,8 @@ double ProcessCpuSeconds() {
 // Nearest-rank percentile of sorted values.
 double Percentile(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return std::nan("");
-  const size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(sorted.size())));
+  const size_t rank =
+      static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(sorted.size())));
   return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
 }
 
@@ -302,6 +303,95 @@ void BenchReport::PrintTable(std::ostream& out) const {
   PrintAligned(out, ratios);
 }
 
+namespace {
+
+// The model's version and input width into the report, and the requests the workloads send: rows
+// of the --data file, or random ones.
+Requests PrepareRequests(dc::Client& client, const BenchOptions& o, BenchReport* report) {
+  const v1::ModelInfo info = client.GetModel(o.model);
+  report->model_version = info.version();
+  report->input_width = 1;
+  for (int d : info.spec().input_shape()) report->input_width *= d;
+  dc::Matrix pool;
+  if (!o.data_path.empty()) {
+    auto table = dc::ReadCsvFile(o.data_path, o.target_column);
+    pool = table.values;
+    // A file with one column more than the model takes: the last one is the target.
+    if (o.target_column.empty() && pool.cols() == report->input_width + 1) {
+      dc::Matrix x = pool.leftCols(report->input_width);
+      pool = x;
+    }
+    if (pool.cols() != report->input_width || pool.rows() == 0) {
+      throw std::runtime_error(o.data_path + " has " + std::to_string(pool.cols()) +
+                               " feature columns and " + std::to_string(pool.rows()) +
+                               " rows; model '" + o.model + "' takes " +
+                               std::to_string(report->input_width));
+    }
+  }
+  return BuildRequests(o, pool, report->input_width);
+}
+
+// Latencies, counts and errors of the workers' logs into r.
+void Summarize(const std::vector<WorkerLog>& logs, const Phase& phase, const BenchOptions& o,
+               BenchResult* r) {
+  std::vector<double> all;
+  int64_t completed = 0;
+  Clock::time_point last_end = phase.measure_start;
+  for (const auto& log : logs) {
+    all.insert(all.end(), log.latencies_ms.begin(), log.latencies_ms.end());
+    completed += log.completed_in_window;
+    r->errors += log.errors;
+    if (r->first_error.empty()) r->first_error = log.first_error;
+    last_end = std::max(last_end, log.last_end);
+  }
+  std::sort(all.begin(), all.end());
+  r->calls = static_cast<int64_t>(all.size());
+  if (o.count > 0) {
+    r->seconds = std::chrono::duration<double>(last_end - phase.measure_start).count();
+    completed = r->calls;
+  } else {
+    r->seconds = o.duration_seconds;
+  }
+  r->p50_ms = Percentile(all, 50);
+  r->p90_ms = Percentile(all, 90);
+  r->p99_ms = Percentile(all, 99);
+  r->max_ms = all.empty() ? std::nan("") : all.back();
+  double sum = 0;
+  for (double v : all) sum += v;
+  r->mean_ms = all.empty() ? std::nan("") : sum / static_cast<double>(all.size());
+  r->calls_per_second = r->seconds > 0 ? static_cast<double>(completed) / r->seconds : 0;
+  r->rows_per_second = r->calls_per_second * r->rows;
+}
+
+// One workload at one concurrency level: `level` workers, then their summary.
+void Measure(const std::vector<std::unique_ptr<dc::Client>>& clients, const Requests& requests,
+             const BenchOptions& o, int level, BenchResult* r) {
+  std::atomic<int64_t> remaining{o.count};
+  Phase phase;
+  phase.workload = r->workload;
+  phase.measure_start = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(o.warmup_seconds));
+  phase.measure_end = phase.measure_start +
+                      std::chrono::duration_cast<Clock::duration>(
+                          std::chrono::duration<double>(o.duration_seconds));
+  if (o.count > 0) phase.remaining = &remaining;
+  std::vector<WorkerLog> logs(level);
+  const double cpu_start = ProcessCpuSeconds();
+  const Clock::time_point wall_start = Clock::now();
+  std::vector<std::thread> workers;
+  for (int i = 0; i < level; ++i) {
+    dc::Client& client = *clients[o.shared_channel ? 0 : i];
+    workers.emplace_back(
+        [&, i, &client = client] { RunWorker(client, requests, phase, i, &logs[i]); });
+  }
+  for (auto& t : workers) t.join();
+  const double wall = std::chrono::duration<double>(Clock::now() - wall_start).count();
+  r->client_cpu = wall > 0 ? (ProcessCpuSeconds() - cpu_start) / wall : 0;
+  Summarize(logs, phase, o, r);
+}
+
+}  // namespace
+
 BenchReport RunBench(const dc::ClientOptions& client_options, const BenchOptions& o,
                      std::ostream* progress) {
   if (o.concurrency.empty()) throw std::invalid_argument("no concurrency level given");
@@ -331,29 +421,7 @@ BenchReport RunBench(const dc::ClientOptions& client_options, const BenchOptions
   const bool needs_model = std::any_of(o.workloads.begin(), o.workloads.end(),
                                        [](Workload w) { return w != Workload::kHealth; });
   Requests requests;
-  if (needs_model) {
-    const v1::ModelInfo info = clients[0]->GetModel(o.model);
-    report.model_version = info.version();
-    report.input_width = 1;
-    for (int d : info.spec().input_shape()) report.input_width *= d;
-    dc::Matrix pool;
-    if (!o.data_path.empty()) {
-      auto table = dc::ReadCsvFile(o.data_path, o.target_column);
-      pool = table.values;
-      // A file with one column more than the model takes: the last one is the target.
-      if (o.target_column.empty() && pool.cols() == report.input_width + 1) {
-        dc::Matrix x = pool.leftCols(report.input_width);
-        pool = x;
-      }
-      if (pool.cols() != report.input_width || pool.rows() == 0) {
-        throw std::runtime_error(o.data_path + " has " + std::to_string(pool.cols()) +
-                                 " feature columns and " + std::to_string(pool.rows()) +
-                                 " rows; model '" + o.model + "' takes " +
-                                 std::to_string(report.input_width));
-      }
-    }
-    requests = BuildRequests(o, pool, report.input_width);
-  }
+  if (needs_model) requests = PrepareRequests(*clients[0], o, &report);
 
   const int steps = static_cast<int>(o.concurrency.size() * o.workloads.size());
   if (progress) {
@@ -384,57 +452,7 @@ BenchReport RunBench(const dc::ClientOptions& client_options, const BenchOptions
         *progress << "bench [" << std::setw(step_width) << step << "/" << steps << "] concurrency "
                   << level << ", " << r.name << ": " << std::flush;
       }
-
-      std::atomic<int64_t> remaining{o.count};
-      Phase phase;
-      phase.workload = w;
-      phase.measure_start =
-          Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                             std::chrono::duration<double>(o.warmup_seconds));
-      phase.measure_end = phase.measure_start +
-                          std::chrono::duration_cast<Clock::duration>(
-                              std::chrono::duration<double>(o.duration_seconds));
-      if (o.count > 0) phase.remaining = &remaining;
-      std::vector<WorkerLog> logs(level);
-      const double cpu_start = ProcessCpuSeconds();
-      const Clock::time_point wall_start = Clock::now();
-      std::vector<std::thread> workers;
-      for (int i = 0; i < level; ++i) {
-        dc::Client& client = *clients[o.shared_channel ? 0 : i];
-        workers.emplace_back(
-            [&, i, &client = client] { RunWorker(client, requests, phase, i, &logs[i]); });
-      }
-      for (auto& t : workers) t.join();
-      const double wall = std::chrono::duration<double>(Clock::now() - wall_start).count();
-      r.client_cpu = wall > 0 ? (ProcessCpuSeconds() - cpu_start) / wall : 0;
-
-      std::vector<double> all;
-      int64_t completed = 0;
-      Clock::time_point last_end = phase.measure_start;
-      for (auto& log : logs) {
-        all.insert(all.end(), log.latencies_ms.begin(), log.latencies_ms.end());
-        completed += log.completed_in_window;
-        r.errors += log.errors;
-        if (r.first_error.empty()) r.first_error = log.first_error;
-        last_end = std::max(last_end, log.last_end);
-      }
-      std::sort(all.begin(), all.end());
-      r.calls = static_cast<int64_t>(all.size());
-      if (o.count > 0) {
-        r.seconds = std::chrono::duration<double>(last_end - phase.measure_start).count();
-        completed = r.calls;
-      } else {
-        r.seconds = o.duration_seconds;
-      }
-      r.p50_ms = Percentile(all, 50);
-      r.p90_ms = Percentile(all, 90);
-      r.p99_ms = Percentile(all, 99);
-      r.max_ms = all.empty() ? std::nan("") : all.back();
-      double sum = 0;
-      for (double v : all) sum += v;
-      r.mean_ms = all.empty() ? std::nan("") : sum / static_cast<double>(all.size());
-      r.calls_per_second = r.seconds > 0 ? static_cast<double>(completed) / r.seconds : 0;
-      r.rows_per_second = r.calls_per_second * r.rows;
+      Measure(clients, requests, o, level, &r);
       if (progress) {
         *progress << "p50 " << Fixed(r.p50_ms, 3) << " ms, p99 " << Fixed(r.p99_ms, 3) << " ms, "
                   << Fixed(r.calls_per_second, 0) << " calls/s";

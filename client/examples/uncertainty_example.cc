@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstdio>
 
-#include "client/client.h"
+#include "dropnet/client.h"
 
 namespace v1 = dropnet::v1;
 using dropnet::client::Matrix;

@@ -1,9 +1,10 @@
-// Data sets: CSV and IDX readers, splits and standardisation.
+// Data sets: CSV and IDX files as data sets, splits and standardisation.
 //
-// CSV: one header row, one target column (named, or the last), numbers elsewhere. Classification
-// targets are integer labels 0..K-1, or strings mapped to indices in sorted order. IDX is the
-// format of LeCun's MNIST and Zalando's Fashion-MNIST (Xiao, Rasul & Vollgraf 2017), read plain or
-// gzipped; pixels are scaled to [0, 1] and images keep their {1, H, W} shape.
+// The files are parsed by common/dataio (its quoting rule and number syntax); this adds what a
+// data set means. CSV: one header row, one target column (named, or the last), numbers elsewhere.
+// Classification targets are integer labels 0..K-1, or strings mapped to indices in sorted order.
+// IDX (MNIST, Fashion-MNIST, plain or gzipped): pixels are scaled to [0, 1] and images keep their
+// {1, H, W} shape. Readers throw InvalidArgument with the reader's message.
 #ifndef DROPNET_ENGINE_DATA_H_
 #define DROPNET_ENGINE_DATA_H_
 
@@ -43,10 +44,8 @@ Dataset LoadCsv(const std::string& path, const CsvOptions& options);
 Dataset LoadIdx(const std::string& images_path, const std::string& labels_path);
 // The same from the files' bytes; the names only go into error messages.
 Dataset ReadIdx(std::string_view images, std::string_view labels,
-                const std::string& images_name = "images", const std::string& labels_name = "labels");
-// The bytes of a file, gunzipped when they start with gzip's magic bytes (one member or several),
-// up to max_bytes + 1 of them: inflating stops there, and the caller compares the size it gets.
-std::string IdxBytes(std::string_view raw, const std::string& name, uint64_t max_bytes);
+                const std::string& images_name = "images",
+                const std::string& labels_name = "labels");
 
 // Rows `rows` of `data`, in that order.
 Dataset Subset(const Dataset& data, const std::vector<int64_t>& rows);

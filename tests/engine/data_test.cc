@@ -288,12 +288,10 @@ TEST_F(IdxTest, ReadsFromMemoryPlainGzippedAndInSeveralMembers) {
 
 TEST_F(IdxTest, InflatingStopsPastTheDeclaredSize) {
   // 3 images of 2 x 3 pixels, then 32 MiB of zeros the header does not announce: a small file
-  // that would inflate into a large buffer.
+  // that would inflate into a large buffer (common/dataio's IdxBytes is tested in
+  // tests/dataio/idx_test.cc).
   const std::string bomb = Gzip(Images(3, 2, 3, Pixels()) + std::string(32 << 20, '\0'));
   ASSERT_LT(bomb.size(), 64u << 10);
-  const std::string head = IdxBytes(bomb, "bomb", 16 + 18);
-  EXPECT_GT(head.size(), 16u + 18u);
-  EXPECT_LE(head.size(), 16u + 18u + (64u << 10));
   try {
     ReadIdx(bomb, Labels({2, 0, 1}), "bomb");
     ADD_FAILURE() << "a file longer than its header says was read";

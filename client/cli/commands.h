@@ -1,0 +1,39 @@
+// The commands of the `dropnet` command line that talk to a server (all but bench and demo): each
+// prints its result and returns the process's exit status.
+#ifndef DROPNET_CLIENT_CLI_COMMANDS_H_
+#define DROPNET_CLIENT_CLI_COMMANDS_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "client/cli/output.h"
+#include "client/client.h"
+
+namespace dropnet::cli {
+
+// Input rows for a model from a CSV file: a target column is dropped by name, or, when the file
+// has exactly one column more than the model takes, the last one is.
+client::Matrix ReadInputs(client::Client& client, const std::string& model, const std::string& path,
+                          const std::string& target);
+
+int Health(client::Client& c, const std::string& service);
+Table ModelsTable(const std::vector<v1::ModelInfo>& models);
+void PrintModel(const v1::ModelInfo& m, Format f);
+Table DatasetsTable(const std::vector<v1::DatasetInfo>& ds);
+void PrintDataset(const v1::DatasetInfo& d);
+
+// Streams training progress (a live bar on a terminal); Ctrl-C cancels and returns 130.
+int TrainCommand(client::Client& c, v1::TrainRequest req, const std::string& metric_name);
+int PredictCommand(client::Client& c, const std::string& model, const std::string& input,
+                   const std::string& target, Format f, const std::string& output);
+int UncertaintyCommand(client::Client& c, const std::string& model, const std::string& input,
+                       const std::string& target, int samples, std::optional<uint64_t> seed,
+                       Format f, const std::string& output);
+int EvaluateCommand(client::Client& c, const std::string& model, const std::string& data, int mc,
+                    std::optional<uint64_t> seed, int64_t limit, Format f);
+
+}  // namespace dropnet::cli
+
+#endif  // DROPNET_CLIENT_CLI_COMMANDS_H_

@@ -1,0 +1,118 @@
+#include "client/cli/demo.h"
+
+#include <algorithm>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "client/cli/output.h"
+#include "common/dataio/idx.h"
+
+namespace dropnet::cli {
+namespace {
+
+namespace dc = dropnet::client;
+
+const char* kFashionClasses[] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                 "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+
+std::vector<std::string> Ascii(const dc::Matrix& x, int64_t row) {
+  static const char* kShades = " .:-=+*#%@";
+  std::vector<std::string> lines;
+  for (int r = 0; r < 28; r += 2) {
+    std::string line;
+    for (int c = 0; c < 28; ++c) {
+      const float v = 0.5f * (x(row, r * 28 + c) + x(row, (r + 1) * 28 + c));
+      line += kShades[std::clamp(static_cast<int>(v * 9.99f), 0, 9)];
+    }
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+}  // namespace
+
+int Demo(dc::Client& c, const std::string& data_dir) {
+  std::cout << "dropnet demo against " << c.options().target << "\n\n";
+  std::cout << "1. health: " << (c.Healthy() ? "SERVING" : "NOT_SERVING") << "\n";
+  v1::ModelInfo info;
+  try {
+    info = c.GetModel("fashion-mlp");
+  } catch (const dc::ClientError& e) {
+    if (e.code() != grpc::StatusCode::NOT_FOUND) throw;
+    std::cout
+        << "\nThe example model 'fashion-mlp' is not on this server. Start the server with "
+           "--example (scripts/run.sh does) on an empty store, or create it:\n"
+           "  dropnet models create fashion-mlp --spec examples/fashion_mlp.json\n"
+           "  dropnet data import fashion-mnist-train fashion-mnist/train-images-idx3-ubyte.gz "
+           "fashion-mnist/train-labels-idx1-ubyte.gz\n"
+           "  dropnet train fashion-mlp --data fashion-mnist-train --epochs 1\n";
+    return 1;
+  }
+  std::cout << "2. model 'fashion-mlp': " << info.spec().description() << ", version "
+            << info.version() << ", " << info.history_size() << " epoch(s) trained"
+            << (info.training() ? " (training right now: answers come from the newest version)"
+                                : "")
+            << "\n";
+  const auto test = dataio::LoadIdx(data_dir + "/t10k-images-idx3-ubyte.gz",
+                                    data_dir + "/t10k-labels-idx1-ubyte.gz");
+  if (test.height != 28 || test.width != 28) {
+    throw std::runtime_error("the images in " + data_dir + " are not 28 x 28");
+  }
+  const int64_t n = std::min<int64_t>(300, test.count);
+  dc::Matrix x(n, 28 * 28);
+  dataio::ScalePixels(test, n, x.data());
+  dc::UncertaintyOptions o;
+  o.samples = 100;
+  o.seed = 7;
+  auto r = c.PredictUncertainty("fashion-mlp", x, o);
+  std::cout << "3. PredictUncertainty on the first " << n << " test images: T = " << r.num_samples()
+            << " dropout masks each (seed " << r.seed() << ")\n\n";
+  int64_t confident = 0, ambiguous = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    if (r.mutual_information(i) < r.mutual_information(confident)) confident = i;
+    if (r.predictive_entropy(i) > r.predictive_entropy(ambiguous)) ambiguous = i;
+  }
+  dc::Matrix mean = dc::ToMatrix(r.mean()), sd = dc::ToMatrix(r.stddev());
+  auto left = Ascii(x, confident), right = Ascii(x, ambiguous);
+  std::cout << "   a confident item (#" << confident << ")           an ambiguous item (#"
+            << ambiguous << ")\n";
+  for (size_t i = 0; i < left.size(); ++i) {
+    std::cout << "   " << left[i] << "    " << right[i] << "\n";
+  }
+  auto describe = [&](int64_t i) {
+    const int k = r.predicted_class(static_cast<int>(i));
+    std::ostringstream s;
+    s << "true " << kFashionClasses[test.Label(i) % 10] << ", predicted "
+      << kFashionClasses[k] << " p=" << Fixed(mean(i, k), 2) << "+-" << Fixed(sd(i, k), 2);
+    return s.str();
+  };
+  std::cout << "\n   #" << confident << ": " << describe(confident) << "\n   #" << ambiguous << ": "
+            << describe(ambiguous) << "\n\n";
+  Table t;
+  t.header = {"   figure", "#" + std::to_string(confident), "#" + std::to_string(ambiguous),
+              "what it means"};
+  t.rows = {
+      {"   predictive entropy", Fixed(r.predictive_entropy(confident)),
+       Fixed(r.predictive_entropy(ambiguous)),
+       "total uncertainty of the mean prediction (0 = certain, ln 10 = 2.30 = uniform)"},
+      {"   expected entropy", Fixed(r.expected_entropy(confident)),
+       Fixed(r.expected_entropy(ambiguous)),
+       "uncertainty each single pass already has (noise in the data: aleatoric)"},
+      {"   mutual information", Fixed(r.mutual_information(confident)),
+       Fixed(r.mutual_information(ambiguous)),
+       "how much the dropout masks disagree (what the model does not know: epistemic)"},
+      {"   variation ratio", Fixed(r.variation_ratio(confident)),
+       Fixed(r.variation_ratio(ambiguous)),
+       "share of passes that voted against the majority class"},
+  };
+  t.Print(std::cout, Format::kTable);
+  std::cout << "\nNext: score the whole test set in eval and in Monte-Carlo mode,\n"
+               "  dropnet evaluate fashion-mlp --data fashion-mnist-test\n"
+               "  dropnet evaluate fashion-mlp --data fashion-mnist-test --mc-samples 50\n"
+               "and train a model of your own: README.md, 'A first session'.\n";
+  return 0;
+}
+
+}  // namespace dropnet::cli
