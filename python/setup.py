@@ -41,7 +41,7 @@ class BuildWithProtos(build_py):
     def run(self):
         super().run()
         src = proto_dir()
-        out = self.build_lib
+        out = os.path.abspath(self.build_lib)
         protoc = tool("protoc", "PROTOC")
         plugin = tool("grpc_python_plugin", "GRPC_PYTHON_PLUGIN")
         subprocess.check_call([protoc, "-I", src, f"--python_out={out}"] + PROTOS, cwd=src)
