@@ -4,6 +4,7 @@ the conversion of answers."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
@@ -156,17 +157,20 @@ def upload_messages(name: str, x: Any, y: Any, task: Union[str, int], target: Op
     """The UploadDataset stream for a CSV file, a data frame, or arrays of rows and labels.
 
     A data frame or rows with non-numeric labels go as CSV text (the server names the classes
-    after the labels, sorted); numeric rows go as float chunks."""
+    after the labels, sorted); numeric rows go as float chunks. Everything is checked here,
+    before the call: gRPC reads the stream on a thread of its own, where an error would only
+    cancel the call."""
     header = service_pb2.DatasetHeader(
         name=name, task=_convert.choose(_convert.TASKS, task, "task"), overwrite=overwrite)
+    chunks: Iterator[service_pb2.UploadDatasetRequest]
     if isinstance(x, (str, os.PathLike)):
         if y is not None:
             raise InvalidArgument("a CSV file holds its labels: pass target='column' instead of y")
+        if not os.path.isfile(x):
+            raise FileNotFoundError(f"no CSV file {os.fspath(x)!r}")
         header.target_column = target or ""
-        yield service_pb2.UploadDatasetRequest(header=header)
-        yield from _convert.file_chunks(x, CHUNK_BYTES)
-        return
-    if hasattr(x, "columns"):  # a pandas DataFrame
+        chunks = _convert.file_chunks(x, CHUNK_BYTES)
+    elif hasattr(x, "columns"):  # a pandas DataFrame
         if y is None or isinstance(y, str):
             column = y if isinstance(y, str) else target
             if column is None:
@@ -176,28 +180,27 @@ def upload_messages(name: str, x: Any, y: Any, task: Union[str, int], target: Op
         names = [str(c) for c in x.columns]
         label = target or (str(y.name) if getattr(y, "name", None) is not None else "target")
         header.target_column = label
-        yield service_pb2.UploadDatasetRequest(header=header)
-        yield from _convert.bytes_chunks(_convert.csv_bytes(x, y, names, label), CHUNK_BYTES)
-        return
-    if y is None:
-        raise InvalidArgument("pass the labels (y) with the rows")
-    labels = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
-    if labels.dtype.kind in "OUS":
-        header.target_column = target or "target"
-        yield service_pb2.UploadDatasetRequest(header=header)
-        yield from _convert.bytes_chunks(
-            _convert.csv_bytes(x, labels, None, header.target_column), CHUNK_BYTES)
-        return
-    rows = _convert.as_array(x)
-    labels = labels.astype(np.float32)
-    if rows.ndim < 1 or len(rows) != len(labels):
-        raise InvalidArgument(f"{len(rows) if rows.ndim else 0} rows but {len(labels)} labels")
-    if rows.ndim == 1:
-        rows = rows.reshape(-1, 1)
-    header.input_shape.extend(input_shape if input_shape is not None else rows.shape[1:])
-    header.targets_per_row = 1 if labels.ndim == 1 else int(np.prod(labels.shape[1:]))
-    yield service_pb2.UploadDatasetRequest(header=header)
-    yield from _convert.row_chunks(rows, labels, rows_per_chunk)
+        chunks = _convert.bytes_chunks(_convert.csv_bytes(x, y, names, label), CHUNK_BYTES)
+    else:
+        if y is None:
+            raise InvalidArgument("pass the labels (y) with the rows")
+        labels = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+        if labels.dtype.kind in "OUS":
+            header.target_column = target or "target"
+            chunks = _convert.bytes_chunks(
+                _convert.csv_bytes(x, labels, None, header.target_column), CHUNK_BYTES)
+        else:
+            rows = _convert.as_array(x)
+            labels = labels.astype(np.float32)
+            if rows.ndim < 1 or labels.ndim < 1 or len(rows) != len(labels):
+                raise InvalidArgument(f"{len(rows) if rows.ndim else 0} rows but "
+                                      f"{len(labels) if labels.ndim else 0} labels")
+            if rows.ndim == 1:
+                rows = rows.reshape(-1, 1)
+            header.input_shape.extend(input_shape if input_shape is not None else rows.shape[1:])
+            header.targets_per_row = 1 if labels.ndim == 1 else int(np.prod(labels.shape[1:]))
+            chunks = _convert.row_chunks(rows, labels, rows_per_chunk)
+    return itertools.chain([service_pb2.UploadDatasetRequest(header=header)], chunks)
 
 
 def train_request(model: str, data: str, epochs: int, batch_size: int,
