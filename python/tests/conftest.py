@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -108,12 +107,6 @@ def run_cli(server: Server, *args: str, token: Optional[str] = None) -> subproce
         env["DROPNET_TOKEN"] = token
     return subprocess.run([str(CLI_BIN), *args], env=env, capture_output=True, text=True,
                           timeout=300)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 __all__: List[str] = ["Server", "run_cli", "load_digits", "SOURCE", "BUILD", "TLS_DIR"]

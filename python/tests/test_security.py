@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 import dropnet
-from conftest import TLS_DIR, Server, run_cli
+from conftest import TLS_DIR, Server
 
 ADMIN = "admin-token-0123456789abcdef"
 PREDICT = "predict-token-0123456789abcdef"
