@@ -1,0 +1,322 @@
+"""The blocking client, :class:`Client`, and a training run, :class:`Training`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Union
+
+import grpc
+import numpy as np
+
+from dropnet import _common, _convert
+from dropnet._common import TLS, TLSArg
+from dropnet._progress import Progress
+from dropnet.errors import DropnetError, from_rpc_error
+from dropnet.types import (DatasetInfo, Evaluation, ModelInfo, Prediction, TrainEvent,
+                           TrainFinished, Uncertainty)
+from dropnet.v1 import model_pb2, service_pb2, service_pb2_grpc
+
+__all__ = ["Client", "Training", "TLS"]
+
+T = TypeVar("T")
+ArrayLike = Any  # numpy array, nested lists, pandas DataFrame
+Spec = Union[Mapping[str, Any], str, "os.PathLike[str]", model_pb2.ModelSpec]
+
+
+def _call(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except grpc.RpcError as e:
+        raise from_rpc_error(e) from None
+
+
+class Training(Iterator[TrainEvent]):
+    """A running ``Train`` call: iterate it for its events (:class:`TrainStarted`, then
+    :class:`TrainStep` and :class:`TrainEpoch`, last :class:`TrainFinished`), or call
+    :meth:`wait`. The server trains whether or not the events are read; a version is published
+    at the end of every epoch. :meth:`cancel` stops the run, and the model keeps its last
+    published version."""
+
+    def __init__(self, call: Any, model: str, progress: Optional[Progress]) -> None:
+        self._call = call
+        self.model = model
+        self._progress = progress
+        self.last: Optional[TrainEvent] = None
+        self.finished: Optional[TrainFinished] = None
+
+    def __iter__(self) -> "Training":
+        return self
+
+    def __next__(self) -> TrainEvent:
+        try:
+            message = next(self._call)
+        except StopIteration:
+            self._close()
+            raise
+        except grpc.RpcError as e:
+            self._close()
+            raise from_rpc_error(e) from None
+        event = TrainEvent.from_proto(message)
+        self.last = event
+        if isinstance(event, TrainFinished):
+            self.finished = event
+        if self._progress is not None:
+            self._progress.update(event)
+        return event
+
+    def wait(self) -> TrainFinished:
+        """Reads the run to its end and returns its last event (the version published)."""
+        for _ in self:
+            pass
+        if self.finished is None:
+            raise DropnetError(f"the training of '{self.model}' ended without a finished event")
+        return self.finished
+
+    def cancel(self) -> None:
+        """Cancels the call: the server stops between steps and keeps the last version."""
+        self._call.cancel()
+        self._close()
+
+    def _close(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+
+    def __repr__(self) -> str:
+        return f"Training(model={self.model!r}, last={self.last!r})"
+
+
+class Client:
+    """A connection to a dropnet server.
+
+    ``target`` is host:port (default ``$DROPNET_SERVER`` or 127.0.0.1:50051); ``token`` a bearer
+    token (default ``$DROPNET_TOKEN``), sent as ``authorization: Bearer <token>``; ``tls`` is
+    False (plaintext), True (TLS, the system's CA roots), a CA file's path, or a :class:`TLS`
+    with a CA and a client certificate. ``timeout`` (seconds) bounds every call but ``train``
+    and ``upload``. UNAVAILABLE is retried with backoff up to ``max_attempts`` times.
+
+    Every failed call raises a :class:`dropnet.DropnetError` subclass named after its status
+    code. Use it as a context manager, or call :meth:`close`.
+
+    >>> client = dropnet.Client("127.0.0.1:50051")
+    >>> client.uncertainty("digits", X[:5], samples=100, seed=1)
+    """
+
+    def __init__(self, target: Optional[str] = None, *, token: Optional[str] = None,
+                 tls: TLSArg = False, timeout: Optional[float] = 30.0,
+                 max_message_bytes: int = 64 << 20, max_attempts: int = 4,
+                 options: Sequence[Tuple[str, Any]] = ()) -> None:
+        self.target = _common.target_from_env(target)
+        self.timeout = timeout
+        creds, opts = _common.channel_settings(tls, max_message_bytes, max_attempts, options)
+        self._channel = (grpc.secure_channel(self.target, creds, options=opts) if creds
+                         else grpc.insecure_channel(self.target, options=opts))
+        self._metadata = _common.metadata(_common.token_from_env(token))
+        self._stub = service_pb2_grpc.DropnetStub(self._channel)
+        self._health = self._channel.unary_unary(
+            _common.HEALTH_CHECK, request_serializer=_common.encode_health_request,
+            response_deserializer=_common.decode_health_response)
+        self._meta: Dict[str, _common.ModelMeta] = {}
+        self._class_names: Dict[Tuple[str, int], Optional[Tuple[str, ...]]] = {}
+
+    # ---- connection ----
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.target!r})"
+
+    def _kw(self, timeout: Any = "default") -> Dict[str, Any]:
+        return {"timeout": self.timeout if timeout == "default" else timeout,
+                "metadata": self._metadata}
+
+    def health(self, service: str = "") -> bool:
+        """True when the server (or the named service) is SERVING (grpc.health.v1)."""
+        return _call(lambda: self._health(service, **self._kw())) == _common.SERVING
+
+    # ---- models ----
+
+    def create_model(self, name: str, spec: Spec) -> ModelInfo:
+        """Creates a model at version 1 from its spec: a dict in the JSON mapping of ModelSpec
+        (``{"inputShape": [64], "layers": [{"type": "dense", "units": 128}, ...]}``; snake_case
+        keys work too), a JSON file such as ``examples/digits_mlp.json``, or a ModelSpec."""
+        req = service_pb2.CreateModelRequest(name=name, spec=_convert.read_spec(spec))
+        info = _call(lambda: self._stub.CreateModel(req, **self._kw())).model
+        self._remember(info)
+        return ModelInfo.from_proto(info)
+
+    def get_model(self, name: str) -> ModelInfo:
+        """The model's spec, versions and training history."""
+        return ModelInfo.from_proto(self._get_model(name))
+
+    def list_models(self) -> List[ModelInfo]:
+        """Every model, sorted by name."""
+        resp = _call(lambda: self._stub.ListModels(service_pb2.ListModelsRequest(), **self._kw()))
+        return [ModelInfo.from_proto(m) for m in resp.models]
+
+    def versions(self, name: str) -> List[int]:
+        """The model's stored versions, oldest first (the last is the one served)."""
+        return list(self._get_model(name).versions)
+
+    def delete_model(self, name: str) -> None:
+        """Deletes the model and all its versions (FailedPrecondition while it trains)."""
+        _call(lambda: self._stub.DeleteModel(service_pb2.DeleteModelRequest(name=name),
+                                             **self._kw()))
+        self._forget(name)
+
+    # ---- data sets ----
+
+    def upload(self, name: str, X: Union[ArrayLike, str, "os.PathLike[str]"],
+               y: Optional[Union[ArrayLike, str]] = None, *, task: str = "classification",
+               target: Optional[str] = None, input_shape: Optional[Sequence[int]] = None,
+               overwrite: bool = False, rows_per_chunk: int = 4096,
+               timeout: Optional[float] = None) -> DatasetInfo:
+        """Stores a data set on the server, streamed in chunks.
+
+        ``X`` is a CSV file's path (a header row; the target is the last column unless
+        ``target`` names it), a pandas DataFrame (with ``y`` as labels, or ``y``/``target``
+        naming its label column), or rows (an array or lists, [rows, ...]; each row's shape is
+        ``input_shape``, default ``X.shape[1:]``) with their labels ``y``. Classification labels
+        are class indices 0..K-1, or strings (the classes are then named after them, sorted);
+        ``task="regression"`` for real-valued targets. ``overwrite`` replaces a data set of the
+        same name (else AlreadyExists)."""
+        messages = _common.upload_messages(name, X, y, task, target, input_shape, overwrite,
+                                           rows_per_chunk)
+        resp = _call(lambda: self._stub.UploadDataset(messages, timeout=timeout,
+                                                      metadata=self._metadata))
+        return DatasetInfo.from_proto(resp.dataset)
+
+    def import_dataset(self, name: str, path: str, labels: Optional[str] = None, *,
+                       task: str = "classification", target: Optional[str] = None,
+                       overwrite: bool = False, limit: Optional[int] = None) -> DatasetInfo:
+        """Has the server read a CSV file, or IDX images with their ``labels`` file, under its
+        ``--data-root`` (paths relative to it)."""
+        req = service_pb2.ImportDatasetRequest(
+            name=name, path=path, label_path=labels or "", target_column=target or "",
+            task=_convert.choose(_convert.TASKS, task, "task"), overwrite=overwrite,
+            limit=limit or 0)
+        resp = _call(lambda: self._stub.ImportDataset(req, **self._kw(None)))
+        return DatasetInfo.from_proto(resp.dataset)
+
+    def list_datasets(self) -> List[DatasetInfo]:
+        """Every stored data set, sorted by name."""
+        return [DatasetInfo.from_proto(d) for d in self._datasets()]
+
+    def delete_dataset(self, name: str) -> None:
+        _call(lambda: self._stub.DeleteDataset(service_pb2.DeleteDatasetRequest(name=name),
+                                               **self._kw()))
+
+    # ---- training ----
+
+    def train(self, model: str, data: str, *, epochs: int = 10, batch_size: int = 128,
+              optimizer: str = "adam", learning_rate: float = 0.0,
+              momentum: Optional[float] = None, nesterov: bool = False,
+              weight_decay: float = 0.0, max_norm: float = 0.0, validation_split: float = 0.0,
+              early_stopping_patience: int = 0, seed: int = 0, schedule: str = "constant",
+              schedule_step_epochs: int = 0, schedule_gamma: float = 0.0,
+              standardize: bool = False, report_every_steps: Optional[int] = None,
+              progress: bool = False, timeout: Optional[float] = None) -> Training:
+        """Starts training ``model`` on the stored data set ``data`` and returns the run: iterate
+        it for typed events, or ``.wait()`` for the last. ``progress=True`` draws a progress bar
+        (tqdm when installed) as the events are read. Defaults are the server's: Adam at 0.001
+        (SGD 0.01), batch 128, no validation split. ``standardize`` fits per-feature scaling on
+        the training rows, applied to every later call. ``report_every_steps`` sends step
+        events (default: epochs only, or every 10 steps with ``progress``)."""
+        if report_every_steps is None:
+            report_every_steps = 10 if progress else 0
+        req = _common.train_request(
+            model, data, epochs, batch_size, optimizer, learning_rate, momentum, nesterov,
+            weight_decay, max_norm, validation_split, early_stopping_patience, seed, schedule,
+            schedule_step_epochs, schedule_gamma, standardize, report_every_steps)
+        bar = None
+        if progress:
+            task = self._get_model(model).spec.task
+            bar = Progress(model, "rmse" if task == model_pb2.TASK_REGRESSION else "acc")
+        call = _call(lambda: self._stub.Train(req, timeout=timeout, metadata=self._metadata))
+        self._meta.pop(model, None)
+        return Training(call, model, bar)
+
+    # ---- prediction ----
+
+    def predict(self, model: str, X: ArrayLike) -> Prediction:
+        """Eval-mode (deterministic) answers for a batch [rows, ...] or a single row, in any
+        shape whose per-row size matches the model's input (float64 and lists are converted)."""
+        rows, _ = self._rows(model, X)
+        req = service_pb2.PredictRequest(model=model, inputs=_convert.to_tensor(rows))
+        resp = _call(lambda: self._stub.Predict(req, **self._kw()))
+        names = self._names(model, resp.version) if resp.task != model_pb2.TASK_REGRESSION else None
+        return _common.prediction(model, resp, names)
+
+    def uncertainty(self, model: str, X: ArrayLike, *, samples: Optional[int] = None,
+                    seed: Optional[int] = None, return_samples: bool = False,
+                    interval: Optional[float] = None) -> Uncertainty:
+        """Monte-Carlo dropout: ``samples`` stochastic passes (default the server's, 50) over
+        each row of ``X``; the same ``seed`` gives the same answer (none: the server picks one
+        and returns it). ``return_samples`` keeps every pass's outputs; ``interval`` is the mass
+        of the regression interval (default 0.95). See :class:`dropnet.Uncertainty`."""
+        rows, _ = self._rows(model, X)
+        req = _common.uncertainty_request(model, rows, samples, seed, return_samples, interval)
+        resp = _call(lambda: self._stub.PredictUncertainty(req, **self._kw()))
+        names = self._names(model, resp.version) if resp.task != model_pb2.TASK_REGRESSION else None
+        return _common.uncertainty(model, resp, names)
+
+    def evaluate(self, model: str, data: str, *, samples: Optional[int] = None,
+                 seed: Optional[int] = None, limit: Optional[int] = None) -> Evaluation:
+        """Scores ``model`` on the stored labelled data set ``data``: in eval mode, or with
+        Monte-Carlo dropout over ``samples`` passes when given. ``limit``: the first rows only."""
+        req = _common.evaluate_request(model, data, samples, seed, limit)
+        resp = _call(lambda: self._stub.Evaluate(req, **self._kw(None)))
+        return Evaluation.from_proto(model, resp)
+
+    # ---- what the client remembers of models ----
+
+    def _get_model(self, name: str) -> service_pb2.ModelInfo:
+        info = _call(lambda: self._stub.GetModel(service_pb2.GetModelRequest(name=name),
+                                                 **self._kw())).model
+        self._remember(info)
+        return info
+
+    def _remember(self, info: service_pb2.ModelInfo) -> None:
+        self._meta[info.name] = _common.model_meta(info)
+
+    def _forget(self, name: str) -> None:
+        self._meta.pop(name, None)
+        for key in [k for k in self._class_names if k[0] == name]:
+            del self._class_names[key]
+
+    def _rows(self, model: str, X: ArrayLike) -> Tuple[np.ndarray, bool]:
+        meta = self._meta.get(model)
+        if meta is None:
+            self._get_model(model)
+            meta = self._meta[model]
+        try:
+            return _convert.as_batch(X, meta.input_shape, model)
+        except DropnetError:
+            # The model may have been replaced under the same name: ask again once.
+            self._get_model(model)
+            return _convert.as_batch(X, self._meta[model].input_shape, model)
+
+    def _datasets(self) -> List[service_pb2.DatasetInfo]:
+        resp = _call(lambda: self._stub.ListDatasets(service_pb2.ListDatasetsRequest(),
+                                                     **self._kw()))
+        return list(resp.datasets)
+
+    def _names(self, model: str, version: int) -> Optional[Tuple[str, ...]]:
+        key = (model, version)
+        if key not in self._class_names:
+            meta = self._meta.get(model)
+            if meta is None or meta.version < version:
+                self._get_model(model)
+                meta = self._meta[model]
+            dataset = _common.dataset_for_version(meta, version)
+            names = _common.class_names_of(self._datasets(), dataset) if dataset else None
+            self._class_names[key] = names
+        return self._class_names[key]
