@@ -163,19 +163,19 @@ int Registry::Refresh() {
 
 SnapshotPtr Registry::Create(const std::string& name, const v1::ModelSpec& spec) {
   CheckName("name", name);
+  std::lock_guard write(write_mu_);
   {
     std::lock_guard lock(mu_);
     if (models_.count(name)) Fail(grpc::StatusCode::ALREADY_EXISTS, "model '" + name + "' exists");
   }
   std::shared_ptr<Snapshot> snap = NewSnapshot(name, spec, limits_);
-  std::lock_guard lock(mu_);
-  if (models_.count(name)) Fail(grpc::StatusCode::ALREADY_EXISTS, "model '" + name + "' exists");
   if (!store_->Versions(name).empty()) {
     Fail(grpc::StatusCode::ALREADY_EXISTS, "model '" + name + "' exists in the store");
   }
   v1::Checkpoint c;
   ToCheckpoint(*snap, &c);
-  store_->SaveCheckpoint(c);
+  store_->SaveCheckpoint(c);  // outside mu_: no reader waits for the disk
+  std::lock_guard lock(mu_);
   models_[name] = Entry{snap, {snap->version}, false, nullptr};
   return snap;
 }
@@ -195,15 +195,27 @@ std::vector<std::string> Registry::ModelNames() const {
 }
 
 void Registry::Delete(const std::string& name) {
-  std::lock_guard lock(mu_);
-  auto it = models_.find(name);
-  if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + name + "'");
-  if (it->second.training) {
-    Fail(grpc::StatusCode::FAILED_PRECONDITION,
-         "model '" + name + "' is training; cancel the Train call first");
+  std::lock_guard write(write_mu_);
+  Entry removed;
+  {
+    std::lock_guard lock(mu_);
+    auto it = models_.find(name);
+    if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + name + "'");
+    if (it->second.training) {
+      Fail(grpc::StatusCode::FAILED_PRECONDITION,
+           "model '" + name + "' is training; cancel the Train call first");
+    }
+    removed = std::move(it->second);
+    models_.erase(it);
   }
-  store_->DeleteModel(name);
-  models_.erase(it);
+  // Gone for callers from here; the disk work runs outside mu_, and a failure brings it back.
+  try {
+    store_->DeleteModel(name);
+  } catch (...) {
+    std::lock_guard lock(mu_);
+    models_[name] = std::move(removed);
+    throw;
+  }
 }
 
 void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
@@ -322,11 +334,16 @@ v1::DatasetInfo Registry::PutDataset(const std::string& name, engine::Dataset da
   auto slot = std::make_shared<DatasetSlot>();
   slot->info = DescribeDataset(data, name, source, stored.created_unix_ms());
   data = engine::Dataset();  // the stored copy is enough from here on
-  std::lock_guard lock(mu_);
-  if (!overwrite && datasets_.count(name)) {
-    Fail(grpc::StatusCode::ALREADY_EXISTS, "data set '" + name + "' exists; set overwrite to replace it");
+  std::lock_guard write(write_mu_);
+  {
+    std::lock_guard lock(mu_);
+    if (!overwrite && datasets_.count(name)) {
+      Fail(grpc::StatusCode::ALREADY_EXISTS,
+           "data set '" + name + "' exists; set overwrite to replace it");
+    }
   }
-  store_->SaveDataset(stored);
+  store_->SaveDataset(stored);  // outside mu_: no reader waits for the disk
+  std::lock_guard lock(mu_);
   datasets_[name] = slot;
   return slot->info;
 }
@@ -375,11 +392,24 @@ std::vector<v1::DatasetInfo> Registry::ListDatasets() const {
 }
 
 void Registry::DeleteDataset(const std::string& name) {
-  std::lock_guard lock(mu_);
-  auto it = datasets_.find(name);
-  if (it == datasets_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
-  store_->DeleteDataset(name);
-  datasets_.erase(it);
+  std::lock_guard write(write_mu_);
+  std::shared_ptr<DatasetSlot> removed;
+  {
+    std::lock_guard lock(mu_);
+    auto it = datasets_.find(name);
+    if (it == datasets_.end()) {
+      Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
+    }
+    removed = std::move(it->second);
+    datasets_.erase(it);
+  }
+  try {
+    store_->DeleteDataset(name);
+  } catch (...) {
+    std::lock_guard lock(mu_);
+    datasets_[name] = std::move(removed);
+    throw;
+  }
 }
 
 }  // namespace dropnet::service

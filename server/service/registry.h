@@ -105,6 +105,9 @@ class Registry {
 
   ModelStore* store_;
   SpecLimits limits_;
+  // Create, Delete, PutDataset and DeleteDataset one at a time; they do their disk work holding
+  // write_mu_ only, so that mu_ (taken by every Predict) is never held across a write or fsync.
+  std::mutex write_mu_;
   mutable std::mutex mu_;
   std::map<std::string, Entry> models_;
   // A data set: its description, and its rows while `users` calls hold them. `load_mu` guards

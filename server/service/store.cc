@@ -1,6 +1,7 @@
 #include "server/service/store.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -21,6 +22,17 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr uint32_t kFormat = 1;
+constexpr char kWriterLock[] = "writer.lock";
+
+StoreStepHook& StepHook() {
+  static StoreStepHook hook;
+  return hook;
+}
+
+// A step of a write that a crash could interrupt: the test hook sees it first.
+void Step(std::string_view step, const fs::path& path) {
+  if (StepHook()) StepHook()(step, path);
+}
 
 [[noreturn]] void IoFail(const std::string& what, const fs::path& path, int err) {
   // A full disk or a read-only file system is a resource problem of the server, not a bug.
@@ -31,6 +43,7 @@ constexpr uint32_t kFormat = 1;
 }
 
 void FsyncPath(const fs::path& path, bool directory) {
+  Step(directory ? "fsync directory" : "fsync file", path);
   int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
   if (fd < 0) IoFail("open", path, errno);
   if (::fsync(fd) != 0) {
@@ -42,6 +55,7 @@ void FsyncPath(const fs::path& path, bool directory) {
 }
 
 void WriteFile(const fs::path& path, const std::string& bytes) {
+  Step("write", path);
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) IoFail("create", path, errno);
   size_t done = 0;
@@ -55,12 +69,20 @@ void WriteFile(const fs::path& path, const std::string& bytes) {
     }
     done += static_cast<size_t>(n);
   }
+  Step("fsync file", path);
   if (::fsync(fd) != 0) {
     int err = errno;
     ::close(fd);
     IoFail("fsync", path, err);
   }
   if (::close(fd) != 0) IoFail("close", path, errno);
+}
+
+void Rename(const fs::path& from, const fs::path& to, const char* what) {
+  Step("rename", to);
+  std::error_code ec;
+  fs::rename(from, to, ec);
+  if (ec) IoFail(what, to, ec.value());
 }
 
 std::string TempName(const std::string& base) {
@@ -95,6 +117,8 @@ uint32_t Crc32(const std::string& bytes) {
 }
 
 }  // namespace
+
+void SetStoreStepHookForTesting(StoreStepHook hook) { StepHook() = std::move(hook); }
 
 std::string SerializeBlob(const google::protobuf::Message& payload) {
   std::string bytes;
@@ -137,6 +161,35 @@ ModelStore::ModelStore(fs::path root, bool writable) : root_(std::move(root)), w
     if (ec) IoFail("create", root_ / "models", ec.value());
     fs::create_directories(root_ / "datasets", ec);
     if (ec) IoFail("create", root_ / "datasets", ec.value());
+    TakeWriterLock();
+  }
+}
+
+ModelStore::~ModelStore() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the writer lock
+}
+
+void ModelStore::TakeWriterLock() {
+  const fs::path path = root_ / kWriterLock;
+  lock_fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) IoFail("open", path, errno);
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    char pid[32] = {};
+    const ssize_t n = ::pread(lock_fd_, pid, sizeof(pid) - 1, 0);
+    ::close(lock_fd_);
+    lock_fd_ = -1;
+    if (err != EWOULDBLOCK) IoFail("lock", path, err);
+    std::string holder(pid, n > 0 ? static_cast<size_t>(n) : 0);
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    Fail(grpc::StatusCode::FAILED_PRECONDITION,
+         "model store '" + root_.string() + "' is in use by another writer (" +
+             (holder.empty() ? std::string("a process") : "pid " + holder) +
+             "); stop it, or start this server with --read-only to serve from the same store");
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0) {
+    IoFail("write", path, errno);
   }
 }
 
@@ -146,6 +199,8 @@ int ModelStore::CleanTemporaries() {
   std::error_code ec;
   std::vector<fs::path> dirs = {root_ / "models", root_ / "datasets"};
   for (const auto& m : ListDirs(root_ / "models")) dirs.push_back(root_ / "models" / m);
+  // A data set overwritten in place leaves its new file's temporary beside the old one.
+  for (const auto& d : ListDirs(root_ / "datasets")) dirs.push_back(root_ / "datasets" / d);
   for (const auto& d : dirs) {
     for (const auto& e : fs::directory_iterator(d, ec)) {
       if (IsTemporary(e.path().filename().string())) {
@@ -161,6 +216,9 @@ void ModelStore::WriteAtomically(const fs::path& dir, const std::string& file,
                                  const google::protobuf::Message& payload) {
   if (!writable_) Fail(grpc::StatusCode::FAILED_PRECONDITION, "the model store is read-only");
   const std::string out = SerializeBlob(payload);
+  // Replacing (a data set with overwrite): the directory stays, its file is replaced by one
+  // rename, which leaves either file whole whatever moment a crash comes.
+  if (fs::exists(dir / file)) return ReplaceFile(dir, file, out);
 
   const fs::path parent = dir.parent_path();
   std::error_code ec;
@@ -172,21 +230,26 @@ void ModelStore::WriteAtomically(const fs::path& dir, const std::string& file,
   try {
     WriteFile(tmp / file, out);
     FsyncPath(tmp, true);
-    if (fs::exists(dir)) {
-      // Replacing (a data set with overwrite): move the old one aside first.
-      const fs::path old = parent / TempName(dir.filename().string() + "-old");
-      fs::rename(dir, old, ec);
-      if (ec) IoFail("replace", dir, ec.value());
-      fs::rename(tmp, dir, ec);
-      if (ec) IoFail("rename into", dir, ec.value());
-      fs::remove_all(old, ec);
-    } else {
-      fs::rename(tmp, dir, ec);
-      if (ec) IoFail("rename into", dir, ec.value());
-    }
+    // A directory left without its file (not something this store writes) is replaced whole.
+    if (fs::exists(dir)) RemoveTree(dir);
+    Rename(tmp, dir, "rename into");
     FsyncPath(parent, true);
   } catch (...) {
     fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+void ModelStore::ReplaceFile(const fs::path& dir, const std::string& file,
+                             const std::string& bytes) {
+  const fs::path tmp = dir / TempName(file);
+  try {
+    WriteFile(tmp, bytes);
+    Rename(tmp, dir / file, "replace");
+    FsyncPath(dir, true);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
     throw;
   }
 }
@@ -204,8 +267,8 @@ void ModelStore::RemoveTree(const fs::path& dir) {
   if (!fs::exists(dir)) return;
   // Rename first so that no reader sees a half-deleted tree.
   const fs::path doomed = dir.parent_path() / TempName(dir.filename().string() + "-deleted");
-  fs::rename(dir, doomed, ec);
-  if (ec) IoFail("delete", dir, ec.value());
+  Rename(dir, doomed, "delete");
+  Step("remove", doomed);
   fs::remove_all(doomed, ec);
 }
 
@@ -230,7 +293,14 @@ void ModelStore::SaveCheckpoint(const v1::Checkpoint& c) {
 
 v1::Checkpoint ModelStore::LoadCheckpoint(const std::string& model, int64_t version) const {
   v1::Checkpoint c;
-  ReadBlob(root_ / "models" / model / std::to_string(version) / "checkpoint.pb", &c);
+  const fs::path file = root_ / "models" / model / std::to_string(version) / "checkpoint.pb";
+  ReadBlob(file, &c);
+  if (c.model() != model || c.version() != version) {
+    Fail(grpc::StatusCode::DATA_LOSS,
+         "model store: '" + file.string() + "' holds model '" + c.model().substr(0, 64) +
+             "' version " + std::to_string(c.version()) + ", not its directory's '" + model +
+             "' version " + std::to_string(version) + " (copied from elsewhere?); refused");
+  }
   return c;
 }
 
@@ -244,7 +314,13 @@ void ModelStore::SaveDataset(const v1::StoredDataset& d) {
 
 v1::StoredDataset ModelStore::LoadDataset(const std::string& name) const {
   v1::StoredDataset d;
-  ReadBlob(root_ / "datasets" / name / "dataset.pb", &d);
+  const fs::path file = root_ / "datasets" / name / "dataset.pb";
+  ReadBlob(file, &d);
+  if (d.name() != name) {
+    Fail(grpc::StatusCode::DATA_LOSS, "model store: '" + file.string() + "' holds data set '" +
+                                          d.name().substr(0, 64) + "', not its directory's '" +
+                                          name + "' (copied from elsewhere?); refused");
+  }
   return d;
 }
 

@@ -3,16 +3,29 @@
 //   <root>/models/<name>/<version>/checkpoint.pb    a StoredBlob wrapping a Checkpoint
 //   <root>/datasets/<name>/dataset.pb               a StoredBlob wrapping a StoredDataset
 //
-// Every write goes to a temporary directory next to its target, is fsynced, then renamed into
-// place and the parent fsynced, so a reader (or a restart after a crash) sees a whole version or
-// none. Temporary leftovers of an interrupted write start with '.' and are removed at start-up.
-// Each file carries a CRC-32 of its payload; a version that fails it is skipped with an error.
+// Every new version or data set goes to a temporary directory next to its target, is fsynced,
+// then renamed into place and the parent fsynced, so a reader (or a restart after a crash) sees a
+// whole version or none. A data set that is overwritten keeps its directory: the new file is
+// written and fsynced beside the old one and renamed over it, so a crash at any point leaves the
+// old or the new copy whole. Temporary leftovers of an interrupted write start with '.' and are
+// removed at start-up. Each file carries a CRC-32 of its payload; a version that fails it is
+// skipped with an error.
+//
+// The directory is the truth: a checkpoint whose model name or version differs from the
+// directory it was read from is refused as corrupt (a file copied between models is never served
+// under the wrong name).
+//
+// One writer at a time: a writable store holds an exclusive lock (flock) on <root>/writer.lock,
+// with the holder's pid in it, for its lifetime; a second writer is refused, naming that pid.
+// Read-only stores (serving replicas) take no lock.
 #ifndef DROPNET_SERVICE_STORE_H_
 #define DROPNET_SERVICE_STORE_H_
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "dropnet/v1/model.pb.h"
@@ -28,10 +41,20 @@ std::string WrapBlob(std::string payload_bytes);
 void ParseBlob(const std::string& bytes, const std::string& source,
                google::protobuf::Message* payload);
 
+// Called at every step of a store write that a crash could interrupt ("fsync", "rename", ...,
+// with the path), before the step; tests use it to stop the process or to hold a write at that
+// point. Empty (the default): nothing is called. Not thread-safe to change while writes run.
+using StoreStepHook = std::function<void(std::string_view step, const std::filesystem::path&)>;
+void SetStoreStepHookForTesting(StoreStepHook hook);
+
 class ModelStore {
  public:
-  // Creates the directories when `writable`; a read-only store never writes.
+  // Creates the directories and takes the writer lock when `writable` (FAILED_PRECONDITION when
+  // another process or store object holds it); a read-only store never writes.
   ModelStore(std::filesystem::path root, bool writable);
+  ~ModelStore();
+  ModelStore(const ModelStore&) = delete;
+  ModelStore& operator=(const ModelStore&) = delete;
 
   const std::filesystem::path& root() const { return root_; }
   bool writable() const { return writable_; }
@@ -42,6 +65,7 @@ class ModelStore {
   std::vector<std::string> ModelNames() const;
   std::vector<int64_t> Versions(const std::string& model) const;  // ascending
   void SaveCheckpoint(const v1::Checkpoint& checkpoint);          // atomic; throws on failure
+  // DATA_LOSS when the file is damaged or names another model or version than its directory.
   v1::Checkpoint LoadCheckpoint(const std::string& model, int64_t version) const;
   void DeleteModel(const std::string& model);
 
@@ -51,13 +75,17 @@ class ModelStore {
   void DeleteDataset(const std::string& name);
 
  private:
+  void TakeWriterLock();
   void WriteAtomically(const std::filesystem::path& dir, const std::string& file,
                        const google::protobuf::Message& payload);
+  void ReplaceFile(const std::filesystem::path& dir, const std::string& file,
+                   const std::string& bytes);
   void ReadBlob(const std::filesystem::path& file, google::protobuf::Message* payload) const;
   void RemoveTree(const std::filesystem::path& dir);
 
   std::filesystem::path root_;
   bool writable_;
+  int lock_fd_ = -1;
 };
 
 }  // namespace dropnet::service

@@ -3,16 +3,25 @@
 #include "server/service/store.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <future>
 #include <iterator>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <google/protobuf/util/message_differencer.h>
 
 #include "server/service/convert.h"
+#include "server/service/registry.h"
 #include "server/service/status.h"
 #include "tests/testing/temp_dir.h"
 
@@ -306,6 +315,206 @@ TEST(ModelStoreTest, DeleteDatasetRemovesIt) {
   EXPECT_FALSE(fs::exists(dir.path() / "datasets" / "d"));
   EXPECT_TRUE(store.DatasetNames().empty());
   EXPECT_EQ(CodeOf([&] { store.LoadDataset("d"); }), grpc::StatusCode::NOT_FOUND);
+}
+
+
+bool SameMessage(const google::protobuf::Message& a, const google::protobuf::Message& b) {
+  return MessageDifferencer::Equals(a, b);
+}
+
+// Runs `op` on a store at `root` in a child process that exits at step `crash_at` of the store's
+// writes (1-based; 0: never). Returns true when the child crashed there, false when `op` finished
+// first.
+bool RunAndCrashAt(const fs::path& root, int crash_at,
+                   const std::function<void(ModelStore&)>& op) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    int steps = 0;
+    SetStoreStepHookForTesting([&](std::string_view, const fs::path&) {
+      if (++steps == crash_at) ::_exit(42);
+    });
+    try {
+      ModelStore store(root, true);
+      op(store);
+    } catch (...) {
+      ::_exit(3);
+    }
+    ::_exit(0);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status));
+  EXPECT_NE(WEXITSTATUS(status), 3) << "the write failed in the child";
+  return WEXITSTATUS(status) == 42;
+}
+
+// A crash at any step of any store write leaves the old or the new copy whole, and a restart
+// (CleanTemporaries) leaves no leftovers behind.
+TEST(ModelStoreCrashTest, EveryStepOfEveryWriteLeavesTheOldOrTheNewCopyWhole) {
+  const v1::Checkpoint v1c = MakeCheckpoint("m", 1), v2c = MakeCheckpoint("m", 2);
+  v1::StoredDataset d_old = MakeDataset("d"), d_new = MakeDataset("d");
+  d_new.set_source("the new one");
+  d_new.mutable_x()->set_values(0, 42.f);
+  struct Scenario {
+    const char* name;
+    std::function<void(ModelStore&)> before, op;
+    // true: the old state; false: the new one; fails the test when it is neither.
+    std::function<bool(ModelStore&)> is_old;
+  };
+  auto has_version = [](ModelStore& s, const v1::Checkpoint& c) {
+    const auto vs = s.Versions(c.model());
+    if (std::find(vs.begin(), vs.end(), c.version()) == vs.end()) return false;
+    EXPECT_TRUE(SameMessage(s.LoadCheckpoint(c.model(), c.version()), c)) << c.version();
+    return true;
+  };
+  auto dataset_is = [](ModelStore& s, const v1::StoredDataset& d) {
+    const auto names = s.DatasetNames();
+    return std::find(names.begin(), names.end(), d.name()) != names.end() &&
+           SameMessage(s.LoadDataset(d.name()), d);
+  };
+  const std::vector<Scenario> scenarios = {
+      {"first version", [](ModelStore&) {}, [&](ModelStore& s) { s.SaveCheckpoint(v1c); },
+       [&](ModelStore& s) { return !has_version(s, v1c); }},
+      {"next version", [&](ModelStore& s) { s.SaveCheckpoint(v1c); },
+       [&](ModelStore& s) { s.SaveCheckpoint(v2c); },
+       [&](ModelStore& s) {
+         EXPECT_TRUE(has_version(s, v1c));
+         return !has_version(s, v2c);
+       }},
+      {"new data set", [](ModelStore&) {}, [&](ModelStore& s) { s.SaveDataset(d_old); },
+       [&](ModelStore& s) {
+         if (s.DatasetNames().empty()) return true;
+         EXPECT_TRUE(dataset_is(s, d_old));
+         return false;
+       }},
+      {"data set overwrite", [&](ModelStore& s) { s.SaveDataset(d_old); },
+       [&](ModelStore& s) { s.SaveDataset(d_new); },
+       [&](ModelStore& s) {
+         if (dataset_is(s, d_old)) return true;
+         EXPECT_TRUE(dataset_is(s, d_new)) << "neither the old nor the new data set is whole";
+         return false;
+       }},
+      {"model delete", [&](ModelStore& s) { s.SaveCheckpoint(v1c); },
+       [](ModelStore& s) { s.DeleteModel("m"); },
+       [&](ModelStore& s) { return !s.ModelNames().empty() && has_version(s, v1c); }},
+      {"data set delete", [&](ModelStore& s) { s.SaveDataset(d_old); },
+       [](ModelStore& s) { s.DeleteDataset("d"); },
+       [&](ModelStore& s) { return !s.DatasetNames().empty() && dataset_is(s, d_old); }},
+  };
+  int crash_points = 0;
+  for (const auto& sc : scenarios) {
+    SCOPED_TRACE(sc.name);
+    bool finished = false;
+    for (int k = 1; !finished && k < 50; ++k) {
+      SCOPED_TRACE("crash at step " + std::to_string(k));
+      TempDir dir;
+      {
+        ModelStore store(dir.path(), true);
+        sc.before(store);
+      }
+      finished = !RunAndCrashAt(dir.path(), k, sc.op);
+      crash_points += !finished;
+      ModelStore store(dir.path(), true);
+      store.CleanTemporaries();
+      const bool old_state = sc.is_old(store);
+      // Once the op finished, its new state must be there.
+      if (finished) {
+        EXPECT_FALSE(old_state);
+      }
+      for (const auto& e : fs::recursive_directory_iterator(dir.path())) {
+        const std::string f = e.path().filename().string();
+        EXPECT_NE(f[0], '.') << "leftover " << e.path();
+      }
+    }
+    EXPECT_TRUE(finished);
+  }
+  EXPECT_GE(crash_points, 20);
+}
+
+// The directory is the truth: a checkpoint copied into another model's folder is refused as
+// corrupt, and a registry serves that model from its own older version or not at all.
+TEST(ModelStoreTest, CheckpointCopiedIntoAnotherModelsFolderIsRefused) {
+  TempDir dir;
+  {
+    ModelStore store(dir.path(), true);
+    store.SaveCheckpoint(MakeCheckpoint("a", 1));
+    store.SaveCheckpoint(MakeCheckpoint("b", 1));
+  }
+  fs::copy(dir.path() / "models" / "a" / "1", dir.path() / "models" / "b" / "2");
+  ModelStore store(dir.path(), true);
+  EXPECT_EQ(CodeOf([&] { store.LoadCheckpoint("b", 2); }), grpc::StatusCode::DATA_LOSS);
+  try {
+    store.LoadCheckpoint("b", 2);
+  } catch (const ServiceError& e) {
+    EXPECT_NE(std::string(e.what()).find("holds model 'a' version 1"), std::string::npos)
+        << e.what();
+  }
+  Registry registry(&store, SpecLimits{});
+  registry.LoadAll();
+  const SnapshotPtr b = registry.Get("b");
+  EXPECT_EQ(b->model, "b");
+  EXPECT_EQ(b->version, 1);
+  // A data set copied under another name likewise.
+  store.SaveDataset(MakeDataset("d"));
+  fs::copy(dir.path() / "datasets" / "d", dir.path() / "datasets" / "e");
+  EXPECT_EQ(CodeOf([&] { store.LoadDataset("e"); }), grpc::StatusCode::DATA_LOSS);
+}
+
+// One writer per store: a second one is refused naming the holder; replicas take no lock.
+TEST(ModelStoreTest, SecondWriterIsRefusedNamingTheHolder) {
+  TempDir dir;
+  auto first = std::make_unique<ModelStore>(dir.path(), true);
+  try {
+    ModelStore second(dir.path(), true);
+    ADD_FAILURE() << "a second writer was allowed";
+  } catch (const ServiceError& e) {
+    EXPECT_EQ(e.code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(std::string(e.what()).find("pid " + std::to_string(::getpid())), std::string::npos)
+        << e.what();
+  }
+  ModelStore replica(dir.path(), false);
+  EXPECT_TRUE(replica.ModelNames().empty());
+  first.reset();
+  ModelStore third(dir.path(), true);  // the lock went with the first writer
+  EXPECT_TRUE(third.writable());
+}
+
+// No reader waits for the disk: while a data set's write is held at its fsync, Get and the
+// listings answer at once.
+TEST(RegistryTest, ReadersDoNotWaitForAStoreWrite) {
+  TempDir dir;
+  ModelStore store(dir.path(), true);
+  Registry registry(&store, SpecLimits{});
+  registry.Create("m", SmallSpec());
+  std::promise<void> reached, release;
+  std::shared_future<void> released = release.get_future().share();
+  bool held = false;
+  SetStoreStepHookForTesting([&](std::string_view step, const fs::path& path) {
+    if (!held && step == "fsync file" && path.string().find("datasets") != std::string::npos) {
+      held = true;
+      reached.set_value();
+      released.wait();
+    }
+  });
+  engine::Dataset data;
+  data.x = engine::Matrix::Zero(4, 4);
+  data.y = engine::Matrix::Zero(4, 1);
+  data.input_shape = engine::Shape{{4}};
+  data.num_classes = 2;
+  std::thread writer([&] { registry.PutDataset("d", std::move(data), "upload", false); });
+  reached.get_future().wait();
+  auto read = std::async(std::launch::async, [&] {
+    registry.Get("m");
+    registry.ModelNames();
+    registry.ListDatasets();
+  });
+  const bool answered = read.wait_for(std::chrono::seconds(2)) == std::future_status::ready;
+  release.set_value();
+  writer.join();
+  read.wait();
+  SetStoreStepHookForTesting(nullptr);
+  EXPECT_TRUE(answered) << "Get waited for a data set's fsync";
+  EXPECT_EQ(registry.ListDatasets().size(), 1u);
 }
 
 }  // namespace
