@@ -15,7 +15,7 @@
 #include "server/engine/mc.h"
 #include "server/engine/metrics.h"
 #include "server/engine/network.h"
-#include "server/engine/parallel.h"
+#include "server/engine/thread_pool.h"
 #include "server/engine/trainer.h"
 
 namespace en = dropnet::engine;

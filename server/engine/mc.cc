@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "server/engine/parallel.h"
+#include "server/engine/thread_pool.h"
 
 namespace dropnet::engine {
 namespace {

@@ -5,7 +5,8 @@
 #include <sstream>
 
 #include "server/engine/dropout.h"
-#include "server/engine/parallel.h"
+#include "server/engine/gemm.h"
+#include "server/engine/thread_pool.h"
 
 namespace dropnet::engine {
 namespace {
@@ -35,9 +36,9 @@ auto Sigmoid(const T& a) {
 
 }  // namespace
 
-Recurrent::Recurrent(const LayerConfig& config, const Shape& input, uint64_t init_seed)
-    : Layer(config, input), lstm_(config.type == "lstm") {
+LayerPlan PlanRecurrent(const LayerConfig& config, const Shape& input) {
   const std::string& t = config.type;
+  const bool lstm = t == "lstm";
   if (input.dims.size() != 2) {
     throw InvalidArgument(t + " expects sequences of shape [steps, features], got " +
                           input.ToString());
@@ -49,10 +50,20 @@ Recurrent::Recurrent(const LayerConfig& config, const Shape& input, uint64_t ini
   CheckDropRate((t + ".recurrent_rate").c_str(), config.recurrent_rate);
   CheckDropRate((t + ".zoneout_cell").c_str(), config.zoneout_cell);
   CheckDropRate((t + ".zoneout_hidden").c_str(), config.zoneout_hidden);
-  if (!lstm_ && config.zoneout_cell != 0) {
+  if (!lstm && config.zoneout_cell != 0) {
     throw InvalidArgument("gru has no cell state: zoneout_cell must be 0, got " +
                           std::to_string(config.zoneout_cell));
   }
+  const int steps = input.dims[0], units = config.units;
+  // weight_ih (features x G), weight_hh (units x G), bias_ih and bias_hh, G = gates * units.
+  const int64_t g = (lstm ? 4 : 3) * int64_t{units};
+  return LayerPlan{config.return_sequences ? Shape{{steps, units}} : Shape{{units}},
+                   SaturatingMul(g, SaturatingAdd(int64_t{input.dims[1]} + 2, units))};
+}
+
+Recurrent::Recurrent(const LayerConfig& config, const Shape& input, uint64_t init_seed)
+    : Layer(config, input), lstm_(config.type == "lstm") {
+  PlanRecurrent(config, input);
   steps_ = input.dims[0];
   features_ = input.dims[1];
   units_ = config.units;
@@ -64,7 +75,9 @@ Recurrent::Recurrent(const LayerConfig& config, const Shape& input, uint64_t ini
   const double k = 1.0 / std::sqrt(static_cast<double>(units_));
   auto uniform = [&](int64_t rows, int64_t cols) {
     Matrix m(rows, cols);
-    for (int64_t i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>((2 * rng.Uniform() - 1) * k);
+    for (int64_t i = 0; i < m.size(); ++i) {
+      m.data()[i] = static_cast<float>((2 * rng.Uniform() - 1) * k);
+    }
     return m;
   };
   params_.push_back(Parameter{"weight_ih", uniform(features_, g), true, false});

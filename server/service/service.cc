@@ -9,8 +9,8 @@
 
 #include "server/engine/mc.h"
 #include "server/engine/metrics.h"
-#include "server/engine/parallel.h"
 #include "server/engine/random.h"
+#include "server/engine/thread_pool.h"
 #include "server/engine/trainer.h"
 #include "server/service/memory.h"
 #include "server/service/request_wire.h"
