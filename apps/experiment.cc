@@ -95,7 +95,7 @@ int FashionMlp(const Common& c, int epochs, int mc_samples, uint64_t seed, bool 
   en::TrainOptions o;
   o.epochs = epochs;
   o.batch_size = 128;
-  o.optimizer.type = "adam";
+  o.optimizer.type = en::OptimizerKind::kAdam;
   o.optimizer.learning_rate = 1e-3;
   o.seed = seed;
   o.threads = c.threads;
