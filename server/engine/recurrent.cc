@@ -34,6 +34,52 @@ auto Sigmoid(const T& a) {
   return (a * 0.5f).tanh() * 0.5f + 0.5f;
 }
 
+// The masks of one pass, empty when not drawn: the variational input (b x f) and recurrent
+// (b x h) masks, one per sequence, and the zoneout draws of every step, time-major (T*b x h, 1 =
+// keep the previous state).
+struct SequenceMasks {
+  Matrix in, rec, cell, hidden;
+};
+
+// Draws the masks of rows [row_offset, row_offset + b) of a pass at the addresses of ctx: the
+// input and recurrent masks at rates p_in and p_rec (scaled by 1/(1-p)), zoneout with probability
+// z_cell and z_hidden; a zero rate draws nothing.
+SequenceMasks DrawSequenceMasks(const Context& ctx, int64_t row_offset, int64_t b,
+                                int64_t t_steps, int64_t f, int64_t h, double p_in, double p_rec,
+                                double z_cell, double z_hidden) {
+  SequenceMasks m;
+  const bool zone_cell = z_cell > 0, zone_hidden = z_hidden > 0;
+  if (p_in > 0) m.in.resize(b, f);
+  if (p_rec > 0) m.rec.resize(b, h);
+  if (zone_cell) m.cell.resize(t_steps * b, h);
+  if (zone_hidden) m.hidden.resize(t_steps * b, h);
+  if (!(p_in > 0 || p_rec > 0 || zone_cell || zone_hidden)) return m;
+  auto threshold = [](double p) { return static_cast<uint64_t>(std::ldexp(p, 32)); };
+  const uint64_t th_in = threshold(p_in), th_rec = threshold(p_rec);
+  const uint64_t th_c = threshold(z_cell), th_h = threshold(z_hidden);
+  const float keep_in = static_cast<float>(1.0 / (1.0 - p_in));
+  const float keep_rec = static_cast<float>(1.0 / (1.0 - p_rec));
+  const int64_t words = f + h + (zone_cell || zone_hidden ? 2 * h * t_steps : 0);
+  ParallelFor(b, ctx.threads, [&](int64_t r0, int64_t r1) {
+    std::vector<uint32_t> bits(words);
+    for (int64_t r = r0; r < r1; ++r) {
+      RowRng(ctx.rng, ctx.layer, row_offset + r).Bits(bits.data(), words);
+      if (p_in > 0)
+        for (int64_t j = 0; j < f; ++j) m.in(r, j) = bits[j] >= th_in ? keep_in : 0.0f;
+      if (p_rec > 0)
+        for (int64_t j = 0; j < h; ++j) m.rec(r, j) = bits[f + j] >= th_rec ? keep_rec : 0.0f;
+      for (int64_t s = 0; s < t_steps && (zone_cell || zone_hidden); ++s) {
+        const uint32_t* w = bits.data() + f + h + 2 * h * s;
+        if (zone_cell)
+          for (int64_t j = 0; j < h; ++j) m.cell(s * b + r, j) = w[j] < th_c ? 1.0f : 0.0f;
+        if (zone_hidden)
+          for (int64_t j = 0; j < h; ++j) m.hidden(s * b + r, j) = w[j + h] < th_h ? 1.0f : 0.0f;
+      }
+    }
+  });
+  return m;
+}
+
 }  // namespace
 
 LayerPlan PlanRecurrent(const LayerConfig& config, const Shape& input) {
@@ -130,37 +176,13 @@ void Recurrent::ForwardRows(const Matrix& x, const Context& ctx, int64_t row_off
   const float ez_cell = stochastic ? 0.0f : static_cast<float>(z_cell);
   const float ez_hidden = stochastic ? 0.0f : static_cast<float>(z_hidden);
 
-  Matrix in_mask, rec_mask, zc, zh;
-  if (p_in > 0) in_mask.resize(b, f);
-  if (p_rec > 0) rec_mask.resize(b, h);
-  if (zone_cell) zc.resize(t_steps * b, h);
-  if (zone_hidden) zh.resize(t_steps * b, h);
-  if (p_in > 0 || p_rec > 0 || zone_cell || zone_hidden) {
-    auto threshold = [](double p) { return static_cast<uint64_t>(std::ldexp(p, 32)); };
-    const uint64_t th_in = threshold(p_in), th_rec = threshold(p_rec);
-    const uint64_t th_c = threshold(z_cell), th_h = threshold(z_hidden);
-    const float keep_in = static_cast<float>(1.0 / (1.0 - p_in));
-    const float keep_rec = static_cast<float>(1.0 / (1.0 - p_rec));
-    const int64_t words = f + h + (zone_cell || zone_hidden ? 2 * h * t_steps : 0);
-    ParallelFor(b, ctx.threads, [&](int64_t r0, int64_t r1) {
-      std::vector<uint32_t> bits(words);
-      for (int64_t r = r0; r < r1; ++r) {
-        RowRng(ctx.rng, ctx.layer, row_offset + r).Bits(bits.data(), words);
-        if (p_in > 0)
-          for (int64_t j = 0; j < f; ++j) in_mask(r, j) = bits[j] >= th_in ? keep_in : 0.0f;
-        if (p_rec > 0)
-          for (int64_t j = 0; j < h; ++j) rec_mask(r, j) = bits[f + j] >= th_rec ? keep_rec : 0.0f;
-        for (int64_t s = 0; s < t_steps && (zone_cell || zone_hidden); ++s) {
-          const uint32_t* w = bits.data() + f + h + 2 * h * s;
-          // 1 = keep the previous state (zoned out), drawn with probability z.
-          if (zone_cell)
-            for (int64_t j = 0; j < h; ++j) zc(s * b + r, j) = w[j] < th_c ? 1.0f : 0.0f;
-          if (zone_hidden)
-            for (int64_t j = 0; j < h; ++j) zh(s * b + r, j) = w[j + h] < th_h ? 1.0f : 0.0f;
-        }
-      }
-    });
-  }
+  SequenceMasks masks =
+      DrawSequenceMasks(ctx, row_offset, b, t_steps, f, h, p_in, p_rec,
+                        zone_cell ? z_cell : 0.0, zone_hidden ? z_hidden : 0.0);
+  Matrix& in_mask = masks.in;
+  Matrix& rec_mask = masks.rec;
+  Matrix& zc = masks.cell;
+  Matrix& zh = masks.hidden;
 
   // Time-major inputs, masked, and their projection for every step in one product.
   Matrix xt(t_steps * b, f);
