@@ -553,7 +553,8 @@ grpc::Status DropnetService::RunTraining(const v1::TrainRequest& req, const Trai
     default: Fail(StatusCode::INVALID_ARGUMENT, "optimizer " + std::to_string(req.optimizer()) + " is unknown");
   }
   o.optimizer.learning_rate =
-      req.learning_rate() != 0 ? req.learning_rate() : (o.optimizer.type == engine::OptimizerKind::kSgd ? 0.01 : 1e-3);
+      req.learning_rate() != 0 ? req.learning_rate()
+                               : (o.optimizer.type == engine::OptimizerKind::kSgd ? 0.01 : 1e-3);
   if (req.has_momentum()) o.optimizer.momentum = req.momentum();
   o.optimizer.nesterov = req.nesterov();
   o.optimizer.weight_decay = req.weight_decay();
