@@ -15,7 +15,7 @@
 #include "server/engine/mc.h"
 #include "server/engine/metrics.h"
 #include "server/engine/network.h"
-#include "server/engine/parallel.h"
+#include "server/engine/thread_pool.h"
 #include "server/engine/trainer.h"
 
 namespace en = dropnet::engine;
@@ -95,7 +95,7 @@ int FashionMlp(const Common& c, int epochs, int mc_samples, uint64_t seed, bool 
   en::TrainOptions o;
   o.epochs = epochs;
   o.batch_size = 128;
-  o.optimizer.type = "adam";
+  o.optimizer.type = en::OptimizerKind::kAdam;
   o.optimizer.learning_rate = 1e-3;
   o.seed = seed;
   o.threads = c.threads;

@@ -56,7 +56,7 @@ double TrainAndReport(en::Network* net, const en::Dataset& train, const RunOptio
   en::TrainOptions o;
   o.epochs = ro.epochs;
   o.batch_size = 128;
-  o.optimizer.type = "adam";
+  o.optimizer.type = en::OptimizerKind::kAdam;
   o.optimizer.learning_rate = 1e-3;
   o.seed = ro.seed;
   o.threads = threads;

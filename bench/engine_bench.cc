@@ -15,10 +15,10 @@
 #include <filesystem>
 #include <random>
 
-#include "server/engine/conv.h"
+#include "server/engine/gemm.h"
 #include "server/engine/mc.h"
 #include "server/engine/network.h"
-#include "server/engine/parallel.h"
+#include "server/engine/thread_pool.h"
 #include "server/engine/trainer.h"
 
 namespace dropnet::engine {

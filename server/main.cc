@@ -7,7 +7,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
-#include "server/engine/parallel.h"
+#include "server/engine/thread_pool.h"
 #include "server/service/memory.h"
 #include "server/service/server.h"
 

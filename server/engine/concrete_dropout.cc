@@ -3,7 +3,8 @@
 #include <cmath>
 
 #include "server/engine/dropout.h"
-#include "server/engine/parallel.h"
+#include "server/engine/gemm.h"
+#include "server/engine/thread_pool.h"
 
 namespace dropnet::engine {
 namespace {
@@ -17,9 +18,7 @@ double Logistic(double v) { return 1.0 / (1.0 + std::exp(-v)); }
 
 }  // namespace
 
-ConcreteDropout::ConcreteDropout(const LayerConfig& config, const Shape& input,
-                                 uint64_t init_seed)
-    : Layer(config, input), has_dense_(config.units > 0) {
+LayerPlan PlanConcreteDropout(const LayerConfig& config, const Shape& input) {
   if (config.units < 0) {
     throw InvalidArgument("concrete_dropout.units must be >= 0, got " +
                           std::to_string(config.units));
@@ -39,11 +38,24 @@ ConcreteDropout::ConcreteDropout(const LayerConfig& config, const Shape& input,
   if (!std::isfinite(config.weight_regularizer) || !std::isfinite(config.dropout_regularizer)) {
     throw InvalidArgument("concrete_dropout regularizers must be finite");
   }
-  const int64_t k = input.Size();
-  if (has_dense_ && input.dims.size() != 1) {
+  const bool has_dense = config.units > 0;
+  if (has_dense && input.dims.size() != 1) {
     throw InvalidArgument("concrete_dropout with units expects flat input, got shape " +
                           input.ToString() + "; add a flatten layer before it");
   }
+  // p_logit (one per layer or per unit), then the dense layer's weights and bias.
+  const int64_t rates = config.per_unit ? input.Size() : 1;
+  if (!has_dense) return LayerPlan{input, rates};
+  return LayerPlan{Shape{{config.units}},
+                   SaturatingAdd(rates, DenseParameterCount(input.Size(), config.units,
+                                                            config.use_bias))};
+}
+
+ConcreteDropout::ConcreteDropout(const LayerConfig& config, const Shape& input,
+                                 uint64_t init_seed)
+    : Layer(config, input), has_dense_(config.units > 0) {
+  PlanConcreteDropout(config, input);
+  const int64_t k = input.Size();
   const float logit = static_cast<float>(std::log(config.init_rate / (1 - config.init_rate)));
   params_.push_back(Parameter{"p_logit", Matrix::Constant(1, config.per_unit ? k : 1, logit)});
   if (has_dense_) {

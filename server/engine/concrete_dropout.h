@@ -19,6 +19,9 @@
 
 namespace dropnet::engine {
 
+// Validates a concrete_dropout configuration for `input`: its output shape and parameter count.
+LayerPlan PlanConcreteDropout(const LayerConfig& config, const Shape& input);
+
 class ConcreteDropout : public Layer {
  public:
   ConcreteDropout(const LayerConfig& config, const Shape& input, uint64_t init_seed);

@@ -4,7 +4,8 @@
 #include <cmath>
 
 #include "server/engine/dropout.h"
-#include "server/engine/parallel.h"
+#include "server/engine/gemm.h"
+#include "server/engine/thread_pool.h"
 
 namespace dropnet::engine {
 namespace {
@@ -44,23 +45,35 @@ float Sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 
 }  // namespace
 
-DropConnectDense::DropConnectDense(const LayerConfig& config, const Shape& input,
-                                   uint64_t init_seed)
-    : Layer(config, input) {
+DropConnectDense::Act DropConnectDense::ActivationOf(const std::string& a) {
+  if (a.empty() || a == "linear") return Act::kLinear;
+  if (a == "relu") return Act::kRelu;
+  if (a == "sigmoid") return Act::kSigmoid;
+  if (a == "tanh") return Act::kTanh;
+  throw InvalidArgument("drop_connect.activation must be one of linear, relu, sigmoid, tanh "
+                        "(or empty), got '" + a + "'");
+}
+
+LayerPlan PlanDropConnect(const LayerConfig& config, const Shape& input) {
+  if (input.dims.size() != 1) {
+    throw InvalidArgument("drop_connect expects flat input, got shape " + input.ToString() +
+                          "; add a flatten layer before it");
+  }
   CheckDropRate("drop_connect.rate", config.rate);
   if (config.units <= 0) {
     throw InvalidArgument("drop_connect.units must be positive, got " +
                           std::to_string(config.units));
   }
-  const std::string& a = config.activation;
-  if (a.empty() || a == "linear") act_ = Act::kLinear;
-  else if (a == "relu") act_ = Act::kRelu;
-  else if (a == "sigmoid") act_ = Act::kSigmoid;
-  else if (a == "tanh") act_ = Act::kTanh;
-  else {
-    throw InvalidArgument("drop_connect.activation must be one of linear, relu, sigmoid, tanh "
-                          "(or empty), got '" + a + "'");
-  }
+  DropConnectDense::ActivationOf(config.activation);
+  return LayerPlan{Shape{{config.units}},
+                   DenseParameterCount(input.Size(), config.units, config.use_bias)};
+}
+
+DropConnectDense::DropConnectDense(const LayerConfig& config, const Shape& input,
+                                   uint64_t init_seed)
+    : Layer(config, input) {
+  PlanDropConnect(config, input);
+  act_ = ActivationOf(config.activation);
   threshold_ = static_cast<uint32_t>(std::lround(config.rate * 65536.0));
   if (threshold_ >= 65536) threshold_ = 65535;
   keep_scale_ = static_cast<float>(65536.0 / (65536.0 - threshold_));
@@ -254,7 +267,8 @@ void DropConnectDense::Backward(const Matrix& dy, const LayerCache& cache, std::
     }
     return;
   }
-  const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(std::max(threads, 1), n)));
+  const int parts =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(std::max(threads, 1), n)));
   std::vector<Matrix> dw(parts);
   ParallelFor(parts, parts, [&](int64_t p0, int64_t p1) {
     std::vector<float> m(out);

@@ -25,9 +25,14 @@
 
 namespace dropnet::engine {
 
+// Validates a drop_connect configuration for `input`: its output shape and parameter count.
+LayerPlan PlanDropConnect(const LayerConfig& config, const Shape& input);
+
 class DropConnectDense : public Layer {
  public:
   enum class Act { kLinear, kRelu, kSigmoid, kTanh };
+  // The activation named by LayerConfig::activation; throws InvalidArgument for another name.
+  static Act ActivationOf(const std::string& name);
 
   DropConnectDense(const LayerConfig& config, const Shape& input, uint64_t init_seed);
   std::string Type() const override { return "drop_connect"; }

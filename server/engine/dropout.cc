@@ -4,7 +4,7 @@
 #include <sstream>
 #include <vector>
 
-#include "server/engine/parallel.h"
+#include "server/engine/thread_pool.h"
 
 namespace dropnet::engine {
 
@@ -45,8 +45,13 @@ Matrix BernoulliMask(int64_t rows, int64_t cols, double p, float keep_value, con
   return mask;
 }
 
-Dropout::Dropout(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+LayerPlan PlanDropout(const LayerConfig& config, const Shape& input) {
   CheckDropRate("dropout.rate", config.rate);
+  return LayerPlan{input, 0};
+}
+
+Dropout::Dropout(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+  PlanDropout(config, input);
 }
 
 void Dropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const {

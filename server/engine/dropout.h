@@ -16,6 +16,9 @@ namespace dropnet::engine {
 // Throws InvalidArgument naming `field` and the value unless 0 <= p < 1.
 void CheckDropRate(const char* field, double p);
 
+// Validates a dropout configuration (its rate): the output is the input's shape.
+LayerPlan PlanDropout(const LayerConfig& config, const Shape& input);
+
 // A rows x cols mask whose elements are `keep_value` with probability 1-p and 0 otherwise, drawn
 // at the random addresses of ctx (row r of the pass, element j).
 Matrix BernoulliMask(int64_t rows, int64_t cols, double p, float keep_value, const Context& ctx);

@@ -3,14 +3,13 @@
 #include <cmath>
 
 #include "server/engine/dropout.h"
-#include "server/engine/parallel.h"
+#include "server/engine/thread_pool.h"
 
 namespace dropnet::engine {
 
 // ---- SpatialDropout ----
 
-SpatialDropout::SpatialDropout(const LayerConfig& config, const Shape& input)
-    : Layer(config, input) {
+LayerPlan PlanSpatialDropout(const LayerConfig& config, const Shape& input) {
   CheckDropRate((config.type + ".rate").c_str(), config.rate);
   const size_t dims = input.dims.size();
   const bool ok = config.type == "spatial_dropout1d"   ? dims == 2
@@ -23,6 +22,12 @@ SpatialDropout::SpatialDropout(const LayerConfig& config, const Shape& input)
                                                                 : "[channels, ...]") +
                           ", got " + input.ToString());
   }
+  return LayerPlan{input, 0};
+}
+
+SpatialDropout::SpatialDropout(const LayerConfig& config, const Shape& input)
+    : Layer(config, input) {
+  PlanSpatialDropout(config, input);
   channels_ = input.dims[0];
   spatial_ = input.Size() / channels_;
 }
@@ -65,9 +70,14 @@ void SpatialDropout::Backward(const Matrix& dy, const LayerCache& cache, std::sp
 
 // ---- GaussianDropout ----
 
+LayerPlan PlanGaussianDropout(const LayerConfig& config, const Shape& input) {
+  CheckDropRate("gaussian_dropout.rate", config.rate);
+  return LayerPlan{input, 0};
+}
+
 GaussianDropout::GaussianDropout(const LayerConfig& config, const Shape& input)
     : Layer(config, input) {
-  CheckDropRate("gaussian_dropout.rate", config.rate);
+  PlanGaussianDropout(config, input);
 }
 
 void GaussianDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache,
@@ -100,8 +110,13 @@ void GaussianDropout::Backward(const Matrix& dy, const LayerCache& cache, std::s
 
 // ---- AlphaDropout ----
 
-AlphaDropout::AlphaDropout(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+LayerPlan PlanAlphaDropout(const LayerConfig& config, const Shape& input) {
   CheckDropRate("alpha_dropout.rate", config.rate);
+  return LayerPlan{input, 0};
+}
+
+AlphaDropout::AlphaDropout(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+  PlanAlphaDropout(config, input);
 }
 
 void AlphaDropout::Affine(double p, double* a, double* b) {
@@ -124,7 +139,8 @@ void AlphaDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cach
   Matrix mask = BernoulliMask(x.rows(), x.cols(), p, static_cast<float>(a), ctx);
   const float bf = static_cast<float>(b);
   const float dropped = static_cast<float>(a * kAlphaDropoutValue + b);
-  *y = x.binaryExpr(mask, [bf, dropped](float v, float m) { return m != 0.0f ? m * v + bf : dropped; });
+  *y = x.binaryExpr(mask,
+                    [bf, dropped](float v, float m) { return m != 0.0f ? m * v + bf : dropped; });
   if (cache) cache->mask = std::move(mask);
 }
 

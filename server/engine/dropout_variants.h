@@ -21,6 +21,12 @@ namespace dropnet::engine {
 // The SELU constant a' = -scale * alpha: the value dropped units take in alpha dropout.
 inline constexpr double kAlphaDropoutValue = -1.7580993408473766;
 
+// The variants' plans: validate the rate (and spatial dropout's input rank); the output is the
+// input's shape.
+LayerPlan PlanSpatialDropout(const LayerConfig& config, const Shape& input);
+LayerPlan PlanGaussianDropout(const LayerConfig& config, const Shape& input);
+LayerPlan PlanAlphaDropout(const LayerConfig& config, const Shape& input);
+
 // spatial_dropout1d ({C, L}), spatial_dropout2d ({C, H, W}), spatial_dropout (either).
 class SpatialDropout : public Layer {
  public:

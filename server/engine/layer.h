@@ -52,9 +52,10 @@ struct LayerCache {
 
 // The configuration of one layer, independent of any wire format.
 struct LayerConfig {
-  std::string type;           // dense, relu, leaky_relu, tanh, sigmoid, selu, gelu, softmax,
-                              // flatten, batch_norm, dropout, lstm, gru, concrete_dropout,
-                              // sparse_vd
+  std::string type;           // a name of layer_types.h's table: dense, relu, leaky_relu, tanh,
+                              // sigmoid, selu, gelu, softmax, flatten, batch_norm, dropout, lstm,
+                              // gru, concrete_dropout, sparse_vd, the convolutions and pools, the
+                              // dropout variants and drop_connect
   int units = 0;              // dense: output features
   std::string init;           // dense: he_normal, he_uniform, glorot_normal, glorot_uniform
                               // (default), lecun_normal, lecun_uniform
@@ -91,6 +92,17 @@ struct LayerConfig {
   double prune_threshold = 3.0;       // weights with log alpha above this are pruned in eval
   double kl_weight = 1.0;             // scales the KL term (1 = the variational bound)
 };
+
+// What a layer of a given configuration makes of an input shape, known without building it.
+struct LayerPlan {
+  Shape output;
+  int64_t parameters = 0;  // trainable values; INT64_MAX when there are too many to count
+};
+
+// The parameter count of a dense map from `inputs` features to `units` (weights, then bias).
+inline int64_t DenseParameterCount(int64_t inputs, int64_t units, bool use_bias) {
+  return SaturatingAdd(SaturatingMul(inputs, units), use_bias ? units : 0);
+}
 
 // Records x as cache->input. Network::Forward moves each activation into the next layer's cache
 // and passes that very matrix as x, so in training no activation is copied; a caller that passes
@@ -155,8 +167,13 @@ class Layer {
 };
 
 // Builds a layer for `input` with parameters initialised from `init_seed`. Throws InvalidArgument
-// naming the field and value for an unknown type or an invalid option.
+// naming the field and value for an unknown type or an invalid option. (layer_types.cc: the table
+// of layer types.)
 std::unique_ptr<Layer> MakeLayer(const LayerConfig& config, const Shape& input, uint64_t init_seed);
+
+// Validates a layer for `input` and gives its output shape and parameter count, allocating
+// nothing; throws as MakeLayer does.
+LayerPlan PlanLayer(const LayerConfig& config, const Shape& input);
 
 // Fills `w` (fan_in x fan_out) according to the named scheme.
 void InitializeWeights(const std::string& scheme, int64_t fan_in, int64_t fan_out, uint64_t seed,

@@ -1,10 +1,12 @@
 #include "server/engine/layers.h"
 
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "server/engine/dropout.h"
-#include "server/engine/parallel.h"
+#include "server/engine/gemm.h"
+#include "server/engine/thread_pool.h"
 
 namespace dropnet::engine {
 
@@ -57,12 +59,21 @@ void InitializeWeights(const std::string& scheme, int64_t fan_in, int64_t fan_ou
 
 // ---- Dense ----
 
-Dense::Dense(const LayerConfig& config, const Shape& input, uint64_t init_seed)
-    : Layer(config, input) {
+LayerPlan PlanDense(const LayerConfig& config, const Shape& input) {
+  if (input.dims.size() != 1) {
+    throw InvalidArgument("dense expects flat input, got shape " + input.ToString() +
+                          "; add a flatten layer before it");
+  }
   if (config.units <= 0) {
     throw InvalidArgument("dense.units must be positive, got " + std::to_string(config.units));
   }
-  output_shape_ = Shape{{config.units}};
+  return LayerPlan{Shape{{config.units}},
+                   DenseParameterCount(input.Size(), config.units, config.use_bias)};
+}
+
+Dense::Dense(const LayerConfig& config, const Shape& input, uint64_t init_seed)
+    : Layer(config, input) {
+  output_shape_ = PlanDense(config, input).output;
   Parameter w{"weight", {}, true, true};
   InitializeWeights(config.init, input.Size(), config.units, init_seed, &w.value);
   params_.push_back(std::move(w));
@@ -95,19 +106,33 @@ constexpr float kInvSqrt2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 }  // namespace
 
-Activation::Activation(const LayerConfig& config, const Shape& input) : Layer(config, input) {
-  const std::string& t = config.type;
-  if (t == "relu") kind_ = Kind::kRelu;
-  else if (t == "leaky_relu") kind_ = Kind::kLeakyRelu;
-  else if (t == "tanh") kind_ = Kind::kTanh;
-  else if (t == "sigmoid") kind_ = Kind::kSigmoid;
-  else if (t == "selu") kind_ = Kind::kSelu;
-  else if (t == "gelu") kind_ = Kind::kGelu;
-  else throw InvalidArgument("unknown activation '" + t + "'");
-  if (kind_ == Kind::kLeakyRelu && !std::isfinite(config.negative_slope)) {
+namespace {
+
+Activation::Kind ActivationKind(const std::string& t) {
+  using Kind = Activation::Kind;
+  if (t == "relu") return Kind::kRelu;
+  if (t == "leaky_relu") return Kind::kLeakyRelu;
+  if (t == "tanh") return Kind::kTanh;
+  if (t == "sigmoid") return Kind::kSigmoid;
+  if (t == "selu") return Kind::kSelu;
+  if (t == "gelu") return Kind::kGelu;
+  throw InvalidArgument("unknown activation '" + t + "'");
+}
+
+}  // namespace
+
+LayerPlan PlanActivation(const LayerConfig& config, const Shape& input) {
+  if (ActivationKind(config.type) == Activation::Kind::kLeakyRelu &&
+      !std::isfinite(config.negative_slope)) {
     throw InvalidArgument("leaky_relu.negative_slope must be finite, got " +
                           std::to_string(config.negative_slope));
   }
+  return LayerPlan{input, 0};
+}
+
+Activation::Activation(const LayerConfig& config, const Shape& input)
+    : Layer(config, input), kind_(ActivationKind(config.type)) {
+  PlanActivation(config, input);
 }
 
 namespace {
@@ -221,8 +246,15 @@ void Softmax::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matr
 
 // ---- Flatten ----
 
+LayerPlan PlanFlatten(const LayerConfig& config, const Shape& input) {
+  if (input.Size() > std::numeric_limits<int>::max()) {
+    throw InvalidArgument("flatten input " + input.ToString() + " has too many features");
+  }
+  return LayerPlan{Shape{{static_cast<int>(input.Size())}}, 0};
+}
+
 Flatten::Flatten(const LayerConfig& config, const Shape& input) : Layer(config, input) {
-  output_shape_ = Shape{{static_cast<int>(input.Size())}};
+  output_shape_ = PlanFlatten(config, input).output;
 }
 
 void Flatten::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const {
@@ -236,7 +268,15 @@ void Flatten::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matr
 
 // ---- BatchNorm ----
 
-BatchNorm::BatchNorm(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+namespace {
+
+int64_t BatchNormChannels(const Shape& input) {
+  return input.dims.size() > 1 ? input.dims[0] : input.Size();
+}
+
+}  // namespace
+
+LayerPlan PlanBatchNorm(const LayerConfig& config, const Shape& input) {
   if (!(config.momentum > 0.0 && config.momentum <= 1.0)) {
     throw InvalidArgument("batch_norm.momentum must be in (0, 1], got " +
                           std::to_string(config.momentum));
@@ -245,7 +285,12 @@ BatchNorm::BatchNorm(const LayerConfig& config, const Shape& input) : Layer(conf
     throw InvalidArgument("batch_norm.epsilon must be positive and finite, got " +
                           std::to_string(config.epsilon));
   }
-  channels_ = input.dims.size() > 1 ? input.dims[0] : input.Size();
+  return LayerPlan{input, 2 * BatchNormChannels(input)};  // gamma and beta
+}
+
+BatchNorm::BatchNorm(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+  PlanBatchNorm(config, input);
+  channels_ = BatchNormChannels(input);
   spatial_ = input.Size() / channels_;
   params_.push_back(Parameter{"gamma", Matrix::Ones(1, channels_)});
   params_.push_back(Parameter{"beta", Matrix::Zero(1, channels_)});
@@ -258,7 +303,9 @@ void BatchNorm::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, 
   RowVector mean(c_count), var(c_count);
   const bool batch_stats = ctx.mode == Mode::kTrain;
   if (batch_stats) {
-    if (n * s < 2) throw InvalidArgument("batch_norm needs more than one value per channel to train");
+    if (n * s < 2) {
+      throw InvalidArgument("batch_norm needs more than one value per channel to train");
+    }
     mean.setZero();
     var.setZero();
     for (int64_t r = 0; r < n; ++r)

@@ -13,6 +13,13 @@
 
 namespace dropnet::engine {
 
+// The layers' plans (layer.h's PlanLayer for one type): validate a configuration for `input`
+// and give the output shape and parameter count. Each constructor validates through its plan.
+LayerPlan PlanDense(const LayerConfig& config, const Shape& input);
+LayerPlan PlanActivation(const LayerConfig& config, const Shape& input);
+LayerPlan PlanFlatten(const LayerConfig& config, const Shape& input);
+LayerPlan PlanBatchNorm(const LayerConfig& config, const Shape& input);
+
 // y = x W + b, W of shape in x out (each column is one unit's incoming weights).
 class Dense : public Layer {
  public:

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "server/engine/parallel.h"
+#include "server/engine/thread_pool.h"
 
 namespace dropnet::engine {
 namespace {
@@ -107,6 +107,57 @@ struct Accumulator {
   }
 };
 
+// The statistics of all samples: mean and sample std, then per row the entropies, mutual
+// information and vote (classification), or the total variance, central interval and MC test
+// log-likelihood (regression).
+void Summarize(const Accumulator& total, bool classify, bool gaussian, bool want_ll, double tau,
+               double z, McResult* result) {
+  const int64_t b = total.mean.rows(), out_cols = total.mean.cols();
+  const double t = static_cast<double>(total.n);
+  result->mean = total.mean.cast<float>();
+  const Eigen::MatrixXd var = total.m2 / t;
+  result->stddev = var.cwiseSqrt().cast<float>();
+  if (classify) {
+    result->predictive_entropy.resize(b);
+    result->expected_entropy.resize(b);
+    result->mutual_information.resize(b);
+    result->variation_ratio.resize(b);
+    result->predicted_class.resize(b);
+    for (int64_t r = 0; r < b; ++r) {
+      double h = 0;
+      for (int64_t c = 0; c < out_cols; ++c) {
+        const double p = total.mean(r, c);
+        if (p > 0) h -= p * std::log(p);
+      }
+      const double eh = total.entropy_sum[r] / t;
+      result->predictive_entropy[r] = static_cast<float>(h);
+      result->expected_entropy[r] = static_cast<float>(eh);
+      result->mutual_information[r] = static_cast<float>(std::max(0.0, h - eh));
+      result->variation_ratio[r] = static_cast<float>(1.0 - total.votes.row(r).maxCoeff() / t);
+      Eigen::Index arg;
+      total.mean.row(r).maxCoeff(&arg);
+      result->predicted_class[r] = static_cast<int>(arg);
+    }
+  } else {
+    Eigen::MatrixXd total_var = var;
+    if (tau > 0) total_var.array() += 1.0 / tau;
+    if (gaussian) total_var += total.aleatoric_sum / t;
+    result->total_variance = total_var.cast<float>();
+    const Eigen::MatrixXd half = total_var.cwiseSqrt() * z;
+    result->lower = (total.mean - half).cast<float>();
+    result->upper = (total.mean + half).cast<float>();
+    if (want_ll) {
+      result->log_likelihood.resize(b);
+      for (int64_t r = 0; r < b; ++r) {
+        double s = 0;
+        for (int64_t c = 0; c < out_cols; ++c)
+          s += total.ll_max(r, c) + std::log(total.ll_sum(r, c)) - std::log(t);
+        result->log_likelihood[r] = s;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 double NormalQuantileTwoSided(double mass) {
@@ -141,17 +192,21 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
 
   // Samples per chunk: the widest remaining activation, a few live copies, within the budget.
   int64_t width = prefix.cols();
-  for (int i = first; i < net.size(); ++i) width = std::max(width, net.layer(i).output_shape().Size());
-  const int64_t per_sample = std::max<int64_t>(1, b * width * static_cast<int64_t>(sizeof(float)) * 4);
+  for (int i = first; i < net.size(); ++i) {
+    width = std::max(width, net.layer(i).output_shape().Size());
+  }
+  const int64_t per_sample =
+      std::max<int64_t>(1, b * width * static_cast<int64_t>(sizeof(float)) * 4);
   // At most an equal share of the samples per thread, so that every thread gets a chunk: one
   // hand-off per wave instead of one per product.
-  const int64_t share = (options.samples + std::max(1, options.threads) - 1) / std::max(1, options.threads);
+  const int threads = std::max(1, options.threads);
+  const int64_t share = (options.samples + threads - 1) / threads;
   // A chunk's rows in multiples of four where the batch allows, so that the products run in the
   // kernel's full blocks of rows (100 samples on two threads: 52 + 48, not 50 + 50).
   const int64_t align = b % 4 == 0 ? 1 : b % 2 == 0 ? 2 : 4;
   const int64_t aligned = std::min<int64_t>(options.samples, (share + align - 1) / align * align);
-  const int chunk = static_cast<int>(std::clamp<int64_t>(options.memory_budget_bytes / per_sample, 1,
-                                                         aligned));
+  const int chunk =
+      static_cast<int>(std::clamp<int64_t>(options.memory_budget_bytes / per_sample, 1, aligned));
   const int chunks = (options.samples + chunk - 1) / chunk;
   const bool stochastic = first < net.size();
 
@@ -161,7 +216,8 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
   }();
   if (options.targets && !classify) {
     if (options.targets->rows() != b || options.targets->cols() != out_cols) {
-      throw InvalidArgument("targets must be " + std::to_string(b) + " x " + std::to_string(out_cols));
+      throw InvalidArgument("targets must be " + std::to_string(b) + " x " +
+                            std::to_string(out_cols));
     }
     if (options.tau <= 0 && !gaussian) {
       throw InvalidArgument("the MC test log-likelihood needs tau > 0 or a gaussian_nll head");
@@ -212,8 +268,8 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
   const int wave = std::max(1, options.threads);
   for (int c0 = 0; c0 < chunks; c0 += wave) {
     if (options.should_stop && options.should_stop()) {
-      throw Cancelled("Monte-Carlo prediction stopped after " + std::to_string(c0 * chunk) + " of " +
-                      std::to_string(options.samples) + " samples");
+      throw Cancelled("Monte-Carlo prediction stopped after " + std::to_string(c0 * chunk) +
+                      " of " + std::to_string(options.samples) + " samples");
     }
     const int count = std::min(wave, chunks - c0);
     std::vector<ChunkStats> parts(count);
@@ -228,49 +284,7 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
     }
   }
 
-  const double t = static_cast<double>(total.n);
-  result.mean = total.mean.cast<float>();
-  const Eigen::MatrixXd var = total.m2 / t;
-  result.stddev = var.cwiseSqrt().cast<float>();
-  if (classify) {
-    result.predictive_entropy.resize(b);
-    result.expected_entropy.resize(b);
-    result.mutual_information.resize(b);
-    result.variation_ratio.resize(b);
-    result.predicted_class.resize(b);
-    for (int64_t r = 0; r < b; ++r) {
-      double h = 0;
-      for (int64_t c = 0; c < out_cols; ++c) {
-        const double p = total.mean(r, c);
-        if (p > 0) h -= p * std::log(p);
-      }
-      const double eh = total.entropy_sum[r] / t;
-      result.predictive_entropy[r] = static_cast<float>(h);
-      result.expected_entropy[r] = static_cast<float>(eh);
-      result.mutual_information[r] = static_cast<float>(std::max(0.0, h - eh));
-      result.variation_ratio[r] = static_cast<float>(1.0 - total.votes.row(r).maxCoeff() / t);
-      Eigen::Index arg;
-      total.mean.row(r).maxCoeff(&arg);
-      result.predicted_class[r] = static_cast<int>(arg);
-    }
-  } else {
-    Eigen::MatrixXd total_var = var;
-    if (options.tau > 0) total_var.array() += 1.0 / options.tau;
-    if (gaussian) total_var += total.aleatoric_sum / t;
-    result.total_variance = total_var.cast<float>();
-    const Eigen::MatrixXd half = total_var.cwiseSqrt() * z;
-    result.lower = (total.mean - half).cast<float>();
-    result.upper = (total.mean + half).cast<float>();
-    if (want_ll) {
-      result.log_likelihood.resize(b);
-      for (int64_t r = 0; r < b; ++r) {
-        double s = 0;
-        for (int64_t c = 0; c < out_cols; ++c)
-          s += total.ll_max(r, c) + std::log(total.ll_sum(r, c)) - std::log(t);
-        result.log_likelihood[r] = s;
-      }
-    }
-  }
+  Summarize(total, classify, gaussian, want_ll, options.tau, z, &result);
   return result;
 }
 

@@ -1,81 +1,79 @@
 #include "server/engine/network.h"
 
 #include <sstream>
-
-#include "server/engine/concrete_dropout.h"
-#include "server/engine/conv.h"
-#include "server/engine/dropconnect.h"
-#include "server/engine/dropout.h"
-#include "server/engine/dropout_variants.h"
-#include "server/engine/layers.h"
-#include "server/engine/recurrent.h"
-#include "server/engine/sparse_vd.h"
+#include <utility>
 
 namespace dropnet::engine {
 
-std::unique_ptr<Layer> MakeLayer(const LayerConfig& config, const Shape& input, uint64_t init_seed) {
-  const std::string& t = config.type;
-  if (t == "dense") {
-    if (input.dims.size() != 1) {
-      throw InvalidArgument("dense expects flat input, got shape " + input.ToString() +
-                            "; add a flatten layer before it");
+namespace {
+
+void CheckInput(const Shape& input) {
+  bool positive = !input.dims.empty() && input.Size() > 0;
+  for (int d : input.dims) positive = positive && d > 0;
+  if (!positive) {
+    throw InvalidArgument("input shape must have positive dimensions, got " + input.ToString());
+  }
+}
+
+std::string LayerSpecMessage(int index, const std::string& type, const std::string& message) {
+  std::ostringstream msg;
+  msg << "layers[" << index << "] (" << type << "): " << message;
+  return msg.str();
+}
+
+[[noreturn]] void ThrowLayerError(size_t i, const std::string& type, const std::string& what) {
+  throw LayerSpecError(static_cast<int>(i), type, what);
+}
+
+}  // namespace
+
+LayerSpecError::LayerSpecError(int index, std::string type, std::string message)
+    : InvalidArgument(LayerSpecMessage(index, type, message)),
+      index_(index),
+      type_(std::move(type)),
+      message_(std::move(message)) {}
+
+// A layer's messages name their fields as "<type>.<field>".
+std::string LayerSpecError::FieldMessage() const {
+  const size_t n = type_.size();
+  if (n == 0 || message_.size() <= n + 1 || message_.compare(0, n, type_) != 0 ||
+      message_[n] != '.') {
+    return "";
+  }
+  return message_.substr(n + 1);
+}
+
+NetworkPlan PlanNetwork(const NetworkSpec& spec, const PlanHooks& hooks) {
+  CheckInput(spec.input);
+  NetworkPlan plan;
+  Shape shape = spec.input;
+  for (size_t i = 0; i < spec.layers.size(); ++i) {
+    const LayerConfig& config = spec.layers[i];
+    if (hooks.before) hooks.before(static_cast<int>(i), config, shape);
+    LayerPlan layer;
+    try {
+      layer = PlanLayer(config, shape);
+    } catch (const InvalidArgument& e) {
+      ThrowLayerError(i, config.type, e.what());
     }
-    return std::make_unique<Dense>(config, input, init_seed);
+    plan.parameters = SaturatingAdd(plan.parameters, layer.parameters);
+    if (hooks.after) hooks.after(static_cast<int>(i), config, layer);
+    shape = layer.output;
+    plan.layers.push_back(std::move(layer));
   }
-  if (t == "relu" || t == "leaky_relu" || t == "tanh" || t == "sigmoid" || t == "selu" ||
-      t == "gelu") {
-    return std::make_unique<Activation>(config, input);
-  }
-  if (t == "softmax") return std::make_unique<Softmax>(config, input);
-  if (t == "flatten") return std::make_unique<Flatten>(config, input);
-  if (t == "batch_norm") return std::make_unique<BatchNorm>(config, input);
-  if (t == "dropout") return std::make_unique<Dropout>(config, input);
-  if (t == "lstm" || t == "gru") return std::make_unique<Recurrent>(config, input, init_seed);
-  if (t == "concrete_dropout") {
-    return std::make_unique<ConcreteDropout>(config, input, init_seed);
-  }
-  if (t == "sparse_vd") {
-    if (input.dims.size() != 1) {
-      throw InvalidArgument("sparse_vd expects flat input, got shape " + input.ToString() +
-                            "; add a flatten layer before it");
-    }
-    return std::make_unique<SparseVdDense>(config, input, init_seed);
-  }
-  if (t == "conv1d" || t == "conv2d") return std::make_unique<Conv>(config, input, init_seed);
-  if (IsConvOrPoolType(t)) return std::make_unique<Pool>(config, input);
-  if (t == "spatial_dropout" || t == "spatial_dropout1d" || t == "spatial_dropout2d") {
-    return std::make_unique<SpatialDropout>(config, input);
-  }
-  if (t == "gaussian_dropout") return std::make_unique<GaussianDropout>(config, input);
-  if (t == "alpha_dropout") return std::make_unique<AlphaDropout>(config, input);
-  if (t == "drop_connect") {
-    if (input.dims.size() != 1) {
-      throw InvalidArgument("drop_connect expects flat input, got shape " + input.ToString() +
-                            "; add a flatten layer before it");
-    }
-    return std::make_unique<DropConnectDense>(config, input, init_seed);
-  }
-  throw InvalidArgument("unknown layer type '" + t + "'");
+  plan.output = shape;
+  return plan;
 }
 
 Network::Network(const NetworkSpec& spec) : spec_(spec) {
-  if (spec.input.dims.empty() || spec.input.Size() <= 0) {
-    throw InvalidArgument("input shape must have positive dimensions, got " +
-                          spec.input.ToString());
-  }
-  for (int d : spec.input.dims) {
-    if (d <= 0) throw InvalidArgument("input shape must have positive dimensions, got " +
-                                      spec.input.ToString());
-  }
+  CheckInput(spec.input);
   Shape shape = spec.input;
   SplitMix64 seeds(spec.seed);
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     try {
       layers_.push_back(MakeLayer(spec.layers[i], shape, seeds.Next()));
     } catch (const InvalidArgument& e) {
-      std::ostringstream msg;
-      msg << "layers[" << i << "] (" << spec.layers[i].type << "): " << e.what();
-      throw InvalidArgument(msg.str());
+      ThrowLayerError(i, spec.layers[i].type, e.what());
     }
     shape = layers_.back()->output_shape();
   }
@@ -150,7 +148,9 @@ void Network::Backward(const Matrix& dy, const ForwardCache& cache, Gradients* g
   if (end < 0) end = size();
   grads->resize(0);
   for (const auto& l : layers_) {
-    for (const auto& p : l->params()) grads->push_back(Matrix::Zero(p.value.rows(), p.value.cols()));
+    for (const auto& p : l->params()) {
+      grads->push_back(Matrix::Zero(p.value.rows(), p.value.cols()));
+    }
   }
   size_t offset = 0;
   std::vector<size_t> offsets;

@@ -6,6 +6,7 @@
 #ifndef DROPNET_ENGINE_NETWORK_H_
 #define DROPNET_ENGINE_NETWORK_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +21,45 @@ struct NetworkSpec {
   uint64_t seed = 0;  // parameter initialisation
 };
 
+// What a network of a spec would be, known without building it: each layer's output shape and
+// parameter count.
+struct NetworkPlan {
+  std::vector<LayerPlan> layers;
+  int64_t parameters = 0;  // the sum; INT64_MAX when there are too many to count
+  Shape output;            // the last layer's (the input's for no layers)
+};
+
+// Called by PlanNetwork around layer i, in layer order, so that a caller imposes its own limits
+// (and throws its own errors) exactly where they arise: `before` ahead of the layer's checks, with
+// its input shape, and `after` once the layer passed them. Either may be empty.
+struct PlanHooks {
+  std::function<void(int index, const LayerConfig& config, const Shape& input)> before;
+  std::function<void(int index, const LayerConfig& config, const LayerPlan& plan)> after;
+};
+
+// An invalid layer of a network spec. what() names the layer index and type, then the layer's
+// own message: "layers[1] (dropout): dropout.rate must be in [0, 1), got 1.5"; the parts are kept
+// for callers that name the layer their own way.
+class LayerSpecError : public InvalidArgument {
+ public:
+  LayerSpecError(int index, std::string type, std::string message);
+  int index() const { return index_; }
+  const std::string& type() const { return type_; }
+  const std::string& message() const { return message_; }
+  // The message with its field named relative to the layer ("rate must be in [0, 1), got 1.5"
+  // for "dropout.rate must be ..."), or "" when it does not name one of the layer's fields.
+  std::string FieldMessage() const;
+
+ private:
+  int index_;
+  std::string type_;
+  std::string message_;
+};
+
+// Validates every layer of `spec` and plans it, allocating nothing. Throws LayerSpecError for an
+// invalid layer, InvalidArgument for an invalid input shape.
+NetworkPlan PlanNetwork(const NetworkSpec& spec, const PlanHooks& hooks = {});
+
 struct ForwardCache {
   std::vector<LayerCache> layers;
 };
@@ -29,7 +69,7 @@ using Gradients = std::vector<Matrix>;
 
 class Network {
  public:
-  // Builds and initialises every layer; throws InvalidArgument naming the layer index and field.
+  // Builds and initialises every layer; throws as PlanNetwork does.
   explicit Network(const NetworkSpec& spec);
   Network(const Network& other);
   Network& operator=(const Network& other);

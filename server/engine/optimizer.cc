@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <sstream>
+#include <string>
+#include <string_view>
 
 namespace dropnet::engine {
 
@@ -14,9 +16,28 @@ void Require(bool ok, const char* field, double value, const char* rule) {
 }
 }  // namespace
 
+const char* OptimizerName(OptimizerKind kind) {
+  switch (kind) {
+    case OptimizerKind::kSgd: return "sgd";
+    case OptimizerKind::kAdam: return "adam";
+    case OptimizerKind::kAdamW: return "adamw";
+  }
+  return "?";
+}
+
+const char* ScheduleName(ScheduleKind kind) {
+  switch (kind) {
+    case ScheduleKind::kConstant: return "constant";
+    case ScheduleKind::kStep: return "step";
+    case ScheduleKind::kCosine: return "cosine";
+  }
+  return "?";
+}
+
 void CheckOptimizer(const OptimizerConfig& c) {
-  if (c.type != "sgd" && c.type != "adam" && c.type != "adamw") {
-    throw InvalidArgument("optimizer must be sgd, adam or adamw, got '" + c.type + "'");
+  if (OptimizerName(c.type) == std::string_view("?")) {
+    throw InvalidArgument("optimizer must be sgd, adam or adamw, got " +
+                          std::to_string(static_cast<int>(c.type)));
   }
   Require(c.learning_rate > 0 && std::isfinite(c.learning_rate), "learning_rate",
           c.learning_rate, "positive and finite");
@@ -30,8 +51,9 @@ void CheckOptimizer(const OptimizerConfig& c) {
 }
 
 void CheckSchedule(const ScheduleConfig& s) {
-  if (s.type != "constant" && s.type != "step" && s.type != "cosine") {
-    throw InvalidArgument("schedule must be constant, step or cosine, got '" + s.type + "'");
+  if (ScheduleName(s.type) == std::string_view("?")) {
+    throw InvalidArgument("schedule must be constant, step or cosine, got " +
+                          std::to_string(static_cast<int>(s.type)));
   }
   Require(s.step_epochs > 0, "schedule.step_epochs", s.step_epochs, "positive");
   Require(s.gamma > 0 && s.gamma <= 1, "schedule.gamma", s.gamma, "in (0, 1]");
@@ -41,12 +63,13 @@ void CheckSchedule(const ScheduleConfig& s) {
 
 double ScheduledLearningRate(const ScheduleConfig& s, double base, int64_t step,
                              int64_t steps_per_epoch, int64_t total_steps) {
-  if (s.type == "step") {
+  if (s.type == ScheduleKind::kStep) {
     int64_t epoch = steps_per_epoch > 0 ? step / steps_per_epoch : 0;
     return base * std::pow(s.gamma, static_cast<double>(epoch / s.step_epochs));
   }
-  if (s.type == "cosine" && total_steps > 1) {
-    double progress = std::min(1.0, static_cast<double>(step) / static_cast<double>(total_steps - 1));
+  if (s.type == ScheduleKind::kCosine && total_steps > 1) {
+    double progress =
+        std::min(1.0, static_cast<double>(step) / static_cast<double>(total_steps - 1));
     return s.min_learning_rate +
            0.5 * (base - s.min_learning_rate) * (1.0 + std::cos(3.141592653589793 * progress));
   }
@@ -58,7 +81,9 @@ Optimizer::Optimizer(const OptimizerConfig& config, std::vector<Parameter*> para
   CheckOptimizer(config_);
   for (auto* p : params_) {
     m_.push_back(Matrix::Zero(p->value.rows(), p->value.cols()));
-    if (config_.type != "sgd") v_.push_back(Matrix::Zero(p->value.rows(), p->value.cols()));
+    if (config_.type != OptimizerKind::kSgd) {
+      v_.push_back(Matrix::Zero(p->value.rows(), p->value.cols()));
+    }
   }
 }
 
@@ -70,7 +95,7 @@ void Optimizer::Step(const Gradients& grads, double lr) {
   for (size_t i = 0; i < params_.size(); ++i) {
     Matrix& w = params_[i]->value;
     const bool decay = params_[i]->decay && wd > 0;
-    if (config_.type == "sgd") {
+    if (config_.type == OptimizerKind::kSgd) {
       Matrix g = grads[i];
       if (decay) g += wd * w;
       const float mu = static_cast<float>(config_.momentum);
@@ -88,13 +113,13 @@ void Optimizer::Step(const Gradients& grads, double lr) {
     const double bc2 = 1.0 - std::pow(config_.beta2, static_cast<double>(t_));
     const float step = static_cast<float>(lr / bc1);
     const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
-    if (config_.type == "adamw" && decay) w *= (1.0f - flr * wd);
+    if (config_.type == OptimizerKind::kAdamW && decay) w *= (1.0f - flr * wd);
     auto update = [&](const auto& g) {
       m_[i] = b1 * m_[i] + (1 - b1) * g;
       v_[i] = b2 * v_[i] + (1 - b2) * g.cwiseProduct(g);
       w.array() -= step * m_[i].array() / (v_[i].array().sqrt() * inv_sqrt_bc2 + eps);
     };
-    if (config_.type == "adam" && decay) update(Matrix(grads[i] + wd * w));
+    if (config_.type == OptimizerKind::kAdam && decay) update(Matrix(grads[i] + wd * w));
     else update(grads[i]);
   }
 }

@@ -16,8 +16,16 @@
 
 namespace dropnet::engine {
 
+// The optimizers and schedules, as dropnet.v1's Optimizer and Schedule enums name them.
+enum class OptimizerKind { kSgd, kAdam, kAdamW };
+enum class ScheduleKind { kConstant, kStep, kCosine };
+
+// "sgd", "adam", "adamw"; "constant", "step", "cosine"; "?" for a value outside the enum.
+const char* OptimizerName(OptimizerKind kind);
+const char* ScheduleName(ScheduleKind kind);
+
 struct OptimizerConfig {
-  std::string type = "adam";  // sgd | adam | adamw
+  OptimizerKind type = OptimizerKind::kAdam;
   double learning_rate = 1e-3;
   double momentum = 0.9;      // sgd
   bool nesterov = false;      // sgd
@@ -26,7 +34,7 @@ struct OptimizerConfig {
 };
 
 struct ScheduleConfig {
-  std::string type = "constant";  // constant | step | cosine
+  ScheduleKind type = ScheduleKind::kConstant;
   int step_epochs = 10;           // step: multiply by gamma every step_epochs epochs
   double gamma = 0.1;             // step
   double min_learning_rate = 0.0; // cosine: the floor reached at the last step

@@ -5,7 +5,8 @@
 #include <sstream>
 
 #include "server/engine/dropout.h"
-#include "server/engine/parallel.h"
+#include "server/engine/gemm.h"
+#include "server/engine/thread_pool.h"
 
 namespace dropnet::engine {
 namespace {
@@ -33,11 +34,57 @@ auto Sigmoid(const T& a) {
   return (a * 0.5f).tanh() * 0.5f + 0.5f;
 }
 
+// The masks of one pass, empty when not drawn: the variational input (b x f) and recurrent
+// (b x h) masks, one per sequence, and the zoneout draws of every step, time-major (T*b x h, 1 =
+// keep the previous state).
+struct SequenceMasks {
+  Matrix in, rec, cell, hidden;
+};
+
+// Draws the masks of rows [row_offset, row_offset + b) of a pass at the addresses of ctx: the
+// input and recurrent masks at rates p_in and p_rec (scaled by 1/(1-p)), zoneout with probability
+// z_cell and z_hidden; a zero rate draws nothing.
+SequenceMasks DrawSequenceMasks(const Context& ctx, int64_t row_offset, int64_t b,
+                                int64_t t_steps, int64_t f, int64_t h, double p_in, double p_rec,
+                                double z_cell, double z_hidden) {
+  SequenceMasks m;
+  const bool zone_cell = z_cell > 0, zone_hidden = z_hidden > 0;
+  if (p_in > 0) m.in.resize(b, f);
+  if (p_rec > 0) m.rec.resize(b, h);
+  if (zone_cell) m.cell.resize(t_steps * b, h);
+  if (zone_hidden) m.hidden.resize(t_steps * b, h);
+  if (!(p_in > 0 || p_rec > 0 || zone_cell || zone_hidden)) return m;
+  auto threshold = [](double p) { return static_cast<uint64_t>(std::ldexp(p, 32)); };
+  const uint64_t th_in = threshold(p_in), th_rec = threshold(p_rec);
+  const uint64_t th_c = threshold(z_cell), th_h = threshold(z_hidden);
+  const float keep_in = static_cast<float>(1.0 / (1.0 - p_in));
+  const float keep_rec = static_cast<float>(1.0 / (1.0 - p_rec));
+  const int64_t words = f + h + (zone_cell || zone_hidden ? 2 * h * t_steps : 0);
+  ParallelFor(b, ctx.threads, [&](int64_t r0, int64_t r1) {
+    std::vector<uint32_t> bits(words);
+    for (int64_t r = r0; r < r1; ++r) {
+      RowRng(ctx.rng, ctx.layer, row_offset + r).Bits(bits.data(), words);
+      if (p_in > 0)
+        for (int64_t j = 0; j < f; ++j) m.in(r, j) = bits[j] >= th_in ? keep_in : 0.0f;
+      if (p_rec > 0)
+        for (int64_t j = 0; j < h; ++j) m.rec(r, j) = bits[f + j] >= th_rec ? keep_rec : 0.0f;
+      for (int64_t s = 0; s < t_steps && (zone_cell || zone_hidden); ++s) {
+        const uint32_t* w = bits.data() + f + h + 2 * h * s;
+        if (zone_cell)
+          for (int64_t j = 0; j < h; ++j) m.cell(s * b + r, j) = w[j] < th_c ? 1.0f : 0.0f;
+        if (zone_hidden)
+          for (int64_t j = 0; j < h; ++j) m.hidden(s * b + r, j) = w[j + h] < th_h ? 1.0f : 0.0f;
+      }
+    }
+  });
+  return m;
+}
+
 }  // namespace
 
-Recurrent::Recurrent(const LayerConfig& config, const Shape& input, uint64_t init_seed)
-    : Layer(config, input), lstm_(config.type == "lstm") {
+LayerPlan PlanRecurrent(const LayerConfig& config, const Shape& input) {
   const std::string& t = config.type;
+  const bool lstm = t == "lstm";
   if (input.dims.size() != 2) {
     throw InvalidArgument(t + " expects sequences of shape [steps, features], got " +
                           input.ToString());
@@ -49,10 +96,20 @@ Recurrent::Recurrent(const LayerConfig& config, const Shape& input, uint64_t ini
   CheckDropRate((t + ".recurrent_rate").c_str(), config.recurrent_rate);
   CheckDropRate((t + ".zoneout_cell").c_str(), config.zoneout_cell);
   CheckDropRate((t + ".zoneout_hidden").c_str(), config.zoneout_hidden);
-  if (!lstm_ && config.zoneout_cell != 0) {
+  if (!lstm && config.zoneout_cell != 0) {
     throw InvalidArgument("gru has no cell state: zoneout_cell must be 0, got " +
                           std::to_string(config.zoneout_cell));
   }
+  const int steps = input.dims[0], units = config.units;
+  // weight_ih (features x G), weight_hh (units x G), bias_ih and bias_hh, G = gates * units.
+  const int64_t g = (lstm ? 4 : 3) * int64_t{units};
+  return LayerPlan{config.return_sequences ? Shape{{steps, units}} : Shape{{units}},
+                   SaturatingMul(g, SaturatingAdd(int64_t{input.dims[1]} + 2, units))};
+}
+
+Recurrent::Recurrent(const LayerConfig& config, const Shape& input, uint64_t init_seed)
+    : Layer(config, input), lstm_(config.type == "lstm") {
+  PlanRecurrent(config, input);
   steps_ = input.dims[0];
   features_ = input.dims[1];
   units_ = config.units;
@@ -64,7 +121,9 @@ Recurrent::Recurrent(const LayerConfig& config, const Shape& input, uint64_t ini
   const double k = 1.0 / std::sqrt(static_cast<double>(units_));
   auto uniform = [&](int64_t rows, int64_t cols) {
     Matrix m(rows, cols);
-    for (int64_t i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>((2 * rng.Uniform() - 1) * k);
+    for (int64_t i = 0; i < m.size(); ++i) {
+      m.data()[i] = static_cast<float>((2 * rng.Uniform() - 1) * k);
+    }
     return m;
   };
   params_.push_back(Parameter{"weight_ih", uniform(features_, g), true, false});
@@ -117,37 +176,13 @@ void Recurrent::ForwardRows(const Matrix& x, const Context& ctx, int64_t row_off
   const float ez_cell = stochastic ? 0.0f : static_cast<float>(z_cell);
   const float ez_hidden = stochastic ? 0.0f : static_cast<float>(z_hidden);
 
-  Matrix in_mask, rec_mask, zc, zh;
-  if (p_in > 0) in_mask.resize(b, f);
-  if (p_rec > 0) rec_mask.resize(b, h);
-  if (zone_cell) zc.resize(t_steps * b, h);
-  if (zone_hidden) zh.resize(t_steps * b, h);
-  if (p_in > 0 || p_rec > 0 || zone_cell || zone_hidden) {
-    auto threshold = [](double p) { return static_cast<uint64_t>(std::ldexp(p, 32)); };
-    const uint64_t th_in = threshold(p_in), th_rec = threshold(p_rec);
-    const uint64_t th_c = threshold(z_cell), th_h = threshold(z_hidden);
-    const float keep_in = static_cast<float>(1.0 / (1.0 - p_in));
-    const float keep_rec = static_cast<float>(1.0 / (1.0 - p_rec));
-    const int64_t words = f + h + (zone_cell || zone_hidden ? 2 * h * t_steps : 0);
-    ParallelFor(b, ctx.threads, [&](int64_t r0, int64_t r1) {
-      std::vector<uint32_t> bits(words);
-      for (int64_t r = r0; r < r1; ++r) {
-        RowRng(ctx.rng, ctx.layer, row_offset + r).Bits(bits.data(), words);
-        if (p_in > 0)
-          for (int64_t j = 0; j < f; ++j) in_mask(r, j) = bits[j] >= th_in ? keep_in : 0.0f;
-        if (p_rec > 0)
-          for (int64_t j = 0; j < h; ++j) rec_mask(r, j) = bits[f + j] >= th_rec ? keep_rec : 0.0f;
-        for (int64_t s = 0; s < t_steps && (zone_cell || zone_hidden); ++s) {
-          const uint32_t* w = bits.data() + f + h + 2 * h * s;
-          // 1 = keep the previous state (zoned out), drawn with probability z.
-          if (zone_cell)
-            for (int64_t j = 0; j < h; ++j) zc(s * b + r, j) = w[j] < th_c ? 1.0f : 0.0f;
-          if (zone_hidden)
-            for (int64_t j = 0; j < h; ++j) zh(s * b + r, j) = w[j + h] < th_h ? 1.0f : 0.0f;
-        }
-      }
-    });
-  }
+  SequenceMasks masks =
+      DrawSequenceMasks(ctx, row_offset, b, t_steps, f, h, p_in, p_rec,
+                        zone_cell ? z_cell : 0.0, zone_hidden ? z_hidden : 0.0);
+  Matrix& in_mask = masks.in;
+  Matrix& rec_mask = masks.rec;
+  Matrix& zc = masks.cell;
+  Matrix& zh = masks.hidden;
 
   // Time-major inputs, masked, and their projection for every step in one product.
   Matrix xt(t_steps * b, f);

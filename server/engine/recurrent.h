@@ -25,6 +25,9 @@
 
 namespace dropnet::engine {
 
+// Validates an lstm or gru configuration for `input`: its output shape and parameter count.
+LayerPlan PlanRecurrent(const LayerConfig& config, const Shape& input);
+
 class Recurrent : public Layer {
  public:
   Recurrent(const LayerConfig& config, const Shape& input, uint64_t init_seed);

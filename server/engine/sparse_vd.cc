@@ -2,7 +2,8 @@
 
 #include <cmath>
 
-#include "server/engine/parallel.h"
+#include "server/engine/gemm.h"
+#include "server/engine/thread_pool.h"
 
 namespace dropnet::engine {
 namespace {
@@ -16,8 +17,11 @@ enum CacheSlot { kNoise = 0, kStd, kSlots };
 
 }  // namespace
 
-SparseVdDense::SparseVdDense(const LayerConfig& config, const Shape& input, uint64_t init_seed)
-    : Layer(config, input) {
+LayerPlan PlanSparseVd(const LayerConfig& config, const Shape& input) {
+  if (input.dims.size() != 1) {
+    throw InvalidArgument("sparse_vd expects flat input, got shape " + input.ToString() +
+                          "; add a flatten layer before it");
+  }
   if (config.units <= 0) {
     throw InvalidArgument("sparse_vd.units must be positive, got " + std::to_string(config.units));
   }
@@ -33,7 +37,15 @@ SparseVdDense::SparseVdDense(const LayerConfig& config, const Shape& input, uint
     throw InvalidArgument("sparse_vd.kl_weight must be finite and >= 0, got " +
                           std::to_string(config.kl_weight));
   }
-  output_shape_ = Shape{{config.units}};
+  // theta and log sigma^2 for every weight, then the bias.
+  const int64_t weights = SaturatingMul(input.Size(), config.units);
+  return LayerPlan{Shape{{config.units}},
+                   SaturatingAdd(SaturatingMul(2, weights), config.use_bias ? config.units : 0)};
+}
+
+SparseVdDense::SparseVdDense(const LayerConfig& config, const Shape& input, uint64_t init_seed)
+    : Layer(config, input) {
+  output_shape_ = PlanSparseVd(config, input).output;
   Parameter w{"weight", {}, false, false};  // theta; the KL term is its prior
   InitializeWeights(config.init, input.Size(), config.units, init_seed, &w.value);
   params_.push_back(std::move(w));

@@ -17,6 +17,9 @@
 
 namespace dropnet::engine {
 
+// Validates a sparse_vd configuration for `input`: its output shape and parameter count.
+LayerPlan PlanSparseVd(const LayerConfig& config, const Shape& input);
+
 class SparseVdDense : public Layer {
  public:
   SparseVdDense(const LayerConfig& config, const Shape& input, uint64_t init_seed);

@@ -26,6 +26,12 @@ inline int64_t SaturatingMul(int64_t a, int64_t b) {
   return __builtin_mul_overflow(a, b, &p) ? INT64_MAX : p;
 }
 
+// a + b for sizes (a, b >= 0), or INT64_MAX when the sum overflows.
+inline int64_t SaturatingAdd(int64_t a, int64_t b) {
+  int64_t s;
+  return __builtin_add_overflow(a, b, &s) ? INT64_MAX : s;
+}
+
 // The per-row layout of a tensor: {features}, {channels, length} or {channels, height, width}.
 struct Shape {
   std::vector<int> dims;

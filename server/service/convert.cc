@@ -7,8 +7,7 @@
 #include <stdexcept>
 #include <utility>
 
-#include "server/engine/conv.h"
-#include "server/engine/dropout.h"
+#include "server/engine/layer_types.h"
 #include "server/service/status.h"
 
 namespace dropnet::service {
@@ -40,12 +39,89 @@ engine::LossKind ResolveLoss(const v1::ModelSpec& spec) {
   }
 }
 
-engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& limits) {
-  engine::NetworkSpec out;
+namespace {
+
+// The engine's configuration of one layer: the fields of the message, with the engine's defaults
+// for the optional ones that are not set.
+engine::LayerConfig ToLayerConfig(const v1::LayerSpec& l, const std::string& where) {
+  engine::LayerConfig c;
+  c.type = l.type();
+  c.units = l.units();
+  c.init = l.init();
+  c.use_bias = l.has_use_bias() ? l.use_bias() : true;
+  c.rate = l.rate();
+  c.classic_scaling = l.classic_scaling();
+  if (l.has_negative_slope()) c.negative_slope = l.negative_slope();
+  if (l.has_momentum()) c.momentum = l.momentum();
+  if (l.has_epsilon()) c.epsilon = l.epsilon();
+  c.return_sequences = l.return_sequences();
+  c.recurrent_rate = l.recurrent_rate();
+  c.zoneout_cell = l.zoneout_cell();
+  c.zoneout_hidden = l.zoneout_hidden();
+  c.per_unit = l.per_unit();
+  if (l.has_init_rate()) c.init_rate = l.init_rate();
+  if (l.has_temperature()) c.temperature = l.temperature();
+  if (l.has_weight_regularizer()) c.weight_regularizer = l.weight_regularizer();
+  if (l.has_dropout_regularizer()) c.dropout_regularizer = l.dropout_regularizer();
+  if (l.has_length_scale()) c.length_scale = l.length_scale();
+  if (l.has_log_sigma2_init()) c.log_sigma2_init = l.log_sigma2_init();
+  if (l.has_prune_threshold()) c.prune_threshold = l.prune_threshold();
+  if (l.has_kl_weight()) c.kl_weight = l.kl_weight();
+  c.filters = l.filters();
+  c.kernel_size = l.kernel_size();
+  c.stride = l.stride();
+  c.padding = l.padding();
+  c.pool_size = l.pool_size();
+  c.drop_connect_shared = l.drop_connect_shared();
+  c.moment_matching = l.moment_matching();
+  c.activation = l.activation();
+  // The engine reads a negative regulariser as "derive it from the data": one that is set must
+  // not be negative, or it would silently mean that.
+  if ((l.has_weight_regularizer() && !(c.weight_regularizer >= 0)) ||
+      (l.has_dropout_regularizer() && !(c.dropout_regularizer >= 0))) {
+    throw InvalidArgument(where + ": weight_regularizer and dropout_regularizer must be >= 0");
+  }
+  return c;
+}
+
+std::string LayerField(int index) { return "spec.layers[" + std::to_string(index) + "]"; }
+
+// The server's limits, imposed in layer order while the engine plans the network: the size
+// options a layer reads before its checks, its parameters and output width after them.
+engine::PlanHooks LimitHooks(const SpecLimits& limits, int64_t* params) {
+  engine::PlanHooks hooks;
+  hooks.before = [&limits](int i, const engine::LayerConfig& c, const engine::Shape&) {
+    for (const auto& [field, value] : engine::SizeOptions(c)) {
+      if (value > limits.max_width) {
+        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, LayerField(i) + "." + field + " " +
+             std::to_string(value) + " exceeds the limit " + std::to_string(limits.max_width));
+      }
+    }
+  };
+  hooks.after = [&limits, params](int i, const engine::LayerConfig&,
+                                  const engine::LayerPlan& plan) {
+    *params = engine::SaturatingAdd(*params, plan.parameters);
+    if (*params > limits.max_parameters) {
+      Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
+           "the model would have more than " + std::to_string(limits.max_parameters) +
+           " parameters (at " + LayerField(i) + ")");
+    }
+    if (plan.output.Size() > limits.max_width) {
+      Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, LayerField(i) + " output " +
+           plan.output.ToString() + " exceeds the width limit: more than " +
+           std::to_string(limits.max_width) + " features");
+    }
+  };
+  return hooks;
+}
+
+// The input shape, with its width limit.
+engine::Shape ToInputShape(const v1::ModelSpec& spec, const SpecLimits& limits) {
   if (spec.input_shape().empty() || spec.input_shape_size() > 3) {
     throw InvalidArgument("spec.input_shape must have 1 to 3 dimensions, got " +
                           std::to_string(spec.input_shape_size()));
   }
+  engine::Shape shape;
   int64_t width = 1;
   for (int i = 0; i < spec.input_shape_size(); ++i) {
     const int d = spec.input_shape(i);
@@ -58,8 +134,16 @@ engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& l
       Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
            "spec.input_shape has more than " + std::to_string(limits.max_width) + " features");
     }
-    out.input.dims.push_back(d);
+    shape.dims.push_back(d);
   }
+  return shape;
+}
+
+}  // namespace
+
+engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& limits) {
+  engine::NetworkSpec out;
+  out.input = ToInputShape(spec, limits);
   if (spec.layers().empty()) throw InvalidArgument("spec.layers must not be empty");
   if (spec.layers_size() > limits.max_layers) {
     Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "spec.layers has " +
@@ -73,174 +157,20 @@ engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& l
   if (!std::isfinite(spec.tau()) || spec.tau() < 0) {
     throw InvalidArgument("spec.tau must be finite and >= 0, got " + std::to_string(spec.tau()));
   }
-  // Parameter count, computed before anything is allocated.
-  engine::Shape shape = out.input;
-  int64_t params = 0;
   for (int i = 0; i < spec.layers_size(); ++i) {
-    const v1::LayerSpec& l = spec.layers(i);
-    const std::string where = "spec.layers[" + std::to_string(i) + "]";
-    engine::LayerConfig c;
-    c.type = l.type();
-    c.units = l.units();
-    c.init = l.init();
-    c.use_bias = l.has_use_bias() ? l.use_bias() : true;
-    c.rate = l.rate();
-    c.classic_scaling = l.classic_scaling();
-    if (l.has_negative_slope()) c.negative_slope = l.negative_slope();
-    if (l.has_momentum()) c.momentum = l.momentum();
-    if (l.has_epsilon()) c.epsilon = l.epsilon();
-    c.return_sequences = l.return_sequences();
-    c.recurrent_rate = l.recurrent_rate();
-    c.zoneout_cell = l.zoneout_cell();
-    c.zoneout_hidden = l.zoneout_hidden();
-    c.per_unit = l.per_unit();
-    if (l.has_init_rate()) c.init_rate = l.init_rate();
-    if (l.has_temperature()) c.temperature = l.temperature();
-    if (l.has_weight_regularizer()) c.weight_regularizer = l.weight_regularizer();
-    if (l.has_dropout_regularizer()) c.dropout_regularizer = l.dropout_regularizer();
-    if (l.has_length_scale()) c.length_scale = l.length_scale();
-    if (l.has_log_sigma2_init()) c.log_sigma2_init = l.log_sigma2_init();
-    if (l.has_prune_threshold()) c.prune_threshold = l.prune_threshold();
-    if (l.has_kl_weight()) c.kl_weight = l.kl_weight();
-    c.filters = l.filters();
-    c.kernel_size = l.kernel_size();
-    c.stride = l.stride();
-    c.padding = l.padding();
-    c.pool_size = l.pool_size();
-    c.drop_connect_shared = l.drop_connect_shared();
-    c.moment_matching = l.moment_matching();
-    c.activation = l.activation();
-    if ((l.has_weight_regularizer() && !(c.weight_regularizer >= 0)) ||
-        (l.has_dropout_regularizer() && !(c.dropout_regularizer >= 0))) {
-      throw InvalidArgument(where + ": weight_regularizer and dropout_regularizer must be >= 0");
-    }
-    // Learned-rate and recurrent layers: parameter count and output shape, before allocation.
-    auto add_params = [&](int64_t n) {
-      params += n;
-      if (params > limits.max_parameters) {
-        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
-             "the model would have more than " + std::to_string(limits.max_parameters) +
-             " parameters (at " + where + ")");
-      }
-    };
-    auto check_units = [&](bool allow_zero) {
-      if (c.units < 0 || (!allow_zero && c.units == 0)) {
-        throw InvalidArgument(where + ".units must be positive, got " + std::to_string(c.units));
-      }
-      if (c.units > limits.max_width) {
-        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + ".units " + std::to_string(c.units) +
-             " exceeds the limit " + std::to_string(limits.max_width));
-      }
-    };
-    if (c.type == "lstm" || c.type == "gru") {
-      try {
-        engine::CheckDropRate("rate", c.rate);
-        engine::CheckDropRate("recurrent_rate", c.recurrent_rate);
-        engine::CheckDropRate("zoneout_cell", c.zoneout_cell);
-        engine::CheckDropRate("zoneout_hidden", c.zoneout_hidden);
-      } catch (const InvalidArgument& e) {
-        throw InvalidArgument(where + "." + e.what());
-      }
-      check_units(false);
-      if (shape.dims.size() != 2) {
-        throw InvalidArgument(where + " (" + c.type + ") expects input of shape [steps, features]"
-                              ", got " + shape.ToString());
-      }
-      const int64_t g = (c.type == "lstm" ? 4 : 3) * static_cast<int64_t>(c.units);
-      add_params(g * (shape.dims[1] + c.units + 2));
-      const int steps = shape.dims[0];
-      if (c.return_sequences && static_cast<int64_t>(steps) * c.units > limits.max_width) {
-        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + " output [" + std::to_string(steps) +
-             ", " + std::to_string(c.units) + "] exceeds the width limit " +
-             std::to_string(limits.max_width));
-      }
-      shape = c.return_sequences ? engine::Shape{{steps, c.units}} : engine::Shape{{c.units}};
-      out.layers.push_back(c);
-      continue;
-    }
-    if (c.type == "concrete_dropout") {
-      check_units(true);
-      add_params(c.per_unit ? shape.Size() : 1);
-      if (c.units > 0) {
-        add_params(shape.Size() * c.units + (c.use_bias ? c.units : 0));
-        shape = engine::Shape{{c.units}};
-      }
-      out.layers.push_back(c);
-      continue;
-    }
-    if (c.type == "sparse_vd") {
-      check_units(false);
-      add_params(2 * shape.Size() * c.units + (c.use_bias ? c.units : 0));
-      shape = engine::Shape{{c.units}};
-      out.layers.push_back(c);
-      continue;
-    }
-    // Convolution and pooling: the engine's shape arithmetic, without allocating anything.
-    if (engine::IsConvOrPoolType(c.type)) {
-      for (const auto& [field, value] : {std::pair<const char*, int>{"filters", c.filters},
-                                         {"kernel_size", c.kernel_size},
-                                         {"stride", c.stride},
-                                         {"padding", c.padding},
-                                         {"pool_size", c.pool_size}}) {
-        if (value > limits.max_width) {
-          Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + "." + field + " " +
-               std::to_string(value) + " exceeds the limit " + std::to_string(limits.max_width));
-        }
-      }
-      try {
-        add_params(engine::ConvOrPoolParameterCount(c, shape));
-        shape = engine::ConvOrPoolOutputShape(c, shape);
-      } catch (const InvalidArgument& e) {
-        throw InvalidArgument(where + ": " + e.what());
-      }
-      if (shape.Size() > limits.max_width) {
-        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + " output " + shape.ToString() +
-             " has more than " + std::to_string(limits.max_width) + " features");
-      }
-      out.layers.push_back(c);
-      continue;
-    }
-    if (c.type == "drop_connect") {
-      check_units(false);
-      add_params(shape.Size() * c.units + (c.use_bias ? c.units : 0));
-      shape = engine::Shape{{c.units}};
-    }
-    if (c.type == "drop_connect" || c.type == "gaussian_dropout" || c.type == "alpha_dropout" ||
-        c.type.rfind("spatial_dropout", 0) == 0) {
-      try {
-        engine::CheckDropRate("rate", c.rate);
-      } catch (const InvalidArgument& e) {
-        throw InvalidArgument(where + "." + e.what());
-      }
-    }
-    if (c.type == "dropout") {
-      try {
-        engine::CheckDropRate("rate", c.rate);
-      } catch (const InvalidArgument& e) {
-        throw InvalidArgument(where + "." + e.what());
-      }
-    }
-    if (c.type == "dense") {
-      if (c.units <= 0) {
-        throw InvalidArgument(where + ".units must be positive, got " + std::to_string(c.units));
-      }
-      if (c.units > limits.max_width) {
-        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, where + ".units " + std::to_string(c.units) +
-             " exceeds the limit " + std::to_string(limits.max_width));
-      }
-      params += shape.Size() * c.units + (c.use_bias ? c.units : 0);
-      if (params > limits.max_parameters) {
-        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
-             "the model would have more than " + std::to_string(limits.max_parameters) +
-             " parameters (at " + where + ")");
-      }
-      shape = engine::Shape{{c.units}};
-    } else if (c.type == "flatten") {
-      shape = engine::Shape{{static_cast<int>(shape.Size())}};
-    }
-    out.layers.push_back(c);
+    out.layers.push_back(ToLayerConfig(spec.layers(i), LayerField(i)));
   }
   out.seed = spec.seed();
+  // The engine validates every layer and gives the shapes and parameter counts, allocating
+  // nothing: "spec.layers[1].rate must be in [0, 1), got 1.5".
+  int64_t params = 0;
+  try {
+    engine::PlanNetwork(out, LimitHooks(limits, &params));
+  } catch (const engine::LayerSpecError& e) {
+    const std::string field = e.FieldMessage();
+    throw InvalidArgument(LayerField(e.index()) + (field.empty() ? ": " + e.message()
+                                                                 : "." + field));
+  }
   return out;
 }
 

@@ -9,8 +9,8 @@
 
 #include "server/engine/mc.h"
 #include "server/engine/metrics.h"
-#include "server/engine/parallel.h"
 #include "server/engine/random.h"
+#include "server/engine/thread_pool.h"
 #include "server/engine/trainer.h"
 #include "server/service/memory.h"
 #include "server/service/request_wire.h"
@@ -546,14 +546,15 @@ grpc::Status DropnetService::RunTraining(const v1::TrainRequest& req, const Trai
   o.epochs = req.epochs() == 0 ? 10 : req.epochs();
   o.batch_size = req.batch_size() == 0 ? 128 : req.batch_size();
   switch (req.optimizer()) {
-    case v1::OPTIMIZER_SGD: o.optimizer.type = "sgd"; break;
-    case v1::OPTIMIZER_ADAMW: o.optimizer.type = "adamw"; break;
+    case v1::OPTIMIZER_SGD: o.optimizer.type = engine::OptimizerKind::kSgd; break;
+    case v1::OPTIMIZER_ADAMW: o.optimizer.type = engine::OptimizerKind::kAdamW; break;
     case v1::OPTIMIZER_UNSPECIFIED:
-    case v1::OPTIMIZER_ADAM: o.optimizer.type = "adam"; break;
+    case v1::OPTIMIZER_ADAM: o.optimizer.type = engine::OptimizerKind::kAdam; break;
     default: Fail(StatusCode::INVALID_ARGUMENT, "optimizer " + std::to_string(req.optimizer()) + " is unknown");
   }
   o.optimizer.learning_rate =
-      req.learning_rate() != 0 ? req.learning_rate() : (o.optimizer.type == "sgd" ? 0.01 : 1e-3);
+      req.learning_rate() != 0 ? req.learning_rate()
+                               : (o.optimizer.type == engine::OptimizerKind::kSgd ? 0.01 : 1e-3);
   if (req.has_momentum()) o.optimizer.momentum = req.momentum();
   o.optimizer.nesterov = req.nesterov();
   o.optimizer.weight_decay = req.weight_decay();
@@ -563,10 +564,10 @@ grpc::Status DropnetService::RunTraining(const v1::TrainRequest& req, const Trai
   o.seed = req.seed();
   o.threads = config_.compute_threads;
   switch (req.schedule()) {
-    case v1::SCHEDULE_STEP: o.schedule.type = "step"; break;
-    case v1::SCHEDULE_COSINE: o.schedule.type = "cosine"; break;
+    case v1::SCHEDULE_STEP: o.schedule.type = engine::ScheduleKind::kStep; break;
+    case v1::SCHEDULE_COSINE: o.schedule.type = engine::ScheduleKind::kCosine; break;
     case v1::SCHEDULE_UNSPECIFIED:
-    case v1::SCHEDULE_CONSTANT: o.schedule.type = "constant"; break;
+    case v1::SCHEDULE_CONSTANT: o.schedule.type = engine::ScheduleKind::kConstant; break;
     default: Fail(StatusCode::INVALID_ARGUMENT, "schedule " + std::to_string(req.schedule()) + " is unknown");
   }
   if (req.schedule_step_epochs() != 0) o.schedule.step_epochs = req.schedule_step_epochs();
@@ -661,7 +662,7 @@ grpc::Status DropnetService::RunTraining(const v1::TrainRequest& req, const Trai
   auto train_log = Logger("train");
   train_log->info("model {} training on '{}' from version {}: {} epochs, batch {}, {} lr {}",
                   req.model(), req.dataset(), base->version, o.epochs, o.batch_size,
-                  o.optimizer.type, o.optimizer.learning_rate);
+                  engine::OptimizerName(o.optimizer.type), o.optimizer.learning_rate);
 
   engine::TrainResult result;
   try {

@@ -1,8 +1,9 @@
-// Tests for convolution and pooling (conv.h): parity with PyTorch (forward, input and weight
-// gradients within 1e-4 on the committed fixtures of fixtures/make_torch_fixtures.py), numerical
-// gradient checks, output shapes and validation, independence of the thread count, and
-// BatchNorm over the channels of conv outputs.
+// Tests for convolution and pooling (conv.h, pooling.h): parity with PyTorch (forward, input and
+// weight gradients within 1e-4 on the committed fixtures of fixtures/make_torch_fixtures.py),
+// numerical gradient checks, output shapes and validation (PlanLayer agrees with the built
+// layers), independence of the thread count, and BatchNorm over the channels of conv outputs.
 #include "server/engine/conv.h"
+#include "server/engine/pooling.h"
 
 #include <cmath>
 #include <fstream>
@@ -134,31 +135,6 @@ INSTANTIATE_TEST_SUITE_P(
                       "avg_pool2d_k2", "avg_pool2d_k3_s2_p1", "max_pool1d_k2",
                       "avg_pool1d_k3_s2_p1", "global_avg_pool2d", "global_avg_pool1d"));
 
-TEST(GemmTest, MatchesEigenForEveryTranspositionAndEdgeSize) {
-  for (bool ta : {false, true}) {
-    for (bool tb : {false, true}) {
-      // n <= 16 (and the last panel of 33 and 70) runs the half-width kernel.
-      for (auto [m, n, k] : {std::tuple{1, 1, 1}, {7, 33, 5}, {9, 17, 300}, {64, 70, 288},
-                             {13, 31, 513}, {20, 10, 300}, {52, 16, 40}}) {
-        const Matrix a = UniformMatrix(ta ? k : m, ta ? m : k, -1, 1, m + n);
-        const Matrix b = UniformMatrix(tb ? n : k, tb ? k : n, -1, 1, n + k);
-        Matrix want = UniformMatrix(m, n, -1, 1, 3);
-        Matrix c = want;
-        Matrix opa = ta ? Matrix(a.transpose()) : a, opb = tb ? Matrix(b.transpose()) : b;
-        for (float beta : {0.0f, 1.0f, 0.5f}) {
-          Matrix got = c;
-          Gemm(ta, tb, m, n, k, 0.75f, a.data(), a.cols(), b.data(), b.cols(), beta, got.data(),
-               got.cols());
-          Matrix ref = (0.75f * (opa.cast<double>() * opb.cast<double>()) +
-                        beta * c.cast<double>()).cast<float>();
-          EXPECT_LE((got - ref).cwiseAbs().maxCoeff(), 1e-4f * std::sqrt(float(k)))
-              << ta << tb << " " << m << "x" << n << "x" << k << " beta " << beta;
-        }
-      }
-    }
-  }
-}
-
 LayerConfig ConvConfig(const std::string& type, int filters, int k, int stride, int padding) {
   LayerConfig c;
   c.type = type;
@@ -238,10 +214,10 @@ TEST(ConvShapeTest, OutputShapesFollowTheConvolutionArithmetic) {
                          {ConvConfig("conv1d", 5, 4, 3, 2), Shape{{2, 20}}},
                          {PoolConfig("max_pool2d", 3, 2, 1), Shape{{2, 9, 9}}}}) {
     auto l = MakeLayer(cfg, in, 1);
-    EXPECT_EQ(ConvOrPoolOutputShape(cfg, in), l->output_shape());
+    EXPECT_EQ(PlanLayer(cfg, in).output, l->output_shape());
     int64_t n = 0;
     for (const auto& p : l->params()) n += p.value.size();
-    EXPECT_EQ(ConvOrPoolParameterCount(cfg, in), n);
+    EXPECT_EQ(PlanLayer(cfg, in).parameters, n);
   }
 }
 
@@ -268,17 +244,17 @@ TEST(ConvShapeTest, BadConfigurationsNameTheField) {
 TEST(ConvShapeTest, HugeGeometryIsAnErrorNotAnOverflow) {
   constexpr int kMax = std::numeric_limits<int>::max();
   // 2 * padding and the output side overflow an int.
-  EXPECT_THROW(ConvOrPoolOutputShape(ConvConfig("conv2d", 1, 3, 1, kMax), Shape{{1, 6, 6}}),
+  EXPECT_THROW(PlanLayer(ConvConfig("conv2d", 1, 3, 1, kMax), Shape{{1, 6, 6}}),
                InvalidArgument);
-  EXPECT_THROW(ConvOrPoolOutputShape(ConvConfig("conv1d", 1, 1, 1, kMax / 2 + 1), Shape{{1, 6}}),
+  EXPECT_THROW(PlanLayer(ConvConfig("conv1d", 1, 1, 1, kMax / 2 + 1), Shape{{1, 6}}),
                InvalidArgument);
-  EXPECT_THROW(ConvOrPoolOutputShape(PoolConfig("max_pool2d", kMax, 0, kMax / 2 + 1),
-                                     Shape{{1, 6, 6}}),
+  EXPECT_THROW(PlanLayer(PoolConfig("max_pool2d", kMax, 0, kMax / 2 + 1),
+                         Shape{{1, 6, 6}}),
                InvalidArgument);
   // A kernel as large as an int fits with padding; its parameter count saturates.
   const LayerConfig big = ConvConfig("conv2d", kMax, kMax, 1, kMax / 2);
-  EXPECT_EQ(ConvOrPoolOutputShape(big, Shape{{kMax, 1, 1}}), (Shape{{kMax, 1, 1}}));
-  EXPECT_EQ(ConvOrPoolParameterCount(big, Shape{{kMax, 1, 1}}), INT64_MAX);
+  EXPECT_EQ(PlanLayer(big, Shape{{kMax, 1, 1}}).output, (Shape{{kMax, 1, 1}}));
+  EXPECT_EQ(PlanLayer(big, Shape{{kMax, 1, 1}}).parameters, INT64_MAX);
   // A size past int64 saturates too, so that any limit refuses it.
   EXPECT_EQ((Shape{{kMax, kMax, kMax}}).Size(), INT64_MAX);
   EXPECT_EQ((Shape{{3, 4, 5}}).Size(), 60);

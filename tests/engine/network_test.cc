@@ -111,6 +111,90 @@ TEST(NetworkTest, ErrorsNameTheLayerIndexAndField) {
   EXPECT_THROW(Network(MakeSpec({0, 3}, {Simple("flatten")})), InvalidArgument);
 }
 
+// PlanNetwork agrees with the networks it plans, for every type of the layer table, and rejects
+// what the constructor rejects with the same error.
+TEST(PlanNetworkTest, ShapesAndParameterCountsMatchTheBuiltNetwork) {
+  auto with = [](LayerConfig c, const std::function<void(LayerConfig*)>& set) {
+    set(&c);
+    return c;
+  };
+  const std::vector<NetworkSpec> specs = {
+      SmallSpec(),
+      MakeSpec({2, 9, 9},
+               {with(Simple("conv2d"),
+                     [](LayerConfig* c) { c->filters = 4, c->kernel_size = 3; }),
+                Simple("relu"), Simple("batch_norm"), Simple("max_pool2d"),
+                with(Simple("spatial_dropout2d"), [](LayerConfig* c) { c->rate = 0.2; }),
+                Simple("global_avg_pool"), Simple("gaussian_dropout"), Simple("alpha_dropout"),
+                with(DenseLayer(5), [](LayerConfig* c) { c->use_bias = false; }),
+                with(Simple("drop_connect"), [](LayerConfig* c) { c->units = 6, c->rate = 0.3; }),
+                with(Simple("concrete_dropout"), [](LayerConfig* c) { c->per_unit = true; }),
+                with(Simple("concrete_dropout"), [](LayerConfig* c) { c->units = 3; }),
+                with(Simple("sparse_vd"), [](LayerConfig* c) { c->units = 2; }),
+                Simple("softmax")}),
+      MakeSpec({5, 3}, {with(Simple("lstm"),
+                             [](LayerConfig* c) { c->units = 4, c->return_sequences = true; }),
+                        with(Simple("gru"), [](LayerConfig* c) { c->units = 3; }),
+                        Simple("gelu")}),
+      MakeSpec({3, 8}, {with(Simple("conv1d"),
+                             [](LayerConfig* c) { c->filters = 2, c->kernel_size = 2; }),
+                        Simple("avg_pool"), Simple("flatten"), DenseLayer(2)}),
+  };
+  for (const NetworkSpec& spec : specs) {
+    const Network net(spec);
+    const NetworkPlan plan = PlanNetwork(spec);
+    ASSERT_EQ(static_cast<int>(plan.layers.size()), net.size());
+    for (int i = 0; i < net.size(); ++i) {
+      int64_t n = 0;
+      for (const auto& p : net.layer(i).params()) n += p.value.size();
+      EXPECT_EQ(plan.layers[i].output, net.layer(i).output_shape())
+          << i << " " << spec.layers[i].type;
+      EXPECT_EQ(plan.layers[i].parameters, n) << i << " " << spec.layers[i].type;
+    }
+    EXPECT_EQ(plan.parameters, net.ParameterCount());
+    EXPECT_EQ(plan.output, net.output_shape());
+  }
+}
+
+TEST(PlanNetworkTest, ErrorsNameTheLayerAndFieldAndHooksRunInOrder) {
+  const NetworkSpec bad = MakeSpec({4}, {DenseLayer(8), DropoutLayer(1.5), DenseLayer(0)});
+  try {
+    PlanNetwork(bad);
+    ADD_FAILURE() << "no error";
+  } catch (const LayerSpecError& e) {
+    EXPECT_EQ(e.index(), 1);
+    EXPECT_EQ(e.type(), "dropout");
+    EXPECT_EQ(e.FieldMessage(), "rate must be in [0, 1), got 1.5");
+    EXPECT_EQ(std::string(e.what()),
+              "layers[1] (dropout): dropout.rate must be in [0, 1), got 1.5");
+  }
+  try {
+    PlanNetwork(MakeSpec({4}, {DenseLayer(8), Simple("conv9")}));
+    ADD_FAILURE() << "no error";
+  } catch (const LayerSpecError& e) {
+    EXPECT_EQ(e.FieldMessage(), "");
+    EXPECT_NE(e.message().find("conv9"), std::string::npos) << e.message();
+  }
+  // The constructor fails with the same error.
+  try {
+    Network net(bad);
+    ADD_FAILURE() << "no error";
+  } catch (const LayerSpecError& e) {
+    EXPECT_EQ(e.index(), 1);
+  }
+  std::vector<std::string> calls;
+  PlanHooks hooks;
+  hooks.before = [&](int i, const LayerConfig& c, const Shape& in) {
+    calls.push_back("before " + std::to_string(i) + " " + in.ToString());
+  };
+  hooks.after = [&](int i, const LayerConfig& c, const LayerPlan& p) {
+    calls.push_back("after " + std::to_string(i) + " " + std::to_string(p.parameters));
+  };
+  PlanNetwork(MakeSpec({4}, {DenseLayer(8), Simple("relu")}), hooks);
+  EXPECT_EQ(calls, (std::vector<std::string>{"before 0 [4]", "after 0 40", "before 1 [8]",
+                                             "after 1 0"}));
+}
+
 TEST(NetworkTest, ForwardRejectsBadInput) {
   Network net(SmallSpec());
   EXPECT_THROW(RunForward(net, RandomMatrix(3, 5, 1), MakeContext(Mode::kEval)), InvalidArgument);

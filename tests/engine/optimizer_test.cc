@@ -106,7 +106,7 @@ Reference AdamReference(double lr, double b1, double b2, double eps, double wd, 
 
 OptimizerConfig Sgd(double momentum, bool nesterov, double wd) {
   OptimizerConfig c;
-  c.type = "sgd";
+  c.type = OptimizerKind::kSgd;
   c.momentum = momentum;
   c.nesterov = nesterov;
   c.weight_decay = wd;
@@ -132,7 +132,7 @@ TEST(OptimizerTest, AdamWithBiasCorrectionAndL2) {
   for (double wd : {0.0, 0.1}) {
     SCOPED_TRACE(wd);
     OptimizerConfig c;
-    c.type = "adam";
+    c.type = OptimizerKind::kAdam;
     c.beta1 = 0.9;
     c.beta2 = 0.99;
     c.epsilon = 1e-3;  // large enough that its place (outside the sqrt) matters
@@ -143,7 +143,7 @@ TEST(OptimizerTest, AdamWithBiasCorrectionAndL2) {
 
 TEST(OptimizerTest, AdamWDecouplesDecay) {
   OptimizerConfig c;
-  c.type = "adamw";
+  c.type = OptimizerKind::kAdamW;
   c.beta1 = 0.8;
   c.beta2 = 0.95;
   c.epsilon = 1e-8;
@@ -185,7 +185,8 @@ TEST(OptimizerTest, BadConfigurationsThrowNamingTheField) {
   EXPECT_NO_THROW(CheckOptimizer(OptimizerConfig{}));
   // A change to the default configuration each, and the field its error names.
   const std::vector<std::pair<std::function<void(OptimizerConfig*)>, std::string>> bad = {
-      {[](OptimizerConfig* c) { c->type = "rmsprop"; }, "rmsprop"},
+      {[](OptimizerConfig* c) { c->type = static_cast<OptimizerKind>(42); },
+       "optimizer must be sgd, adam or adamw, got 42"},
       {[](OptimizerConfig* c) { c->learning_rate = 0; }, "learning_rate"},
       {[](OptimizerConfig* c) { c->learning_rate = INFINITY; }, "learning_rate"},
       {[](OptimizerConfig* c) { c->momentum = 1.0; }, "momentum"},
@@ -208,7 +209,7 @@ TEST(ScheduleTest, ConstantAndStep) {
   EXPECT_DOUBLE_EQ(ScheduledLearningRate(constant, 0.1, 99, 10, 100), 0.1);
 
   ScheduleConfig step;
-  step.type = "step";
+  step.type = ScheduleKind::kStep;
   step.step_epochs = 2;
   step.gamma = 0.5;
   // Ten steps an epoch: epochs 0-1 at the base rate, 2-3 halved, 4-5 quartered.
@@ -221,7 +222,7 @@ TEST(ScheduleTest, ConstantAndStep) {
 
 TEST(ScheduleTest, CosineEndpoints) {
   ScheduleConfig cosine;
-  cosine.type = "cosine";
+  cosine.type = ScheduleKind::kCosine;
   cosine.min_learning_rate = 0.001;
   const int64_t total = 101;
   EXPECT_DOUBLE_EQ(ScheduledLearningRate(cosine, 0.1, 0, 10, total), 0.1);
@@ -251,8 +252,9 @@ TEST(ScheduleTest, BadSchedulesThrowNamingTheField) {
   };
   ScheduleConfig s;
   EXPECT_EQ(message(s), "");
-  s.type = "linear";
-  EXPECT_NE(message(s).find("linear"), std::string::npos);
+  s.type = static_cast<ScheduleKind>(42);  // not one of the enum's values
+  EXPECT_NE(message(s).find("schedule must be constant, step or cosine, got 42"),
+            std::string::npos);
   s = {};
   s.step_epochs = 0;
   EXPECT_NE(message(s).find("schedule.step_epochs"), std::string::npos);

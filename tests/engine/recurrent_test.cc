@@ -446,7 +446,7 @@ TEST(RecurrentTest, TrainsOnASequenceTask) {
     TrainOptions o;
     o.epochs = 8;
     o.batch_size = 32;
-    o.optimizer.type = "adam";
+    o.optimizer.type = OptimizerKind::kAdam;
     o.optimizer.learning_rate = 1e-2;
     o.seed = 1;
     o.threads = 2;

@@ -75,7 +75,7 @@ NetworkSpec BlobNet(uint64_t seed = 1) {
 
 TrainOptions Adam(double lr, int epochs, int batch, uint64_t seed = 0) {
   TrainOptions o;
-  o.optimizer.type = "adam";
+  o.optimizer.type = OptimizerKind::kAdam;
   o.optimizer.learning_rate = lr;
   o.epochs = epochs;
   o.batch_size = batch;
@@ -204,7 +204,7 @@ TEST(TrainerTest, StepsDrawMasksAtTheirOwnStream) {
   const NetworkSpec spec =
       MakeSpec(2, {DenseLayer(32), Simple("relu"), DropoutLayer(0.5), DenseLayer(3)}, 4);
   TrainOptions o;
-  o.optimizer.type = "sgd";
+  o.optimizer.type = OptimizerKind::kSgd;
   o.optimizer.momentum = 0;
   o.optimizer.learning_rate = 0.5;
   o.epochs = 2;
@@ -248,7 +248,7 @@ TEST(TrainerTest, ProgressIsReportedPerStepAndPerEpoch) {
   const Dataset data = Blobs(34, 13);  // 102 rows: batches of 32, 32, 32, 6
   Network net(BlobNet());
   TrainOptions o = Adam(0.01, 3, 32, 1);
-  o.schedule.type = "step";
+  o.schedule.type = ScheduleKind::kStep;
   o.schedule.step_epochs = 1;
   o.schedule.gamma = 0.5;
   std::vector<TrainProgress> calls;
@@ -415,14 +415,14 @@ TEST(TrainerTest, BadOptionsThrowNamingTheField) {
   bad.validation_split = -0.1;
   ExpectInvalidArgumentContaining(train_with(bad), {"validation_split"});
   bad = o;
-  bad.optimizer.type = "rmsprop";
-  ExpectInvalidArgumentContaining(train_with(bad), {"optimizer", "rmsprop"});
+  bad.optimizer.type = static_cast<OptimizerKind>(42);
+  ExpectInvalidArgumentContaining(train_with(bad), {"optimizer", "42"});
   bad = o;
   bad.optimizer.learning_rate = 0;
   ExpectInvalidArgumentContaining(train_with(bad), {"learning_rate"});
   bad = o;
-  bad.schedule.type = "linear";
-  ExpectInvalidArgumentContaining(train_with(bad), {"schedule", "linear"});
+  bad.schedule.type = static_cast<ScheduleKind>(42);
+  ExpectInvalidArgumentContaining(train_with(bad), {"schedule", "42"});
   bad = o;
   bad.threads = 0;
   ExpectInvalidArgumentContaining(train_with(bad), {"threads"});
@@ -441,7 +441,7 @@ TEST(TrainerTest, ParametersThatBecomeNonFiniteAreNeverReported) {
   // One step a run (batch = rows): the loss before the step is finite, the step is not. The
   // epoch must fail before its parameters reach the progress callback (which publishes them).
   const Dataset data = Blobs(10, 17);
-  for (const char* type : {"sgd", "adam"}) {
+  for (OptimizerKind type : {OptimizerKind::kSgd, OptimizerKind::kAdam}) {
     Network net(BlobNet());
     TrainOptions o = Adam(1e300, 1, static_cast<int>(data.rows()));
     o.optimizer.type = type;
@@ -452,7 +452,7 @@ TEST(TrainerTest, ParametersThatBecomeNonFiniteAreNeverReported) {
                 [&](const TrainProgress& p, const Network&) { reported += p.end_of_epoch; });
         },
         {"non-finite", "learning rate"});
-    EXPECT_EQ(reported, 0) << type;
+    EXPECT_EQ(reported, 0) << OptimizerName(type);
   }
 }
 

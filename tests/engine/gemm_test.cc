@@ -1,20 +1,48 @@
-// Tests for parallel.h: the product paths (rows split, columns split, few-row kernel, zero
-// columns skipped) give one result, bit for bit, whatever the thread count; ParallelFor covers
-// its range once, from any number of callers at once, and passes exceptions on.
-#include "server/engine/parallel.h"
+// Tests for gemm.h: Gemm matches a double-precision reference for every transposition and edge
+// size, and the product paths of MatMul (rows split, columns split, few-row kernel, zero columns
+// skipped) give one result, bit for bit, whatever the thread count.
+#include "server/engine/gemm.h"
 
 #include <gtest/gtest.h>
 
-#include <atomic>
+#include <cmath>
 #include <cstring>
-#include <chrono>
 #include <limits>
 #include <random>
-#include <thread>
+#include <tuple>
 #include <vector>
+
+#include "tests/engine/gradient_check.h"
 
 namespace dropnet::engine {
 namespace {
+
+using test_support::UniformMatrix;
+
+TEST(GemmTest, MatchesEigenForEveryTranspositionAndEdgeSize) {
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      // n <= 16 (and the last panel of 33 and 70) runs the half-width kernel.
+      for (auto [m, n, k] : {std::tuple{1, 1, 1}, {7, 33, 5}, {9, 17, 300}, {64, 70, 288},
+                             {13, 31, 513}, {20, 10, 300}, {52, 16, 40}}) {
+        const Matrix a = UniformMatrix(ta ? k : m, ta ? m : k, -1, 1, m + n);
+        const Matrix b = UniformMatrix(tb ? n : k, tb ? k : n, -1, 1, n + k);
+        Matrix want = UniformMatrix(m, n, -1, 1, 3);
+        Matrix c = want;
+        Matrix opa = ta ? Matrix(a.transpose()) : a, opb = tb ? Matrix(b.transpose()) : b;
+        for (float beta : {0.0f, 1.0f, 0.5f}) {
+          Matrix got = c;
+          Gemm(ta, tb, m, n, k, 0.75f, a.data(), a.cols(), b.data(), b.cols(), beta, got.data(),
+               got.cols());
+          Matrix ref = (0.75f * (opa.cast<double>() * opb.cast<double>()) +
+                        beta * c.cast<double>()).cast<float>();
+          EXPECT_LE((got - ref).cwiseAbs().maxCoeff(), 1e-4f * std::sqrt(float(k)))
+              << ta << tb << " " << m << "x" << n << "x" << k << " beta " << beta;
+        }
+      }
+    }
+  }
+}
 
 Matrix RandomMatrix(int64_t rows, int64_t cols, uint32_t seed) {
   std::mt19937 gen(seed);
@@ -93,56 +121,6 @@ TEST(MatMulTest, NegativeZeroColumnsAreSkippedAndNonFiniteOnesKept) {
     EXPECT_TRUE(skipped.row(rows - 1).array().isNaN().all()) << rows << " rows";
     EXPECT_FALSE(skipped.row(0).array().isFinite().all()) << rows << " rows";
   }
-}
-
-TEST(ParallelForTest, CoversTheRangeOnceAndRethrows) {
-  for (int threads : {1, 2, 3, 8}) {
-    std::vector<std::atomic<int>> hits(1000);
-    ParallelFor(1000, threads, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) hits[i]++;
-    });
-    for (const auto& h : hits) ASSERT_EQ(h.load(), 1);
-  }
-  EXPECT_THROW(ParallelFor(10, 2,
-                           [](int64_t b, int64_t) {
-                             if (b > 0) throw InvalidArgument("worker failed");
-                           }),
-               InvalidArgument);
-}
-
-void RunConcurrentCallers();
-
-// Several callers at once, each waking the workers first or not: every range is covered once and
-// no call waits forever for a task that a spinning worker was expected to take (the test would
-// time out); with workers that sleep at once, spin briefly or spin long.
-TEST(ParallelForTest, ConcurrentCallersAndWakeUpsLoseNoTask) {
-  for (int spin_us : {0, 50, 2000}) {
-    SCOPED_TRACE(testing::Message() << "spin " << spin_us << " us");
-    SetWorkerSpin(std::chrono::microseconds(spin_us));
-    EXPECT_EQ(WorkerSpin().count(), spin_us);
-    RunConcurrentCallers();
-  }
-  SetWorkerSpin(std::chrono::microseconds(-5));
-  EXPECT_EQ(WorkerSpin().count(), 0);
-  SetWorkerSpin(std::chrono::microseconds(50));  // the engine's default, for the other tests
-}
-
-void RunConcurrentCallers() {
-  constexpr int kCallers = 4, kRounds = 2000;
-  std::atomic<int64_t> total{0};
-  std::vector<std::thread> callers;
-  for (int c = 0; c < kCallers; ++c) {
-    callers.emplace_back([&, c] {
-      for (int round = 0; round < kRounds; ++round) {
-        if ((round + c) % 3 == 0) WakeWorkers(3);
-        // Every few rounds a pause longer than the workers' spin, so they also go to sleep.
-        if (round % 500 == 499) std::this_thread::sleep_for(std::chrono::microseconds(200));
-        ParallelFor(64, 1 + (round + c) % 4, [&](int64_t b, int64_t e) { total += e - b; });
-      }
-    });
-  }
-  for (auto& t : callers) t.join();
-  EXPECT_EQ(total.load(), int64_t{kCallers} * kRounds * 64);
 }
 
 }  // namespace

@@ -1,17 +1,16 @@
-// A small persistent thread pool and the one matrix-product path of the engine.
+// The engine's persistent thread pool and the process-wide settings that go with it.
 //
 // ParallelFor splits [0, n) into at most `threads` contiguous ranges; a call made from inside a
-// pool worker runs inline, so nested parallelism never oversubscribes the machine. MatMul splits
-// the rows of the product across threads; each row is computed by one thread with the same
-// kernel, so results depend on the thread count only through Eigen's blocking of the row range.
-#ifndef DROPNET_ENGINE_PARALLEL_H_
-#define DROPNET_ENGINE_PARALLEL_H_
+// pool worker runs inline, so nested parallelism never oversubscribes the machine. Idle workers
+// spin for a while before sleeping (SetWorkerSpin); TuneAllocatorForTraining keeps the
+// activation-sized blocks that every step allocates in the heap.
+#ifndef DROPNET_ENGINE_THREAD_POOL_H_
+#define DROPNET_ENGINE_THREAD_POOL_H_
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
 
-#include "server/engine/tensor.h"
 
 namespace dropnet::engine {
 
@@ -39,14 +38,6 @@ int HardwareThreads();
 // the heap still goes back to the system. Programs that train call it once at start-up.
 void TuneAllocatorForTraining();
 
-// c = op(a) * op(b) (+ c when accumulate), where op transposes when the flag is set.
-void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b, Matrix* c,
-            int threads, bool accumulate = false);
-
-// c = a * b like MatMul, skipping the columns of a that are zero in every row (ReLU and dropout
-// zeros, blank pixels) when at least a quarter are: the same result, bit for bit.
-void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int threads);
-
 }  // namespace dropnet::engine
 
-#endif  // DROPNET_ENGINE_PARALLEL_H_
+#endif  // DROPNET_ENGINE_THREAD_POOL_H_

@@ -1,12 +1,9 @@
-#include "server/engine/parallel.h"
-
-#include "server/engine/conv.h"  // Gemm, the engine's AVX-512 kernel
+#include "server/engine/thread_pool.h"
 
 #include <malloc.h>
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -27,9 +24,6 @@ std::chrono::steady_clock::time_point SpinDeadline() {
   return std::chrono::steady_clock::now() +
          std::chrono::nanoseconds(spin_ns.load(std::memory_order_relaxed));
 }
-
-// Products with fewer multiply-adds run on one thread: the hand-off would cost more than it saves.
-constexpr int64_t kMinParallel = int64_t{1} << 16;
 
 inline void CpuRelax() {
 #if defined(__x86_64__)
@@ -191,112 +185,14 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
   }
   // The helpers may wait for this very core (the others busy): yield it while spinning.
   const auto until = SpinDeadline();
-  while (remaining.load(std::memory_order_acquire) != 0 && std::chrono::steady_clock::now() < until) {
+  while (remaining.load(std::memory_order_acquire) != 0 &&
+         std::chrono::steady_clock::now() < until) {
     for (int k = 0; k < 16; ++k) CpuRelax();
     std::this_thread::yield();
   }
   std::unique_lock lock(mu);
   done_cv.wait(lock, [&] { return remaining.load(std::memory_order_acquire) == 0; });
   if (error) std::rethrow_exception(error);
-}
-
-void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b, Matrix* c,
-            int threads, bool accumulate) {
-  const int64_t rows = transpose_a ? a.cols() : a.rows();
-  const int64_t inner = transpose_a ? a.rows() : a.cols();
-  const int64_t cols = transpose_b ? b.rows() : b.cols();
-  const int64_t inner_b = transpose_b ? b.cols() : b.rows();
-  if (inner != inner_b) throw InvalidArgument("MatMul: inner dimensions differ");
-  if (!accumulate) c->resize(rows, cols);
-  // Small products are not worth a hand-off.
-  if (rows * cols * inner < kMinParallel) threads = 1;
-  if (FastGemmAvailable()) {
-    // The AVX-512 kernel of conv.h: each element's sum runs in the same order whatever the row
-    // or column range, so the thread count does not change the result.
-    if (cols >= 64 * threads && (rows < 8 * threads || rows <= cols)) {
-      // Few rows (eval at small batch), or a right factor at least as wide as the product is
-      // tall: split the columns, in multiples of 64, so each thread packs and streams only its
-      // own part of B (which, for small batches, then stays in that core's cache between calls).
-      const int64_t blocks = (cols + 63) / 64;
-      ParallelFor(blocks, threads, [&](int64_t b0, int64_t b1) {
-        const int64_t c0 = b0 * 64, c1 = std::min(cols, b1 * 64);
-        const float* bp = transpose_b ? b.data() + c0 * b.cols() : b.data() + c0;
-        Gemm(transpose_a, transpose_b, rows, c1 - c0, inner, 1.0f, a.data(), a.cols(), bp,
-             b.cols(), accumulate ? 1.0f : 0.0f, c->data() + c0, cols);
-      });
-      return;
-    }
-    ParallelFor(rows, threads, [&](int64_t r0, int64_t r1) {
-      const float* a0 = transpose_a ? a.data() + r0 : a.data() + r0 * a.cols();
-      Gemm(transpose_a, transpose_b, r1 - r0, cols, inner, 1.0f, a0, a.cols(), b.data(), b.cols(),
-           accumulate ? 1.0f : 0.0f, c->data() + r0 * cols, cols);
-    });
-    return;
-  }
-  ParallelFor(rows, threads, [&](int64_t r0, int64_t r1) {
-    auto out = c->middleRows(r0, r1 - r0);
-    const int64_t nr = r1 - r0;
-    auto run = [&](const auto& lhs) {
-      if (transpose_b) {
-        if (accumulate) out.noalias() += lhs * b.transpose(); else out.noalias() = lhs * b.transpose();
-      } else {
-        if (accumulate) out.noalias() += lhs * b; else out.noalias() = lhs * b;
-      }
-    };
-    if (transpose_a) run(a.middleCols(r0, nr).transpose());
-    else run(a.middleRows(r0, nr));
-  });
-}
-
-void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int threads) {
-  const int64_t rows = a.rows(), inner = a.cols(), cols = b.cols();
-  if (inner != b.rows()) throw InvalidArgument("MatMul: inner dimensions differ");
-  std::vector<int32_t> index;
-  bool worth_it = FastGemmAvailable();
-  if (worth_it) {
-    // A column is used when any row holds a value other than +0 or -0 there: OR the bits of the
-    // rows (sign bit cleared), eight rows at a time, and stop as soon as fewer than a quarter of
-    // the columns can still be all zero.
-    thread_local std::vector<uint32_t> used;
-    used.assign(inner, 0);
-    uint32_t* u = used.data();
-    for (int64_t r0 = 0; r0 < rows && worth_it; r0 += 8) {
-      const int64_t r1 = std::min(rows, r0 + 8);
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* ar = a.row(r).data();
-        for (int64_t j = 0; j < inner; ++j) u[j] |= std::bit_cast<uint32_t>(ar[j]) & 0x7fffffffu;
-      }
-      int64_t used_count = 0;
-      for (int64_t j = 0; j < inner; ++j) used_count += u[j] != 0;
-      worth_it = used_count * 4 <= inner * 3;
-    }
-    if (worth_it) {
-      for (int64_t j = 0; j < inner; ++j)
-        if (u[j]) index.push_back(static_cast<int32_t>(j));
-    }
-  }
-  if (!worth_it) {
-    MatMul(a, false, b, false, c, threads);
-    return;
-  }
-  const int64_t kn = static_cast<int64_t>(index.size());
-  Matrix packed(rows, kn);
-  GatherColumns(a.data(), rows, inner, index.data(), kn, packed.data());
-  c->resize(rows, cols);
-  if (rows * cols * kn < kMinParallel) threads = 1;
-  if (cols >= 64 * threads && (rows < 8 * threads || rows <= cols)) {
-    const int64_t blocks = (cols + 63) / 64;
-    ParallelFor(blocks, threads, [&](int64_t b0, int64_t b1) {
-      const int64_t c0 = b0 * 64, c1 = std::min(cols, b1 * 64);
-      GemmSelectedK(rows, c1 - c0, packed.data(), kn, index.data(), kn, b.data() + c0, cols,
-                    c->data() + c0, cols);
-    });
-    return;
-  }
-  ParallelFor(rows, threads, [&](int64_t r0, int64_t r1) {
-    GemmSelectedK(r1 - r0, cols, packed.data() + r0 * kn, kn, index.data(), kn, b.data(), cols,
-                  c->data() + r0 * cols, cols);
-  });
 }
 
 }  // namespace dropnet::engine
