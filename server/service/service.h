@@ -39,6 +39,9 @@ struct ServiceConfig {
   int64_t max_dataset_bytes = 2ll << 30;   // UploadDataset: features + targets as float32
   int64_t max_returned_samples = 16 << 20; // PredictUncertainty return_samples: floats
   bool read_only = false;                  // a serving replica: no Train, create, delete, upload
+  // How long idle engine threads spin for the next call's work (engine::SetWorkerSpin): a setting
+  // of the process, which Server::Start applies. < 0: the engine's default.
+  int64_t spin_us = -1;
 };
 
 // Predict, PredictUncertainty and Evaluate through the callback API, the rest synchronous.
