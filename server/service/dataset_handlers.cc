@@ -100,7 +100,9 @@ grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
     int64_t bytes = 0;
     bool rows_mode = false, csv_mode = false;
     while (reader->Read(&msg)) {
-      if (msg.has_header()) Fail(StatusCode::INVALID_ARGUMENT, "only the first message may be a header");
+      if (msg.has_header()) {
+        Fail(StatusCode::INVALID_ARGUMENT, "only the first message may be a header");
+      }
       if (msg.has_rows()) {
         rows_mode = true;
         features.insert(features.end(), msg.rows().features().begin(), msg.rows().features().end());
@@ -148,7 +150,8 @@ grpc::Status DropnetService::ImportDataset(grpc::ServerContext* ctx,
     CheckTask("task", req->task());
     if (req->limit() < 0) Fail(StatusCode::INVALID_ARGUMENT, "limit must be >= 0");
     if (config_.data_root.empty()) {
-      Fail(StatusCode::FAILED_PRECONDITION, "ImportDataset is disabled: the server has no --data-root");
+      Fail(StatusCode::FAILED_PRECONDITION,
+           "ImportDataset is disabled: the server has no --data-root");
     }
     // Resolve symlinks and '..' on both sides, then require the file to stay under the root.
     auto resolve = [&](const std::string& rel, const char* field) {
@@ -170,7 +173,8 @@ grpc::Status DropnetService::ImportDataset(grpc::ServerContext* ctx,
                                                 "' leaves the data root");
       }
       if (!fs::is_regular_file(full)) {
-        Fail(StatusCode::NOT_FOUND, std::string(field) + " '" + rel + "' is not a file under the data root");
+        Fail(StatusCode::NOT_FOUND,
+             std::string(field) + " '" + rel + "' is not a file under the data root");
       }
       return full;
     };

@@ -72,8 +72,9 @@ int ResolveSamples(int requested, int default_samples, int max_samples) {
     Fail(StatusCode::INVALID_ARGUMENT, "samples must be positive, got " + std::to_string(t));
   }
   if (t > max_samples) {
-    Fail(StatusCode::RESOURCE_EXHAUSTED,
-         "samples " + std::to_string(t) + " exceeds the server limit " + std::to_string(max_samples));
+    Fail(StatusCode::RESOURCE_EXHAUSTED, "samples " + std::to_string(t) +
+                                             " exceeds the server limit " +
+                                             std::to_string(max_samples));
   }
   return t;
 }
@@ -98,7 +99,9 @@ engine::McOptions MonteCarloOptions(const Request& req, const ServiceConfig& con
   return mo;
 }
 
-std::string ModeOf(v1::EvalMode m) { return m == v1::EVAL_MODE_MONTE_CARLO ? "monte_carlo" : "eval"; }
+std::string ModeOf(v1::EvalMode m) {
+  return m == v1::EVAL_MODE_MONTE_CARLO ? "monte_carlo" : "eval";
+}
 
 }  // namespace
 
@@ -281,7 +284,8 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
         MonteCarloOptions(*req, config_, *snap, log.threads, ctx, draining_);
     if (req->interval() != 0) mo.interval = req->interval();
     if (!(mo.interval > 0 && mo.interval < 1)) {
-      Fail(StatusCode::INVALID_ARGUMENT, "interval must be in (0, 1), got " + std::to_string(mo.interval));
+      Fail(StatusCode::INVALID_ARGUMENT,
+           "interval must be in (0, 1), got " + std::to_string(mo.interval));
     }
     Matrix x = ReadInputs(*snap, call->inputs, config_.max_batch_rows);
     log.rows = x.rows();
@@ -316,7 +320,9 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
       t->add_shape(mo.samples);
       t->add_shape(x.rows());
       t->add_shape(cols);
-      for (const auto& m : r.sample_outputs) t->mutable_values()->Add(m.data(), m.data() + m.size());
+      for (const auto& m : r.sample_outputs) {
+        t->mutable_values()->Add(m.data(), m.data() + m.size());
+      }
     }
     resp->set_num_samples(mo.samples);
     resp->set_seed(mo.seed);
@@ -358,13 +364,15 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
     } else {
       engine::McOptions mo =
           MonteCarloOptions(*req, config_, *snap, log.threads, ctx, draining_);
-      const bool want_ll = !classify && (snap->tau > 0 || snap->loss == engine::LossKind::kGaussianNll);
+      const bool want_ll =
+          !classify && (snap->tau > 0 || snap->loss == engine::LossKind::kGaussianNll);
       constexpr int64_t kBatch = 256;
       for (int64_t r0 = 0; r0 < rows; r0 += kBatch) {
         const int64_t n = std::min(kBatch, rows - r0);
         const Matrix yb = y.middleRows(r0, n);
         mo.targets = want_ll ? &yb : nullptr;
-        auto r = engine::MonteCarloPredict(snap->net, snap->task, snap->loss, x.middleRows(r0, n), mo);
+        auto r = engine::MonteCarloPredict(snap->net, snap->task, snap->loss,
+                                           x.middleRows(r0, n), mo);
         if (r0 == 0) mean.resize(rows, r.mean.cols());
         mean.middleRows(r0, n) = r.mean;
         if (want_ll) ll_sum += r.log_likelihood.sum();

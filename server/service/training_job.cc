@@ -21,7 +21,9 @@ engine::TrainOptions TrainOptionsFromRequest(const v1::TrainRequest& req, int th
     case v1::OPTIMIZER_ADAMW: o.optimizer.type = "adamw"; break;
     case v1::OPTIMIZER_UNSPECIFIED:
     case v1::OPTIMIZER_ADAM: o.optimizer.type = "adam"; break;
-    default: Fail(StatusCode::INVALID_ARGUMENT, "optimizer " + std::to_string(req.optimizer()) + " is unknown");
+    default:
+      Fail(StatusCode::INVALID_ARGUMENT,
+           "optimizer " + std::to_string(req.optimizer()) + " is unknown");
   }
   o.optimizer.learning_rate =
       req.learning_rate() != 0 ? req.learning_rate() : (o.optimizer.type == "sgd" ? 0.01 : 1e-3);
@@ -38,7 +40,9 @@ engine::TrainOptions TrainOptionsFromRequest(const v1::TrainRequest& req, int th
     case v1::SCHEDULE_COSINE: o.schedule.type = "cosine"; break;
     case v1::SCHEDULE_UNSPECIFIED:
     case v1::SCHEDULE_CONSTANT: o.schedule.type = "constant"; break;
-    default: Fail(StatusCode::INVALID_ARGUMENT, "schedule " + std::to_string(req.schedule()) + " is unknown");
+    default:
+      Fail(StatusCode::INVALID_ARGUMENT,
+           "schedule " + std::to_string(req.schedule()) + " is unknown");
   }
   if (req.schedule_step_epochs() != 0) o.schedule.step_epochs = req.schedule_step_epochs();
   if (req.schedule_gamma() != 0) o.schedule.gamma = req.schedule_gamma();
@@ -235,7 +239,8 @@ grpc::Status TrainingJob::Finish(const engine::Network& net, const engine::Train
     }
     log_->info("model {} training cancelled, version {} kept", req_.model(), published_version_);
     return grpc::Status(StatusCode::CANCELLED,
-                        "training cancelled; version " + std::to_string(published_version_) + " kept");
+                        "training cancelled; version " + std::to_string(published_version_) +
+                            " kept");
   }
   if (result.early_stopped) {
     Publish(net, result.steps,
