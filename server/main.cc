@@ -1,5 +1,5 @@
 // dropnet-server: flags and environment -> ServerConfig -> run until SIGTERM or SIGINT.
-#include <chrono>
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <thread>
@@ -7,17 +7,12 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
-#include "server/engine/thread_pool.h"
 #include "server/service/memory.h"
 #include "server/service/server.h"
 
 int main(int argc, char** argv) {
-  dropnet::engine::TuneAllocatorForTraining();
   dropnet::service::ConfigureAllocator();
-  dropnet::service::ServerConfig c;
-  c.service.compute_threads = dropnet::engine::HardwareThreads();
-  c.service.workers = dropnet::engine::HardwareThreads();
-  int64_t spin_us = 1000;
+  dropnet::service::ServerConfig c = dropnet::service::DefaultServerConfig();
   std::string log_level = "info";
   std::string data_root;
 
@@ -45,7 +40,7 @@ int main(int argc, char** argv) {
   app.add_option("--workers", c.service.workers,
                  "Predict, PredictUncertainty and Evaluate calls computing at a time (more wait)")
       ->envname("DROPNET_WORKERS")->check(CLI::PositiveNumber);
-  app.add_option("--spin-us", spin_us,
+  app.add_option("--spin-us", c.service.spin_us,
                  "microseconds idle engine threads wait for the next call's work before sleeping "
                  "(keeps wake-ups off the latency of calls that come closer than this; 0: sleep "
                  "at once and save the CPU)")
@@ -91,7 +86,6 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   c.service.data_root = data_root;
-  dropnet::engine::SetWorkerSpin(std::chrono::microseconds(spin_us));
   if (c.service.read_only && c.poll_interval_seconds == 0) c.poll_interval_seconds = 5;
   c.service.max_concurrent_trainings = std::max(1, c.service.max_concurrent_trainings);
   dropnet::service::SetUpLogging(log_level);

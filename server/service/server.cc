@@ -9,6 +9,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "server/engine/thread_pool.h"
 #include "server/service/status.h"
 
 namespace dropnet::service {
@@ -70,6 +71,15 @@ void SetUpLogging(const std::string& level) {
   }
 }
 
+ServerConfig DefaultServerConfig() {
+  ServerConfig c;
+  c.service.compute_threads = engine::HardwareThreads();
+  c.service.workers = engine::HardwareThreads();
+  c.service.spin_us = 1000;
+  c.tune_allocator = true;
+  return c;
+}
+
 Server::Server(ServerConfig config) : config_(std::move(config)) {
   if (!spdlog::get("server")) SetUpLogging("info");
 }
@@ -80,6 +90,10 @@ Server::~Server() {
 }
 
 void Server::Start() {
+  if (config_.tune_allocator) engine::TuneAllocatorForTraining();
+  if (config_.service.spin_us >= 0) {
+    engine::SetWorkerSpin(std::chrono::microseconds(config_.service.spin_us));
+  }
   store_ = std::make_unique<ModelStore>(config_.store, !config_.service.read_only);
   registry_ = std::make_unique<Registry>(store_.get(), config_.limits);
   const std::string loaded = registry_->LoadAll();

@@ -37,7 +37,14 @@ struct ServerConfig {
   // Bearer tokens ("<role> <token>" lines); DROPNET_ADMIN_TOKEN / DROPNET_PREDICT_TOKEN are read
   // too. None: every call is allowed.
   std::filesystem::path tokens_file;
+  // Keep the engine's large blocks in the malloc heap while training (engine::
+  // TuneAllocatorForTraining): a setting of the process, which Start applies.
+  bool tune_allocator = false;
 };
+
+// The configuration dropnet-server starts from before its flags: every call computing on all the
+// hardware threads, as many calls at a time, a spin of 1 ms and the allocator tuned for training.
+ServerConfig DefaultServerConfig();
 
 // True for listen addresses only this host can reach: 127.0.0.0/8, localhost, [::1], and Unix
 // sockets (unix:path, unix-abstract:name).
@@ -48,7 +55,8 @@ class Server {
   explicit Server(ServerConfig config);
   ~Server();
 
-  // Loads the store and starts serving; throws with a clear message when it cannot.
+  // Applies the process settings of the configuration (ServiceConfig::spin_us, tune_allocator),
+  // loads the store and starts serving; throws with a clear message when it cannot.
   void Start();
   // The port actually bound (useful with ":0").
   int port() const { return port_; }

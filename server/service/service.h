@@ -3,15 +3,16 @@
 // exceptions to statuses (status.h) and logs one line per call with model, version, mode, status
 // and latency.
 //
-// Predict, PredictUncertainty and Evaluate use gRPC's callback API: their handlers queue the work
-// on a CallExecutor (executor.h) whose workers compute it, so that any number of calls can wait
-// for a worker and none holds a gRPC thread meanwhile. The other calls (model and data-set
-// management, the Train and UploadDataset streams) are synchronous, on gRPC's threads.
+// Predict, PredictUncertainty and Evaluate use gRPC's callback API: their handlers hand the work
+// to a CallScheduler (executor.h), which runs a small call at once and queues the others for its
+// workers, so that any number of calls can wait for a worker and none holds a gRPC thread
+// meanwhile. The other calls (model and data-set management, the Train and UploadDataset streams)
+// are synchronous, on gRPC's threads. The data-set handlers are defined in dataset_handlers.cc,
+// the training a Train call runs in training_job.h, the rest in service.cc.
 #ifndef DROPNET_SERVICE_SERVICE_H_
 #define DROPNET_SERVICE_SERVICE_H_
 
 #include <atomic>
-#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -21,6 +22,7 @@
 #include "server/service/auth.h"
 #include "server/service/executor.h"
 #include "server/service/registry.h"
+#include "server/service/training_job.h"
 
 namespace dropnet::service {
 
@@ -37,11 +39,10 @@ struct ServiceConfig {
   int64_t max_dataset_bytes = 2ll << 30;   // UploadDataset: features + targets as float32
   int64_t max_returned_samples = 16 << 20; // PredictUncertainty return_samples: floats
   bool read_only = false;                  // a serving replica: no Train, create, delete, upload
+  // How long idle engine threads spin for the next call's work (engine::SetWorkerSpin): a setting
+  // of the process, which Server::Start applies. < 0: the engine's default.
+  int64_t spin_us = -1;
 };
-
-// Where training progress goes: the Train stream, or a log for the built-in example.
-// Returns false when the receiver is gone (training then stops).
-using TrainSink = std::function<bool(const v1::TrainEvent&)>;
 
 // Predict, PredictUncertainty and Evaluate through the callback API, the rest synchronous.
 // Predict and PredictUncertainty take their requests as bytes (request_wire.h).
@@ -58,11 +59,12 @@ class DropnetService final : public DropnetServiceBase {
   void StartDraining();
   bool draining() const { return draining_.load(); }
 
-  // The work of one Train call, shared by the RPC and the example bootstrap. `stop` is polled
-  // between steps. Returns the final status.
+  // The work of one Train call (training_job.h), shared by the RPC and the example bootstrap.
+  // `stop` is polled between steps. Returns the final status.
   grpc::Status RunTraining(const v1::TrainRequest& request, const TrainSink& sink,
                            const std::function<bool()>& stop);
 
+  // Models.
   grpc::Status CreateModel(grpc::ServerContext*, const v1::CreateModelRequest*,
                            v1::CreateModelResponse*) override;
   grpc::Status GetModel(grpc::ServerContext*, const v1::GetModelRequest*,
@@ -71,6 +73,7 @@ class DropnetService final : public DropnetServiceBase {
                           v1::ListModelsResponse*) override;
   grpc::Status DeleteModel(grpc::ServerContext*, const v1::DeleteModelRequest*,
                            v1::DeleteModelResponse*) override;
+  // Data sets (dataset_handlers.cc).
   grpc::Status UploadDataset(grpc::ServerContext*, grpc::ServerReader<v1::UploadDatasetRequest>*,
                              v1::UploadDatasetResponse*) override;
   grpc::Status ImportDataset(grpc::ServerContext*, const v1::ImportDatasetRequest*,
@@ -79,6 +82,7 @@ class DropnetService final : public DropnetServiceBase {
                             v1::ListDatasetsResponse*) override;
   grpc::Status DeleteDataset(grpc::ServerContext*, const v1::DeleteDatasetRequest*,
                              v1::DeleteDatasetResponse*) override;
+  // Training and prediction.
   grpc::Status Train(grpc::ServerContext*, const v1::TrainRequest*,
                      grpc::ServerWriter<v1::TrainEvent>*) override;
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext*, const grpc::ByteBuffer*,
@@ -97,43 +101,18 @@ class DropnetService final : public DropnetServiceBase {
   // Run, then the call's log line: the synchronous handlers.
   template <typename Body>
   grpc::Status Handle(const char* method, grpc::ServerContextBase* ctx, Role role, Body&& body);
-  // Queues `body` on the executor and answers the call when it has run. `work` estimates its
-  // multiply-adds (-1: unknown, large); a call of at most kInlineWork runs at once on the calling
-  // thread when a worker is free, and so does one of at most kInlineIdleWork that found the
-  // server idle.
+  // Schedules `body` (executor.h) and answers the call when it has run. `work` estimates its
+  // multiply-adds (-1: unknown, large).
   template <typename Body>
   grpc::ServerUnaryReactor* Queue(const char* method, grpc::CallbackServerContext* ctx, Role role,
                                   int64_t work, Body body);
-  static constexpr int64_t kInlineWork = int64_t{1} << 21;
-  // About half a millisecond of compute on two cores: the two thread wake-ups a hand-off costs
-  // (20 to 35 us measured) are 5% of such a call or more. PredictUncertainty with T = 100 for
-  // one row of a 670,000-parameter model is 6.7e7; Predict of 256 rows, 1.7e8, is not.
-  static constexpr int64_t kInlineIdleWork = int64_t{1} << 27;
-  // The engine threads' spin (engine::SetWorkerSpin) from which a small call also splits.
-  static constexpr std::chrono::microseconds kSpinForSmallCalls{200};
-  // A call that arrives this long after the last answer, with no other in flight, found the
-  // server idle.
-  static constexpr std::chrono::microseconds kIdleGap{60};
-  // Rows x parameters x samples of a prediction call.
-  int64_t EstimatedWork(const std::string& model, const std::vector<int64_t>& shape,
-                        int64_t samples) const;
-  // Engine threads for a prediction call of `work` (see Queue), chosen once as it starts: all of
-  // --threads when it computes alone and a share when several do; one for a small call unless it
-  // found the server idle and the engine threads spin for at least kSpinForSmallCalls. Calls
-  // that run side by side already keep the cores busy; splitting each across all of them too
-  // would only add hand-offs, as would splitting a small one onto a sleeping thread (results do
-  // not depend on the thread count).
-  int ThreadsForCall(int64_t work, bool found_idle) const;
 
   Registry* registry_;
   const TokenAuth* auth_;
   ServiceConfig config_;
   std::atomic<bool> draining_{false};
-  std::atomic<int> active_calls_{0};  // prediction calls computing now
-  std::atomic<int> in_flight_{0};     // prediction calls received and not yet answered
-  std::atomic<int64_t> last_answer_ns_{0};  // steady_clock time of the last prediction answer
   // Last member: destroyed first, so its workers finish before the rest goes.
-  CallExecutor executor_;
+  CallScheduler scheduler_;
 };
 
 }  // namespace dropnet::service

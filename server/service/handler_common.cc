@@ -1,0 +1,57 @@
+#include "server/service/handler_common.h"
+
+namespace dropnet::service {
+
+using grpc::StatusCode;
+
+std::shared_ptr<spdlog::logger> Logger(const char* name) {
+  auto l = spdlog::get(name);
+  return l ? l : spdlog::default_logger();
+}
+
+bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
+  return ctx && ctx->deadline() <= std::chrono::system_clock::now();
+}
+
+void CheckDataFits(const Snapshot& s, const engine::Dataset& d, const std::string& dataset) {
+  if (d.x.cols() != s.net.input_shape().Size()) {
+    Fail(StatusCode::INVALID_ARGUMENT,
+         "data set '" + dataset + "' has " + std::to_string(d.x.cols()) +
+             " features per row, model '" + s.model + "' expects " +
+             std::to_string(s.net.input_shape().Size()));
+  }
+  if (d.task != s.task) {
+    Fail(StatusCode::INVALID_ARGUMENT, "data set '" + dataset + "' is for " +
+                                           engine::TaskName(d.task) + ", model '" + s.model +
+                                           "' for " + engine::TaskName(s.task));
+  }
+  const int64_t outputs = s.net.output_shape().Size();
+  if (s.task == engine::Task::kClassification && d.num_classes > outputs) {
+    Fail(StatusCode::INVALID_ARGUMENT, "data set '" + dataset + "' has " +
+                                           std::to_string(d.num_classes) + " classes, model '" +
+                                           s.model + "' only " + std::to_string(outputs) +
+                                           " outputs");
+  }
+  if (s.task == engine::Task::kRegression) {
+    const int64_t targets = s.loss == engine::LossKind::kGaussianNll ? outputs / 2 : outputs;
+    if (d.y.cols() != targets) {
+      Fail(StatusCode::INVALID_ARGUMENT, "data set '" + dataset + "' has " +
+                                             std::to_string(d.y.cols()) + " targets, model '" +
+                                             s.model + "' predicts " + std::to_string(targets));
+    }
+  }
+}
+
+void DropnetService::CallLog::Write(const grpc::Status& status, double ms) const {
+  auto log = Logger("rpc");
+  if (status.ok()) {
+    log->info("{} model={} version={} mode={} rows={} status=OK {:.3f} ms", method, model,
+              version, mode, rows, ms);
+  } else {
+    log->warn("{} model={} version={} mode={} rows={} status={} {:.3f} ms: {}", method, model,
+              version, mode, rows, StatusCodeName(status.error_code()), ms,
+              status.error_message());
+  }
+}
+
+}  // namespace dropnet::service

@@ -1,0 +1,91 @@
+// What the files that define the Dropnet service's calls share: the call's log line, the wrapper
+// every handler runs through (DropnetService::Run and Handle), and the checks and helpers more
+// than one of them uses. Only those files (service.cc, dataset_handlers.cc, training_job.cc)
+// include it.
+#ifndef DROPNET_SERVICE_HANDLER_COMMON_H_
+#define DROPNET_SERVICE_HANDLER_COMMON_H_
+
+#include <chrono>
+#include <exception>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include <spdlog/spdlog.h>
+
+#include "server/engine/data.h"
+#include "server/service/memory.h"
+#include "server/service/service.h"
+#include "server/service/snapshot.h"
+#include "server/service/status.h"
+
+namespace dropnet::service {
+
+// The component logger `name`, or the default logger before SetUpLogging.
+std::shared_ptr<spdlog::logger> Logger(const char* name);
+
+bool DeadlinePassed(const grpc::ServerContextBase* ctx);
+
+// Throws INVALID_ARGUMENT unless the rows of data set `dataset` fit the model of `s`: as many
+// features as its inputs, its task, no more classes than its outputs, as many targets as it
+// predicts.
+void CheckDataFits(const Snapshot& s, const engine::Dataset& d, const std::string& dataset);
+
+// Declared first in a call that allocates a lot (a training, a data set), it hands the memory the
+// call freed back to the system after every other local is gone.
+struct ReleaseFreeMemoryOnExit {
+  ~ReleaseFreeMemoryOnExit() { ReleaseFreeMemory(); }
+};
+
+// One log line per call: method, model, version, mode, status and latency (from the call's
+// arrival, so a queued call's wait for a worker counts).
+struct DropnetService::CallLog {
+  const char* method;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  std::string model = "-", mode = "-";
+  int64_t version = 0, rows = 0;
+  int threads = 1;  // engine threads of a prediction call, chosen by Queue when it starts
+
+  double ElapsedMs() const {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+        .count();
+  }
+  void Finish(const grpc::Status& status) const { Write(status, ElapsedMs()); }
+  void Write(const grpc::Status& status, double ms) const;
+};
+
+template <typename Body>
+grpc::Status DropnetService::Run(const char* method, grpc::ServerContextBase* ctx, Role role,
+                                 Body&& body, CallLog& log) {
+  grpc::Status status;
+  // Admin calls are the ones that write; a read-only replica refuses them.
+  const bool mutates = role == Role::kAdmin;
+  if (auth_ && !(status = auth_->Check(*ctx, role, method)).ok()) {
+    // Refused before any work: nothing else to check.
+  } else if (draining_) {
+    status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  } else if (mutates && config_.read_only) {
+    status = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          std::string(method) + " is refused: this server is a read-only replica");
+  } else {
+    try {
+      status = body(log);
+    } catch (...) {
+      status = ToStatus(std::current_exception(), DeadlinePassed(ctx));
+    }
+  }
+  return status;
+}
+
+template <typename Body>
+grpc::Status DropnetService::Handle(const char* method, grpc::ServerContextBase* ctx, Role role,
+                                    Body&& body) {
+  CallLog log{method};
+  const grpc::Status status = Run(method, ctx, role, std::forward<Body>(body), log);
+  log.Finish(status);
+  return status;
+}
+
+}  // namespace dropnet::service
+
+#endif  // DROPNET_SERVICE_HANDLER_COMMON_H_
