@@ -52,10 +52,12 @@ en::NetworkSpec Mlp(double p, uint64_t seed) {
     c.init = mlp_init;
     return c;
   };
-  spec.layers = {layer("flatten"), layer("dense", 512), layer("relu"), layer("dropout", 0, p),
-                 layer("dense", 512), layer("relu"), layer("dropout", 0, p), layer("dense", 10)};
-  if (p == 0) spec.layers = {spec.layers[0], spec.layers[1], spec.layers[2], spec.layers[4],
-                             spec.layers[5], spec.layers[7]};
+  spec.layers = {layer("flatten"),       layer("dense", 512), layer("relu"),
+                 layer("dropout", 0, p), layer("dense", 512), layer("relu"),
+                 layer("dropout", 0, p), layer("dense", 10)};
+  if (p == 0)
+    spec.layers = {spec.layers[0], spec.layers[1], spec.layers[2],
+                   spec.layers[4], spec.layers[5], spec.layers[7]};
   return spec;
 }
 
@@ -66,8 +68,8 @@ struct Scores {
 Scores Score(const en::Network& net, const en::Dataset& test, int mc_samples, int threads,
              uint64_t seed) {
   Scores s;
-  Matrix probs = en::PredictEval(net, en::Task::kClassification, en::LossKind::kCrossEntropy,
-                                 test.x, threads);
+  Matrix probs =
+      en::PredictEval(net, en::Task::kClassification, en::LossKind::kCrossEntropy, test.x, threads);
   s.det = en::ScoreClassification(probs, test.y);
   if (mc_samples > 0) {
     en::McOptions mo;
@@ -87,7 +89,6 @@ Scores Score(const en::Network& net, const en::Dataset& test, int mc_samples, in
   return s;
 }
 
-
 int FashionMlp(const Common& c, int epochs, int mc_samples, uint64_t seed, bool quiet) {
   en::Dataset train, test;
   LoadFashion(c, &train, &test);
@@ -99,10 +100,11 @@ int FashionMlp(const Common& c, int epochs, int mc_samples, uint64_t seed, bool 
   o.optimizer.learning_rate = 1e-3;
   o.seed = seed;
   o.threads = c.threads;
-  std::printf("Fashion-MNIST MLP 784-512-512-10, ReLU, dropout 0.5, Adam 1e-3, batch 128, "
-              "%d epochs, seed %llu, %d threads, %lld parameters\n",
-              epochs, static_cast<unsigned long long>(seed), c.threads,
-              static_cast<long long>(net.ParameterCount()));
+  std::printf(
+      "Fashion-MNIST MLP 784-512-512-10, ReLU, dropout 0.5, Adam 1e-3, batch 128, "
+      "%d epochs, seed %llu, %d threads, %lld parameters\n",
+      epochs, static_cast<unsigned long long>(seed), c.threads,
+      static_cast<long long>(net.ParameterCount()));
   const auto t0 = std::chrono::steady_clock::now();
   en::Train(&net, en::Task::kClassification, en::LossKind::kCrossEntropy, train, o,
             [&](const en::TrainProgress& p, const en::Network&) {
@@ -122,8 +124,8 @@ int FashionMlp(const Common& c, int epochs, int mc_samples, uint64_t seed, bool 
   std::printf("| deterministic (eval) | %.4f | %.4f | %.4f | %.4f |\n", s.det.accuracy, s.det.nll,
               s.det.brier, s.det.ece);
   if (mc_samples > 0) {
-    std::printf("| MC dropout, T = %d | %.4f | %.4f | %.4f | %.4f |\n", mc_samples,
-                s.mc.accuracy, s.mc.nll, s.mc.brier, s.mc.ece);
+    std::printf("| MC dropout, T = %d | %.4f | %.4f | %.4f | %.4f |\n", mc_samples, s.mc.accuracy,
+                s.mc.nll, s.mc.brier, s.mc.ece);
   }
   return 0;
 }
@@ -131,12 +133,14 @@ int FashionMlp(const Common& c, int epochs, int mc_samples, uint64_t seed, bool 
 int SmallData(const Common& c, int train_size, int epochs, int seeds, int mc_samples) {
   en::Dataset train, test;
   LoadFashion(c, &train, &test);
-  std::printf("Small training set: %d Fashion-MNIST images, %d epochs, MLP 784-512-512-10, Adam "
-              "1e-3, batch 128; dropout 0.5 vs none, paired by seed\n\n",
-              train_size, epochs);
-  std::printf("| seed | acc p=0.5 | acc p=0 | NLL p=0.5 | NLL p=0 | ECE p=0.5 | ECE p=0 |"
-              "%s\n|---|---|---|---|---|---|---|%s\n",
-              mc_samples ? " MC NLL p=0.5 | MC ECE p=0.5 |" : "", mc_samples ? "---|---|" : "");
+  std::printf(
+      "Small training set: %d Fashion-MNIST images, %d epochs, MLP 784-512-512-10, Adam "
+      "1e-3, batch 128; dropout 0.5 vs none, paired by seed\n\n",
+      train_size, epochs);
+  std::printf(
+      "| seed | acc p=0.5 | acc p=0 | NLL p=0.5 | NLL p=0 | ECE p=0.5 | ECE p=0 |"
+      "%s\n|---|---|---|---|---|---|---|%s\n",
+      mc_samples ? " MC NLL p=0.5 | MC ECE p=0.5 |" : "", mc_samples ? "---|---|" : "");
   double sum[6] = {0}, mc_sum[2] = {0};
   int nll_wins = 0, ece_wins = 0;
   for (int s = 1; s <= seeds; ++s) {
@@ -184,12 +188,15 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   Common c;
   app.add_option("--data-dir", c.data_dir, "Fashion-MNIST IDX directory")->capture_default_str();
-  app.add_option("--threads", c.threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--threads", c.threads, "threads")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
 
   int epochs = 3, mc_samples = 100, train_size = 1000, seeds = 5;
   uint64_t seed = 1;
   bool quiet = false;
-  auto* mlp = app.add_subcommand("fashion-mlp", "train the example MLP, report deterministic and MC figures");
+  auto* mlp = app.add_subcommand("fashion-mlp",
+                                 "train the example MLP, report deterministic and MC figures");
   mlp->add_option("--epochs", epochs)->capture_default_str()->check(CLI::PositiveNumber);
   mlp->add_option("--mc-samples", mc_samples, "T for MC dropout (0: skip)")->capture_default_str();
   mlp->add_option("--seed", seed)->capture_default_str();
@@ -200,7 +207,8 @@ int main(int argc, char** argv) {
   small->add_option("--train-size", train_size)->capture_default_str()->check(CLI::PositiveNumber);
   small->add_option("--epochs", small_epochs)->capture_default_str()->check(CLI::PositiveNumber);
   small->add_option("--seeds", seeds)->capture_default_str()->check(CLI::PositiveNumber);
-  small->add_option("--mc-samples", mc_samples, "T for MC dropout (0: skip)")->capture_default_str();
+  small->add_option("--mc-samples", mc_samples, "T for MC dropout (0: skip)")
+      ->capture_default_str();
 
   // concrete-rates, sparse-vd, fashion-lstm (apps/experiment_learned.cc): run from callbacks.
   dropnet::apps::AddLearnedRateExperiments(&app, &c.data_dir, &c.threads);

@@ -91,10 +91,10 @@ Matrix McMean(const en::Network& net, const Matrix& x, int samples, uint64_t see
   constexpr int64_t kBatch = 500;
   for (int64_t r0 = 0; r0 < x.rows(); r0 += kBatch) {
     const int64_t n = std::min(kBatch, x.rows() - r0);
-    mean.middleRows(r0, n) = en::MonteCarloPredict(net, en::Task::kClassification,
-                                                   en::LossKind::kCrossEntropy,
-                                                   x.middleRows(r0, n), mo)
-                                 .mean;
+    mean.middleRows(r0, n) =
+        en::MonteCarloPredict(net, en::Task::kClassification, en::LossKind::kCrossEntropy,
+                              x.middleRows(r0, n), mo)
+            .mean;
   }
   return mean;
 }
@@ -119,21 +119,28 @@ int FashionCnn(const std::string& dir, int threads, const RunOptions& ro) {
   en::NetworkSpec spec;
   spec.input = en::Shape{{1, 28, 28}};
   spec.seed = ro.seed;
-  spec.layers = {Conv2d(32, 3),   Layer("relu"),    Conv2d(64, 3),
-                 Layer("relu"),   Layer("spatial_dropout2d", 0, 0.1), pool,
-                 Layer("flatten"), Layer("dense", 128), Layer("relu"),
-                 Layer("dropout", 0, 0.5), Layer("dense", 10)};
+  spec.layers = {Conv2d(32, 3),
+                 Layer("relu"),
+                 Conv2d(64, 3),
+                 Layer("relu"),
+                 Layer("spatial_dropout2d", 0, 0.1),
+                 pool,
+                 Layer("flatten"),
+                 Layer("dense", 128),
+                 Layer("relu"),
+                 Layer("dropout", 0, 0.5),
+                 Layer("dense", 10)};
   en::Network net(spec);
-  std::printf("Fashion-MNIST CNN conv32-conv64 (3x3, ReLU), SpatialDropout2D 0.1, max-pool 2, "
-              "dense 128, dropout 0.5; Adam 1e-3, batch 128, %d epochs, %lld training images, "
-              "seed %llu, %d threads, %lld parameters\n",
-              ro.epochs, static_cast<long long>(train.rows()),
-              static_cast<unsigned long long>(ro.seed), threads,
-              static_cast<long long>(net.ParameterCount()));
+  std::printf(
+      "Fashion-MNIST CNN conv32-conv64 (3x3, ReLU), SpatialDropout2D 0.1, max-pool 2, "
+      "dense 128, dropout 0.5; Adam 1e-3, batch 128, %d epochs, %lld training images, "
+      "seed %llu, %d threads, %lld parameters\n",
+      ro.epochs, static_cast<long long>(train.rows()), static_cast<unsigned long long>(ro.seed),
+      threads, static_cast<long long>(net.ParameterCount()));
   TrainAndReport(&net, train, ro, threads);
   const auto t0 = std::chrono::steady_clock::now();
-  const Matrix probs = en::PredictEval(net, en::Task::kClassification,
-                                       en::LossKind::kCrossEntropy, test.x, threads);
+  const Matrix probs =
+      en::PredictEval(net, en::Task::kClassification, en::LossKind::kCrossEntropy, test.x, threads);
   const double eval_secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("| prediction | accuracy | NLL | Brier | ECE |\n|---|---|---|---|---|\n");
@@ -164,10 +171,11 @@ int DropConnectMlp(const std::string& dir, int threads, const RunOptions& ro, in
   spec.seed = ro.seed;
   spec.layers = {Layer("flatten"), Layer("dense", units), Layer("relu"), dc, Layer("dense", 10)};
   en::Network net(spec);
-  std::printf("Fashion-MNIST MLP 784-%d-%d-10, ReLU, DropConnect %.2f on the second hidden layer "
-              "(%s masks); Adam 1e-3, batch 128, %d epochs, seed %llu, %d threads\n",
-              units, units, rate, shared ? "batch-shared" : "per-example", ro.epochs,
-              static_cast<unsigned long long>(ro.seed), threads);
+  std::printf(
+      "Fashion-MNIST MLP 784-%d-%d-10, ReLU, DropConnect %.2f on the second hidden layer "
+      "(%s masks); Adam 1e-3, batch 128, %d epochs, seed %llu, %d threads\n",
+      units, units, rate, shared ? "batch-shared" : "per-example", ro.epochs,
+      static_cast<unsigned long long>(ro.seed), threads);
   TrainAndReport(&net, train, ro, threads);
   // The same parameters with moment-matching inference.
   en::NetworkSpec mm_spec = spec;
@@ -186,7 +194,8 @@ int DropConnectMlp(const std::string& dir, int threads, const RunOptions& ro, in
   if (ro.mc_samples > 0) {
     const auto t1 = std::chrono::steady_clock::now();
     const Matrix mean = McMean(net, test.x, ro.mc_samples, ro.seed, threads);
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
     const std::string name = "MC DropConnect, T = " + std::to_string(ro.mc_samples);
     PrintRow(name.c_str(), en::ScoreClassification(mean, test.y));
     std::printf("\nMC prediction of %lld images: %.1f s\n", static_cast<long long>(test.rows()),
@@ -242,7 +251,9 @@ void AddConvExperiments(CLI::App* app, const std::string* data_dir, const int* t
   d->add_option("--rate", dc->rate)->capture_default_str();
   d->add_flag("--shared", dc->shared, "one weight mask per batch instead of per example");
   d->callback([=] {
-    Guard([&] { return DropConnectMlp(*data_dir, *threads, dc->run, dc->units, dc->rate, dc->shared); });
+    Guard([&] {
+      return DropConnectMlp(*data_dir, *threads, dc->run, dc->units, dc->rate, dc->shared);
+    });
   });
 }
 

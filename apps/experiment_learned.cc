@@ -65,16 +65,18 @@ en::Dataset SyntheticRegression(int64_t n, uint64_t seed) {
   return d;
 }
 
-int ConcreteRates(const std::string&, int threads, std::vector<int> sizes, int64_t steps,
-                  int seeds, int units) {
+int ConcreteRates(const std::string&, int threads, std::vector<int> sizes, int64_t steps, int seeds,
+                  int units) {
   const en::Dataset test = SyntheticRegression(5000, 999);
-  std::printf("Concrete dropout (Gal, Hron & Kendall 2017) on y = sin(2 x0) + x1 x2 + 0.5 x3 + "
-              "N(0, 0.3^2), x ~ U(-1,1)^8.\nNetwork 8 -[CD]- %d -relu-[CD]- %d -relu-[CD]- 1, "
-              "temperature 0.1, init p 0.1, weight_reg = 1e-8/N, dropout_reg = 2/N; Adam 1e-3, "
-              "batch 32, about %lld steps whatever N; mean of %d seeds.\n\n",
-              units, units, static_cast<long long>(steps), seeds);
-  std::printf("| N (training rows) | p layer 1 (input) | p layer 2 | p layer 3 | mean p | test RMSE "
-              "(eval) | seconds |\n|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "Concrete dropout (Gal, Hron & Kendall 2017) on y = sin(2 x0) + x1 x2 + 0.5 x3 + "
+      "N(0, 0.3^2), x ~ U(-1,1)^8.\nNetwork 8 -[CD]- %d -relu-[CD]- %d -relu-[CD]- 1, "
+      "temperature 0.1, init p 0.1, weight_reg = 1e-8/N, dropout_reg = 2/N; Adam 1e-3, "
+      "batch 32, about %lld steps whatever N; mean of %d seeds.\n\n",
+      units, units, static_cast<long long>(steps), seeds);
+  std::printf(
+      "| N (training rows) | p layer 1 (input) | p layer 2 | p layer 3 | mean p | test RMSE "
+      "(eval) | seconds |\n|---|---|---|---|---|---|---|\n");
   for (int n : sizes) {
     double p[3] = {0, 0, 0}, rmse = 0;
     const auto t0 = std::chrono::steady_clock::now();
@@ -102,8 +104,8 @@ int ConcreteRates(const std::string&, int threads, std::vector<int> sizes, int64
         const auto r = net.layer(i).LearnedRates();
         if (!r.empty()) p[k++] += r[0] / seeds;
       }
-      const Matrix pred = en::PredictEval(net, en::Task::kRegression, en::LossKind::kMse, test.x,
-                                          threads);
+      const Matrix pred =
+          en::PredictEval(net, en::Task::kRegression, en::LossKind::kMse, test.x, threads);
       rmse += std::sqrt((pred - test.y).cast<double>().squaredNorm() / test.rows()) / seeds;
     }
     std::printf("| %d | %.4f | %.4f | %.4f | %.4f | %.4f | %.1f |\n", n, p[0], p[1], p[2],
@@ -145,9 +147,10 @@ int SparseVd(const std::string& dir, int threads, int epochs, int baseline_epoch
   o.optimizer.learning_rate = 1e-3;
   o.seed = seed;
   o.threads = threads;
-  std::printf("Sparse variational dropout (Molchanov et al. 2017) on the Fashion-MNIST MLP "
-              "784-512-512-10; batch 128, seed %llu, %d threads.\n",
-              static_cast<unsigned long long>(seed), threads);
+  std::printf(
+      "Sparse variational dropout (Molchanov et al. 2017) on the Fashion-MNIST MLP "
+      "784-512-512-10; batch 128, seed %llu, %d threads.\n",
+      static_cast<unsigned long long>(seed), threads);
   // The plain dropout MLP (p = 0.5), the reference, and the starting point when pretrained.
   en::Network base(Mlp("dense", 0.5, seed, 0));
   o.epochs = baseline_epochs;
@@ -170,11 +173,12 @@ int SparseVd(const std::string& dir, int threads, int epochs, int baseline_epoch
   }
   o.epochs = epochs;
   o.optimizer.learning_rate = lr;
-  std::printf("sparse VD MLP: %s, log sigma^2 init %.1f, Adam %g, %d epochs, KL / N with N = "
-              "%lld\n\n| epoch | train loss (incl. KL/N) | test acc (pruned) | sparsity |\n"
-              "|---|---|---|---|\n",
-              pretrained ? "from the plain MLP's weights" : "from scratch", log_sigma2, lr, epochs,
-              static_cast<long long>(train.rows()));
+  std::printf(
+      "sparse VD MLP: %s, log sigma^2 init %.1f, Adam %g, %d epochs, KL / N with N = "
+      "%lld\n\n| epoch | train loss (incl. KL/N) | test acc (pruned) | sparsity |\n"
+      "|---|---|---|---|\n",
+      pretrained ? "from the plain MLP's weights" : "from scratch", log_sigma2, lr, epochs,
+      static_cast<long long>(train.rows()));
   t0 = std::chrono::steady_clock::now();
   auto total_sparsity = [](const en::Network& n) {
     double pruned = 0, total = 0;
@@ -197,8 +201,8 @@ int SparseVd(const std::string& dir, int threads, int epochs, int baseline_epoch
               std::fflush(stdout);
             });
   const double secs = Seconds(t0);
-  const Matrix probs = en::PredictEval(net, en::Task::kClassification, en::LossKind::kCrossEntropy,
-                                       test.x, threads);
+  const Matrix probs =
+      en::PredictEval(net, en::Task::kClassification, en::LossKind::kCrossEntropy, test.x, threads);
   const double acc = Accuracy(probs, test.y);
   std::printf("\nsparse VD training took %.1f s (%.1f s an epoch)\n\n", secs, secs / epochs);
   std::printf("| model | test accuracy | weights kept / total | sparsity |\n|---|---|---|---|\n");
@@ -209,8 +213,8 @@ int SparseVd(const std::string& dir, int threads, int epochs, int baseline_epoch
               static_cast<long long>(base_w), static_cast<long long>(base_w));
   const double sp = total_sparsity(net);
   std::printf("| sparse VD MLP (log alpha > 3 pruned) | %.4f | %lld / %lld | %.4f |\n", acc,
-              static_cast<long long>(std::llround((1 - sp) * base_w)), static_cast<long long>(base_w),
-              sp);
+              static_cast<long long>(std::llround((1 - sp) * base_w)),
+              static_cast<long long>(base_w), sp);
   std::printf("\nper layer sparsity:");
   for (int i = 0; i < net.size(); ++i)
     if (net.layer(i).Sparsity() >= 0) std::printf(" layer %d: %.4f", i, net.layer(i).Sparsity());
@@ -246,12 +250,13 @@ int FashionRnn(const std::string& dir, int threads, const RnnOptions& ro) {
   o.optimizer.learning_rate = 1e-3;
   o.seed = ro.seed;
   o.threads = threads;
-  std::printf("Fashion-MNIST row by row (28 steps x 28 pixels): %s(%d) + Dense(10), zoneout "
-              "cell %.2f hidden %.2f, variational input %.2f recurrent %.2f; Adam 1e-3, batch 128, "
-              "%d epochs, seed %llu, %d threads, %lld parameters\n",
-              ro.cell.c_str(), ro.units, r.zoneout_cell, r.zoneout_hidden, ro.rate,
-              ro.recurrent_rate, ro.epochs, static_cast<unsigned long long>(ro.seed), threads,
-              static_cast<long long>(net.ParameterCount()));
+  std::printf(
+      "Fashion-MNIST row by row (28 steps x 28 pixels): %s(%d) + Dense(10), zoneout "
+      "cell %.2f hidden %.2f, variational input %.2f recurrent %.2f; Adam 1e-3, batch 128, "
+      "%d epochs, seed %llu, %d threads, %lld parameters\n",
+      ro.cell.c_str(), ro.units, r.zoneout_cell, r.zoneout_hidden, ro.rate, ro.recurrent_rate,
+      ro.epochs, static_cast<unsigned long long>(ro.seed), threads,
+      static_cast<long long>(net.ParameterCount()));
   double train_secs = 0;
   auto t_epoch = std::chrono::steady_clock::now();
   en::Train(&net, en::Task::kClassification, en::LossKind::kCrossEntropy, train, o,
@@ -265,8 +270,8 @@ int FashionRnn(const std::string& dir, int threads, const RnnOptions& ro) {
               t_epoch = std::chrono::steady_clock::now();
             });
   std::printf("training took %.1f s (%.1f s an epoch)\n\n", train_secs, train_secs / ro.epochs);
-  const Matrix probs = en::PredictEval(net, en::Task::kClassification, en::LossKind::kCrossEntropy,
-                                       test.x, threads);
+  const Matrix probs =
+      en::PredictEval(net, en::Task::kClassification, en::LossKind::kCrossEntropy, test.x, threads);
   const auto det = en::ScoreClassification(probs, test.y);
   std::printf("| prediction | accuracy | NLL | Brier | ECE |\n|---|---|---|---|---|\n");
   std::printf("| deterministic (eval: zoneout expectation) | %.4f | %.4f | %.4f | %.4f |\n",
@@ -313,14 +318,17 @@ int FashionRnn(const std::string& dir, int threads, const RnnOptions& ro) {
     if (ranked[i].second) rank_sum += static_cast<double>(i + 1);
   const double n1 = static_cast<double>(counts[1]), n0 = static_cast<double>(counts[0]);
   const double auroc = n1 > 0 && n0 > 0 ? (rank_sum - n1 * (n1 + 1) / 2) / (n1 * n0) : NAN;
-  std::printf("\n| test images | count | mean predictive entropy | mean mutual information "
-              "(BALD) |\n|---|---|---|---|\n");
+  std::printf(
+      "\n| test images | count | mean predictive entropy | mean mutual information "
+      "(BALD) |\n|---|---|---|---|\n");
   std::printf("| correct | %lld | %.4f | %.4f |\n| wrong | %lld | %.4f | %.4f |\n",
               static_cast<long long>(counts[0]), sums[0][0] / std::max(n0, 1.0),
               sums[0][1] / std::max(n0, 1.0), static_cast<long long>(counts[1]),
               sums[1][0] / std::max(n1, 1.0), sums[1][1] / std::max(n1, 1.0));
-  std::printf("\nAUROC of the mutual information for spotting errors: %.4f; MC prediction of "
-              "10000 images took %.1f s\n", auroc, mc_secs);
+  std::printf(
+      "\nAUROC of the mutual information for spotting errors: %.4f; MC prediction of "
+      "10000 images took %.1f s\n",
+      auroc, mc_secs);
   return 0;
 }
 
@@ -352,7 +360,9 @@ void AddLearnedRateExperiments(CLI::App* app, const std::string* data_dir, const
   c->add_option("--seeds", cr->seeds)->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--units", cr->units)->capture_default_str()->check(CLI::PositiveNumber);
   c->callback([=] {
-    Guard([&] { return ConcreteRates(*data_dir, *threads, cr->sizes, cr->steps, cr->seeds, cr->units); });
+    Guard([&] {
+      return ConcreteRates(*data_dir, *threads, cr->sizes, cr->steps, cr->seeds, cr->units);
+    });
   });
 
   struct Svd {
@@ -373,8 +383,8 @@ void AddLearnedRateExperiments(CLI::App* app, const std::string* data_dir, const
   s->add_option("--seed", sv->seed)->capture_default_str();
   s->callback([=] {
     Guard([&] {
-      return SparseVd(*data_dir, *threads, sv->epochs, sv->baseline_epochs, sv->lr,
-                      sv->log_sigma2, !sv->scratch, sv->seed);
+      return SparseVd(*data_dir, *threads, sv->epochs, sv->baseline_epochs, sv->lr, sv->log_sigma2,
+                      !sv->scratch, sv->seed);
     });
   });
 
@@ -390,7 +400,8 @@ void AddLearnedRateExperiments(CLI::App* app, const std::string* data_dir, const
   f->add_option("--rate", ro->rate, "variational input dropout")->capture_default_str();
   f->add_option("--recurrent-rate", ro->recurrent_rate, "variational recurrent dropout")
       ->capture_default_str();
-  f->add_option("--mc-samples", ro->mc_samples, "T for MC dropout (0: skip)")->capture_default_str();
+  f->add_option("--mc-samples", ro->mc_samples, "T for MC dropout (0: skip)")
+      ->capture_default_str();
   f->add_option("--seed", ro->seed)->capture_default_str();
   f->callback([=] { Guard([&] { return FashionRnn(*data_dir, *threads, *ro); }); });
 }

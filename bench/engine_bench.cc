@@ -70,7 +70,7 @@ NetworkSpec MlpSpec() {
   NetworkSpec spec;
   spec.input = Shape{{1, 28, 28}};
   spec.seed = 1;
-  spec.layers = {Layer("flatten"),        Layer("dense", 512), Layer("relu"),
+  spec.layers = {Layer("flatten"),         Layer("dense", 512), Layer("relu"),
                  Layer("dropout", 0, 0.5), Layer("dense", 512), Layer("relu"),
                  Layer("dropout", 0, 0.5), Layer("dense", 10)};
   return spec;
@@ -90,10 +90,17 @@ NetworkSpec CnnSpec() {
   };
   LayerConfig pool = Layer("max_pool2d");
   pool.pool_size = 2;
-  spec.layers = {conv(32),          Layer("relu"),   conv(64),
-                 Layer("relu"),     Layer("spatial_dropout2d", 0, 0.1), pool,
-                 Layer("flatten"),  Layer("dense", 128), Layer("relu"),
-                 Layer("dropout", 0, 0.5), Layer("dense", 10)};
+  spec.layers = {conv(32),
+                 Layer("relu"),
+                 conv(64),
+                 Layer("relu"),
+                 Layer("spatial_dropout2d", 0, 0.1),
+                 pool,
+                 Layer("flatten"),
+                 Layer("dense", 128),
+                 Layer("relu"),
+                 Layer("dropout", 0, 0.5),
+                 Layer("dense", 10)};
   return spec;
 }
 
@@ -113,8 +120,8 @@ void Train(benchmark::State& state, const NetworkSpec& spec, int64_t rows) {
     o.seed++;
     Train(&net, Task::kClassification, LossKind::kCrossEntropy, data, o);
   }
-  state.counters["samples_per_second"] =
-      benchmark::Counter(static_cast<double>(rows) * state.iterations(), benchmark::Counter::kIsRate);
+  state.counters["samples_per_second"] = benchmark::Counter(
+      static_cast<double>(rows) * state.iterations(), benchmark::Counter::kIsRate);
 }
 
 void BM_MlpTrain(benchmark::State& state) { Train(state, MlpSpec(), 12800); }
@@ -160,7 +167,8 @@ CblasSgemm OpenBlas() {
   static CblasSgemm fn = [] {
     for (const char* lib : {"libopenblas.so.0", "libopenblas.so"}) {
       if (void* h = dlopen(lib, RTLD_NOW | RTLD_LOCAL)) {
-        if (auto set = reinterpret_cast<void (*)(int)>(dlsym(h, "openblas_set_num_threads"))) set(1);
+        if (auto set = reinterpret_cast<void (*)(int)>(dlsym(h, "openblas_set_num_threads")))
+          set(1);
         return reinterpret_cast<CblasSgemm>(dlsym(h, "cblas_sgemm"));
       }
     }
@@ -170,7 +178,7 @@ CblasSgemm OpenBlas() {
 }
 
 void GemmArgs(benchmark::internal::Benchmark* b) {
-  b->Args({128, 512, 784})    // MLP layer 1, batch 128
+  b->Args({128, 512, 784})     // MLP layer 1, batch 128
       ->Args({128, 512, 512})  // MLP layer 2
       ->Args({100, 512, 512})  // MLP layer 2 under MC, T = 100
       ->Args({1, 512, 784})    // batch 1
@@ -193,8 +201,8 @@ void BM_Gemm(benchmark::State& state) {
     }
     benchmark::DoNotOptimize(c.data());
   }
-  state.counters["GFLOPS"] = benchmark::Counter(2.0 * m * n * k * state.iterations() / 1e9,
-                                                benchmark::Counter::kIsRate);
+  state.counters["GFLOPS"] =
+      benchmark::Counter(2.0 * m * n * k * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_Gemm<0>)->Name("BM_Gemm/engine")->Apply(GemmArgs);
 BENCHMARK(BM_Gemm<1>)->Name("BM_Gemm/eigen")->Apply(GemmArgs);

@@ -241,8 +241,8 @@ v1::PredictResponse Client::Predict(const v1::PredictRequest& request, CallOptio
 grpc::ByteBuffer Client::Serialize(const v1::PredictRequest& request) {
   grpc::ByteBuffer buffer;
   bool own_buffer = false;
-  grpc::Status s = grpc::SerializationTraits<v1::PredictRequest>::Serialize(request, &buffer,
-                                                                            &own_buffer);
+  grpc::Status s =
+      grpc::SerializationTraits<v1::PredictRequest>::Serialize(request, &buffer, &own_buffer);
   if (!s.ok()) throw ClientError(s.error_code(), "serialising the request: " + s.error_message());
   return buffer;
 }
@@ -312,8 +312,8 @@ CsvTable ReadCsvFile(const std::string& path, const std::string& drop_column) {
   }
   CsvTable t;
   t.header = std::move(csv.feature_names);
-  t.values = Eigen::Map<const Matrix>(csv.values.data(), csv.rows,
-                                      static_cast<int64_t>(t.header.size()));
+  t.values =
+      Eigen::Map<const Matrix>(csv.values.data(), csv.rows, static_cast<int64_t>(t.header.size()));
   return t;
 }
 

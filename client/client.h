@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include <Eigen/Core>
 #include <grpcpp/grpcpp.h>
+#include <Eigen/Core>
 
 #include "dropnet/v1/service.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -58,10 +58,10 @@ struct CallOptions {
 };
 
 struct UncertaintyOptions {
-  int samples = 0;                  // 0: the server's default (50)
+  int samples = 0;  // 0: the server's default (50)
   std::optional<uint64_t> seed;
   bool return_samples = false;
-  double interval = 0;              // 0: 0.95
+  double interval = 0;  // 0: 0.95
 };
 
 class Client {

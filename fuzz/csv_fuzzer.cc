@@ -15,8 +15,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   static const char* const kTargets[] = {"", "y", "label", "a"};
   dropnet::engine::CsvOptions options;
-  options.task = data[0] & 1 ? dropnet::engine::Task::kRegression
-                             : dropnet::engine::Task::kClassification;
+  options.task =
+      data[0] & 1 ? dropnet::engine::Task::kRegression : dropnet::engine::Task::kClassification;
   options.target = kTargets[(data[0] >> 1) & 3];
   std::istringstream in(std::string(reinterpret_cast<const char*>(data + 1), size - 1));
   dropnet::engine::Dataset d;

@@ -53,7 +53,8 @@ inline void Exercise(const service::Snapshot& s) {
   const int64_t outputs = s.net.output_shape().Size();
   if (s.task == engine::Task::kClassification) {
     d.y.resize(rows, 1);
-    for (int64_t r = 0; r < rows; ++r) d.y(r, 0) = static_cast<float>(r % std::max<int64_t>(outputs, 1));
+    for (int64_t r = 0; r < rows; ++r)
+      d.y(r, 0) = static_cast<float>(r % std::max<int64_t>(outputs, 1));
     d.num_classes = static_cast<int>(std::min<int64_t>(outputs, rows));
   } else {
     const int64_t targets = s.loss == engine::LossKind::kGaussianNll ? outputs / 2 : outputs;

@@ -23,11 +23,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<size_t> split = {size_t{1} + (data[0] >> 1), size_t{1} + data[1]};
   const int64_t row_size = 1 + data[2] % 8;
   const std::string diff =
-      data[0] & 1
-          ? dropnet::service::CompareWithProtobuf<dropnet::v1::PredictUncertaintyRequest>(
-                bytes, split, row_size)
-          : dropnet::service::CompareWithProtobuf<dropnet::v1::PredictRequest>(bytes, split,
-                                                                                row_size);
+      data[0] & 1 ? dropnet::service::CompareWithProtobuf<dropnet::v1::PredictUncertaintyRequest>(
+                        bytes, split, row_size)
+                  : dropnet::service::CompareWithProtobuf<dropnet::v1::PredictRequest>(bytes, split,
+                                                                                       row_size);
   if (!diff.empty()) {
     std::fprintf(stderr, "ParseRequest and protobuf disagree: %s\n", diff.c_str());
     std::abort();

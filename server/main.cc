@@ -4,8 +4,8 @@
 #include <cstdio>
 #include <thread>
 
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "server/service/memory.h"
 #include "server/service/server.h"
@@ -36,42 +36,55 @@ int main(int argc, char** argv) {
       ->envname("DROPNET_EXAMPLE_DATA");
   app.add_option("--example-epochs", c.example_epochs)->check(CLI::PositiveNumber);
   app.add_option("--threads", c.service.compute_threads, "threads one request computes on")
-      ->envname("DROPNET_THREADS")->check(CLI::PositiveNumber);
+      ->envname("DROPNET_THREADS")
+      ->check(CLI::PositiveNumber);
   app.add_option("--workers", c.service.workers,
                  "Predict, PredictUncertainty and Evaluate calls computing at a time (more wait)")
-      ->envname("DROPNET_WORKERS")->check(CLI::PositiveNumber);
+      ->envname("DROPNET_WORKERS")
+      ->check(CLI::PositiveNumber);
   app.add_option("--spin-us", c.service.spin_us,
                  "microseconds idle engine threads wait for the next call's work before sleeping "
                  "(keeps wake-ups off the latency of calls that come closer than this; 0: sleep "
                  "at once and save the CPU)")
-      ->envname("DROPNET_SPIN_US")->check(CLI::NonNegativeNumber);
+      ->envname("DROPNET_SPIN_US")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--max-queue", c.service.max_queued_calls,
                  "calls that may wait for a worker (RESOURCE_EXHAUSTED past it)")
-      ->envname("DROPNET_MAX_QUEUE")->check(CLI::PositiveNumber);
+      ->envname("DROPNET_MAX_QUEUE")
+      ->check(CLI::PositiveNumber);
   app.add_option("--rpc-threads", c.rpc_threads,
                  "maximum threads serving the other calls (models, data sets, Train)")
-      ->envname("DROPNET_RPC_THREADS")->check(CLI::PositiveNumber);
+      ->envname("DROPNET_RPC_THREADS")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-message-bytes", c.max_message_bytes, "largest request or response")
-      ->envname("DROPNET_MAX_MESSAGE_BYTES")->check(CLI::PositiveNumber);
+      ->envname("DROPNET_MAX_MESSAGE_BYTES")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-batch", c.service.max_batch_rows, "largest Predict batch (rows)")
-      ->envname("DROPNET_MAX_BATCH")->check(CLI::PositiveNumber);
+      ->envname("DROPNET_MAX_BATCH")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-samples", c.service.max_samples, "largest Monte-Carlo T")
-      ->envname("DROPNET_MAX_SAMPLES")->check(CLI::PositiveNumber);
+      ->envname("DROPNET_MAX_SAMPLES")
+      ->check(CLI::PositiveNumber);
   app.add_option("--default-samples", c.service.default_samples, "Monte-Carlo T when not given")
       ->check(CLI::PositiveNumber);
   app.add_option("--max-trainings", c.service.max_concurrent_trainings, "concurrent Train calls")
-      ->envname("DROPNET_MAX_TRAININGS")->check(CLI::PositiveNumber);
+      ->envname("DROPNET_MAX_TRAININGS")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-parameters", c.limits.max_parameters, "largest model (parameters)")
       ->check(CLI::PositiveNumber);
   app.add_option("--shutdown-grace", c.shutdown_grace_seconds,
-                 "seconds in-flight calls get after SIGTERM")->check(CLI::NonNegativeNumber);
+                 "seconds in-flight calls get after SIGTERM")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--tls-cert", c.tls_cert, "server certificate (PEM); with --tls-key enables TLS")
-      ->envname("DROPNET_TLS_CERT")->check(CLI::ExistingFile);
+      ->envname("DROPNET_TLS_CERT")
+      ->check(CLI::ExistingFile);
   app.add_option("--tls-key", c.tls_key, "server private key (PEM)")
-      ->envname("DROPNET_TLS_KEY")->check(CLI::ExistingFile);
+      ->envname("DROPNET_TLS_KEY")
+      ->check(CLI::ExistingFile);
   app.add_option("--tls-client-ca", c.tls_client_ca,
                  "CA (PEM) for client certificates: mutual TLS, clients must present one")
-      ->envname("DROPNET_TLS_CLIENT_CA")->check(CLI::ExistingFile);
+      ->envname("DROPNET_TLS_CLIENT_CA")
+      ->check(CLI::ExistingFile);
   app.add_flag("--plaintext", c.plaintext,
                "serve without TLS on a non-loopback address (loopback and Unix sockets are always "
                "allowed)")
@@ -79,7 +92,8 @@ int main(int argc, char** argv) {
   app.add_option("--tokens-file", c.tokens_file,
                  "bearer tokens, one '<role> <token>' a line (roles admin, predict); also "
                  "DROPNET_ADMIN_TOKEN, DROPNET_PREDICT_TOKEN")
-      ->envname("DROPNET_TOKENS_FILE")->check(CLI::ExistingFile);
+      ->envname("DROPNET_TOKENS_FILE")
+      ->check(CLI::ExistingFile);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->envname("DROPNET_LOG_LEVEL")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));

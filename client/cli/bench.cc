@@ -25,30 +25,42 @@ using json = nlohmann::json;
 
 const char* Key(Workload w) {
   switch (w) {
-    case Workload::kHealth: return "health";
-    case Workload::kPredictOne: return "predict";
-    case Workload::kPredictBatch: return "predict-batch";
-    case Workload::kUncertainty: return "uncertainty";
+    case Workload::kHealth:
+      return "health";
+    case Workload::kPredictOne:
+      return "predict";
+    case Workload::kPredictBatch:
+      return "predict-batch";
+    case Workload::kUncertainty:
+      return "uncertainty";
   }
   return "?";
 }
 
 std::string DisplayName(Workload w, const BenchOptions& o) {
   switch (w) {
-    case Workload::kHealth: return "health";
-    case Workload::kPredictOne: return "predict b1";
-    case Workload::kPredictBatch: return "predict b" + std::to_string(o.batch);
-    case Workload::kUncertainty: return "uncertainty T=" + std::to_string(o.samples);
+    case Workload::kHealth:
+      return "health";
+    case Workload::kPredictOne:
+      return "predict b1";
+    case Workload::kPredictBatch:
+      return "predict b" + std::to_string(o.batch);
+    case Workload::kUncertainty:
+      return "uncertainty T=" + std::to_string(o.samples);
   }
   return "?";
 }
 
 int RowsPerCall(Workload w, const BenchOptions& o) {
   switch (w) {
-    case Workload::kHealth: return 0;
-    case Workload::kPredictOne: return 1;
-    case Workload::kPredictBatch: return o.batch;
-    case Workload::kUncertainty: return 1;
+    case Workload::kHealth:
+      return 0;
+    case Workload::kPredictOne:
+      return 1;
+    case Workload::kPredictBatch:
+      return o.batch;
+    case Workload::kUncertainty:
+      return 1;
   }
   return 0;
 }
@@ -226,8 +238,10 @@ json BenchReport::ToJson() const {
   j["inputs"] = inputs;
   j["channels"] = channels;
   j["warmup_seconds"] = warmup_seconds;
-  if (count > 0) j["count"] = count;
-  else j["duration_seconds"] = duration_seconds;
+  if (count > 0)
+    j["count"] = count;
+  else
+    j["duration_seconds"] = duration_seconds;
   j["results"] = json::array();
   std::vector<int> levels;
   for (const auto& r : results) {
@@ -265,13 +279,13 @@ json BenchReport::ToJson() const {
 }
 
 void BenchReport::PrintTable(std::ostream& out) const {
-  out << "model '" << model << "' version " << model_version << ", " << input_width
-      << " inputs (" << inputs << "), server " << server << ", " << channels << ", "
+  out << "model '" << model << "' version " << model_version << ", " << input_width << " inputs ("
+      << inputs << "), server " << server << ", " << channels << ", "
       << (count > 0 ? std::to_string(count) + " calls" : Fixed(duration_seconds, 1) + " s")
       << " per row after " << Fixed(warmup_seconds, 1) << " s warm-up\n\n";
   std::vector<std::vector<std::string>> rows = {{"workload", "concurrency", "calls", "errors",
-                                                 "p50_ms", "p90_ms", "p99_ms", "calls/s",
-                                                 "rows/s", "client_cpu"}};
+                                                 "p50_ms", "p90_ms", "p99_ms", "calls/s", "rows/s",
+                                                 "client_cpu"}};
   std::vector<int> levels;
   std::string one_name, unc_name;
   for (const auto& r : results) {
@@ -371,9 +385,8 @@ void Measure(const std::vector<std::unique_ptr<dc::Client>>& clients, const Requ
   phase.workload = r->workload;
   phase.measure_start = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                            std::chrono::duration<double>(o.warmup_seconds));
-  phase.measure_end = phase.measure_start +
-                      std::chrono::duration_cast<Clock::duration>(
-                          std::chrono::duration<double>(o.duration_seconds));
+  phase.measure_end = phase.measure_start + std::chrono::duration_cast<Clock::duration>(
+                                                std::chrono::duration<double>(o.duration_seconds));
   if (o.count > 0) phase.remaining = &remaining;
   std::vector<WorkerLog> logs(level);
   const double cpu_start = ProcessCpuSeconds();

@@ -45,14 +45,14 @@ struct BenchOptions {
 
 struct BenchResult {
   Workload workload;
-  std::string name;     // e.g. "predict b256"
-  int rows = 0;         // input rows per call
-  int samples = 0;      // T, for PredictUncertainty
+  std::string name;  // e.g. "predict b256"
+  int rows = 0;      // input rows per call
+  int samples = 0;   // T, for PredictUncertainty
   int concurrency = 0;
-  int64_t calls = 0;    // measured calls that succeeded
+  int64_t calls = 0;  // measured calls that succeeded
   int64_t errors = 0;
   std::string first_error;
-  double seconds = 0;   // measured window
+  double seconds = 0;  // measured window
   double p50_ms = 0, p90_ms = 0, p99_ms = 0, mean_ms = 0, max_ms = 0;
   double calls_per_second = 0, rows_per_second = 0;
   // Cores this client kept busy meanwhile (CPU seconds over wall seconds, warm-up included): on a

@@ -146,9 +146,9 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
           kept = e.version() ? e.version() : kept;
           switch (e.kind()) {
             case v1::TrainEvent::KIND_STARTED:
-              std::cout << "training '" << req.model() << "' on '" << req.dataset() << "': "
-                        << e.epochs() << " epochs, " << e.total_steps() << " steps, from version "
-                        << e.version() << "\n";
+              std::cout << "training '" << req.model() << "' on '" << req.dataset()
+                        << "': " << e.epochs() << " epochs, " << e.total_steps()
+                        << " steps, from version " << e.version() << "\n";
               break;
             case v1::TrainEvent::KIND_STEP:
               if (tty) {
@@ -291,8 +291,8 @@ int UncertaintyCommand(dc::Client& c, const std::string& model, const std::strin
     }
   }
   Emit(t, f, output);
-  std::cerr << "model '" << model << "' version " << r.version() << ", Monte-Carlo dropout, T = "
-            << r.num_samples() << ", seed " << r.seed() << "\n";
+  std::cerr << "model '" << model << "' version " << r.version()
+            << ", Monte-Carlo dropout, T = " << r.num_samples() << ", seed " << r.seed() << "\n";
   return 0;
 }
 

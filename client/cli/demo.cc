@@ -84,8 +84,8 @@ int Demo(dc::Client& c, const std::string& data_dir) {
   auto describe = [&](int64_t i) {
     const int k = r.predicted_class(static_cast<int>(i));
     std::ostringstream s;
-    s << "true " << kFashionClasses[test.Label(i) % 10] << ", predicted "
-      << kFashionClasses[k] << " p=" << Fixed(mean(i, k), 2) << "+-" << Fixed(sd(i, k), 2);
+    s << "true " << kFashionClasses[test.Label(i) % 10] << ", predicted " << kFashionClasses[k]
+      << " p=" << Fixed(mean(i, k), 2) << "+-" << Fixed(sd(i, k), 2);
     return s.str();
   };
   std::cout << "\n   #" << confident << ": " << describe(confident) << "\n   #" << ambiguous << ": "

@@ -100,9 +100,11 @@ struct Args {
 
 void AddGlobalOptions(CLI::App& app, Global& g) {
   app.add_option("--server", g.server, "host:port of the server")
-      ->envname("DROPNET_SERVER")->capture_default_str();
+      ->envname("DROPNET_SERVER")
+      ->capture_default_str();
   app.add_option("--timeout", g.timeout, "seconds each call may take (training excepted)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_flag("--tls", g.tls, "connect with TLS (system roots unless --ca)");
   app.add_option("--ca", g.ca, "CA certificate (PEM) to verify the server; implies --tls")
       ->check(CLI::ExistingFile);
@@ -125,7 +127,8 @@ void AddModelCommands(CLI::App& app, Args& a) {
   a.m_create = models->add_subcommand("create", "create a model from a spec file (JSON)");
   a.m_create->add_option("name", a.name)->required();
   a.m_create->add_option("--spec", a.spec, "ModelSpec as JSON, e.g. examples/fashion_mlp.json")
-      ->required()->check(CLI::ExistingFile);
+      ->required()
+      ->check(CLI::ExistingFile);
   a.m_delete = models->add_subcommand("delete", "delete a model and all its versions");
   a.m_delete->add_option("name", a.name)->required();
   for (auto* s : {a.m_list, a.m_get}) {
@@ -150,7 +153,8 @@ void AddDataCommands(CLI::App& app, Args& a) {
   a.d_import->add_option("--limit", a.limit, "keep only the first N rows");
   for (auto* s : {a.d_upload, a.d_import}) {
     s->add_option("--target", a.target, "target column (default: the last)");
-    s->add_option("--task", a.task)->check(CLI::IsMember({"classification", "regression"}))
+    s->add_option("--task", a.task)
+        ->check(CLI::IsMember({"classification", "regression"}))
         ->capture_default_str();
     s->add_flag("--overwrite", a.overwrite, "replace a data set of that name");
   }
@@ -168,7 +172,8 @@ void AddTrainCommand(CLI::App& app, Args& a) {
   train->add_option("--epochs", a.epochs)->capture_default_str()->check(CLI::PositiveNumber);
   train->add_option("--batch-size", a.batch)->capture_default_str()->check(CLI::PositiveNumber);
   train->add_option("--lr", a.lr, "learning rate (default 0.001, SGD 0.01)");
-  train->add_option("--optimizer", a.optimizer)->check(CLI::IsMember({"sgd", "adam", "adamw"}))
+  train->add_option("--optimizer", a.optimizer)
+      ->check(CLI::IsMember({"sgd", "adam", "adamw"}))
       ->capture_default_str();
   train->add_option("--weight-decay", a.wd)->capture_default_str();
   train->add_option("--max-norm", a.max_norm, "max-norm constraint on incoming weights (0: off)");
@@ -214,28 +219,40 @@ void AddBenchAndDemo(CLI::App& app, Args& a) {
       "bench", "load test: latency and throughput of health, Predict and PredictUncertainty");
   auto* bench = a.bench;
   bench->add_option("model", bo.model)->required();
-  bench->add_option("--concurrency,-c", bo.concurrency,
-                    "concurrent callers, one level after another")
-      ->delimiter(',')->capture_default_str()->check(CLI::PositiveNumber);
-  auto* bench_duration = bench->add_option("--duration", bo.duration_seconds,
-                                           "measured seconds per workload and level")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  bench->add_option("--count", bo.count,
-                    "measured calls per workload and level, instead of --duration")
-      ->check(CLI::PositiveNumber)->excludes(bench_duration);
-  bench->add_option("--warmup", bo.warmup_seconds,
-                    "unrecorded seconds before each measurement")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  bench->add_option("--workloads", a.bench_workloads,
-                    "any of health, predict (1 row), predict-batch, uncertainty (1 row)")
-      ->delimiter(',')->capture_default_str()
+  bench
+      ->add_option("--concurrency,-c", bo.concurrency,
+                   "concurrent callers, one level after another")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  auto* bench_duration =
+      bench
+          ->add_option("--duration", bo.duration_seconds, "measured seconds per workload and level")
+          ->capture_default_str()
+          ->check(CLI::PositiveNumber);
+  bench
+      ->add_option("--count", bo.count,
+                   "measured calls per workload and level, instead of --duration")
+      ->check(CLI::PositiveNumber)
+      ->excludes(bench_duration);
+  bench->add_option("--warmup", bo.warmup_seconds, "unrecorded seconds before each measurement")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  bench
+      ->add_option("--workloads", a.bench_workloads,
+                   "any of health, predict (1 row), predict-batch, uncertainty (1 row)")
+      ->delimiter(',')
+      ->capture_default_str()
       ->check(CLI::IsMember({"health", "predict", "predict-batch", "uncertainty"}));
   bench->add_option("--batch", bo.batch, "rows of the predict-batch workload")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   bench->add_option("--samples,-T", bo.samples, "T of the uncertainty workload")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  bench->add_option("--data", bo.data_path,
-                    "CSV rows to send (default: uniform random values in [0, 1))")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bench
+      ->add_option("--data", bo.data_path,
+                   "CSV rows to send (default: uniform random values in [0, 1))")
       ->check(CLI::ExistingFile);
   bench->add_option("--target", bo.target_column, "a CSV column to leave out");
   bench->add_option("--seed", bo.seed, "picks the rows")->capture_default_str();
@@ -257,8 +274,10 @@ int RunBench(const dc::ClientOptions& client_options, Args& a) {
   a.bench_options.shared_channel = a.bench_shared;
   auto report =
       cli::RunBench(client_options, a.bench_options, a.bench_quiet ? nullptr : &std::cerr);
-  if (a.bench_json) std::cout << report.ToJson().dump(2) << "\n";
-  else report.PrintTable(std::cout);
+  if (a.bench_json)
+    std::cout << report.ToJson().dump(2) << "\n";
+  else
+    report.PrintTable(std::cout);
   int64_t errors = 0;
   for (const auto& r : report.results) errors += r.errors;
   return errors ? 1 : 0;

@@ -93,8 +93,10 @@ std::string Duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   std::ostringstream o;
   const int secs = static_cast<int>(std::round(s));
-  if (secs >= 60) o << secs / 60 << "m" << std::setw(2) << std::setfill('0') << secs % 60 << "s";
-  else o << secs << "s";
+  if (secs >= 60)
+    o << secs / 60 << "m" << std::setw(2) << std::setfill('0') << secs % 60 << "s";
+  else
+    o << secs << "s";
   return o.str();
 }
 

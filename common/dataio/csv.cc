@@ -54,9 +54,12 @@ std::vector<std::string> SplitCsvLine(std::string_view line) {
   for (size_t i = 0; i < line.size(); ++i) {
     const char ch = line[i];
     if (quoted) {
-      if (ch == '"' && i + 1 < line.size() && line[i + 1] == '"') cur += '"', ++i;
-      else if (ch == '"') quoted = false;
-      else cur += ch;
+      if (ch == '"' && i + 1 < line.size() && line[i + 1] == '"')
+        cur += '"', ++i;
+      else if (ch == '"')
+        quoted = false;
+      else
+        cur += ch;
     } else if (ch == '"') {
       quoted = true;
     } else if (ch == ',') {

@@ -47,8 +47,8 @@ struct CsvTable {
   std::vector<std::string> feature_names;  // the header without the label column
   size_t label_index = kNoLabel;           // the label column's place in header
   int64_t rows = 0;
-  std::vector<float> values;               // rows x feature_names.size(), row-major
-  std::vector<std::string> labels;         // the label field of each row, with a label column
+  std::vector<float> values;        // rows x feature_names.size(), row-major
+  std::vector<std::string> labels;  // the label field of each row, with a label column
 };
 
 // Reads CSV text. Throws DataError naming the line and column of the first bad value (the header

@@ -95,11 +95,10 @@ IdxImages ReadIdx(std::string_view images_raw, std::string_view labels_raw,
   const uint64_t pixel_bytes = n * h * w;
   std::string images = IdxBytes(images_raw, images_name, 16 + pixel_bytes);
   if (images.size() != 16 + pixel_bytes) {
-    throw DataError(
-        "IDX image file '" + images_name + "' has " +
-        (images.size() > 16 + pixel_bytes ? "more than " + std::to_string(pixel_bytes)
-                                          : std::to_string(images.size() - 16)) +
-        " pixel bytes, its header says " + std::to_string(pixel_bytes));
+    throw DataError("IDX image file '" + images_name + "' has " +
+                    (images.size() > 16 + pixel_bytes ? "more than " + std::to_string(pixel_bytes)
+                                                      : std::to_string(images.size() - 16)) +
+                    " pixel bytes, its header says " + std::to_string(pixel_bytes));
   }
   std::string labels = IdxBytes(labels_raw, labels_name, 8 + n);
   if (labels.size() < 8 || BigEndian(labels, 0) != kIdxLabels) {

@@ -17,8 +17,8 @@ namespace dropnet::dataio {
 // Images with one label each.
 struct IdxImages {
   uint32_t count = 0, height = 0, width = 0;
-  std::string pixels;  // count x height x width bytes, 0-255, row-major
-  std::string labels;  // count bytes
+  std::string pixels;   // count x height x width bytes, 0-255, row-major
+  std::string labels;   // count bytes
   int num_classes = 0;  // 1 + the largest label
 
   int Label(uint64_t i) const { return static_cast<unsigned char>(labels[i]); }

@@ -46,13 +46,12 @@ LayerPlan PlanConcreteDropout(const LayerConfig& config, const Shape& input) {
   // p_logit (one per layer or per unit), then the dense layer's weights and bias.
   const int64_t rates = config.per_unit ? input.Size() : 1;
   if (!has_dense) return LayerPlan{input, rates};
-  return LayerPlan{Shape{{config.units}},
-                   SaturatingAdd(rates, DenseParameterCount(input.Size(), config.units,
-                                                            config.use_bias))};
+  return LayerPlan{
+      Shape{{config.units}},
+      SaturatingAdd(rates, DenseParameterCount(input.Size(), config.units, config.use_bias))};
 }
 
-ConcreteDropout::ConcreteDropout(const LayerConfig& config, const Shape& input,
-                                 uint64_t init_seed)
+ConcreteDropout::ConcreteDropout(const LayerConfig& config, const Shape& input, uint64_t init_seed)
     : Layer(config, input), has_dense_(config.units > 0) {
   PlanConcreteDropout(config, input);
   const int64_t k = input.Size();
@@ -185,8 +184,7 @@ double ConcreteDropout::Regularize(int64_t n, std::span<Matrix> grads) const {
   std::vector<double> sq(logit.size(), 0.0);
   if (has_dense_) {
     const Matrix& w = params_[1].value;
-    for (int64_t j = 0; j < k; ++j)
-      sq[per_unit ? j : 0] += w.row(j).cast<double>().squaredNorm();
+    for (int64_t j = 0; j < k; ++j) sq[per_unit ? j : 0] += w.row(j).cast<double>().squaredNorm();
   }
   const double units = per_unit ? 1.0 : static_cast<double>(k);
   for (int64_t u = 0; u < logit.size(); ++u) {
@@ -196,8 +194,10 @@ double ConcreteDropout::Regularize(int64_t n, std::span<Matrix> grads) const {
     grads[0](0, u) += static_cast<float>(dp * p * q);
     if (has_dense_) {
       const float c = static_cast<float>(2 * wr / q);
-      if (per_unit) grads[1].row(u) += c * params_[1].value.row(u);
-      else grads[1] += c * params_[1].value;
+      if (per_unit)
+        grads[1].row(u) += c * params_[1].value.row(u);
+      else
+        grads[1] += c * params_[1].value;
     }
   }
   return total;

@@ -26,9 +26,7 @@ class ConcreteDropout : public Layer {
  public:
   ConcreteDropout(const LayerConfig& config, const Shape& input, uint64_t init_seed);
   std::string Type() const override { return "concrete_dropout"; }
-  std::unique_ptr<Layer> Clone() const override {
-    return std::make_unique<ConcreteDropout>(*this);
-  }
+  std::unique_ptr<Layer> Clone() const override { return std::make_unique<ConcreteDropout>(*this); }
   bool IsStochastic() const override { return true; }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,

@@ -30,7 +30,7 @@ ConvGeometry MakeConvGeometry(const LayerConfig& c, const Shape& input) {
   const int dims = static_cast<int>(input.dims.size());
   if ((rank != 0 && dims != rank) || (rank == 0 && dims != 2 && dims != 3)) {
     Fail(t, "expects input of shape " +
-                std::string(rank == 2 ? "[channels, length]"
+                std::string(rank == 2   ? "[channels, length]"
                             : rank == 3 ? "[channels, height, width]"
                                         : "[channels, length] or [channels, height, width]") +
                 ", got " + input.ToString());
@@ -59,8 +59,8 @@ ConvGeometry MakeConvGeometry(const LayerConfig& c, const Shape& input) {
   if (stride <= 0) Fail(t + ".stride", "must be positive (0: default), got " + Str(c.stride));
   if (c.padding < 0) Fail(t + ".padding", "must be >= 0, got " + Str(c.padding));
   if (!conv && 2 * int64_t{c.padding} > k) {
-    Fail(t + ".padding", "must be at most half the pool size " + Str(k) + ", got " +
-                             Str(c.padding));
+    Fail(t + ".padding",
+         "must be at most half the pool size " + Str(k) + ", got " + Str(c.padding));
   }
   g.kernel_w = k;
   g.stride_w = stride;
@@ -161,8 +161,8 @@ void Col2Im(const ConvGeometry& g, const float* col, float* dx) {
 }
 
 bool IsPointwise(const ConvGeometry& g) {
-  return g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
-         g.pad_h == 0 && g.pad_w == 0;
+  return g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 &&
+         g.pad_w == 0;
 }
 
 // Runs fn(part, begin, end) over `parts` contiguous ranges of [0, n), one range per thread.

@@ -18,7 +18,7 @@ namespace dropnet::engine {
 
 // The spatial geometry of a conv or pooling layer, with 1D inputs as H = 1.
 struct ConvGeometry {
-  int channels = 0, height = 1, width = 0;   // input
+  int channels = 0, height = 1, width = 0;  // input
   int kernel_h = 1, kernel_w = 1;
   int stride_h = 1, stride_w = 1;
   int pad_h = 0, pad_w = 0;

@@ -19,9 +19,9 @@
 namespace dropnet::engine {
 
 struct Dataset {
-  Matrix x;                                // rows x features
-  Matrix y;                                // rows x targets; a class index per row when classifying
-  Shape input_shape;                       // layout of one row of x
+  Matrix x;           // rows x features
+  Matrix y;           // rows x targets; a class index per row when classifying
+  Shape input_shape;  // layout of one row of x
   Task task = Task::kClassification;
   int num_classes = 0;                     // classification: 1 + the largest label
   std::vector<std::string> feature_names;  // CSV header, when read from CSV

@@ -50,8 +50,10 @@ DropConnectDense::Act DropConnectDense::ActivationOf(const std::string& a) {
   if (a == "relu") return Act::kRelu;
   if (a == "sigmoid") return Act::kSigmoid;
   if (a == "tanh") return Act::kTanh;
-  throw InvalidArgument("drop_connect.activation must be one of linear, relu, sigmoid, tanh "
-                        "(or empty), got '" + a + "'");
+  throw InvalidArgument(
+      "drop_connect.activation must be one of linear, relu, sigmoid, tanh "
+      "(or empty), got '" +
+      a + "'");
 }
 
 LayerPlan PlanDropConnect(const LayerConfig& config, const Shape& input) {
@@ -116,10 +118,18 @@ Matrix DropConnectDense::MaskFor(const Context& ctx, int64_t row) const {
 
 void DropConnectDense::ApplyActivation(const Matrix& z, Matrix* y) const {
   switch (act_) {
-    case Act::kLinear: *y = z; break;
-    case Act::kRelu: *y = z.cwiseMax(0.0f); break;
-    case Act::kSigmoid: *y = z.unaryExpr([](float v) { return Sigmoid(v); }); break;
-    case Act::kTanh: *y = z.array().tanh().matrix(); break;
+    case Act::kLinear:
+      *y = z;
+      break;
+    case Act::kRelu:
+      *y = z.cwiseMax(0.0f);
+      break;
+    case Act::kSigmoid:
+      *y = z.unaryExpr([](float v) { return Sigmoid(v); });
+      break;
+    case Act::kTanh:
+      *y = z.array().tanh().matrix();
+      break;
   }
 }
 
@@ -144,7 +154,8 @@ void DropConnectDense::Forward(const Matrix& x, const Context& ctx, LayerCache* 
         const double mu = z.data()[i], var = std::max(0.0, static_cast<double>(s2.data()[i]));
         double v = mu;
         switch (act_) {
-          case Act::kLinear: break;
+          case Act::kLinear:
+            break;
           case Act::kRelu: {
             const double sd = std::sqrt(var);
             if (sd < 1e-12) {
@@ -188,8 +199,10 @@ void DropConnectDense::Forward(const Matrix& x, const Context& ctx, LayerCache* 
       std::vector<float> m(out);
       for (int64_t r = r0; r < r1; ++r) {
         Eigen::Map<RowVector> zr(z.row(r).data(), out);
-        if (has_bias) zr = params_[1].value.row(0);
-        else zr.setZero();
+        if (has_bias)
+          zr = params_[1].value.row(0);
+        else
+          zr.setZero();
         const CounterRng rng = RowRng(ctx.rng, ctx.layer, r);
         const float* xr = x.row(r).data();
         float* zp = z.row(r).data();
@@ -208,8 +221,10 @@ void DropConnectDense::Forward(const Matrix& x, const Context& ctx, LayerCache* 
     KeepInput(x, cache);
     cache->output = std::move(z);  // pre-activation
     cache->extra = {EncodeAddress(ctx)};
-    if (stochastic) cache->mask = Matrix::Ones(1, 1);  // a flag: masks were drawn
-    else cache->mask.resize(0, 0);
+    if (stochastic)
+      cache->mask = Matrix::Ones(1, 1);  // a flag: masks were drawn
+    else
+      cache->mask.resize(0, 0);
   }
 }
 
@@ -223,8 +238,12 @@ void DropConnectDense::Backward(const Matrix& dy, const LayerCache& cache, std::
   // g = dL/dz
   Matrix g;
   switch (act_) {
-    case Act::kLinear: g = dy; break;
-    case Act::kRelu: g = dy.binaryExpr(z, [](float d, float v) { return v > 0 ? d : 0.0f; }); break;
+    case Act::kLinear:
+      g = dy;
+      break;
+    case Act::kRelu:
+      g = dy.binaryExpr(z, [](float d, float v) { return v > 0 ? d : 0.0f; });
+      break;
     case Act::kSigmoid:
       g = dy.binaryExpr(z, [](float d, float v) {
         const float s = Sigmoid(v);

@@ -58,8 +58,10 @@ void Dropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Ma
   const double p = config_.rate;
   if (PassesThrough(ctx.mode) || !Stochastic(ctx.mode)) {
     // In eval, classic scaling multiplies by the keep probability instead of dropping.
-    if (PassesThrough(ctx.mode)) *y = x;
-    else *y = x * static_cast<float>(1.0 - p);
+    if (PassesThrough(ctx.mode))
+      *y = x;
+    else
+      *y = x * static_cast<float>(1.0 - p);
     if (cache) cache->mask.resize(0, 0);
     return;
   }
@@ -70,8 +72,10 @@ void Dropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Ma
 void Dropout::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                        Matrix* dx) const {
   if (!dx) return;
-  if (cache.mask.size() == 0) *dx = dy;
-  else *dx = dy.cwiseProduct(cache.mask);
+  if (cache.mask.size() == 0)
+    *dx = dy;
+  else
+    *dx = dy.cwiseProduct(cache.mask);
 }
 
 }  // namespace dropnet::engine

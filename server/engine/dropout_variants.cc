@@ -104,8 +104,10 @@ void GaussianDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* c
 void GaussianDropout::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                                Matrix* dx) const {
   if (!dx) return;
-  if (cache.mask.size() == 0) *dx = dy;
-  else *dx = dy.cwiseProduct(cache.mask);
+  if (cache.mask.size() == 0)
+    *dx = dy;
+  else
+    *dx = dy.cwiseProduct(cache.mask);
 }
 
 // ---- AlphaDropout ----
@@ -147,8 +149,10 @@ void AlphaDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cach
 void AlphaDropout::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                             Matrix* dx) const {
   if (!dx) return;
-  if (cache.mask.size() == 0) *dx = dy;
-  else *dx = dy.cwiseProduct(cache.mask);
+  if (cache.mask.size() == 0)
+    *dx = dy;
+  else
+    *dx = dy.cwiseProduct(cache.mask);
 }
 
 }  // namespace dropnet::engine

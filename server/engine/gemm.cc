@@ -82,14 +82,24 @@ __attribute__((target("avx512f"))) void PackPanel(const float* b, int64_t ldb,
 
 using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, float*, int64_t,
                           int, bool, float);
-constexpr KernelFn kFullKernels[kMr + 1] = {
-    nullptr,                  MicroKernel<1, false>, MicroKernel<2, false>,
-    MicroKernel<3, false>,    MicroKernel<4, false>, MicroKernel<5, false>,
-    MicroKernel<6, false>,    MicroKernel<7, false>, MicroKernel<8, false>};
-constexpr KernelFn kHalfKernels[kMr + 1] = {
-    nullptr,                 MicroKernel<1, true>, MicroKernel<2, true>,
-    MicroKernel<3, true>,    MicroKernel<4, true>, MicroKernel<5, true>,
-    MicroKernel<6, true>,    MicroKernel<7, true>, MicroKernel<8, true>};
+constexpr KernelFn kFullKernels[kMr + 1] = {nullptr,
+                                            MicroKernel<1, false>,
+                                            MicroKernel<2, false>,
+                                            MicroKernel<3, false>,
+                                            MicroKernel<4, false>,
+                                            MicroKernel<5, false>,
+                                            MicroKernel<6, false>,
+                                            MicroKernel<7, false>,
+                                            MicroKernel<8, false>};
+constexpr KernelFn kHalfKernels[kMr + 1] = {nullptr,
+                                            MicroKernel<1, true>,
+                                            MicroKernel<2, true>,
+                                            MicroKernel<3, true>,
+                                            MicroKernel<4, true>,
+                                            MicroKernel<5, true>,
+                                            MicroKernel<6, true>,
+                                            MicroKernel<7, true>,
+                                            MicroKernel<8, true>};
 
 // The kernel for mr rows of a panel with nv valid columns: a panel of at most 16 (a narrow
 // product, such as a 10-class head, or the last panel) computes half the accumulators.
@@ -107,11 +117,11 @@ bool HaveAvx512() {
 constexpr int kSmallM = 4;
 
 template <int MR>
-__attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, const int64_t* bounds,
-                                                       int blocks, const int32_t* k_index,
-                                                       float alpha, const float* a, int64_t a_rs,
-                                                       int64_t a_cs, const float* b, int64_t ldb,
-                                                       float* c, int64_t ldc, bool accumulate) {
+__attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, const int64_t* bounds, int blocks,
+                                                       const int32_t* k_index, float alpha,
+                                                       const float* a, int64_t a_rs, int64_t a_cs,
+                                                       const float* b, int64_t ldb, float* c,
+                                                       int64_t ldc, bool accumulate) {
   constexpr int kCols = 64;
   const __m512 va = _mm512_set1_ps(alpha);
   for (int64_t n0 = 0; n0 < n; n0 += kCols) {
@@ -145,8 +155,8 @@ __attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, const int64_t*
   }
 }
 
-using SmallFn = void (*)(int64_t, const int64_t*, int, const int32_t*, float, const float*,
-                         int64_t, int64_t, const float*, int64_t, float*, int64_t, bool);
+using SmallFn = void (*)(int64_t, const int64_t*, int, const int32_t*, float, const float*, int64_t,
+                         int64_t, const float*, int64_t, float*, int64_t, bool);
 constexpr SmallFn kSmallKernels[kSmallM + 1] = {nullptr, SmallMRows<1>, SmallMRows<2>,
                                                 SmallMRows<3>, SmallMRows<4>};
 
@@ -169,8 +179,8 @@ void GemmAvx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, flo
     bounds.clear();
     for (int64_t k0 = 0; k0 < k; k0 += kKc) bounds.push_back(k0);
     bounds.push_back(k);
-    kSmallKernels[m](n, bounds.data(), static_cast<int>(bounds.size()) - 1, nullptr, alpha, a,
-                     a_rs, a_cs, b, ldb, c, ldc, beta == 1.0f);
+    kSmallKernels[m](n, bounds.data(), static_cast<int>(bounds.size()) - 1, nullptr, alpha, a, a_rs,
+                     a_cs, b, ldb, c, ldc, beta == 1.0f);
     return;
   }
   thread_local std::vector<float> panel;
@@ -222,15 +232,21 @@ void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
   using Stride = Eigen::OuterStride<>;
   using ConstMap = Eigen::Map<const Matrix, 0, Stride>;
   Eigen::Map<Matrix, 0, Stride> cm(c, m, n, Stride(ldc));
-  if (beta == 0.0f) cm.setZero();
-  else if (beta != 1.0f) cm *= beta;
+  if (beta == 0.0f)
+    cm.setZero();
+  else if (beta != 1.0f)
+    cm *= beta;
   if (k <= 0) return;
   ConstMap am(a, trans_a ? k : m, trans_a ? m : k, Stride(lda));
   ConstMap bm(b, trans_b ? n : k, trans_b ? k : n, Stride(ldb));
-  if (trans_a && trans_b) cm.noalias() += alpha * (am.transpose() * bm.transpose());
-  else if (trans_a) cm.noalias() += alpha * (am.transpose() * bm);
-  else if (trans_b) cm.noalias() += alpha * (am * bm.transpose());
-  else cm.noalias() += alpha * (am * bm);
+  if (trans_a && trans_b)
+    cm.noalias() += alpha * (am.transpose() * bm.transpose());
+  else if (trans_a)
+    cm.noalias() += alpha * (am.transpose() * bm);
+  else if (trans_b)
+    cm.noalias() += alpha * (am * bm.transpose());
+  else
+    cm.noalias() += alpha * (am * bm);
 }
 
 void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int32_t* k_index,
@@ -250,8 +266,8 @@ void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int3
     }
     if (m <= kSmallM) {
       // The unpacked kernel reads the selected rows of B in place.
-      kSmallKernels[m](n, bounds.data(), static_cast<int>(bounds.size()) - 1, k_index, 1.0f, a,
-                       lda, 1, b, ldb, c, ldc, false);
+      kSmallKernels[m](n, bounds.data(), static_cast<int>(bounds.size()) - 1, k_index, 1.0f, a, lda,
+                       1, b, ldb, c, ldc, false);
       return;
     }
     thread_local std::vector<float> panel;
@@ -355,8 +371,8 @@ void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b
       ParallelFor(blocks, threads, [&](int64_t b0, int64_t b1) {
         const int64_t c0 = b0 * 64, c1 = std::min(cols, b1 * 64);
         const float* bp = transpose_b ? b.data() + c0 * b.cols() : b.data() + c0;
-        Gemm(transpose_a, transpose_b, rows, c1 - c0, inner, 1.0f, a.data(), a.cols(), bp,
-             b.cols(), accumulate ? 1.0f : 0.0f, c->data() + c0, cols);
+        Gemm(transpose_a, transpose_b, rows, c1 - c0, inner, 1.0f, a.data(), a.cols(), bp, b.cols(),
+             accumulate ? 1.0f : 0.0f, c->data() + c0, cols);
       });
       return;
     }
@@ -372,14 +388,21 @@ void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b
     const int64_t nr = r1 - r0;
     auto run = [&](const auto& lhs) {
       if (transpose_b) {
-        if (accumulate) out.noalias() += lhs * b.transpose();
-        else out.noalias() = lhs * b.transpose();
+        if (accumulate)
+          out.noalias() += lhs * b.transpose();
+        else
+          out.noalias() = lhs * b.transpose();
       } else {
-        if (accumulate) out.noalias() += lhs * b; else out.noalias() = lhs * b;
+        if (accumulate)
+          out.noalias() += lhs * b;
+        else
+          out.noalias() = lhs * b;
       }
     };
-    if (transpose_a) run(a.middleCols(r0, nr).transpose());
-    else run(a.middleRows(r0, nr));
+    if (transpose_a)
+      run(a.middleCols(r0, nr).transpose());
+    else
+      run(a.middleRows(r0, nr));
   });
 }
 

@@ -52,25 +52,25 @@ struct LayerCache {
 
 // The configuration of one layer, independent of any wire format.
 struct LayerConfig {
-  std::string type;           // a name of layer_types.h's table: dense, relu, leaky_relu, tanh,
-                              // sigmoid, selu, gelu, softmax, flatten, batch_norm, dropout, lstm,
-                              // gru, concrete_dropout, sparse_vd, the convolutions and pools, the
-                              // dropout variants and drop_connect
-  int units = 0;              // dense: output features
-  std::string init;           // dense: he_normal, he_uniform, glorot_normal, glorot_uniform
-                              // (default), lecun_normal, lecun_uniform
-  bool use_bias = true;       // dense
-  double rate = 0.0;          // dropout family: the drop probability p in [0, 1)
+  std::string type;      // a name of layer_types.h's table: dense, relu, leaky_relu, tanh,
+                         // sigmoid, selu, gelu, softmax, flatten, batch_norm, dropout, lstm,
+                         // gru, concrete_dropout, sparse_vd, the convolutions and pools, the
+                         // dropout variants and drop_connect
+  int units = 0;         // dense: output features
+  std::string init;      // dense: he_normal, he_uniform, glorot_normal, glorot_uniform
+                         // (default), lecun_normal, lecun_uniform
+  bool use_bias = true;  // dense
+  double rate = 0.0;     // dropout family: the drop probability p in [0, 1)
   bool classic_scaling = false;  // dropout: y = m*x in train, (1-p)*x in eval (Srivastava 2014)
   double negative_slope = 0.01;  // leaky_relu
-  double momentum = 0.1;      // batch_norm: running = (1-momentum)*running + momentum*batch
-  double epsilon = 1e-5;      // batch_norm
+  double momentum = 0.1;         // batch_norm: running = (1-momentum)*running + momentum*batch
+  double epsilon = 1e-5;         // batch_norm
   // conv1d, conv2d, max_pool[1d|2d], avg_pool[1d|2d], global_avg_pool (conv.h); square kernels.
-  int filters = 0;            // conv: output channels
-  int kernel_size = 0;        // conv: kernel length (1D) or side (2D); required
-  int stride = 0;             // conv, pools: step; 0 = 1 for conv, pool_size for pools
-  int padding = 0;            // conv, pools: zeros added on each side of every spatial dimension
-  int pool_size = 0;          // pools: window length or side; 0 = 2
+  int filters = 0;      // conv: output channels
+  int kernel_size = 0;  // conv: kernel length (1D) or side (2D); required
+  int stride = 0;       // conv, pools: step; 0 = 1 for conv, pool_size for pools
+  int padding = 0;      // conv, pools: zeros added on each side of every spatial dimension
+  int pool_size = 0;    // pools: window length or side; 0 = 2
   // drop_connect (dropconnect.h): a dense layer (units, init, use_bias) with DropConnect at rate.
   bool drop_connect_shared = false;  // one weight mask per batch instead of per example
   bool moment_matching = false;      // eval by Wan et al.'s Gaussian moment matching
@@ -88,9 +88,9 @@ struct LayerConfig {
   double dropout_regularizer = -1.0;  // < 0: 2 / N
   double length_scale = 1e-4;         // prior length scale l of the derived weight regulariser
   // sparse_vd (sparse_vd.h): a Dense layer with sparse variational dropout (units, init, use_bias).
-  double log_sigma2_init = -10.0;     // initial log sigma^2 of every weight
-  double prune_threshold = 3.0;       // weights with log alpha above this are pruned in eval
-  double kl_weight = 1.0;             // scales the KL term (1 = the variational bound)
+  double log_sigma2_init = -10.0;  // initial log sigma^2 of every weight
+  double prune_threshold = 3.0;    // weights with log alpha above this are pruned in eval
+  double kl_weight = 1.0;          // scales the KL term (1 = the variational bound)
 };
 
 // What a layer of a given configuration makes of an input shape, known without building it.

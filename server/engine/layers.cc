@@ -20,9 +20,12 @@ std::string Shape::ToString() const {
 
 const char* ModeName(Mode mode) {
   switch (mode) {
-    case Mode::kTrain: return "train";
-    case Mode::kEval: return "eval";
-    case Mode::kMonteCarlo: return "monte_carlo";
+    case Mode::kTrain:
+      return "train";
+    case Mode::kEval:
+      return "eval";
+    case Mode::kMonteCarlo:
+      return "monte_carlo";
   }
   return "?";
 }
@@ -46,8 +49,10 @@ void InitializeWeights(const std::string& scheme, int64_t fan_in, int64_t fan_ou
   } else if (scheme == "lecun_uniform") {
     uniform = true;
   } else {
-    throw InvalidArgument("dense.init must be one of he_normal, he_uniform, glorot_normal, "
-                          "glorot_uniform, lecun_normal, lecun_uniform; got '" + scheme + "'");
+    throw InvalidArgument(
+        "dense.init must be one of he_normal, he_uniform, glorot_normal, "
+        "glorot_uniform, lecun_normal, lecun_uniform; got '" +
+        scheme + "'");
   }
   const double stddev = std::sqrt(gain / fan);
   const double limit = std::sqrt(3.0) * stddev;  // uniform on [-limit, limit] has that stddev
@@ -83,8 +88,10 @@ Dense::Dense(const LayerConfig& config, const Shape& input, uint64_t init_seed)
 void Dense::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const {
   // Outside training, inputs often have whole zero columns (ReLU and dropout zeros, blank
   // pixels; in Monte Carlo the prefix's zeros are shared by every sample): those are skipped.
-  if (cache) MatMul(x, false, params_[0].value, false, y, ctx.threads);
-  else MatMulSkippingZeroColumns(x, params_[0].value, y, ctx.threads);
+  if (cache)
+    MatMul(x, false, params_[0].value, false, y, ctx.threads);
+  else
+    MatMulSkippingZeroColumns(x, params_[0].value, y, ctx.threads);
   if (params_.size() > 1) y->rowwise() += params_[1].value.row(0);
   if (cache) KeepInput(x, cache);
 }
@@ -154,18 +161,21 @@ void Activation::Forward(const Matrix& x, const Context& ctx, LayerCache* cache,
     const auto in = x.middleRows(r0, n);
     auto out = y->middleRows(r0, n);
     switch (kind_) {
-      case Kind::kRelu: out = in.cwiseMax(0.0f); break;
+      case Kind::kRelu:
+        out = in.cwiseMax(0.0f);
+        break;
       case Kind::kLeakyRelu:
         out = in.unaryExpr([slope](float v) { return v > 0 ? v : slope * v; });
         break;
-      case Kind::kTanh: out = in.array().tanh().matrix(); break;
+      case Kind::kTanh:
+        out = in.array().tanh().matrix();
+        break;
       case Kind::kSigmoid:
         out = in.unaryExpr([](float v) { return 1.0f / (1.0f + std::exp(-v)); });
         break;
       case Kind::kSelu:
-        out = in.unaryExpr([](float v) {
-          return kSeluScale * (v > 0 ? v : kSeluAlpha * std::expm1(v));
-        });
+        out = in.unaryExpr(
+            [](float v) { return kSeluScale * (v > 0 ? v : kSeluAlpha * std::expm1(v)); });
         break;
       case Kind::kGelu:
         out = in.unaryExpr([](float v) { return 0.5f * v * (1.0f + std::erf(v * kInvSqrt2)); });
@@ -361,10 +371,9 @@ void BatchNorm::Backward(const Matrix& dy, const LayerCache& cache, std::span<Ma
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t c = 0; c < c_count; ++c) {
       float k = gamma[c] * inv_std[c] / m;
-      dx->row(r).segment(c * s, s) =
-          (k * (m * dy.row(r).segment(c * s, s).array() - dbeta[c] -
-                xhat.row(r).segment(c * s, s).array() * dgamma[c]))
-              .matrix();
+      dx->row(r).segment(c * s, s) = (k * (m * dy.row(r).segment(c * s, s).array() - dbeta[c] -
+                                           xhat.row(r).segment(c * s, s).array() * dgamma[c]))
+                                         .matrix();
     }
   }
 }

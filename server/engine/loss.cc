@@ -17,9 +17,12 @@ const char* TaskName(Task task) {
 
 const char* LossName(LossKind loss) {
   switch (loss) {
-    case LossKind::kCrossEntropy: return "cross_entropy";
-    case LossKind::kMse: return "mse";
-    case LossKind::kGaussianNll: return "gaussian_nll";
+    case LossKind::kCrossEntropy:
+      return "cross_entropy";
+    case LossKind::kMse:
+      return "mse";
+    case LossKind::kGaussianNll:
+      return "gaussian_nll";
   }
   return "?";
 }
@@ -45,7 +48,8 @@ void CheckHead(Task task, LossKind loss, int64_t outputs, int64_t targets) {
     } else if (outputs < 2) {
       msg << "classification needs at least 2 outputs (one per class), the network has " << outputs;
     } else if (targets > outputs) {
-      msg << "the data has " << targets << " classes but the network only " << outputs << " outputs";
+      msg << "the data has " << targets << " classes but the network only " << outputs
+          << " outputs";
     }
   } else {
     if (loss == LossKind::kCrossEntropy) {
@@ -122,8 +126,10 @@ void HeadOutputs(Task task, LossKind loss, bool ends_with_softmax, const Matrix&
                  Matrix* prediction, Matrix* variance) {
   if (variance) variance->resize(0, 0);
   if (task == Task::kClassification) {
-    if (ends_with_softmax) *prediction = raw;
-    else SoftmaxRows(raw, prediction);
+    if (ends_with_softmax)
+      *prediction = raw;
+    else
+      SoftmaxRows(raw, prediction);
     return;
   }
   if (loss == LossKind::kGaussianNll) {

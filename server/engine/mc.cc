@@ -50,12 +50,12 @@ struct ChunkStats {
 // Running statistics over the samples added so far, in double precision.
 struct Accumulator {
   int64_t n = 0;
-  Eigen::MatrixXd mean, m2;       // B x C
-  Eigen::VectorXd entropy_sum;    // classification
-  Eigen::MatrixXi votes;          // classification: B x C argmax counts
-  Eigen::MatrixXd aleatoric_sum;  // gaussian head: sum of predicted variances
-  Eigen::MatrixXd ll_max, ll_sum; // log-sum-exp state per (row, target)
-  Eigen::MatrixXd delta;          // scratch of Add
+  Eigen::MatrixXd mean, m2;        // B x C
+  Eigen::VectorXd entropy_sum;     // classification
+  Eigen::MatrixXi votes;           // classification: B x C argmax counts
+  Eigen::MatrixXd aleatoric_sum;   // gaussian head: sum of predicted variances
+  Eigen::MatrixXd ll_max, ll_sum;  // log-sum-exp state per (row, target)
+  Eigen::MatrixXd delta;           // scratch of Add
 
   void Init(int64_t b, int64_t c, bool classify, bool aleatoric, bool ll) {
     mean = Eigen::MatrixXd::Zero(b, c);

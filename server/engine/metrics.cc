@@ -72,7 +72,8 @@ ClassificationMetrics ScoreClassification(const Matrix& probs, const Matrix& lab
 RegressionMetrics ScoreRegression(const Matrix& mean, const Matrix& targets, const Matrix& variance,
                                   double tau) {
   CheckRows(mean, targets);
-  if (mean.cols() != targets.cols()) throw InvalidArgument("predictions and targets differ in width");
+  if (mean.cols() != targets.cols())
+    throw InvalidArgument("predictions and targets differ in width");
   RegressionMetrics m;
   const bool have_var = variance.size() > 0 || tau > 0;
   double sq = 0, ll = 0;

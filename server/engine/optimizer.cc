@@ -18,18 +18,24 @@ void Require(bool ok, const char* field, double value, const char* rule) {
 
 const char* OptimizerName(OptimizerKind kind) {
   switch (kind) {
-    case OptimizerKind::kSgd: return "sgd";
-    case OptimizerKind::kAdam: return "adam";
-    case OptimizerKind::kAdamW: return "adamw";
+    case OptimizerKind::kSgd:
+      return "sgd";
+    case OptimizerKind::kAdam:
+      return "adam";
+    case OptimizerKind::kAdamW:
+      return "adamw";
   }
   return "?";
 }
 
 const char* ScheduleName(ScheduleKind kind) {
   switch (kind) {
-    case ScheduleKind::kConstant: return "constant";
-    case ScheduleKind::kStep: return "step";
-    case ScheduleKind::kCosine: return "cosine";
+    case ScheduleKind::kConstant:
+      return "constant";
+    case ScheduleKind::kStep:
+      return "step";
+    case ScheduleKind::kCosine:
+      return "cosine";
   }
   return "?";
 }
@@ -39,8 +45,8 @@ void CheckOptimizer(const OptimizerConfig& c) {
     throw InvalidArgument("optimizer must be sgd, adam or adamw, got " +
                           std::to_string(static_cast<int>(c.type)));
   }
-  Require(c.learning_rate > 0 && std::isfinite(c.learning_rate), "learning_rate",
-          c.learning_rate, "positive and finite");
+  Require(c.learning_rate > 0 && std::isfinite(c.learning_rate), "learning_rate", c.learning_rate,
+          "positive and finite");
   Require(c.momentum >= 0 && c.momentum < 1, "momentum", c.momentum, "in [0, 1)");
   Require(c.beta1 >= 0 && c.beta1 < 1, "beta1", c.beta1, "in [0, 1)");
   Require(c.beta2 >= 0 && c.beta2 < 1, "beta2", c.beta2, "in [0, 1)");
@@ -101,8 +107,10 @@ void Optimizer::Step(const Gradients& grads, double lr) {
       const float mu = static_cast<float>(config_.momentum);
       if (mu > 0) {
         m_[i] = mu * m_[i] + g;  // PyTorch's buffer: b = mu*b + g
-        if (config_.nesterov) g += mu * m_[i];
-        else g = m_[i];
+        if (config_.nesterov)
+          g += mu * m_[i];
+        else
+          g = m_[i];
       }
       w -= flr * g;
       continue;
@@ -119,8 +127,10 @@ void Optimizer::Step(const Gradients& grads, double lr) {
       v_[i] = b2 * v_[i] + (1 - b2) * g.cwiseProduct(g);
       w.array() -= step * m_[i].array() / (v_[i].array().sqrt() * inv_sqrt_bc2 + eps);
     };
-    if (config_.type == OptimizerKind::kAdam && decay) update(Matrix(grads[i] + wd * w));
-    else update(grads[i]);
+    if (config_.type == OptimizerKind::kAdam && decay)
+      update(Matrix(grads[i] + wd * w));
+    else
+      update(grads[i]);
   }
 }
 

@@ -27,17 +27,17 @@ const char* ScheduleName(ScheduleKind kind);
 struct OptimizerConfig {
   OptimizerKind type = OptimizerKind::kAdam;
   double learning_rate = 1e-3;
-  double momentum = 0.9;      // sgd
-  bool nesterov = false;      // sgd
+  double momentum = 0.9;                              // sgd
+  bool nesterov = false;                              // sgd
   double beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8;  // adam, adamw
-  double weight_decay = 0.0;  // L2 (sgd, adam) or decoupled (adamw)
+  double weight_decay = 0.0;                          // L2 (sgd, adam) or decoupled (adamw)
 };
 
 struct ScheduleConfig {
   ScheduleKind type = ScheduleKind::kConstant;
-  int step_epochs = 10;           // step: multiply by gamma every step_epochs epochs
-  double gamma = 0.1;             // step
-  double min_learning_rate = 0.0; // cosine: the floor reached at the last step
+  int step_epochs = 10;            // step: multiply by gamma every step_epochs epochs
+  double gamma = 0.1;              // step
+  double min_learning_rate = 0.0;  // cosine: the floor reached at the last step
 };
 
 // Throws InvalidArgument naming the field and value for a bad configuration.

@@ -105,9 +105,8 @@ __attribute__((target("avx512f"))) inline void PhiloxElements64(const uint32_t k
   out[3] = _mm512_shuffle_i32x4(hi01, hi23, 0xDD);
 }
 
-__attribute__((target("avx512f"))) void PhiloxBlocks16(const uint32_t key[2],
-                                                       const uint32_t ctr[3], uint32_t first,
-                                                       uint32_t* out) {
+__attribute__((target("avx512f"))) void PhiloxBlocks16(const uint32_t key[2], const uint32_t ctr[3],
+                                                       uint32_t first, uint32_t* out) {
   __m512i w[4];
   PhiloxElements64(key, ctr, first, w);
   for (int q = 0; q < 4; ++q) _mm512_storeu_si512(out + 16 * q, w[q]);
@@ -115,9 +114,8 @@ __attribute__((target("avx512f"))) void PhiloxBlocks16(const uint32_t key[2],
 
 // Keep for 64 elements from block `first` on (see CounterRng::Keep).
 __attribute__((target("avx512f"))) void Keep64(const uint32_t key[2], const uint32_t ctr[3],
-                                               uint32_t first, uint32_t threshold,
-                                               float keep_value, const float* x, float* y,
-                                               float* mask) {
+                                               uint32_t first, uint32_t threshold, float keep_value,
+                                               const float* x, float* y, float* mask) {
   __m512i w[4];
   PhiloxElements64(key, ctr, first, w);
   const __m512i th = _mm512_set1_epi32(static_cast<int>(threshold));
@@ -151,8 +149,8 @@ void CounterRng::Bits(uint32_t* out, int64_t n) const {
   }
 }
 
-void CounterRng::Keep(uint32_t threshold, float keep_value, const float* x, float* y,
-                      float* mask, int64_t n) const {
+void CounterRng::Keep(uint32_t threshold, float keep_value, const float* x, float* y, float* mask,
+                      int64_t n) const {
   int64_t j = 0;
 #ifdef DROPNET_PHILOX_AVX512
   if (HavePhiloxAvx512()) {

@@ -44,9 +44,9 @@ struct SequenceMasks {
 // Draws the masks of rows [row_offset, row_offset + b) of a pass at the addresses of ctx: the
 // input and recurrent masks at rates p_in and p_rec (scaled by 1/(1-p)), zoneout with probability
 // z_cell and z_hidden; a zero rate draws nothing.
-SequenceMasks DrawSequenceMasks(const Context& ctx, int64_t row_offset, int64_t b,
-                                int64_t t_steps, int64_t f, int64_t h, double p_in, double p_rec,
-                                double z_cell, double z_hidden) {
+SequenceMasks DrawSequenceMasks(const Context& ctx, int64_t row_offset, int64_t b, int64_t t_steps,
+                                int64_t f, int64_t h, double p_in, double p_rec, double z_cell,
+                                double z_hidden) {
   SequenceMasks m;
   const bool zone_cell = z_cell > 0, zone_hidden = z_hidden > 0;
   if (p_in > 0) m.in.resize(b, f);
@@ -176,9 +176,8 @@ void Recurrent::ForwardRows(const Matrix& x, const Context& ctx, int64_t row_off
   const float ez_cell = stochastic ? 0.0f : static_cast<float>(z_cell);
   const float ez_hidden = stochastic ? 0.0f : static_cast<float>(z_hidden);
 
-  SequenceMasks masks =
-      DrawSequenceMasks(ctx, row_offset, b, t_steps, f, h, p_in, p_rec,
-                        zone_cell ? z_cell : 0.0, zone_hidden ? z_hidden : 0.0);
+  SequenceMasks masks = DrawSequenceMasks(ctx, row_offset, b, t_steps, f, h, p_in, p_rec,
+                                          zone_cell ? z_cell : 0.0, zone_hidden ? z_hidden : 0.0);
   Matrix& in_mask = masks.in;
   Matrix& rec_mask = masks.rec;
   Matrix& zc = masks.cell;
@@ -222,8 +221,10 @@ void Recurrent::ForwardRows(const Matrix& x, const Context& ctx, int64_t row_off
       const int64_t cur = s * b + r0;  // rows of step s in the time-major buffers
       auto h_prev = states.middleRows(s * b + r0, nb);
       auto hr = rec_in.middleRows(cur, nb);
-      if (p_rec > 0) hr = h_prev.cwiseProduct(rec_mask.middleRows(r0, nb));
-      else hr = h_prev;
+      if (p_rec > 0)
+        hr = h_prev.cwiseProduct(rec_mask.middleRows(r0, nb));
+      else
+        hr = h_prev;
       hh.noalias() = hr * w_hh;
       hh.rowwise() += b_hh;
       auto gt = gates.middleRows(cur, nb);
@@ -252,8 +253,8 @@ void Recurrent::ForwardRows(const Matrix& x, const Context& ctx, int64_t row_off
         cells.middleRows(cur, nb) = hh.rightCols(h);
         a.rightCols(h) = (a.rightCols(h) + a.leftCols(h) * hh.array().rightCols(h)).tanh();
         // h~ = (1 - z) n + z h_{t-1}
-        h_new.array() = (1 - a.middleCols(h, h)) * a.rightCols(h) +
-                        a.middleCols(h, h) * h_prev.array();
+        h_new.array() =
+            (1 - a.middleCols(h, h)) * a.rightCols(h) + a.middleCols(h, h) * h_prev.array();
       }
       if (zone_hidden) {
         auto d = zh.middleRows(cur, nb).array();
@@ -305,7 +306,7 @@ void Recurrent::Backward(const Matrix& dy, const LayerCache& cache, std::span<Ma
   const Matrix& w_hh = params_[1].value;
   const bool seq = config_.return_sequences;
 
-  Matrix d_in(t_steps * b, g);                  // dL/d(pre-activations), input side
+  Matrix d_in(t_steps * b, g);                               // dL/d(pre-activations), input side
   Matrix d_rec = lstm_ ? Matrix() : Matrix(t_steps * b, g);  // GRU: hidden side differs
   ParallelFor(b, cache.threads, [&](int64_t r0, int64_t r1) {
     const int64_t nb = r1 - r0;
@@ -324,24 +325,30 @@ void Recurrent::Backward(const Matrix& dy, const LayerCache& cache, std::span<Ma
       auto a = gates.middleRows(cur, nb).array();
       auto h_prev = states.middleRows(s * b + r0, nb).array();
       // Gradient reaching the new (not zoned-out) hidden state.
-      if (zh.size()) dhn.array() = dh.array() * (1 - zh.middleRows(cur, nb).array());
-      else dhn = dh;
+      if (zh.size())
+        dhn.array() = dh.array() * (1 - zh.middleRows(cur, nb).array());
+      else
+        dhn = dh;
       if (lstm_) {
         auto da = d_in.middleRows(cur, nb).array();
         auto tc = cand_tanh.middleRows(cur, nb).array();
         auto c_prev = cells.middleRows(s * b + r0, nb).array();
         auto i = a.leftCols(h), fg = a.middleCols(h, h), gg = a.middleCols(2 * h, h),
              o = a.rightCols(h);
-        if (zc.size()) dcn.array() = dc.array() * (1 - zc.middleRows(cur, nb).array());
-        else dcn = dc;
+        if (zc.size())
+          dcn.array() = dc.array() * (1 - zc.middleRows(cur, nb).array());
+        else
+          dcn = dc;
         dcn.array() += dhn.array() * o * (1 - tc * tc);
         da.leftCols(h) = dcn.array() * gg * i * (1 - i);
         da.middleCols(h, h) = dcn.array() * c_prev * fg * (1 - fg);
         da.middleCols(2 * h, h) = dcn.array() * i * (1 - gg * gg);
         da.rightCols(h) = dhn.array() * tc * o * (1 - o);
         // dc_{t-1}
-        if (zc.size()) dc.array() = dc.array() * zc.middleRows(cur, nb).array() + dcn.array() * fg;
-        else dc.array() = dcn.array() * fg;
+        if (zc.size())
+          dc.array() = dc.array() * zc.middleRows(cur, nb).array() + dcn.array() * fg;
+        else
+          dc.array() = dcn.array() * fg;
         dhr.noalias() = d_in.middleRows(cur, nb) * w_hh.transpose();
       } else {
         auto di = d_in.middleRows(cur, nb).array();
@@ -358,11 +365,15 @@ void Recurrent::Backward(const Matrix& dy, const LayerCache& cache, std::span<Ma
       }
       // dh_{t-1}: zoned-out path, GRU's z path, recurrent input path, external gradient.
       Matrix dprev(nb, h);
-      if (zh.size()) dprev.array() = dh.array() * zh.middleRows(cur, nb).array();
-      else dprev.setZero();
+      if (zh.size())
+        dprev.array() = dh.array() * zh.middleRows(cur, nb).array();
+      else
+        dprev.setZero();
       if (!lstm_) dprev.array() += dhn.array() * a.middleCols(h, h);
-      if (rec_mask.size()) dprev.array() += dhr.array() * rec_mask.middleRows(r0, nb).array();
-      else dprev += dhr;
+      if (rec_mask.size())
+        dprev.array() += dhr.array() * rec_mask.middleRows(r0, nb).array();
+      else
+        dprev += dhr;
       if (s > 0 && seq) dprev += external(s);
       dh = std::move(dprev);
     }

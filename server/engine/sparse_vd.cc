@@ -143,8 +143,8 @@ double SparseVdDense::Regularize(int64_t n, std::span<Matrix> grads) const {
   for (int64_t i = 0; i < theta.size(); ++i) {
     const double t = theta.data()[i];
     const double raw = ls2.data()[i] - std::log(t * t + kVarEps);
-    const double la = std::clamp(raw, -static_cast<double>(kLogAlphaClip),
-                                 static_cast<double>(kLogAlphaClip));
+    const double la =
+        std::clamp(raw, -static_cast<double>(kLogAlphaClip), static_cast<double>(kLogAlphaClip));
     const double sg = 1.0 / (1.0 + std::exp(-(kK2 + kK3 * la)));
     kl += kK1 - kK1 * sg + 0.5 * std::log1p(std::exp(-la));
     if (raw <= -kLogAlphaClip || raw >= kLogAlphaClip) continue;  // clipped: no gradient

@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <functional>
 
-
 namespace dropnet::engine {
 
 // Runs fn(begin, end) over a partition of [0, n) on up to `threads` threads and waits.

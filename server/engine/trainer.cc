@@ -1,8 +1,8 @@
 #include "server/engine/trainer.h"
 
 #include <chrono>
-#include <optional>
 #include <cmath>
+#include <optional>
 #include <sstream>
 
 namespace dropnet::engine {
@@ -18,7 +18,8 @@ void CheckTrainOptions(const TrainOptions& o) {
   if (!(o.validation_split >= 0 && o.validation_split < 1)) {
     fail("validation_split", o.validation_split, "in [0, 1)");
   }
-  if (o.early_stopping_patience < 0) fail("early_stopping_patience", o.early_stopping_patience, ">= 0");
+  if (o.early_stopping_patience < 0)
+    fail("early_stopping_patience", o.early_stopping_patience, ">= 0");
   if (o.early_stopping_patience > 0 && o.validation_split == 0) {
     throw InvalidArgument("early_stopping_patience needs a validation_split > 0");
   }
@@ -90,7 +91,8 @@ void TrainValidationSplit(const Dataset& data, const TrainOptions& options, Data
                           Dataset* validation) {
   if (options.validation_split > 0) {
     SplitDataset(data, options.validation_split, options.seed ^ 0x5eedULL, train, validation);
-    if (validation->rows() == 0) throw InvalidArgument("validation_split leaves no validation rows");
+    if (validation->rows() == 0)
+      throw InvalidArgument("validation_split leaves no validation rows");
     if (train->rows() == 0) throw InvalidArgument("validation_split leaves no training rows");
   } else {
     *train = data;
@@ -132,7 +134,8 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
 
   for (int epoch = 1; epoch <= options.epochs; ++epoch) {
     const auto start = std::chrono::steady_clock::now();
-    auto order = Permutation(n, options.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(epoch));
+    auto order =
+        Permutation(n, options.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(epoch));
     double loss_sum = 0, metric_sum = 0;
     int64_t seen = 0;
     TrainProgress p;
@@ -195,8 +198,8 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
     // before the epoch's parameters are reported (and published).
     for (const Parameter* param : net->Parameters()) {
       if (!param->value.allFinite()) {
-        throw InvalidArgument("the parameters became non-finite at epoch " +
-                              std::to_string(epoch) + "; lower the learning rate");
+        throw InvalidArgument("the parameters became non-finite at epoch " + std::to_string(epoch) +
+                              "; lower the learning rate");
       }
     }
     if (val.rows() > 0) {

@@ -24,24 +24,24 @@ struct TrainOptions {
   int batch_size = 128;
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
-  double max_norm = 0.0;           // > 0: max-norm constraint on Dense weight columns
-  double validation_split = 0.0;   // fraction of rows held out, in [0, 1)
-  int early_stopping_patience = 0; // > 0: stop after this many epochs without a better val loss
-  uint64_t seed = 0;               // shuffling and dropout masks
+  double max_norm = 0.0;            // > 0: max-norm constraint on Dense weight columns
+  double validation_split = 0.0;    // fraction of rows held out, in [0, 1)
+  int early_stopping_patience = 0;  // > 0: stop after this many epochs without a better val loss
+  uint64_t seed = 0;                // shuffling and dropout masks
   int threads = 1;
-  int64_t first_step = 0;          // stream of the first step (resuming a model keeps going)
+  int64_t first_step = 0;  // stream of the first step (resuming a model keeps going)
 };
 
 struct TrainProgress {
   bool end_of_epoch = false;
-  int epoch = 0;                  // 1-based
+  int epoch = 0;  // 1-based
   int epochs = 0;
-  int64_t step = 0;               // steps done in this run
+  int64_t step = 0;  // steps done in this run
   int64_t total_steps = 0;
   double learning_rate = 0;
-  double loss = 0;                // running mean over the epoch so far, data loss plus the layer
-                                  // regularisers (Network::Regularize); val_loss is data loss only
-  double metric = 0;              // accuracy (classification) or RMSE (regression), same window
+  double loss = 0;    // running mean over the epoch so far, data loss plus the layer
+                      // regularisers (Network::Regularize); val_loss is data loss only
+  double metric = 0;  // accuracy (classification) or RMSE (regression), same window
   double val_loss = std::numeric_limits<double>::quiet_NaN();
   double val_metric = std::numeric_limits<double>::quiet_NaN();
   double samples_per_second = 0;  // over the epoch so far
@@ -53,8 +53,8 @@ struct TrainResult {
   int64_t steps = 0;
   bool cancelled = false;
   bool early_stopped = false;
-  int best_epoch = 0;                 // restored epoch when early stopping, else the last
-  std::vector<TrainProgress> history; // one entry per finished epoch
+  int best_epoch = 0;                  // restored epoch when early stopping, else the last
+  std::vector<TrainProgress> history;  // one entry per finished epoch
 };
 
 using ProgressCallback = std::function<void(const TrainProgress&, const Network&)>;

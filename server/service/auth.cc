@@ -41,10 +41,13 @@ void TokenAuth::LoadFile(const std::string& path) {
                                ": expected '<role> <token>' (role admin or predict)");
     }
     Role r;
-    if (role == "admin") r = Role::kAdmin;
-    else if (role == "predict") r = Role::kPredict;
-    else throw std::runtime_error(path + ":" + std::to_string(line_no) + ": unknown role '" + role +
-                                  "' (admin or predict)");
+    if (role == "admin")
+      r = Role::kAdmin;
+    else if (role == "predict")
+      r = Role::kPredict;
+    else
+      throw std::runtime_error(path + ":" + std::to_string(line_no) + ": unknown role '" + role +
+                               "' (admin or predict)");
     try {
       Add(r, token);
     } catch (const std::exception& e) {

@@ -30,9 +30,12 @@ v1::Task ToProto(engine::Task task) {
 
 engine::LossKind ResolveLoss(const v1::ModelSpec& spec) {
   switch (spec.loss()) {
-    case v1::LOSS_CROSS_ENTROPY: return engine::LossKind::kCrossEntropy;
-    case v1::LOSS_MSE: return engine::LossKind::kMse;
-    case v1::LOSS_GAUSSIAN_NLL: return engine::LossKind::kGaussianNll;
+    case v1::LOSS_CROSS_ENTROPY:
+      return engine::LossKind::kCrossEntropy;
+    case v1::LOSS_MSE:
+      return engine::LossKind::kMse;
+    case v1::LOSS_GAUSSIAN_NLL:
+      return engine::LossKind::kGaussianNll;
     default:
       return spec.task() == v1::TASK_REGRESSION ? engine::LossKind::kMse
                                                 : engine::LossKind::kCrossEntropy;
@@ -93,8 +96,9 @@ engine::PlanHooks LimitHooks(const SpecLimits& limits, int64_t* params) {
   hooks.before = [&limits](int i, const engine::LayerConfig& c, const engine::Shape&) {
     for (const auto& [field, value] : engine::SizeOptions(c)) {
       if (value > limits.max_width) {
-        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, LayerField(i) + "." + field + " " +
-             std::to_string(value) + " exceeds the limit " + std::to_string(limits.max_width));
+        Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
+             LayerField(i) + "." + field + " " + std::to_string(value) + " exceeds the limit " +
+                 std::to_string(limits.max_width));
       }
     }
   };
@@ -102,14 +106,15 @@ engine::PlanHooks LimitHooks(const SpecLimits& limits, int64_t* params) {
                                   const engine::LayerPlan& plan) {
     *params = engine::SaturatingAdd(*params, plan.parameters);
     if (*params > limits.max_parameters) {
-      Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
-           "the model would have more than " + std::to_string(limits.max_parameters) +
-           " parameters (at " + LayerField(i) + ")");
+      Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "the model would have more than " +
+                                                     std::to_string(limits.max_parameters) +
+                                                     " parameters (at " + LayerField(i) + ")");
     }
     if (plan.output.Size() > limits.max_width) {
-      Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, LayerField(i) + " output " +
-           plan.output.ToString() + " exceeds the width limit: more than " +
-           std::to_string(limits.max_width) + " features");
+      Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
+           LayerField(i) + " output " + plan.output.ToString() +
+               " exceeds the width limit: more than " + std::to_string(limits.max_width) +
+               " features");
     }
   };
   return hooks;
@@ -146,9 +151,9 @@ engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& l
   out.input = ToInputShape(spec, limits);
   if (spec.layers().empty()) throw InvalidArgument("spec.layers must not be empty");
   if (spec.layers_size() > limits.max_layers) {
-    Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "spec.layers has " +
-         std::to_string(spec.layers_size()) + " layers, the limit is " +
-         std::to_string(limits.max_layers));
+    Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
+         "spec.layers has " + std::to_string(spec.layers_size()) + " layers, the limit is " +
+             std::to_string(limits.max_layers));
   }
   CheckTask("spec.task", spec.task());
   if (!v1::Loss_IsValid(spec.loss())) {
@@ -168,8 +173,8 @@ engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& l
     engine::PlanNetwork(out, LimitHooks(limits, &params));
   } catch (const engine::LayerSpecError& e) {
     const std::string field = e.FieldMessage();
-    throw InvalidArgument(LayerField(e.index()) + (field.empty() ? ": " + e.message()
-                                                                 : "." + field));
+    throw InvalidArgument(LayerField(e.index()) +
+                          (field.empty() ? ": " + e.message() : "." + field));
   }
   return out;
 }
@@ -192,8 +197,10 @@ void CheckHeadFor(const v1::ModelSpec& spec, const engine::Network& net) {
   try {
     engine::CheckHead(task, loss, outputs, targets);
     if (loss == engine::LossKind::kGaussianNll && outputs % 2) {
-      throw InvalidArgument("gaussian_nll needs an even number of outputs (means, then "
-                            "log-variances), the network has " + std::to_string(outputs));
+      throw InvalidArgument(
+          "gaussian_nll needs an even number of outputs (means, then "
+          "log-variances), the network has " +
+          std::to_string(outputs));
     }
   } catch (const InvalidArgument& e) {
     throw InvalidArgument(std::string("spec: ") + e.what());
@@ -275,8 +282,8 @@ int64_t CheckBatchShape(std::span<const int64_t> shape, int64_t value_count, int
   int64_t rows = shape[0], per_row = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] <= 0) FailField(field, ".shape[", i, "] must be positive, got ", shape[i]);
-    if (i > 0 && (__builtin_mul_overflow(per_row, shape[i], &per_row) ||
-                  per_row > (int64_t{1} << 40))) {
+    if (i > 0 &&
+        (__builtin_mul_overflow(per_row, shape[i], &per_row) || per_row > (int64_t{1} << 40))) {
       FailField(field, ".shape is too large");
     }
   }
@@ -377,8 +384,8 @@ void LoadTensors(const google::protobuf::RepeatedPtrField<v1::NamedTensor>& tens
       throw InvalidArgument("checkpoint tensor '" + t.name() + "' of layer " +
                             std::to_string(t.layer()) + " has the wrong shape");
     }
-    target->value = engine::ConstMatrixMap(v.values().data(), target->value.rows(),
-                                           target->value.cols());
+    target->value =
+        engine::ConstMatrixMap(v.values().data(), target->value.rows(), target->value.cols());
     if (!target->value.allFinite()) {
       throw InvalidArgument("checkpoint tensor '" + t.name() + "' of layer " +
                             std::to_string(t.layer()) + " has non-finite values");

@@ -25,7 +25,8 @@ v1::Task ToProto(engine::Task task);
 engine::LossKind ResolveLoss(const v1::ModelSpec& spec);
 
 // Validates a spec and builds its engine form. Throws InvalidArgument (or ServiceError with
-// RESOURCE_EXHAUSTED for limits) naming the field, e.g. "layers[3].rate must be in [0, 1), got 1.5".
+// RESOURCE_EXHAUSTED for limits) naming the field, e.g. "layers[3].rate must be in [0, 1),
+// got 1.5".
 engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& limits);
 
 // Builds a fresh snapshot (version 1, initial parameters) from a validated spec.

@@ -134,8 +134,8 @@ grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
       d = DatasetFromRows(header, task, features, targets);
     }
     log.rows = d.rows();
-    *resp->mutable_dataset() = registry_->PutDataset(header.name(), std::move(d), "upload",
-                                                     header.overwrite());
+    *resp->mutable_dataset() =
+        registry_->PutDataset(header.name(), std::move(d), "upload", header.overwrite());
     return grpc::Status::OK;
   });
 }
@@ -161,16 +161,16 @@ grpc::Status DropnetService::ImportDataset(grpc::ServerContext* ctx,
       }
       fs::path p(rel);
       if (p.is_absolute()) {
-        Fail(StatusCode::INVALID_ARGUMENT, std::string(field) + " '" + rel +
-                                               "' must be relative to the data root");
+        Fail(StatusCode::INVALID_ARGUMENT,
+             std::string(field) + " '" + rel + "' must be relative to the data root");
       }
       std::error_code ec;
       const fs::path root = fs::weakly_canonical(config_.data_root, ec);
       const fs::path full = fs::weakly_canonical(root / p, ec);
       auto [r, f] = std::mismatch(root.begin(), root.end(), full.begin(), full.end());
       if (ec || r != root.end()) {
-        Fail(StatusCode::PERMISSION_DENIED, std::string(field) + " '" + rel +
-                                                "' leaves the data root");
+        Fail(StatusCode::PERMISSION_DENIED,
+             std::string(field) + " '" + rel + "' leaves the data root");
       }
       if (!fs::is_regular_file(full)) {
         Fail(StatusCode::NOT_FOUND,
@@ -199,8 +199,8 @@ grpc::Status DropnetService::ImportDataset(grpc::ServerContext* ctx,
       d = engine::Subset(d, rows);
     }
     log.rows = d.rows();
-    *resp->mutable_dataset() = registry_->PutDataset(req->name(), std::move(d), req->path(),
-                                                     req->overwrite());
+    *resp->mutable_dataset() =
+        registry_->PutDataset(req->name(), std::move(d), req->path(), req->overwrite());
     return grpc::Status::OK;
   });
 }

@@ -50,7 +50,6 @@ void CallExecutor::Work() {
   }
 }
 
-
 CallScheduler::CallScheduler(int compute_threads, int workers, size_t max_queued)
     : compute_threads_(compute_threads), executor_(workers, max_queued) {}
 

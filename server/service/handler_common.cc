@@ -15,10 +15,10 @@ bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
 
 void CheckDataFits(const Snapshot& s, const engine::Dataset& d, const std::string& dataset) {
   if (d.x.cols() != s.net.input_shape().Size()) {
-    Fail(StatusCode::INVALID_ARGUMENT,
-         "data set '" + dataset + "' has " + std::to_string(d.x.cols()) +
-             " features per row, model '" + s.model + "' expects " +
-             std::to_string(s.net.input_shape().Size()));
+    Fail(StatusCode::INVALID_ARGUMENT, "data set '" + dataset + "' has " +
+                                           std::to_string(d.x.cols()) +
+                                           " features per row, model '" + s.model + "' expects " +
+                                           std::to_string(s.net.input_shape().Size()));
   }
   if (d.task != s.task) {
     Fail(StatusCode::INVALID_ARGUMENT, "data set '" + dataset + "' is for " +
@@ -27,10 +27,9 @@ void CheckDataFits(const Snapshot& s, const engine::Dataset& d, const std::strin
   }
   const int64_t outputs = s.net.output_shape().Size();
   if (s.task == engine::Task::kClassification && d.num_classes > outputs) {
-    Fail(StatusCode::INVALID_ARGUMENT, "data set '" + dataset + "' has " +
-                                           std::to_string(d.num_classes) + " classes, model '" +
-                                           s.model + "' only " + std::to_string(outputs) +
-                                           " outputs");
+    Fail(StatusCode::INVALID_ARGUMENT,
+         "data set '" + dataset + "' has " + std::to_string(d.num_classes) + " classes, model '" +
+             s.model + "' only " + std::to_string(outputs) + " outputs");
   }
   if (s.task == engine::Task::kRegression) {
     const int64_t targets = s.loss == engine::LossKind::kGaussianNll ? outputs / 2 : outputs;
@@ -45,12 +44,11 @@ void CheckDataFits(const Snapshot& s, const engine::Dataset& d, const std::strin
 void DropnetService::CallLog::Write(const grpc::Status& status, double ms) const {
   auto log = Logger("rpc");
   if (status.ok()) {
-    log->info("{} model={} version={} mode={} rows={} status=OK {:.3f} ms", method, model,
-              version, mode, rows, ms);
+    log->info("{} model={} version={} mode={} rows={} status=OK {:.3f} ms", method, model, version,
+              mode, rows, ms);
   } else {
     log->warn("{} model={} version={} mode={} rows={} status={} {:.3f} ms: {}", method, model,
-              version, mode, rows, StatusCodeName(status.error_code()), ms,
-              status.error_message());
+              version, mode, rows, StatusCodeName(status.error_code()), ms, status.error_message());
   }
 }
 

@@ -255,9 +255,9 @@ std::unique_ptr<Registry::TrainingLease> Registry::BeginTraining(const std::stri
   int active = 0;
   for (const auto& [n, e] : models_) active += e.training;
   if (active >= max_concurrent) {
-    Fail(grpc::StatusCode::RESOURCE_EXHAUSTED,
-         "the server already runs " + std::to_string(active) + " trainings (limit " +
-             std::to_string(max_concurrent) + ")");
+    Fail(grpc::StatusCode::RESOURCE_EXHAUSTED, "the server already runs " + std::to_string(active) +
+                                                   " trainings (limit " +
+                                                   std::to_string(max_concurrent) + ")");
   }
   it->second.training = true;
   it->second.cancel = std::make_shared<std::atomic<bool>>(false);
@@ -358,7 +358,8 @@ StoredDatasetEntry Registry::GetDataset(const std::string& name) const {
   {
     std::lock_guard lock(mu_);
     auto it = datasets_.find(name);
-    if (it == datasets_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
+    if (it == datasets_.end())
+      Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
     slot = it->second;
   }
   std::lock_guard load(slot->load_mu);

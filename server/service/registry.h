@@ -37,7 +37,6 @@ struct StoredDatasetEntry {
   v1::DatasetInfo info;
 };
 
-
 class Registry {
  public:
   Registry(ModelStore* store, SpecLimits limits);
@@ -82,8 +81,8 @@ class Registry {
   int ActiveTrainings() const;
 
   // ---- Data sets ----
-  v1::DatasetInfo PutDataset(const std::string& name, engine::Dataset data, const std::string& source,
-                             bool overwrite);
+  v1::DatasetInfo PutDataset(const std::string& name, engine::Dataset data,
+                             const std::string& source, bool overwrite);
   // The data set's rows, read from the store unless a running call already holds them.
   StoredDatasetEntry GetDataset(const std::string& name) const;
   std::vector<v1::DatasetInfo> ListDatasets() const;

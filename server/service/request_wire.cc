@@ -39,8 +39,8 @@ class SliceReader {
   bool ReadTag(uint32_t* field, uint32_t* wire_type) {
     uint64_t tag;
     int bytes;
-    if (!ReadVarint(&tag, &bytes) || bytes > 5 || tag > UINT32_MAX ||
-        bytes != VarintSize(tag) || (tag >> 3) == 0) {
+    if (!ReadVarint(&tag, &bytes) || bytes > 5 || tag > UINT32_MAX || bytes != VarintSize(tag) ||
+        (tag >> 3) == 0) {
       return false;
     }
     *field = static_cast<uint32_t>(tag >> 3);
@@ -64,11 +64,16 @@ class SliceReader {
     uint64_t v;
     size_t n;
     switch (wire_type) {
-      case kVarint: return ReadVarint(&v);
-      case kFixed64: return Take(8, nullptr);
-      case kLength: return ReadLength(&n) && Take(n, nullptr);
-      case kFixed32: return Take(4, nullptr);
-      default: return false;
+      case kVarint:
+        return ReadVarint(&v);
+      case kFixed64:
+        return Take(8, nullptr);
+      case kLength:
+        return ReadLength(&n) && Take(n, nullptr);
+      case kFixed32:
+        return Take(4, nullptr);
+      default:
+        return false;
     }
   }
   // Passes over n bytes, appending them to `pieces` unless it is null.

@@ -30,7 +30,7 @@ struct WireTensor {
   std::vector<int64_t> shape;
   std::vector<std::string_view> values;  // little-endian floats in order, split anywhere
   int64_t value_bytes = 0;
-  std::vector<grpc::Slice> slices;      // what `values` points into
+  std::vector<grpc::Slice> slices;     // what `values` points into
   std::unique_ptr<v1::Tensor> parsed;  // or this, when protobuf parsed the whole request
 
   // Number of float values.

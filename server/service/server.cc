@@ -40,7 +40,8 @@ std::shared_ptr<spdlog::logger> Log() { return spdlog::get("server"); }
 
 std::string ReadPem(const std::filesystem::path& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(std::string("cannot read ") + what + " '" + path.string() + "'");
+  if (!in)
+    throw std::runtime_error(std::string("cannot read ") + what + " '" + path.string() + "'");
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
@@ -114,7 +115,8 @@ void Server::Start() {
                                       : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
     ssl.pem_key_cert_pairs.push_back(
         {ReadPem(config_.tls_key, "TLS key"), ReadPem(config_.tls_cert, "TLS certificate")});
-    if (!config_.tls_client_ca.empty()) ssl.pem_root_certs = ReadPem(config_.tls_client_ca, "client CA");
+    if (!config_.tls_client_ca.empty())
+      ssl.pem_root_certs = ReadPem(config_.tls_client_ca, "client CA");
     credentials = grpc::SslServerCredentials(ssl);
   } else {
     if (!config_.plaintext && !IsLoopbackAddress(config_.listen)) {
@@ -182,7 +184,8 @@ void Server::Bootstrap() {
       return;
     }
     log->info("example: importing Fashion-MNIST from {}", dir.string());
-    auto train = engine::LoadIdx(train_images.string(), (dir / "train-labels-idx1-ubyte.gz").string());
+    auto train =
+        engine::LoadIdx(train_images.string(), (dir / "train-labels-idx1-ubyte.gz").string());
     auto test = engine::LoadIdx((dir / "t10k-images-idx3-ubyte.gz").string(),
                                 (dir / "t10k-labels-idx1-ubyte.gz").string());
     registry_->PutDataset("fashion-mnist-train", std::move(train), "example", true);
@@ -196,14 +199,16 @@ void Server::Bootstrap() {
     req.set_dataset("fashion-mnist-train");
     req.set_epochs(config_.example_epochs);
     req.set_seed(1);
-    log->info("example: training model 'fashion-mlp' for {} epoch(s); Predict and "
-              "PredictUncertainty answer meanwhile with the newest version",
-              config_.example_epochs);
+    log->info(
+        "example: training model 'fashion-mlp' for {} epoch(s); Predict and "
+        "PredictUncertainty answer meanwhile with the newest version",
+        config_.example_epochs);
     auto status = service_->RunTraining(
-        req, [](const v1::TrainEvent&) { return true; },
-        [this] { return service_->draining(); });
-    if (status.ok()) log->info("example: model 'fashion-mlp' is trained and ready");
-    else log->warn("example: training ended: {}", status.error_message());
+        req, [](const v1::TrainEvent&) { return true; }, [this] { return service_->draining(); });
+    if (status.ok())
+      log->info("example: model 'fashion-mlp' is trained and ready");
+    else
+      log->warn("example: training ended: {}", status.error_message());
   } catch (const std::exception& e) {
     log->error("example: {}", e.what());
   }
@@ -222,8 +227,9 @@ void Server::Shutdown() {
   health->SetServingStatus(kServiceName, false);
   health->SetServingStatus("", false);
   service_->StartDraining();
-  const auto deadline = std::chrono::system_clock::now() +
-                        std::chrono::milliseconds(static_cast<int64_t>(config_.shutdown_grace_seconds * 1000));
+  const auto deadline =
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(config_.shutdown_grace_seconds * 1000));
   server_->Shutdown(deadline);
   if (poller_.joinable()) poller_.join();
   if (bootstrap_.joinable()) bootstrap_.join();

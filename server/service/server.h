@@ -23,10 +23,10 @@ struct ServerConfig {
   ServiceConfig service;
   SpecLimits limits;
   int max_message_bytes = 64 << 20;
-  int rpc_threads = 16;                   // threads serving the synchronous calls (service.h)
-  double poll_interval_seconds = 0;       // > 0: re-read the store for new versions
-  double shutdown_grace_seconds = 10;     // in-flight calls get this long to finish
-  bool example = false;                   // bootstrap the example model on an empty store
+  int rpc_threads = 16;                // threads serving the synchronous calls (service.h)
+  double poll_interval_seconds = 0;    // > 0: re-read the store for new versions
+  double shutdown_grace_seconds = 10;  // in-flight calls get this long to finish
+  bool example = false;                // bootstrap the example model on an empty store
   std::filesystem::path example_data = "/usr/share/datasets/fashion-mnist";
   int example_epochs = 1;
   // TLS: a server certificate and key (PEM); with client_ca also mutual TLS (client certificates

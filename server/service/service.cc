@@ -34,7 +34,7 @@ uint64_t FreshSeed() {
 // answer, serialised by the call's body when it succeeds.
 template <typename Request, typename Response>
 struct WireCall {
-  Request request;     // all but the inputs
+  Request request;  // all but the inputs
   WireTensor inputs;
   bool parsed = false;
   Response response;
@@ -51,8 +51,8 @@ struct WireCall {
 
 grpc::Status SerializeResponse(const google::protobuf::Message& response, grpc::ByteBuffer* out) {
   bool own_buffer = false;
-  return grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::Message>(
-      response, out, &own_buffer);
+  return grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::Message>(response, out,
+                                                                                    &own_buffer);
 }
 
 // Reads a request batch, checks its size and applies the model's standardisation.
@@ -217,7 +217,8 @@ grpc::Status DropnetService::Train(grpc::ServerContext* ctx, const v1::TrainRequ
     log.model = req->model();
     log.mode = "train";
     grpc::Status s = RunTraining(
-        *req, [&](const v1::TrainEvent& e) {
+        *req,
+        [&](const v1::TrainEvent& e) {
           log.version = e.version();
           return writer->Write(e);
         },
@@ -245,8 +246,8 @@ grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* c
     Matrix x = ReadInputs(*snap, call->inputs, config_.max_batch_rows);
     log.rows = x.rows();
     Matrix var;
-    Matrix out = engine::PredictEval(snap->net, snap->task, snap->loss, x, log.threads,
-                                     nullptr, nullptr, &var);
+    Matrix out = engine::PredictEval(snap->net, snap->task, snap->loss, x, log.threads, nullptr,
+                                     nullptr, &var);
     ToTensor(out, resp->mutable_outputs());
     if (var.size()) ToTensor(var, resp->mutable_variances());
     resp->set_version(snap->version);
@@ -271,65 +272,64 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
   const int samples = call->request.samples();
   const int64_t work = EstimatedWork(*registry_, call->request.model(), call->inputs.shape,
                                      samples > 0 ? samples : config_.default_samples);
-  return Queue("PredictUncertainty", ctx, Role::kPredict, work,
-               [this, ctx, call, response](CallLog& log) {
-    call->CheckParsed();
-    const v1::PredictUncertaintyRequest* req = &call->request;
-    v1::PredictUncertaintyResponse* resp = &call->response;
-    log.model = req->model();
-    log.mode = "monte_carlo";
-    SnapshotPtr snap = registry_->Get(req->model());
-    log.version = snap->version;
-    engine::McOptions mo =
-        MonteCarloOptions(*req, config_, *snap, log.threads, ctx, draining_);
-    if (req->interval() != 0) mo.interval = req->interval();
-    if (!(mo.interval > 0 && mo.interval < 1)) {
-      Fail(StatusCode::INVALID_ARGUMENT,
-           "interval must be in (0, 1), got " + std::to_string(mo.interval));
-    }
-    Matrix x = ReadInputs(*snap, call->inputs, config_.max_batch_rows);
-    log.rows = x.rows();
-    const int64_t outputs = snap->net.output_shape().Size();
-    if (req->return_samples() &&
-        static_cast<int64_t>(mo.samples) * x.rows() * outputs > config_.max_returned_samples) {
-      Fail(StatusCode::RESOURCE_EXHAUSTED,
-           "return_samples would send " + std::to_string(mo.samples * x.rows() * outputs) +
-               " values, the limit is " + std::to_string(config_.max_returned_samples));
-    }
-    mo.keep_samples = req->return_samples();
-    auto r = engine::MonteCarloPredict(snap->net, snap->task, snap->loss, x, mo);
-    ToTensor(r.mean, resp->mutable_mean());
-    ToTensor(r.stddev, resp->mutable_stddev());
-    if (snap->task == engine::Task::kClassification) {
-      auto add = [](const Eigen::VectorXf& v, google::protobuf::RepeatedField<float>* out) {
-        out->Add(v.data(), v.data() + v.size());
-      };
-      add(r.predictive_entropy, resp->mutable_predictive_entropy());
-      add(r.expected_entropy, resp->mutable_expected_entropy());
-      add(r.mutual_information, resp->mutable_mutual_information());
-      add(r.variation_ratio, resp->mutable_variation_ratio());
-      resp->mutable_predicted_class()->Add(r.predicted_class.begin(), r.predicted_class.end());
-    } else {
-      ToTensor(r.total_variance, resp->mutable_total_variance());
-      ToTensor(r.lower, resp->mutable_lower());
-      ToTensor(r.upper, resp->mutable_upper());
-    }
-    if (req->return_samples()) {
-      auto* t = resp->mutable_samples();
-      const int64_t cols = r.sample_outputs.empty() ? 0 : r.sample_outputs[0].cols();
-      t->add_shape(mo.samples);
-      t->add_shape(x.rows());
-      t->add_shape(cols);
-      for (const auto& m : r.sample_outputs) {
-        t->mutable_values()->Add(m.data(), m.data() + m.size());
-      }
-    }
-    resp->set_num_samples(mo.samples);
-    resp->set_seed(mo.seed);
-    resp->set_version(snap->version);
-    resp->set_task(ToProto(snap->task));
-    return SerializeResponse(*resp, response);
-  });
+  return Queue(
+      "PredictUncertainty", ctx, Role::kPredict, work, [this, ctx, call, response](CallLog& log) {
+        call->CheckParsed();
+        const v1::PredictUncertaintyRequest* req = &call->request;
+        v1::PredictUncertaintyResponse* resp = &call->response;
+        log.model = req->model();
+        log.mode = "monte_carlo";
+        SnapshotPtr snap = registry_->Get(req->model());
+        log.version = snap->version;
+        engine::McOptions mo = MonteCarloOptions(*req, config_, *snap, log.threads, ctx, draining_);
+        if (req->interval() != 0) mo.interval = req->interval();
+        if (!(mo.interval > 0 && mo.interval < 1)) {
+          Fail(StatusCode::INVALID_ARGUMENT,
+               "interval must be in (0, 1), got " + std::to_string(mo.interval));
+        }
+        Matrix x = ReadInputs(*snap, call->inputs, config_.max_batch_rows);
+        log.rows = x.rows();
+        const int64_t outputs = snap->net.output_shape().Size();
+        if (req->return_samples() &&
+            static_cast<int64_t>(mo.samples) * x.rows() * outputs > config_.max_returned_samples) {
+          Fail(StatusCode::RESOURCE_EXHAUSTED,
+               "return_samples would send " + std::to_string(mo.samples * x.rows() * outputs) +
+                   " values, the limit is " + std::to_string(config_.max_returned_samples));
+        }
+        mo.keep_samples = req->return_samples();
+        auto r = engine::MonteCarloPredict(snap->net, snap->task, snap->loss, x, mo);
+        ToTensor(r.mean, resp->mutable_mean());
+        ToTensor(r.stddev, resp->mutable_stddev());
+        if (snap->task == engine::Task::kClassification) {
+          auto add = [](const Eigen::VectorXf& v, google::protobuf::RepeatedField<float>* out) {
+            out->Add(v.data(), v.data() + v.size());
+          };
+          add(r.predictive_entropy, resp->mutable_predictive_entropy());
+          add(r.expected_entropy, resp->mutable_expected_entropy());
+          add(r.mutual_information, resp->mutable_mutual_information());
+          add(r.variation_ratio, resp->mutable_variation_ratio());
+          resp->mutable_predicted_class()->Add(r.predicted_class.begin(), r.predicted_class.end());
+        } else {
+          ToTensor(r.total_variance, resp->mutable_total_variance());
+          ToTensor(r.lower, resp->mutable_lower());
+          ToTensor(r.upper, resp->mutable_upper());
+        }
+        if (req->return_samples()) {
+          auto* t = resp->mutable_samples();
+          const int64_t cols = r.sample_outputs.empty() ? 0 : r.sample_outputs[0].cols();
+          t->add_shape(mo.samples);
+          t->add_shape(x.rows());
+          t->add_shape(cols);
+          for (const auto& m : r.sample_outputs) {
+            t->mutable_values()->Add(m.data(), m.data() + m.size());
+          }
+        }
+        resp->set_num_samples(mo.samples);
+        resp->set_seed(mo.seed);
+        resp->set_version(snap->version);
+        resp->set_task(ToProto(snap->task));
+        return SerializeResponse(*resp, response);
+      });
 }
 
 grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* ctx,
@@ -348,8 +348,8 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
         req->mode() != v1::EVAL_MODE_MONTE_CARLO) {
       Fail(StatusCode::INVALID_ARGUMENT, "mode " + std::to_string(req->mode()) + " is unknown");
     }
-    const int64_t rows = req->limit() > 0 ? std::min(req->limit(), entry.data->rows())
-                                          : entry.data->rows();
+    const int64_t rows =
+        req->limit() > 0 ? std::min(req->limit(), entry.data->rows()) : entry.data->rows();
     Matrix x = entry.data->x.topRows(rows);
     const Matrix y = entry.data->y.topRows(rows);
     snap->standardizer.Apply(&x);
@@ -359,11 +359,10 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
     double ll_sum = 0;
     const bool mc = req->mode() == v1::EVAL_MODE_MONTE_CARLO;
     if (!mc) {
-      mean = engine::PredictEval(snap->net, snap->task, snap->loss, x, log.threads,
-                                 nullptr, nullptr, &var);
+      mean = engine::PredictEval(snap->net, snap->task, snap->loss, x, log.threads, nullptr,
+                                 nullptr, &var);
     } else {
-      engine::McOptions mo =
-          MonteCarloOptions(*req, config_, *snap, log.threads, ctx, draining_);
+      engine::McOptions mo = MonteCarloOptions(*req, config_, *snap, log.threads, ctx, draining_);
       const bool want_ll =
           !classify && (snap->tau > 0 || snap->loss == engine::LossKind::kGaussianNll);
       constexpr int64_t kBatch = 256;
@@ -371,16 +370,18 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
         const int64_t n = std::min(kBatch, rows - r0);
         const Matrix yb = y.middleRows(r0, n);
         mo.targets = want_ll ? &yb : nullptr;
-        auto r = engine::MonteCarloPredict(snap->net, snap->task, snap->loss,
-                                           x.middleRows(r0, n), mo);
+        auto r =
+            engine::MonteCarloPredict(snap->net, snap->task, snap->loss, x.middleRows(r0, n), mo);
         if (r0 == 0) mean.resize(rows, r.mean.cols());
         mean.middleRows(r0, n) = r.mean;
         if (want_ll) ll_sum += r.log_likelihood.sum();
       }
       resp->set_samples(mo.samples);
       resp->set_seed(mo.seed);
-      if (want_ll) resp->set_log_likelihood(ll_sum / static_cast<double>(rows * y.cols()));
-      else if (!classify) resp->set_log_likelihood(std::nan(""));
+      if (want_ll)
+        resp->set_log_likelihood(ll_sum / static_cast<double>(rows * y.cols()));
+      else if (!classify)
+        resp->set_log_likelihood(std::nan(""));
     }
     if (classify) {
       auto m = engine::ScoreClassification(mean, y);

@@ -27,18 +27,18 @@
 namespace dropnet::service {
 
 struct ServiceConfig {
-  std::filesystem::path data_root;         // ImportDataset reads only below it; empty: disabled
-  int64_t max_batch_rows = 65536;          // Predict, PredictUncertainty
-  int max_samples = 1000;                  // PredictUncertainty, Evaluate: T limit
+  std::filesystem::path data_root;  // ImportDataset reads only below it; empty: disabled
+  int64_t max_batch_rows = 65536;   // Predict, PredictUncertainty
+  int max_samples = 1000;           // PredictUncertainty, Evaluate: T limit
   int default_samples = 50;
   int max_concurrent_trainings = 2;
-  int compute_threads = 1;                 // threads one request computes on
-  int workers = 1;                         // prediction calls computing at a time
-  size_t max_queued_calls = 1024;          // prediction calls waiting for a worker
+  int compute_threads = 1;         // threads one request computes on
+  int workers = 1;                 // prediction calls computing at a time
+  size_t max_queued_calls = 1024;  // prediction calls waiting for a worker
   int64_t mc_memory_budget_bytes = 64ll << 20;
-  int64_t max_dataset_bytes = 2ll << 30;   // UploadDataset: features + targets as float32
-  int64_t max_returned_samples = 16 << 20; // PredictUncertainty return_samples: floats
-  bool read_only = false;                  // a serving replica: no Train, create, delete, upload
+  int64_t max_dataset_bytes = 2ll << 30;    // UploadDataset: features + targets as float32
+  int64_t max_returned_samples = 16 << 20;  // PredictUncertainty return_samples: floats
+  bool read_only = false;                   // a serving replica: no Train, create, delete, upload
   // How long idle engine threads spin for the next call's work (engine::SetWorkerSpin): a setting
   // of the process, which Server::Start applies. < 0: the engine's default.
   int64_t spin_us = -1;

@@ -279,7 +279,8 @@ std::vector<int64_t> ModelStore::Versions(const std::string& model) const {
   for (const auto& d : ListDirs(root_ / "models" / model)) {
     char* end = nullptr;
     long long v = std::strtoll(d.c_str(), &end, 10);
-    if (end && *end == '\0' && v > 0 && fs::exists(root_ / "models" / model / d / "checkpoint.pb")) {
+    if (end && *end == '\0' && v > 0 &&
+        fs::exists(root_ / "models" / model / d / "checkpoint.pb")) {
       out.push_back(v);
     }
   }

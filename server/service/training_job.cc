@@ -17,17 +17,23 @@ engine::TrainOptions TrainOptionsFromRequest(const v1::TrainRequest& req, int th
   o.epochs = req.epochs() == 0 ? 10 : req.epochs();
   o.batch_size = req.batch_size() == 0 ? 128 : req.batch_size();
   switch (req.optimizer()) {
-    case v1::OPTIMIZER_SGD: o.optimizer.type = engine::OptimizerKind::kSgd; break;
-    case v1::OPTIMIZER_ADAMW: o.optimizer.type = engine::OptimizerKind::kAdamW; break;
+    case v1::OPTIMIZER_SGD:
+      o.optimizer.type = engine::OptimizerKind::kSgd;
+      break;
+    case v1::OPTIMIZER_ADAMW:
+      o.optimizer.type = engine::OptimizerKind::kAdamW;
+      break;
     case v1::OPTIMIZER_UNSPECIFIED:
-    case v1::OPTIMIZER_ADAM: o.optimizer.type = engine::OptimizerKind::kAdam; break;
+    case v1::OPTIMIZER_ADAM:
+      o.optimizer.type = engine::OptimizerKind::kAdam;
+      break;
     default:
       Fail(StatusCode::INVALID_ARGUMENT,
            "optimizer " + std::to_string(req.optimizer()) + " is unknown");
   }
-  o.optimizer.learning_rate =
-      req.learning_rate() != 0 ? req.learning_rate()
-                               : (o.optimizer.type == engine::OptimizerKind::kSgd ? 0.01 : 1e-3);
+  o.optimizer.learning_rate = req.learning_rate() != 0
+                                  ? req.learning_rate()
+                                  : (o.optimizer.type == engine::OptimizerKind::kSgd ? 0.01 : 1e-3);
   if (req.has_momentum()) o.optimizer.momentum = req.momentum();
   o.optimizer.nesterov = req.nesterov();
   o.optimizer.weight_decay = req.weight_decay();
@@ -37,10 +43,16 @@ engine::TrainOptions TrainOptionsFromRequest(const v1::TrainRequest& req, int th
   o.seed = req.seed();
   o.threads = threads;
   switch (req.schedule()) {
-    case v1::SCHEDULE_STEP: o.schedule.type = engine::ScheduleKind::kStep; break;
-    case v1::SCHEDULE_COSINE: o.schedule.type = engine::ScheduleKind::kCosine; break;
+    case v1::SCHEDULE_STEP:
+      o.schedule.type = engine::ScheduleKind::kStep;
+      break;
+    case v1::SCHEDULE_COSINE:
+      o.schedule.type = engine::ScheduleKind::kCosine;
+      break;
     case v1::SCHEDULE_UNSPECIFIED:
-    case v1::SCHEDULE_CONSTANT: o.schedule.type = engine::ScheduleKind::kConstant; break;
+    case v1::SCHEDULE_CONSTANT:
+      o.schedule.type = engine::ScheduleKind::kConstant;
+      break;
     default:
       Fail(StatusCode::INVALID_ARGUMENT,
            "schedule " + std::to_string(req.schedule()) + " is unknown");
@@ -113,8 +125,8 @@ grpc::Status TrainingJob::Run(const std::shared_ptr<const engine::Dataset>& data
   engine::TrainProgress start;
   start.epochs = o_.epochs;
   {
-    const int64_t n = static_cast<int64_t>(std::llround(
-        static_cast<double>(data->rows()) * (1.0 - o_.validation_split)));
+    const int64_t n = static_cast<int64_t>(
+        std::llround(static_cast<double>(data->rows()) * (1.0 - o_.validation_split)));
     const int64_t batch = std::min<int64_t>(o_.batch_size, std::max<int64_t>(n, 1));
     start.total_steps = (n + batch - 1) / batch * o_.epochs;
   }
@@ -165,16 +177,15 @@ int64_t TrainingJob::Publish(const engine::Network& n, int64_t run_steps, const 
   next->steps = base_->steps + run_steps;
   next->history = history_;
   next->note = note;
-  published_version_ =
-      lease_
-          ->Publish(std::move(next),
-                    [&](Snapshot& s) {
-                      if (epoch_record) {
-                        s.history.back().set_version(s.version);
-                        history_.back().set_version(s.version);
-                      }
-                    })
-          ->version;
+  published_version_ = lease_
+                           ->Publish(std::move(next),
+                                     [&](Snapshot& s) {
+                                       if (epoch_record) {
+                                         s.history.back().set_version(s.version);
+                                         history_.back().set_version(s.version);
+                                       }
+                                     })
+                           ->version;
   published_steps_ = run_steps;
   return published_version_;
 }
@@ -239,9 +250,8 @@ grpc::Status TrainingJob::Finish(const engine::Network& net, const engine::Train
                               std::to_string(published_version_));
     }
     log_->info("model {} training cancelled, version {} kept", req_.model(), published_version_);
-    return grpc::Status(StatusCode::CANCELLED,
-                        "training cancelled; version " + std::to_string(published_version_) +
-                            " kept");
+    return grpc::Status(StatusCode::CANCELLED, "training cancelled; version " +
+                                                   std::to_string(published_version_) + " kept");
   }
   if (result.early_stopped) {
     Publish(net, result.steps,

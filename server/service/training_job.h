@@ -27,7 +27,7 @@ using TrainSink = std::function<bool(const v1::TrainEvent&)>;
 // The server around a training.
 struct TrainingEnvironment {
   Registry* registry = nullptr;
-  int threads = 1;                              // engine threads the training computes on
+  int threads = 1;  // engine threads the training computes on
   int max_concurrent_trainings = 1;
   const std::atomic<bool>* draining = nullptr;  // set when the server shuts down
 };

@@ -40,10 +40,14 @@ class CliTest : public ::testing::Test {
   // A model trained on digits, created once for the tests that need one.
   static void EnsureDigitsModel() {
     if (digits_ready_) return;
-    ASSERT_EQ(Run({"models", "create", "digits", "--spec", (kSource / "examples/digits_mlp.json").string()}).code, 0);
+    ASSERT_EQ(Run({"models", "create", "digits", "--spec",
+                   (kSource / "examples/digits_mlp.json").string()})
+                  .code,
+              0);
     auto up = Run({"data", "upload", "digits", (kSource / "data/digits.csv").string()});
     ASSERT_EQ(up.code, 0) << up.err;
-    auto tr = Run({"train", "digits", "--data", "digits", "--epochs", "3", "--standardize", "--seed", "1"});
+    auto tr = Run(
+        {"train", "digits", "--data", "digits", "--epochs", "3", "--standardize", "--seed", "1"});
     ASSERT_EQ(tr.code, 0) << tr.err;
     digits_ready_ = true;
   }
@@ -68,7 +72,8 @@ TEST_F(CliTest, HealthSaysServing) {
 }
 
 TEST_F(CliTest, ModelsCreateListGetDelete) {
-  auto c = Run({"models", "create", "tmp-model", "--spec", (kSource / "examples/breast_cancer_bn.json").string()});
+  auto c = Run({"models", "create", "tmp-model", "--spec",
+                (kSource / "examples/breast_cancer_bn.json").string()});
   ASSERT_EQ(c.code, 0) << c.err;
   EXPECT_NE(c.out.find("created model 'tmp-model'"), std::string::npos) << c.out;
 
@@ -103,7 +108,8 @@ TEST_F(CliTest, EveryExampleSpecCreatesAModel) {
     auto r = Run({"models", "create", name, "--spec", e.path().string()});
     EXPECT_EQ(r.code, 0) << e.path() << ": " << r.err;
     auto g = json::parse(Run({"models", "get", name, "--format", "json"}).out);
-    EXPECT_FALSE(g["spec"]["description"].get<std::string>().empty()) << e.path() << " names no data";
+    EXPECT_FALSE(g["spec"]["description"].get<std::string>().empty())
+        << e.path() << " names no data";
     EXPECT_EQ(Run({"models", "delete", name}).code, 0);
     ++count;
   }
@@ -116,11 +122,13 @@ TEST_F(CliTest, BadSpecIsRejectedWithTheField) {
                           {"type": "dropout", "rate": 1.5}]})";
   auto r = Run({"models", "create", "bad", "--spec", spec.string()});
   EXPECT_EQ(r.code, 10 + 3);  // INVALID_ARGUMENT
-  EXPECT_NE(r.err.find("spec.layers[1].rate must be in [0, 1), got 1.5"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("spec.layers[1].rate must be in [0, 1), got 1.5"), std::string::npos)
+      << r.err;
 }
 
 TEST_F(CliTest, DataUploadImportListDelete) {
-  auto up = Run({"data", "upload", "up1", (kSource / "data/diabetes.csv").string(), "--task", "regression"});
+  auto up = Run(
+      {"data", "upload", "up1", (kSource / "data/diabetes.csv").string(), "--task", "regression"});
   ASSERT_EQ(up.code, 0) << up.err;
   EXPECT_NE(up.out.find("442 rows of 10, regression"), std::string::npos) << up.out;
 
@@ -181,14 +189,16 @@ TEST_F(CliTest, PredictCsvJsonAndFile) {
   EXPECT_EQ(rows, 5);
   EXPECT_NE(csv.err.find("ignoring the last column ('label')"), std::string::npos) << csv.err;
 
-  auto js = Run({"predict", "digits", "--input", in.string(), "--format", "json", "--target", "label"});
+  auto js =
+      Run({"predict", "digits", "--input", in.string(), "--format", "json", "--target", "label"});
   ASSERT_EQ(js.code, 0) << js.err;
   auto arr = json::parse(js.out);
   ASSERT_EQ(arr.size(), 5u);
   EXPECT_EQ(arr[0]["probabilities"].size(), 10u);
 
   fs::path out = dir_ / "pred.csv";
-  auto f = Run({"predict", "digits", "--input", in.string(), "--output", out.string(), "--format", "csv"});
+  auto f = Run(
+      {"predict", "digits", "--input", in.string(), "--output", out.string(), "--format", "csv"});
   ASSERT_EQ(f.code, 0);
   EXPECT_EQ(ReadWhole(out), csv.out);
 }
@@ -196,9 +206,12 @@ TEST_F(CliTest, PredictCsvJsonAndFile) {
 TEST_F(CliTest, UncertaintyIsReproducibleWithASeed) {
   EnsureDigitsModel();
   fs::path in = WriteInputs(4);
-  auto a = Run({"uncertainty", "digits", "--input", in.string(), "--samples", "30", "--seed", "5", "--format", "json"});
-  auto b = Run({"uncertainty", "digits", "--input", in.string(), "--samples", "30", "--seed", "5", "--format", "json"});
-  auto c = Run({"uncertainty", "digits", "--input", in.string(), "--samples", "30", "--seed", "6", "--format", "json"});
+  auto a = Run({"uncertainty", "digits", "--input", in.string(), "--samples", "30", "--seed", "5",
+                "--format", "json"});
+  auto b = Run({"uncertainty", "digits", "--input", in.string(), "--samples", "30", "--seed", "5",
+                "--format", "json"});
+  auto c = Run({"uncertainty", "digits", "--input", in.string(), "--samples", "30", "--seed", "6",
+                "--format", "json"});
   ASSERT_EQ(a.code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
   EXPECT_NE(a.out, c.out);
@@ -224,7 +237,8 @@ TEST_F(CliTest, EvaluateEvalAndMonteCarlo) {
   auto j = json::parse(e.out);
   EXPECT_GT(j["accuracy"].get<double>(), 0.5);
   EXPECT_EQ(j["rows"], "1797");
-  auto mc = Run({"evaluate", "digits", "--data", "digits", "--mc-samples", "10", "--seed", "2", "--format", "json"});
+  auto mc = Run({"evaluate", "digits", "--data", "digits", "--mc-samples", "10", "--seed", "2",
+                 "--format", "json"});
   ASSERT_EQ(mc.code, 0) << mc.err;
   auto k = json::parse(mc.out);
   EXPECT_EQ(k["mode"], "EVAL_MODE_MONTE_CARLO");
@@ -247,7 +261,8 @@ TEST_F(CliTest, BenchReportsLatencyAndThroughputPerWorkloadAndLevel) {
   ASSERT_EQ(j["results"].size(), 8u);
   std::map<std::string, int> seen;
   for (const auto& x : j["results"]) {
-    const std::string what = x["name"].get<std::string>() + " c" + std::to_string(x["concurrency"].get<int>());
+    const std::string what =
+        x["name"].get<std::string>() + " c" + std::to_string(x["concurrency"].get<int>());
     ++seen[x["workload"].get<std::string>()];
     EXPECT_GT(x["calls"].get<int64_t>(), 0) << what;
     EXPECT_EQ(x["errors"].get<int64_t>(), 0) << what;
@@ -259,7 +274,8 @@ TEST_F(CliTest, BenchReportsLatencyAndThroughputPerWorkloadAndLevel) {
     EXPECT_GT(x["calls_per_second"].get<double>(), 0.0) << what;
     EXPECT_GE(x["client_cpu"].get<double>(), 0.0) << what;
     EXPECT_NEAR(x["rows_per_second"].get<double>(),
-                x["calls_per_second"].get<double>() * x["rows"].get<int>(), 1e-6) << what;
+                x["calls_per_second"].get<double>() * x["rows"].get<int>(), 1e-6)
+        << what;
   }
   EXPECT_EQ(seen, (std::map<std::string, int>{
                       {"health", 2}, {"predict", 2}, {"predict-batch", 2}, {"uncertainty", 2}}));
@@ -270,13 +286,15 @@ TEST_F(CliTest, BenchReportsLatencyAndThroughputPerWorkloadAndLevel) {
     EXPECT_GT(x["predict_p50_over_health_p50"].get<double>(), 0.0);
     EXPECT_GT(x["uncertainty_p50_over_health_p50"].get<double>(), 0.0);
   }
-  EXPECT_NE(r.err.find("bench [8/8] concurrency 2, uncertainty T=10: p50"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("bench [8/8] concurrency 2, uncertainty T=10: p50"), std::string::npos)
+      << r.err;
 
   // A fixed number of calls, and the table.
-  auto t = Run({"bench", "digits", "-c", "1", "--count", "20", "--warmup", "0",
-                "--workloads", "health,predict", "--quiet"});
+  auto t = Run({"bench", "digits", "-c", "1", "--count", "20", "--warmup", "0", "--workloads",
+                "health,predict", "--quiet"});
   ASSERT_EQ(t.code, 0) << t.err;
-  EXPECT_NE(t.out.find("workload    concurrency  calls  errors  p50_ms"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("workload    concurrency  calls  errors  p50_ms"), std::string::npos)
+      << t.out;
   EXPECT_NE(t.out.find("predict b1  1            20     0"), std::string::npos) << t.out;
   EXPECT_NE(t.out.find("p50 over the health-check p50"), std::string::npos) << t.out;
   EXPECT_TRUE(t.err.empty()) << t.err;
@@ -295,7 +313,8 @@ TEST_F(CliTest, CtrlCCancelsTrainingAndKeepsAVersion) {
   EXPECT_EQ(p.Wait(std::chrono::seconds(30)), 130) << p.out() << p.err();
   std::smatch kept;
   const std::string out = p.out();
-  ASSERT_TRUE(std::regex_search(out, kept, std::regex("cancelled: model 'digits' keeps version (\\d+)")))
+  ASSERT_TRUE(
+      std::regex_search(out, kept, std::regex("cancelled: model 'digits' keeps version (\\d+)")))
       << out;
   auto g = json::parse(Run({"models", "get", "digits", "--format", "json"}).out);
   EXPECT_EQ(g["version"], kept[1].str());

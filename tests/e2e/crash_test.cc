@@ -31,8 +31,8 @@ class CrashTest : public ::testing::Test {
   fs::path ModelDir() const { return dir_ / "store/models/big"; }
   bool HasTemporary(const fs::path& d) const {
     std::error_code ec;
-    for (auto it = fs::recursive_directory_iterator(d, ec); !ec && it != fs::recursive_directory_iterator();
-         it.increment(ec)) {
+    for (auto it = fs::recursive_directory_iterator(d, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
       if (it->path().filename().string().rfind('.', 0) == 0) return true;
     }
     return false;
@@ -57,7 +57,8 @@ class CrashTest : public ::testing::Test {
 TEST_F(CrashTest, KillDuringSavesLeavesNewestCompleteVersion) {
   StartServer();
   fs::path spec = dir_ / "big.json";
-  std::ofstream(spec) << R"({"inputShape": [784], "task": "TASK_CLASSIFICATION", "seed": 1, "layers": [
+  std::ofstream(spec)
+      << R"({"inputShape": [784], "task": "TASK_CLASSIFICATION", "seed": 1, "layers": [
       {"type": "dense", "units": 2048}, {"type": "relu"}, {"type": "dropout", "rate": 0.5},
       {"type": "dense", "units": 2048}, {"type": "relu"}, {"type": "dropout", "rate": 0.5},
       {"type": "dense", "units": 10}]})";
@@ -88,8 +89,8 @@ TEST_F(CrashTest, KillDuringSavesLeavesNewestCompleteVersion) {
   int mid_save_kills = 0;
   for (int round = 0; round < 4; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
-    Process trainer({kCli, "train", "big", "--data", "d", "--epochs", "1000", "--batch-size", "32"}, dir_,
-                    {{"DROPNET_SERVER", address_}});
+    Process trainer({kCli, "train", "big", "--data", "d", "--epochs", "1000", "--batch-size", "32"},
+                    dir_, {{"DROPNET_SERVER", address_}});
     // Wait a random number of saves (observed as temporaries appearing), then kill in the
     // middle of the next one; fall back to a plain kill after a deadline.
     const int saves = 1 + static_cast<int>(rng() % 3);
@@ -113,10 +114,12 @@ TEST_F(CrashTest, KillDuringSavesLeavesNewestCompleteVersion) {
 
     const bool tmp_before = HasTemporary(ModelDir());
     StartServer();
-    EXPECT_FALSE(HasTemporary(dir_ / "store")) << "temporaries left after start-up (before: " << tmp_before << ")";
+    EXPECT_FALSE(HasTemporary(dir_ / "store"))
+        << "temporaries left after start-up (before: " << tmp_before << ")";
     const long newest = MaxVersionOnDisk();
-    std::cerr << "round " << round << ": killed mid-save " << killed_mid << ", temporaries before restart "
-              << tmp_before << ", newest version on disk " << newest << "\n";
+    std::cerr << "round " << round << ": killed mid-save " << killed_mid
+              << ", temporaries before restart " << tmp_before << ", newest version on disk "
+              << newest << "\n";
     if (round > 0) {
       EXPECT_GE(newest, 2) << "training published no version";
     }
@@ -140,7 +143,8 @@ TEST_F(CrashTest, FailedWriteKeepsOldVersionAndSaysSo) {
   ASSERT_EQ(Run({"data", "upload", "d", csv}).code, 0);
   auto t1 = Run({"train", "big", "--data", "d", "--epochs", "1", "--standardize"});
   ASSERT_EQ(t1.code, 0) << t1.err;
-  const std::string before = json::parse(Run({"models", "get", "big", "--format", "json"}).out)["version"];
+  const std::string before =
+      json::parse(Run({"models", "get", "big", "--format", "json"}).out)["version"];
   fs::rename(ModelDir(), dir_ / "moved-away");
   std::ofstream(ModelDir()) << "not a directory";
   auto t2 = Run({"train", "big", "--data", "d", "--epochs", "1", "--standardize"});

@@ -80,7 +80,8 @@ class ReplicaTest : public ::testing::Test {
     auto c = Run(trainer_address_, {"models", "create", "digits", "--spec",
                                     (kSource / "examples/digits_mlp.json").string()});
     EXPECT_EQ(c.code, 0) << c.err;
-    auto up = Run(trainer_address_, {"data", "upload", "digits", (kSource / "data/digits.csv").string()});
+    auto up =
+        Run(trainer_address_, {"data", "upload", "digits", (kSource / "data/digits.csv").string()});
     EXPECT_EQ(up.code, 0) << up.err;
     return TrainMore(epochs);
   }
@@ -110,16 +111,18 @@ TEST_F(ReplicaTest, VersionTrainedOnTheTrainerIsServedByTheReplicaWithinThePollI
   std::cerr << "replica served version " << v << " " << s << " s after the trainer published it\n";
 
   // Same version, same answers: eval mode, and Monte-Carlo dropout with a seed.
-  auto a = Run(trainer_address_, {"predict", "digits", "--input", inputs_.string(), "--format", "json"});
-  auto b = Run(replica_address_, {"predict", "digits", "--input", inputs_.string(), "--format", "json"});
+  auto a =
+      Run(trainer_address_, {"predict", "digits", "--input", inputs_.string(), "--format", "json"});
+  auto b =
+      Run(replica_address_, {"predict", "digits", "--input", inputs_.string(), "--format", "json"});
   ASSERT_EQ(a.code, 0) << a.err;
   ASSERT_EQ(b.code, 0) << b.err;
   EXPECT_EQ(a.out, b.out);
   EXPECT_NE(b.err.find("version " + std::to_string(v)), std::string::npos) << b.err;
-  auto ua = Run(trainer_address_, {"uncertainty", "digits", "--input", inputs_.string(), "--samples",
-                                   "20", "--seed", "3", "--format", "json"});
-  auto ub = Run(replica_address_, {"uncertainty", "digits", "--input", inputs_.string(), "--samples",
-                                   "20", "--seed", "3", "--format", "json"});
+  auto ua = Run(trainer_address_, {"uncertainty", "digits", "--input", inputs_.string(),
+                                   "--samples", "20", "--seed", "3", "--format", "json"});
+  auto ub = Run(replica_address_, {"uncertainty", "digits", "--input", inputs_.string(),
+                                   "--samples", "20", "--seed", "3", "--format", "json"});
   ASSERT_EQ(ub.code, 0) << ub.err;
   EXPECT_EQ(ua.out, ub.out);
   // The data set uploaded to the trainer after the replica started is there for Evaluate too.
@@ -145,7 +148,8 @@ TEST_F(ReplicaTest, ReplicaRefusesWritesWithFailedPreconditionAndWritesNothing) 
   const int64_t v = TrainDigits(1);
   ASSERT_GE(SecondsUntilReplicaServes("digits", v), 0) << replica_->err();
   std::vector<std::string> files_before;
-  for (const auto& e : fs::recursive_directory_iterator(store_)) files_before.push_back(e.path().string());
+  for (const auto& e : fs::recursive_directory_iterator(store_))
+    files_before.push_back(e.path().string());
 
   const std::vector<std::vector<std::string>> writes = {
       {"models", "create", "other", "--spec", (kSource / "examples/digits_mlp.json").string()},
@@ -161,7 +165,8 @@ TEST_F(ReplicaTest, ReplicaRefusesWritesWithFailedPreconditionAndWritesNothing) 
     EXPECT_NE(r.err.find("read-only replica"), std::string::npos) << r.err;
   }
   std::vector<std::string> files_after;
-  for (const auto& e : fs::recursive_directory_iterator(store_)) files_after.push_back(e.path().string());
+  for (const auto& e : fs::recursive_directory_iterator(store_))
+    files_after.push_back(e.path().string());
   EXPECT_EQ(files_before, files_after);
   EXPECT_EQ(ServedVersion(replica_address_, "digits"), v);
   // Reads still work on the replica.
@@ -172,19 +177,23 @@ TEST_F(ReplicaTest, ReplicaRefusesWritesWithFailedPreconditionAndWritesNothing) 
 TEST_F(ReplicaTest, ReplicaKeepsServingTheOldVersionWhenANewOneFailsToLoad) {
   const int64_t v = TrainDigits(1);
   ASSERT_GE(SecondsUntilReplicaServes("digits", v), 0) << replica_->err();
-  auto before = Run(replica_address_, {"predict", "digits", "--input", inputs_.string(), "--format", "json"});
+  auto before =
+      Run(replica_address_, {"predict", "digits", "--input", inputs_.string(), "--format", "json"});
   ASSERT_EQ(before.code, 0) << before.err;
 
   // A damaged newer version appears in the store (a bad disk, a foreign writer).
   const fs::path bad = store_ / "models/digits" / std::to_string(v + 1);
   fs::create_directories(bad);
   std::ofstream(bad / "checkpoint.pb") << "not a checkpoint";
-  EXPECT_FALSE(replica_->WaitFor("not loaded, still serving the previous one", true,
-                                 std::chrono::seconds(10)).empty())
+  EXPECT_FALSE(
+      replica_
+          ->WaitFor("not loaded, still serving the previous one", true, std::chrono::seconds(10))
+          .empty())
       << replica_->err();
   std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(2 * kPollSeconds * 1000)));
   EXPECT_EQ(ServedVersion(replica_address_, "digits"), v);
-  auto after = Run(replica_address_, {"predict", "digits", "--input", inputs_.string(), "--format", "json"});
+  auto after =
+      Run(replica_address_, {"predict", "digits", "--input", inputs_.string(), "--format", "json"});
   ASSERT_EQ(after.code, 0) << after.err;
   EXPECT_EQ(before.out, after.out);
 

@@ -71,8 +71,11 @@ TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
   };
   const std::string spec = (kSource / "examples/digits_mlp.json").string();
   ASSERT_EQ(std::get<0>(run({"models", "create", "digits", "--spec", spec})), 0);
-  ASSERT_EQ(std::get<0>(run({"data", "upload", "digits", (kSource / "data/digits.csv").string()})), 0);
-  ASSERT_EQ(std::get<0>(run({"train", "digits", "--data", "digits", "--epochs", "1", "--standardize"})), 0);
+  ASSERT_EQ(std::get<0>(run({"data", "upload", "digits", (kSource / "data/digits.csv").string()})),
+            0);
+  ASSERT_EQ(
+      std::get<0>(run({"train", "digits", "--data", "digits", "--epochs", "1", "--standardize"})),
+      0);
   const fs::path input = dir / "in.csv";
   WriteDigitsRows(input, 20);
   // Warm-up: every kind of call once.
@@ -90,7 +93,8 @@ TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
     if (failures.size() < 20) failures.push_back(what);
   };
   // 10 + FAILED_PRECONDITION (9) is the only error allowed, and only where a model can be busy.
-  auto check = [&](const std::tuple<int, std::string, std::string>& r, const std::string& what, bool busy_ok) {
+  auto check = [&](const std::tuple<int, std::string, std::string>& r, const std::string& what,
+                   bool busy_ok) {
     ++calls;
     const int code = std::get<0>(r);
     if (code == 0 || (busy_ok && code == 19)) return;
@@ -101,9 +105,11 @@ TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
     threads.emplace_back([&, t] {
       for (int i = 0; !stop; ++i) {
         if ((i + t) % 2 == 0) {
-          check(run({"predict", "digits", "--input", input.string(), "--format", "csv"}), "predict", false);
+          check(run({"predict", "digits", "--input", input.string(), "--format", "csv"}), "predict",
+                false);
         } else {
-          check(run({"uncertainty", "digits", "--input", input.string(), "--samples", "30", "--format", "csv"}),
+          check(run({"uncertainty", "digits", "--input", input.string(), "--samples", "30",
+                     "--format", "csv"}),
                 "uncertainty", false);
         }
       }
@@ -111,7 +117,8 @@ TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
   }
   threads.emplace_back([&] {
     while (!stop) {
-      check(run({"train", "digits", "--data", "digits", "--epochs", "2", "--standardize"}), "train", true);
+      check(run({"train", "digits", "--data", "digits", "--epochs", "2", "--standardize"}), "train",
+            true);
     }
   });
   threads.emplace_back([&] {
@@ -148,10 +155,13 @@ TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
     }
     long version = -1;
     for (const auto& e : json::parse(std::get<1>(l)))
-      if (e["name"] == "digits") version = std::stol(e["version"].is_string() ? e["version"].get<std::string>()
-                                                                             : std::to_string(e["version"].get<long>()));
+      if (e["name"] == "digits")
+        version = std::stol(e["version"].is_string() ? e["version"].get<std::string>()
+                                                     : std::to_string(e["version"].get<long>()));
     if (version < 0) fail("model 'digits' not listed");
-    if (version < last_version) fail("version went back from " + std::to_string(last_version) + " to " + std::to_string(version));
+    if (version < last_version)
+      fail("version went back from " + std::to_string(last_version) + " to " +
+           std::to_string(version));
     last_version = std::max(last_version, version);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
@@ -162,8 +172,8 @@ TEST(SoakTest, MixedLoadKeepsStatusesVersionsAndMemory) {
   const long rss_end = RssKb(server->pid());
   rss_peak = std::max(rss_peak, rss_end);
   std::cerr << calls << " calls in " << seconds << " s, version " << last_version << "; RSS "
-            << rss_warm << " kB before the load, " << rss_loaded << " kB after "
-            << kWarmUp.count() << " s of it, peak " << rss_peak << " kB, " << rss_end
+            << rss_warm << " kB before the load, " << rss_loaded << " kB after " << kWarmUp.count()
+            << " s of it, peak " << rss_peak << " kB, " << rss_end
             << " kB at the end\nRSS samples (s: kB):";
   for (const auto& [t, kb] : rss_samples) std::cerr << " " << static_cast<int>(t) << ": " << kb;
   std::cerr << "\n";

@@ -66,8 +66,9 @@ TEST(ConcreteDropoutTest, GradientsWithFrozenNoise) {
         const GradCheckOptions opt{
             .eps = temperature < 0.2 ? 2e-4 : 1e-3, .rtol = 3e-2, .atol = 3e-3};
         auto r = CheckLayerGradients(layer.get(), x, MakeContext(Mode::kTrain, 5, 2), opt, 9);
-        EXPECT_EQ(r.mismatches, 0) << "per_unit " << per_unit << " units " << units << " t "
-                                   << temperature << "\n" << r.report;
+        EXPECT_EQ(r.mismatches, 0)
+            << "per_unit " << per_unit << " units " << units << " t " << temperature << "\n"
+            << r.report;
       }
     }
   }
@@ -113,11 +114,13 @@ TEST(ConcreteDropoutTest, RegulariserValueAndGradient) {
     GradCheckResult r;
     auto f = [&] {
       std::vector<Matrix> scratch;
-      for (const auto& p : big->params()) scratch.push_back(Matrix::Zero(p.value.rows(), p.value.cols()));
+      for (const auto& p : big->params())
+        scratch.push_back(Matrix::Zero(p.value.rows(), p.value.cols()));
       return big->Regularize(n, scratch);
     };
     for (size_t k = 0; k < 2; ++k)
-      CompareWithCentralDifferences(f, &big->params()[k].value, g2[k], opt, big->params()[k].name, &r);
+      CompareWithCentralDifferences(f, &big->params()[k].value, g2[k], opt, big->params()[k].name,
+                                    &r);
     EXPECT_EQ(r.mismatches, 0) << r.report;
   }
 }

@@ -128,12 +128,13 @@ TEST_P(TorchParityTest, ForwardAndGradientsMatchPyTorch) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Fixtures, TorchParityTest,
-    ::testing::Values("conv1d_k3", "conv1d_k5_s2_p2", "conv2d_k3", "conv2d_k3_s2_p1",
-                      "conv2d_k2_s3_p2", "conv2d_k1", "max_pool2d_k2", "max_pool2d_k3_s2_p1",
-                      "avg_pool2d_k2", "avg_pool2d_k3_s2_p1", "max_pool1d_k2",
-                      "avg_pool1d_k3_s2_p1", "global_avg_pool2d", "global_avg_pool1d"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, TorchParityTest,
+                         ::testing::Values("conv1d_k3", "conv1d_k5_s2_p2", "conv2d_k3",
+                                           "conv2d_k3_s2_p1", "conv2d_k2_s3_p2", "conv2d_k1",
+                                           "max_pool2d_k2", "max_pool2d_k3_s2_p1", "avg_pool2d_k2",
+                                           "avg_pool2d_k3_s2_p1", "max_pool1d_k2",
+                                           "avg_pool1d_k3_s2_p1", "global_avg_pool2d",
+                                           "global_avg_pool1d"));
 
 LayerConfig ConvConfig(const std::string& type, int filters, int k, int stride, int padding) {
   LayerConfig c;
@@ -244,12 +245,10 @@ TEST(ConvShapeTest, BadConfigurationsNameTheField) {
 TEST(ConvShapeTest, HugeGeometryIsAnErrorNotAnOverflow) {
   constexpr int kMax = std::numeric_limits<int>::max();
   // 2 * padding and the output side overflow an int.
-  EXPECT_THROW(PlanLayer(ConvConfig("conv2d", 1, 3, 1, kMax), Shape{{1, 6, 6}}),
-               InvalidArgument);
+  EXPECT_THROW(PlanLayer(ConvConfig("conv2d", 1, 3, 1, kMax), Shape{{1, 6, 6}}), InvalidArgument);
   EXPECT_THROW(PlanLayer(ConvConfig("conv1d", 1, 1, 1, kMax / 2 + 1), Shape{{1, 6}}),
                InvalidArgument);
-  EXPECT_THROW(PlanLayer(PoolConfig("max_pool2d", kMax, 0, kMax / 2 + 1),
-                         Shape{{1, 6, 6}}),
+  EXPECT_THROW(PlanLayer(PoolConfig("max_pool2d", kMax, 0, kMax / 2 + 1), Shape{{1, 6, 6}}),
                InvalidArgument);
   // A kernel as large as an int fits with padding; its parameter count saturates.
   const LayerConfig big = ConvConfig("conv2d", kMax, kMax, 1, kMax / 2);
@@ -275,7 +274,7 @@ TEST(ConvTest, ResultsDoNotDependOnTheThreadCount) {
   c4.threads = 4;
   layer->Forward(x, TrainContext(4), &c4, &y4);
   layer->Backward(dy, c4, g4, &dx4);
-  EXPECT_TRUE(y1 == y4);    // each image is computed by one thread with the same kernel
+  EXPECT_TRUE(y1 == y4);  // each image is computed by one thread with the same kernel
   EXPECT_TRUE(dx1 == dx4);
   // Weight gradients are reduced over per-thread partial sums: equal up to rounding.
   EXPECT_LE((g1[0] - g4[0]).cwiseAbs().maxCoeff(), 1e-4f);
@@ -323,9 +322,14 @@ TEST(ConvNetworkTest, SmallCnnLearnsAndIsDeterministicInEveryMode) {
   flat.type = "flatten";
   dense.type = "dense";
   dense.units = 2;
-  spec.layers = {ConvConfig("conv2d", 4, 3, 1, 1), relu, PoolConfig("max_pool2d", 2, 0, 0),
-                 ConvConfig("conv2d", 4, 3, 1, 0), relu, PoolConfig("global_avg_pool", 0, 0, 0),
-                 flat, dense};
+  spec.layers = {ConvConfig("conv2d", 4, 3, 1, 1),
+                 relu,
+                 PoolConfig("max_pool2d", 2, 0, 0),
+                 ConvConfig("conv2d", 4, 3, 1, 0),
+                 relu,
+                 PoolConfig("global_avg_pool", 0, 0, 0),
+                 flat,
+                 dense};
   Network net(spec);
   EXPECT_EQ(net.output_shape(), (Shape{{2}}));
   const Matrix x = UniformMatrix(5, 64, -1, 1, 2);

@@ -118,8 +118,8 @@ TEST(CsvTest, ErrorsNameLineAndColumn) {
 
 TEST(CsvTest, EmptyAndDegenerateFiles) {
   EXPECT_THROW(Csv(""), InvalidArgument);
-  EXPECT_THROW(Csv("a,b,label\n"), InvalidArgument);      // header only
-  EXPECT_THROW(Csv("label\n1\n"), InvalidArgument);       // no feature column
+  EXPECT_THROW(Csv("a,b,label\n"), InvalidArgument);  // header only
+  EXPECT_THROW(Csv("label\n1\n"), InvalidArgument);   // no feature column
   const std::string e = ErrorOf([] { Csv("a,b\n1,2\n", "missing"); });
   EXPECT_TRUE(Contains(e, "missing")) << e;
   EXPECT_THROW(LoadCsv("/nonexistent/dropnet.csv", CsvOptions{}), InvalidArgument);
@@ -193,8 +193,8 @@ class IdxTest : public testing::Test {
 };
 
 TEST_F(IdxTest, ReadsPlainFiles) {
-  ExpectSmallSet(LoadIdx(Write("images", Images(3, 2, 3, Pixels())),
-                         Write("labels", Labels({2, 0, 1}))));
+  ExpectSmallSet(
+      LoadIdx(Write("images", Images(3, 2, 3, Pixels())), Write("labels", Labels({2, 0, 1}))));
 }
 
 TEST_F(IdxTest, ReadsGzippedFiles) {
@@ -261,8 +261,9 @@ TEST_F(IdxTest, RejectsTruncatedFiles) {
 
 std::string Gzip(const std::string& bytes) {
   z_stream zs{};
-  EXPECT_EQ(deflateInit2(&zs, Z_BEST_COMPRESSION, Z_DEFLATED, 16 + MAX_WBITS, 8,
-                         Z_DEFAULT_STRATEGY), Z_OK);
+  EXPECT_EQ(
+      deflateInit2(&zs, Z_BEST_COMPRESSION, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY),
+      Z_OK);
   std::string out(deflateBound(&zs, bytes.size()), '\0');
   zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
   zs.avail_in = static_cast<uInt>(bytes.size());
@@ -296,11 +297,13 @@ TEST_F(IdxTest, InflatingStopsPastTheDeclaredSize) {
     ReadIdx(bomb, Labels({2, 0, 1}), "bomb");
     ADD_FAILURE() << "a file longer than its header says was read";
   } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("more than 18 pixel bytes"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("more than 18 pixel bytes"), std::string::npos)
+        << e.what();
   }
   // Labels are held to the image count the same way.
-  EXPECT_THROW(ReadIdx(Images(3, 2, 3, Pixels()), Gzip(Labels({2, 0, 1}) + std::string(1 << 20, '\1'))),
-               InvalidArgument);
+  EXPECT_THROW(
+      ReadIdx(Images(3, 2, 3, Pixels()), Gzip(Labels({2, 0, 1}) + std::string(1 << 20, '\1'))),
+      InvalidArgument);
 }
 
 TEST(FashionMnistTest, LoadsTheTestSet) {
@@ -327,10 +330,7 @@ TEST(FashionMnistTest, LoadsTheTestSet) {
 
 TEST(StandardizerTest, FitsMeanAndPopulationStd) {
   Matrix x(4, 3);
-  x << 1, 2, 5,
-       3, 2, 5,
-       5, 4, 5,
-       7, 8, 5;
+  x << 1, 2, 5, 3, 2, 5, 5, 4, 5, 7, 8, 5;
   const Standardizer s = Standardizer::Fit(x);
   ASSERT_EQ(s.mean.size(), 3);
   EXPECT_FLOAT_EQ(s.mean[0], 4.0f);

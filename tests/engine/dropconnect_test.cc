@@ -78,7 +78,8 @@ TEST_P(DropConnectRateTest, ExpectedOutputIsTheMeanWeightOutput) {
     var *= pe / (1 - pe);
     const double mean = y.col(j).cast<double>().mean();
     EXPECT_NEAR(mean, mean_weights(0, j), 5.0 * std::sqrt(var / samples)) << "unit " << j;
-    const double sample_var = (y.col(j).cast<double>().array() - mean).square().sum() / (samples - 1);
+    const double sample_var =
+        (y.col(j).cast<double>().array() - mean).square().sum() / (samples - 1);
     EXPECT_NEAR(sample_var, var, 0.15 * var) << "unit " << j;  // ~7 sd of the sample variance
   }
 }
@@ -117,8 +118,8 @@ TEST(DropConnectTest, SharedMasksAreOnePerStream) {
   EXPECT_FALSE(m0 == layer->MaskFor(ctx, 3));
   for (int64_t r = 0; r < 6; ++r) {
     const Matrix m = layer->MaskFor(ctx, r);
-    const Matrix want = x.row(r) * layer->params()[0].value.cwiseProduct(m) +
-                        layer->params()[1].value;
+    const Matrix want =
+        x.row(r) * layer->params()[0].value.cwiseProduct(m) + layer->params()[1].value;
     EXPECT_LE((y.row(r) - want).cwiseAbs().maxCoeff(), 1e-5f) << r;
   }
 }
@@ -132,10 +133,11 @@ TEST(DropConnectTest, EvalUsesTheMeanWeights) {
     Matrix z = x * layer->params()[0].value;
     z.rowwise() += layer->params()[1].value.row(0);
     const std::string a = act;
-    Matrix want = a == "relu"      ? Matrix(z.cwiseMax(0.0f))
-                  : a == "sigmoid" ? Matrix(z.unaryExpr([](float v) { return 1 / (1 + std::exp(-v)); }))
-                  : a == "tanh"    ? Matrix(z.array().tanh().matrix())
-                                   : z;
+    Matrix want = a == "relu" ? Matrix(z.cwiseMax(0.0f))
+                  : a == "sigmoid"
+                      ? Matrix(z.unaryExpr([](float v) { return 1 / (1 + std::exp(-v)); }))
+                  : a == "tanh" ? Matrix(z.array().tanh().matrix())
+                                : z;
     EXPECT_LE((y - want).cwiseAbs().maxCoeff(), 1e-5f) << act;
   }
 }
@@ -261,10 +263,12 @@ TEST(DropConnectNetworkTest, TrainsAndPredictsInEveryMode) {
     McOptions mo;
     mo.samples = 30;
     mo.seed = 8;
-    const McResult a = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, mo);
+    const McResult a =
+        MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, mo);
     mo.threads = 2;
     mo.memory_budget_bytes = 2048;
-    const McResult b = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, mo);
+    const McResult b =
+        MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, mo);
     EXPECT_LE((a.mean - b.mean).cwiseAbs().maxCoeff(), 1e-5f) << shared;
     EXPECT_GT(a.stddev.maxCoeff(), 0.0f) << shared;
     EXPECT_GT(a.mutual_information.maxCoeff(), 0.0f) << shared;

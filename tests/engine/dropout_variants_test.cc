@@ -275,16 +275,19 @@ TEST(DropoutVariantsNetworkTest, EveryVariantTrainsAndPredictsInEveryMode) {
     mo.samples = 40;
     mo.seed = 12;
     mo.threads = 1;
-    const McResult a = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, mo);
+    const McResult a =
+        MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, mo);
     mo.threads = 3;
     mo.memory_budget_bytes = 4096;  // many small chunks
-    const McResult b = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, mo);
+    const McResult b =
+        MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, mo);
     EXPECT_LE((a.mean - b.mean).cwiseAbs().maxCoeff(), 1e-6f) << type;
     EXPECT_GT(a.stddev.maxCoeff(), 0.0f) << type;  // the samples differ
     EXPECT_GT(a.mutual_information.maxCoeff(), 0.0f) << type;
     for (int64_t r = 0; r < a.mean.rows(); ++r) EXPECT_NEAR(a.mean.row(r).sum(), 1.0, 1e-5);
     mo.seed = 13;
-    const McResult c = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, mo);
+    const McResult c =
+        MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, mo);
     EXPECT_FALSE(a.mean == c.mean) << type;
   }
 }

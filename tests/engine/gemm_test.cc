@@ -23,8 +23,13 @@ TEST(GemmTest, MatchesEigenForEveryTranspositionAndEdgeSize) {
   for (bool ta : {false, true}) {
     for (bool tb : {false, true}) {
       // n <= 16 (and the last panel of 33 and 70) runs the half-width kernel.
-      for (auto [m, n, k] : {std::tuple{1, 1, 1}, {7, 33, 5}, {9, 17, 300}, {64, 70, 288},
-                             {13, 31, 513}, {20, 10, 300}, {52, 16, 40}}) {
+      for (auto [m, n, k] : {std::tuple{1, 1, 1},
+                             {7, 33, 5},
+                             {9, 17, 300},
+                             {64, 70, 288},
+                             {13, 31, 513},
+                             {20, 10, 300},
+                             {52, 16, 40}}) {
         const Matrix a = UniformMatrix(ta ? k : m, ta ? m : k, -1, 1, m + n);
         const Matrix b = UniformMatrix(tb ? n : k, tb ? k : n, -1, 1, n + k);
         Matrix want = UniformMatrix(m, n, -1, 1, 3);
@@ -34,8 +39,8 @@ TEST(GemmTest, MatchesEigenForEveryTranspositionAndEdgeSize) {
           Matrix got = c;
           Gemm(ta, tb, m, n, k, 0.75f, a.data(), a.cols(), b.data(), b.cols(), beta, got.data(),
                got.cols());
-          Matrix ref = (0.75f * (opa.cast<double>() * opb.cast<double>()) +
-                        beta * c.cast<double>()).cast<float>();
+          Matrix ref = (0.75f * (opa.cast<double>() * opb.cast<double>()) + beta * c.cast<double>())
+                           .cast<float>();
           EXPECT_LE((got - ref).cwiseAbs().maxCoeff(), 1e-4f * std::sqrt(float(k)))
               << ta << tb << " " << m << "x" << n << "x" << k << " beta " << beta;
         }

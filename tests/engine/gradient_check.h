@@ -124,8 +124,8 @@ inline GradCheckResult CheckLayerGradients(Layer* layer, Matrix x, const Context
   CompareWithCentralDifferences(objective, &x, dx, opt, layer->Type() + " dx", &result);
   for (size_t k = 0; k < layer->params().size(); ++k) {
     Parameter& p = layer->params()[k];
-    CompareWithCentralDifferences(objective, &p.value, grads[k], opt,
-                                  layer->Type() + " d" + p.name, &result);
+    CompareWithCentralDifferences(objective, &p.value, grads[k], opt, layer->Type() + " d" + p.name,
+                                  &result);
   }
   return result;
 }

@@ -145,14 +145,12 @@ TEST_P(ActivationGradientTest, MatchesCentralDifferences) {
   ExpectGradientsMatch(r, 30);
 }
 
-INSTANTIATE_TEST_SUITE_P(AllActivations, ActivationGradientTest,
-                         ::testing::Values(ActivationCase{"relu", true},
-                                           ActivationCase{"leaky_relu", true},
-                                           ActivationCase{"tanh", false},
-                                           ActivationCase{"sigmoid", false},
-                                           ActivationCase{"selu", true},
-                                           ActivationCase{"gelu", false}),
-                         [](const auto& info) { return info.param.type; });
+INSTANTIATE_TEST_SUITE_P(
+    AllActivations, ActivationGradientTest,
+    ::testing::Values(ActivationCase{"relu", true}, ActivationCase{"leaky_relu", true},
+                      ActivationCase{"tanh", false}, ActivationCase{"sigmoid", false},
+                      ActivationCase{"selu", true}, ActivationCase{"gelu", false}),
+    [](const auto& info) { return info.param.type; });
 
 // Values of the activations against their definitions, computed in double.
 TEST(ActivationTest, ForwardMatchesDefinitions) {
@@ -210,15 +208,16 @@ TEST(SoftmaxTest, GradientsMatchCentralDifferences) {
 
 TEST(SoftmaxTest, RowsArePositiveAndSumToOneEvenForHugeLogits) {
   Matrix x(3, 4);
-  x << 1, 2, 3, 4,  //
+  x << 1, 2, 3, 4,               //
       1e4f, -1e4f, 0, 1e4f - 1,  //
       -1e4f, -1e4f, -1e4f, -1e4f;
   Matrix y;
   SoftmaxRows(x, &y);
   ASSERT_TRUE(y.allFinite());
   for (int r = 0; r < 3; ++r) EXPECT_NEAR(y.row(r).sum(), 1.0, 1e-6);
-  EXPECT_NEAR(y(0, 3), std::exp(4.0) / (std::exp(1.0) + std::exp(2.0) + std::exp(3.0) +
-                                         std::exp(4.0)), 1e-6);
+  EXPECT_NEAR(y(0, 3),
+              std::exp(4.0) / (std::exp(1.0) + std::exp(2.0) + std::exp(3.0) + std::exp(4.0)),
+              1e-6);
   EXPECT_NEAR(y(1, 0), 1.0 / (1.0 + std::exp(-1.0)), 1e-6);
   EXPECT_NEAR(y(2, 1), 0.25, 1e-7);
 }
@@ -290,8 +289,8 @@ TEST(BatchNormTest, TrainNormalisesWithBatchStatistics) {
 
 TEST(BatchNormTest, EvalAndMonteCarloUseRunningStatistics) {
   auto layer = MakeBatchNorm(Shape{{4}});
-  layer->buffers()[0].value = UniformMatrix(1, 4, -1, 1, 91);    // running mean
-  layer->buffers()[1].value = UniformMatrix(1, 4, 0.5, 3, 92);   // running var
+  layer->buffers()[0].value = UniformMatrix(1, 4, -1, 1, 91);   // running mean
+  layer->buffers()[1].value = UniformMatrix(1, 4, 0.5, 3, 92);  // running var
   const Matrix& gamma = layer->params()[0].value;
   const Matrix& beta = layer->params()[1].value;
   const Matrix& rm = layer->buffers()[0].value;
@@ -422,8 +421,8 @@ TEST_P(InitTest, HasThePromisedStandardDeviation) {
   // Var[sample variance] = (mu4 - sigma^4) / n: 2 sigma^4 / n for a normal, 0.8 sigma^4 / n for
   // a uniform (mu4 = 1.8 sigma^4).
   const double var_of_var = (tc.uniform ? 0.8 : 2.0) * sigma2 * sigma2 / n;
-  EXPECT_NEAR(var, sigma2, 5.0 * std::sqrt(var_of_var)) << "stddev " << std::sqrt(var)
-                                                         << ", promised " << std::sqrt(sigma2);
+  EXPECT_NEAR(var, sigma2, 5.0 * std::sqrt(var_of_var))
+      << "stddev " << std::sqrt(var) << ", promised " << std::sqrt(sigma2);
   // The shape: kurtosis 3 for a normal, 1.8 for a uniform (standard error <= sqrt(24/n)).
   EXPECT_NEAR(kurtosis, tc.uniform ? 1.8 : 3.0, 5.0 * std::sqrt(24.0 / n));
   if (tc.uniform) {

@@ -62,9 +62,8 @@ TEST(CrossEntropyTest, ValueMatchesLogSumExpByHand) {
 }
 
 TEST(CrossEntropyTest, GradientMatchesCentralDifferences) {
-  const GradCheckResult r =
-      CheckLossGradient(LossKind::kCrossEntropy, UniformMatrix(4, 5, -3, 3, 2),
-                        Labels({1, 0, 4, 2}), kLossCheck);
+  const GradCheckResult r = CheckLossGradient(
+      LossKind::kCrossEntropy, UniformMatrix(4, 5, -3, 3, 2), Labels({1, 0, 4, 2}), kLossCheck);
   EXPECT_EQ(r.checked, 20);
   EXPECT_EQ(r.mismatches, 0) << r.report;
 }
@@ -88,9 +87,9 @@ TEST(CrossEntropyTest, GradientIsSoftmaxMinusOneHotOverN) {
 
 TEST(CrossEntropyTest, StableForHugeLogits) {
   Matrix logits(4, 3);
-  logits << 1e4f, 0, -1e4f,        //
-      1e4f, 1e4f - 1, 1e4f - 3,    //
-      -1e4f, -1e4f, -1e4f + 2,     //
+  logits << 1e4f, 0, -1e4f,      //
+      1e4f, 1e4f - 1, 1e4f - 3,  //
+      -1e4f, -1e4f, -1e4f + 2,   //
       1e4f, -1e4f, 1e4f;
   const Matrix labels = Labels({0, 2, 0, 1});
   Matrix grad;

@@ -65,8 +65,7 @@ struct NaiveClassification {
   std::vector<int> predicted_class;
 };
 
-NaiveClassification NaiveClassify(const Network& net, const Matrix& x, int samples,
-                                  uint64_t seed) {
+NaiveClassification NaiveClassify(const Network& net, const Matrix& x, int samples, uint64_t seed) {
   NaiveClassification n;
   for (const auto& raw : NaiveRawSamples(net, x, samples, seed)) {
     n.probs.push_back(net.EndsWithSoftmax() ? raw : SoftmaxRowsDouble(raw));
@@ -144,9 +143,9 @@ TEST(McTest, ClassificationMatchesNaiveReference) {
   nets.push_back({"prefix Dense-ReLU-Dropout-Dense", ClassifierWithPrefix()});
   nets.push_back({"no prefix Dropout-Dense-ReLU-Dense",
                   MakeNet(6, {DropoutLayer(0.3), DenseLayer(16), Simple("relu"), DenseLayer(4)})});
-  nets.push_back({"ends with softmax",
-                  MakeNet(6, {DenseLayer(16), Simple("tanh"), DropoutLayer(0.4), DenseLayer(4),
-                              Simple("softmax")})});
+  nets.push_back(
+      {"ends with softmax", MakeNet(6, {DenseLayer(16), Simple("tanh"), DropoutLayer(0.4),
+                                        DenseLayer(4), Simple("softmax")})});
   nets.push_back({"two dropout layers",
                   MakeNet(6, {DenseLayer(16), Simple("relu"), DropoutLayer(0.2), DenseLayer(16),
                               Simple("relu"), DropoutLayer(0.5), DenseLayer(4)})});
@@ -159,8 +158,8 @@ TEST(McTest, ClassificationMatchesNaiveReference) {
       SCOPED_TRACE(budget);
       McOptions o = Options(samples, 123);
       o.memory_budget_bytes = budget;
-      const McResult got = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy,
-                                             x, o);
+      const McResult got =
+          MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, o);
       EXPECT_EQ(got.samples, samples);
       ExpectMatchesNaive(got, want, 1e-5);
     }
@@ -180,18 +179,18 @@ TEST(McTest, ChunkSizeFollowsTheMemoryBudget) {
   const Matrix x = RandomMatrix(5, 6, 1);
   McOptions o = Options(30, 1);
   o.memory_budget_bytes = 1;
-  EXPECT_EQ(MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, o)
-                .chunk_samples,
-            1);
+  EXPECT_EQ(
+      MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, o).chunk_samples,
+      1);
   o.memory_budget_bytes = int64_t{1} << 30;
-  EXPECT_EQ(MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, o)
-                .chunk_samples,
-            30);
+  EXPECT_EQ(
+      MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, o).chunk_samples,
+      30);
   // 5 rows x 16 features x 4 bytes x 4 copies = 1280 bytes per sample.
   o.memory_budget_bytes = 7 * 1280;
-  EXPECT_EQ(MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, o)
-                .chunk_samples,
-            7);
+  EXPECT_EQ(
+      MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, o).chunk_samples,
+      7);
 }
 
 void ExpectBitIdentical(const McResult& a, const McResult& b) {
@@ -206,9 +205,9 @@ void ExpectBitIdentical(const McResult& a, const McResult& b) {
 
 TEST(McTest, ChunkingAndThreadCountGiveBitIdenticalResults) {
   // Wide enough that one chunk's matrix products split across threads.
-  const Network net = MakeNet(32, {DenseLayer(128), Simple("relu"), DropoutLayer(0.5),
-                                   DenseLayer(128), Simple("relu"), DropoutLayer(0.5),
-                                   DenseLayer(10)});
+  const Network net =
+      MakeNet(32, {DenseLayer(128), Simple("relu"), DropoutLayer(0.5), DenseLayer(128),
+                   Simple("relu"), DropoutLayer(0.5), DenseLayer(10)});
   const Matrix x = RandomMatrix(16, 32, 5);
   McOptions base = Options(48, 99);
   base.memory_budget_bytes = int64_t{1} << 30;
@@ -234,7 +233,8 @@ TEST(McTest, ConcurrentCallersOnOneConstNetworkAgreeWithOneThread) {
   const Matrix x = RandomMatrix(8, 6, 23);
   McOptions o = Options(64, 7);
   o.memory_budget_bytes = 4 * 1024;  // several chunks
-  const McResult want = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, o);
+  const McResult want =
+      MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, o);
   std::vector<McResult> got(8);
   std::vector<std::thread> callers;
   for (int i = 0; i < 8; ++i) {
@@ -254,12 +254,12 @@ TEST(McTest, ConcurrentCallersOnOneConstNetworkAgreeWithOneThread) {
 TEST(McTest, SameSeedSameAnswerDifferentSeedDifferent) {
   const Network net = ClassifierWithPrefix();
   const Matrix x = RandomMatrix(5, 6, 2);
-  const McResult a = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x,
-                                       Options(20, 1));
-  const McResult b = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x,
-                                       Options(20, 1));
-  const McResult c = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x,
-                                       Options(20, 2));
+  const McResult a =
+      MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, Options(20, 1));
+  const McResult b =
+      MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, Options(20, 1));
+  const McResult c =
+      MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, Options(20, 2));
   ExpectBitIdentical(a, b);
   EXPECT_GT((a.mean - c.mean).cwiseAbs().maxCoeff(), 1e-4);
   EXPECT_GT((a.stddev - c.stddev).cwiseAbs().maxCoeff(), 1e-4);
@@ -301,8 +301,8 @@ TEST(McTest, NormalQuantile) {
 }
 
 TEST(McTest, RegressionWithTauAddsObservationNoise) {
-  const Network net = MakeNet(3, {DenseLayer(16), Simple("relu"), DropoutLayer(0.3),
-                                  DenseLayer(2)});
+  const Network net =
+      MakeNet(3, {DenseLayer(16), Simple("relu"), DropoutLayer(0.3), DenseLayer(2)});
   const Matrix x = RandomMatrix(7, 3, 31);
   const int samples = 50;
   const double tau = 4.0;
@@ -333,8 +333,8 @@ TEST(McTest, RegressionWithTauAddsObservationNoise) {
   }
   EXPECT_GT(want.sample_var.maxCoeff(), 1e-4);
   // Without tau the total variance is the sample variance alone.
-  const McResult no_tau = MonteCarloPredict(net, Task::kRegression, LossKind::kMse, x,
-                                            Options(samples, 5));
+  const McResult no_tau =
+      MonteCarloPredict(net, Task::kRegression, LossKind::kMse, x, Options(samples, 5));
   for (int64_t r = 0; r < 7; ++r) {
     for (int64_t k = 0; k < 2; ++k) {
       EXPECT_NEAR(no_tau.total_variance(r, k), want.sample_var(r, k), 1e-6);
@@ -347,8 +347,8 @@ TEST(McTest, RegressionWithTauAddsObservationNoise) {
 
 TEST(McTest, GaussianHeadAddsMeanPredictedVariance) {
   // Two targets: four outputs, means then log-variances.
-  const Network net = MakeNet(3, {DenseLayer(16), Simple("tanh"), DropoutLayer(0.3),
-                                  DenseLayer(4)});
+  const Network net =
+      MakeNet(3, {DenseLayer(16), Simple("tanh"), DropoutLayer(0.3), DenseLayer(4)});
   const Matrix x = RandomMatrix(5, 3, 41);
   const int samples = 30;
   const NaiveRegression want = NaiveRegress(net, x, samples, 8, true);
@@ -382,8 +382,8 @@ double LogMeanExp(const std::vector<double>& a) {
 }
 
 TEST(McTest, TestLogLikelihoodMatchesNaiveLogSumExp) {
-  const Network net = MakeNet(3, {DenseLayer(16), Simple("relu"), DropoutLayer(0.4),
-                                  DenseLayer(2)});
+  const Network net =
+      MakeNet(3, {DenseLayer(16), Simple("relu"), DropoutLayer(0.4), DenseLayer(2)});
   const Matrix x = RandomMatrix(6, 3, 51);
   const Matrix y = RandomMatrix(6, 2, 52, 3.0);  // far enough that the log-sum-exp matters
   const int samples = 25;
@@ -416,8 +416,8 @@ TEST(McTest, TestLogLikelihoodMatchesNaiveLogSumExp) {
   // Without targets there is no log-likelihood; mse without tau cannot score.
   McOptions plain = Options(samples, 4);
   plain.tau = tau;
-  EXPECT_EQ(MonteCarloPredict(net, Task::kRegression, LossKind::kMse, x, plain).log_likelihood.size(),
-            0);
+  EXPECT_EQ(
+      MonteCarloPredict(net, Task::kRegression, LossKind::kMse, x, plain).log_likelihood.size(), 0);
   McOptions no_tau = Options(samples, 4);
   no_tau.targets = &y;
   EXPECT_THROW(MonteCarloPredict(net, Task::kRegression, LossKind::kMse, x, no_tau),
@@ -430,8 +430,8 @@ TEST(McTest, TestLogLikelihoodMatchesNaiveLogSumExp) {
 }
 
 TEST(McTest, GaussianHeadLogLikelihoodUsesPredictedVariances) {
-  const Network net = MakeNet(3, {DenseLayer(16), Simple("tanh"), DropoutLayer(0.3),
-                                  DenseLayer(2)});
+  const Network net =
+      MakeNet(3, {DenseLayer(16), Simple("tanh"), DropoutLayer(0.3), DenseLayer(2)});
   const Matrix x = RandomMatrix(4, 3, 61);
   const Matrix y = RandomMatrix(4, 1, 62);
   const int samples = 20;
@@ -459,8 +459,8 @@ TEST(McTest, NonPositiveSampleCountThrows) {
                  InvalidArgument)
         << samples;
   }
-  EXPECT_THROW(MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy,
-                                 Matrix(0, 6), Options(5, 1)),
+  EXPECT_THROW(MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, Matrix(0, 6),
+                                 Options(5, 1)),
                InvalidArgument);
   EXPECT_THROW(MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy,
                                  RandomMatrix(2, 5, 1), Options(5, 1)),
@@ -531,8 +531,8 @@ TEST(McTest, NetworkWithoutStochasticLayersHasZeroSpread) {
     const Matrix x = RandomMatrix(5, 4, 81);
     McOptions o = Options(7, 1);
     o.keep_samples = true;
-    const McResult got = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy,
-                                           x, o);
+    const McResult got =
+        MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, x, o);
     Context eval;
     const Eigen::MatrixXd probs = SoftmaxRowsDouble(net.Forward(x, eval).cast<double>());
     ASSERT_EQ(got.mean.rows(), 5);
@@ -545,8 +545,8 @@ TEST(McTest, NetworkWithoutStochasticLayersHasZeroSpread) {
     ASSERT_EQ(got.sample_outputs.size(), 7u);
     EXPECT_TRUE(BitEqual(got.sample_outputs[0], got.sample_outputs[6]));
 
-    const McResult reg = MonteCarloPredict(net, Task::kRegression, LossKind::kMse, x,
-                                           Options(7, 1));
+    const McResult reg =
+        MonteCarloPredict(net, Task::kRegression, LossKind::kMse, x, Options(7, 1));
     EXPECT_EQ(reg.stddev.cwiseAbs().maxCoeff(), 0.0f);
     EXPECT_EQ(reg.total_variance.cwiseAbs().maxCoeff(), 0.0f);
     EXPECT_LT((reg.mean - net.Forward(x, eval)).cwiseAbs().maxCoeff(), 1e-6f);

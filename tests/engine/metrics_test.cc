@@ -17,10 +17,7 @@ struct FourRows {
   Matrix probs = Matrix(4, 3);
   Matrix labels = Matrix(4, 1);
   FourRows() {
-    probs << 0.70f, 0.20f, 0.10f,
-             0.20f, 0.50f, 0.30f,
-             0.09f, 0.09f, 0.82f,
-             0.65f, 0.25f, 0.10f;
+    probs << 0.70f, 0.20f, 0.10f, 0.20f, 0.50f, 0.30f, 0.09f, 0.09f, 0.82f, 0.65f, 0.25f, 0.10f;
     labels << 0, 2, 2, 1;
   }
 };
@@ -41,9 +38,9 @@ TEST(MetricsTest, ClassificationByHand) {
 
 TEST(MetricsTest, EceAveragesWithinABin) {
   Matrix probs(3, 2), labels(3, 1);
-  probs << 0.71f, 0.29f,   // bin 10, right
-           0.72f, 0.28f,   // bin 10, wrong
-           1.00f, 0.00f;   // bin 14 (confidence 1 falls in the last bin), right
+  probs << 0.71f, 0.29f,  // bin 10, right
+      0.72f, 0.28f,       // bin 10, wrong
+      1.00f, 0.00f;       // bin 14 (confidence 1 falls in the last bin), right
   labels << 0, 1, 0;
   // Bin 10: accuracy 1/2, confidence 0.715, weight 2/3. Bin 14: perfectly calibrated.
   EXPECT_NEAR(ExpectedCalibrationError(probs, labels), 2.0 / 3.0 * 0.215, 1e-6);

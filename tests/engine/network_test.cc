@@ -80,19 +80,30 @@ TEST(NetworkTest, SameSeedSameInitialisationDifferentSeedDifferent) {
 
 TEST(NetworkTest, ErrorsNameTheLayerIndexAndField) {
   ExpectInvalidArgumentContaining(
-      [] { Network net(MakeSpec({4}, {DenseLayer(8), Simple("relu"), DenseLayer(0)})); },
+      [] {
+        Network net(MakeSpec({4}, {DenseLayer(8), Simple("relu"), DenseLayer(0)}));
+      },
       {"layers[2]", "dense.units", "0"});
   ExpectInvalidArgumentContaining(
-      [] { Network net(MakeSpec({4}, {DenseLayer(8), Simple("conv9")})); },
+      [] {
+        Network net(MakeSpec({4}, {DenseLayer(8), Simple("conv9")}));
+      },
       {"layers[1]", "conv9"});
   ExpectInvalidArgumentContaining(
-      [] { Network net(MakeSpec({4}, {DenseLayer(8), DropoutLayer(1.0)})); },
+      [] {
+        Network net(MakeSpec({4}, {DenseLayer(8), DropoutLayer(1.0)}));
+      },
       {"layers[1]", "dropout.rate"});
   ExpectInvalidArgumentContaining(
-      [] { Network net(MakeSpec({4}, {DenseLayer(8), DropoutLayer(-0.1)})); },
+      [] {
+        Network net(MakeSpec({4}, {DenseLayer(8), DropoutLayer(-0.1)}));
+      },
       {"layers[1]", "dropout.rate"});
   ExpectInvalidArgumentContaining(
-      [] { Network net(MakeSpec({1, 28, 28}, {DenseLayer(8)})); }, {"layers[0]", "flatten"});
+      [] {
+        Network net(MakeSpec({1, 28, 28}, {DenseLayer(8)}));
+      },
+      {"layers[0]", "flatten"});
   ExpectInvalidArgumentContaining(
       [] {
         LayerConfig bad = DenseLayer(3);
@@ -120,25 +131,23 @@ TEST(PlanNetworkTest, ShapesAndParameterCountsMatchTheBuiltNetwork) {
   };
   const std::vector<NetworkSpec> specs = {
       SmallSpec(),
-      MakeSpec({2, 9, 9},
-               {with(Simple("conv2d"),
-                     [](LayerConfig* c) { c->filters = 4, c->kernel_size = 3; }),
-                Simple("relu"), Simple("batch_norm"), Simple("max_pool2d"),
-                with(Simple("spatial_dropout2d"), [](LayerConfig* c) { c->rate = 0.2; }),
-                Simple("global_avg_pool"), Simple("gaussian_dropout"), Simple("alpha_dropout"),
-                with(DenseLayer(5), [](LayerConfig* c) { c->use_bias = false; }),
-                with(Simple("drop_connect"), [](LayerConfig* c) { c->units = 6, c->rate = 0.3; }),
-                with(Simple("concrete_dropout"), [](LayerConfig* c) { c->per_unit = true; }),
-                with(Simple("concrete_dropout"), [](LayerConfig* c) { c->units = 3; }),
-                with(Simple("sparse_vd"), [](LayerConfig* c) { c->units = 2; }),
-                Simple("softmax")}),
+      MakeSpec(
+          {2, 9, 9},
+          {with(Simple("conv2d"), [](LayerConfig* c) { c->filters = 4, c->kernel_size = 3; }),
+           Simple("relu"), Simple("batch_norm"), Simple("max_pool2d"),
+           with(Simple("spatial_dropout2d"), [](LayerConfig* c) { c->rate = 0.2; }),
+           Simple("global_avg_pool"), Simple("gaussian_dropout"), Simple("alpha_dropout"),
+           with(DenseLayer(5), [](LayerConfig* c) { c->use_bias = false; }),
+           with(Simple("drop_connect"), [](LayerConfig* c) { c->units = 6, c->rate = 0.3; }),
+           with(Simple("concrete_dropout"), [](LayerConfig* c) { c->per_unit = true; }),
+           with(Simple("concrete_dropout"), [](LayerConfig* c) { c->units = 3; }),
+           with(Simple("sparse_vd"), [](LayerConfig* c) { c->units = 2; }), Simple("softmax")}),
       MakeSpec({5, 3}, {with(Simple("lstm"),
                              [](LayerConfig* c) { c->units = 4, c->return_sequences = true; }),
-                        with(Simple("gru"), [](LayerConfig* c) { c->units = 3; }),
-                        Simple("gelu")}),
-      MakeSpec({3, 8}, {with(Simple("conv1d"),
-                             [](LayerConfig* c) { c->filters = 2, c->kernel_size = 2; }),
-                        Simple("avg_pool"), Simple("flatten"), DenseLayer(2)}),
+                        with(Simple("gru"), [](LayerConfig* c) { c->units = 3; }), Simple("gelu")}),
+      MakeSpec({3, 8},
+               {with(Simple("conv1d"), [](LayerConfig* c) { c->filters = 2, c->kernel_size = 2; }),
+                Simple("avg_pool"), Simple("flatten"), DenseLayer(2)}),
   };
   for (const NetworkSpec& spec : specs) {
     const Network net(spec);
@@ -191,8 +200,8 @@ TEST(PlanNetworkTest, ErrorsNameTheLayerAndFieldAndHooksRunInOrder) {
     calls.push_back("after " + std::to_string(i) + " " + std::to_string(p.parameters));
   };
   PlanNetwork(MakeSpec({4}, {DenseLayer(8), Simple("relu")}), hooks);
-  EXPECT_EQ(calls, (std::vector<std::string>{"before 0 [4]", "after 0 40", "before 1 [8]",
-                                             "after 1 0"}));
+  EXPECT_EQ(calls,
+            (std::vector<std::string>{"before 0 [4]", "after 0 40", "before 1 [8]", "after 1 0"}));
 }
 
 TEST(NetworkTest, ForwardRejectsBadInput) {
@@ -392,7 +401,8 @@ TEST(NetworkTest, SameSeedSameMasksWhateverTheThreadCount) {
     EXPECT_TRUE(BitEqual(cache.layers[2].mask, base_cache.layers[2].mask));
     EXPECT_TRUE(BitEqual(cache.layers[5].mask, base_cache.layers[5].mask));
     EXPECT_TRUE(BitEqual(train, base_train));
-    EXPECT_TRUE(BitEqual(RunForward(net, x, MakeContext(Mode::kMonteCarlo, 77, 5, 32, threads)), base_mc));
+    EXPECT_TRUE(
+        BitEqual(RunForward(net, x, MakeContext(Mode::kMonteCarlo, 77, 5, 32, threads)), base_mc));
     Gradients grads;
     net.Backward(Matrix::Ones(96, 10), cache, &grads);
     ASSERT_EQ(grads.size(), base_grads.size());
@@ -405,8 +415,9 @@ TEST(NetworkTest, SameSeedSameMasksWhateverTheThreadCount) {
 }
 
 TEST(NetworkTest, BackwardMatchesNumericalGradient) {
-  Network net(MakeSpec({5}, {DenseLayer(6), Simple("relu"), DropoutLayer(0.3), DenseLayer(4),
-                             Simple("tanh"), DenseLayer(3)},
+  Network net(MakeSpec({5},
+                       {DenseLayer(6), Simple("relu"), DropoutLayer(0.3), DenseLayer(4),
+                        Simple("tanh"), DenseLayer(3)},
                        /*seed=*/42));
   const double eps = 3e-3;
   // Central differences are only valid away from ReLU's kink: pick the first input whose
@@ -505,10 +516,15 @@ TEST(NetworkTest, LayersThatPassThroughReturnTheirInputAndSkippingThemChangesNot
     c.classic_scaling = classic;
     return c;
   };
-  const std::vector<LayerConfig> layers = {
-      Simple("flatten"),           with("dropout", 0.3),         with("dropout", 0.3, true),
-      with("dropout", 0.0, true),  with("gaussian_dropout", 0.2), with("alpha_dropout", 0.1),
-      with("spatial_dropout", 0.4), DenseLayer(5),               Simple("relu")};
+  const std::vector<LayerConfig> layers = {Simple("flatten"),
+                                           with("dropout", 0.3),
+                                           with("dropout", 0.3, true),
+                                           with("dropout", 0.0, true),
+                                           with("gaussian_dropout", 0.2),
+                                           with("alpha_dropout", 0.1),
+                                           with("spatial_dropout", 0.4),
+                                           DenseLayer(5),
+                                           Simple("relu")};
   const Shape shape{{4, 3}};
   const Matrix x = RandomMatrix(7, 12, 9);
   int passing = 0;
@@ -528,8 +544,8 @@ TEST(NetworkTest, LayersThatPassThroughReturnTheirInputAndSkippingThemChangesNot
   EXPECT_EQ(passing, 3 + 3 + 1 + 3) << "a layer's PassesThrough changed";
   // A network with flatten and eval-identity dropouts: eval output equals the one computed with
   // the same weights by hand.
-  Network net(MakeSpec({4, 3}, {Simple("flatten"), DenseLayer(6), Simple("relu"),
-                                DropoutLayer(0.5), DenseLayer(2)}));
+  Network net(MakeSpec({4, 3}, {Simple("flatten"), DenseLayer(6), Simple("relu"), DropoutLayer(0.5),
+                                DenseLayer(2)}));
   const Matrix out = net.Forward(x, MakeContext(Mode::kEval), nullptr);
   const auto& w1 = net.layer(1).params()[0].value;
   const auto& b1 = net.layer(1).params()[1].value;

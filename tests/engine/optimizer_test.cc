@@ -36,8 +36,8 @@ struct Problem {
 };
 
 // The reference for one scalar parameter: returns its value after each of the steps.
-using Reference = std::function<std::vector<double>(double w0, const std::vector<double>& g,
-                                                    bool decay)>;
+using Reference =
+    std::function<std::vector<double>(double w0, const std::vector<double>& g, bool decay)>;
 
 void CheckAgainstReference(const OptimizerConfig& config, double lr, const Reference& reference) {
   Problem problem;
@@ -272,9 +272,7 @@ TEST(ScheduleTest, BadSchedulesThrowNamingTheField) {
 TEST(MaxNormTest, ClipsLongColumnsAndLeavesShortOnes) {
   Parameter w{"weight", Matrix(3, 3), true, true};
   // Column norms: 5, 0.5, 2 (exactly at the limit).
-  w.value << 3.0f, 0.3f, 0.0f,
-             4.0f, 0.4f, 2.0f,
-             0.0f, 0.0f, 0.0f;
+  w.value << 3.0f, 0.3f, 0.0f, 4.0f, 0.4f, 2.0f, 0.0f, 0.0f, 0.0f;
   Parameter bias{"bias", Matrix(1, 3), false, false};
   bias.value << 10.0f, -20.0f, 30.0f;
   const Matrix original = w.value;

@@ -242,12 +242,12 @@ double Correlation(const std::vector<float>& a, const std::vector<float>& b) {
 TEST(CounterRngTest, DifferentAddressesGiveDifferentStreams) {
   const std::vector<uint32_t> base = DrawBits(CounterRng(1, 2, 3, 4), 64);
   const std::vector<std::vector<uint32_t>> others = {
-      DrawBits(CounterRng(9, 2, 3, 4), 64),            // seed
+      DrawBits(CounterRng(9, 2, 3, 4), 64),               // seed
       DrawBits(CounterRng(1ULL << 32 | 1, 2, 3, 4), 64),  // high seed word
-      DrawBits(CounterRng(1, 5, 3, 4), 64),            // stream
+      DrawBits(CounterRng(1, 5, 3, 4), 64),               // stream
       DrawBits(CounterRng(1, 2 | 1ULL << 32, 3, 4), 64),  // high stream word
-      DrawBits(CounterRng(1, 2, 0, 4), 64),            // layer
-      DrawBits(CounterRng(1, 2, 3, 5), 64),            // row
+      DrawBits(CounterRng(1, 2, 0, 4), 64),               // layer
+      DrawBits(CounterRng(1, 2, 3, 5), 64),               // row
   };
   for (size_t k = 0; k < others.size(); ++k) {
     // Two independent streams agree on a 32-bit word with probability 2^-32.

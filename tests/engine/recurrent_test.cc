@@ -122,27 +122,28 @@ TEST_P(RecurrentGradientTest, BpttMatchesCentralDifferencesWithFrozenMasks) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Cells, RecurrentGradientTest,
-    ::testing::Values(GradCase{"lstm", false, 0, 0, 0, 0}, GradCase{"lstm", true, 0, 0, 0, 0},
-                      GradCase{"lstm", true, 0.3, 0.3, 0.3, 0.3},
-                      GradCase{"lstm", false, 0.2, 0.4, 0.5, 0.2},
-                      GradCase{"gru", false, 0, 0, 0, 0}, GradCase{"gru", true, 0, 0, 0, 0},
-                      GradCase{"gru", true, 0.3, 0.3, 0, 0.3},
-                      GradCase{"gru", false, 0.2, 0.4, 0, 0.5}),
-    [](const auto& info) {
-      const GradCase& g = info.param;
-      std::string s = g.type + (g.sequences ? "_seq" : "_last");
-      if (g.rate > 0) s += "_dropout_zoneout_" + std::to_string(info.index);
-      return s;
-    });
+INSTANTIATE_TEST_SUITE_P(Cells, RecurrentGradientTest,
+                         ::testing::Values(GradCase{"lstm", false, 0, 0, 0, 0},
+                                           GradCase{"lstm", true, 0, 0, 0, 0},
+                                           GradCase{"lstm", true, 0.3, 0.3, 0.3, 0.3},
+                                           GradCase{"lstm", false, 0.2, 0.4, 0.5, 0.2},
+                                           GradCase{"gru", false, 0, 0, 0, 0},
+                                           GradCase{"gru", true, 0, 0, 0, 0},
+                                           GradCase{"gru", true, 0.3, 0.3, 0, 0.3},
+                                           GradCase{"gru", false, 0.2, 0.4, 0, 0.5}),
+                         [](const auto& info) {
+                           const GradCase& g = info.param;
+                           std::string s = g.type + (g.sequences ? "_seq" : "_last");
+                           if (g.rate > 0) s += "_dropout_zoneout_" + std::to_string(info.index);
+                           return s;
+                         });
 
 // ---- zoneout expectation in eval ----
 
 // A double-precision reference of one cell over a whole sequence, with the eval expectation of
 // zoneout (d = z). Weights in the layer's layout (F x G*H, H x G*H).
-Matrix ReferenceEval(const Layer& layer, const Matrix& x, bool lstm, int t, int f, int h,
-                     double zc, double zh, bool sequences) {
+Matrix ReferenceEval(const Layer& layer, const Matrix& x, bool lstm, int t, int f, int h, double zc,
+                     double zh, bool sequences) {
   const Eigen::MatrixXd wi = layer.params()[0].value.cast<double>();
   const Eigen::MatrixXd wh = layer.params()[1].value.cast<double>();
   const Eigen::RowVectorXd bi = layer.params()[2].value.cast<double>().row(0);
@@ -185,7 +186,7 @@ TEST(RecurrentTest, ZoneoutEvalIsTheExpectation) {
       LayerConfig c = RnnConfig(type, 6, sequences);
       c.zoneout_cell = lstm ? 0.3 : 0.0;
       c.zoneout_hidden = 0.6;
-      c.rate = 0.4;            // variational dropout: identity in eval
+      c.rate = 0.4;  // variational dropout: identity in eval
       c.recurrent_rate = 0.2;
       auto layer = MakeLayer(c, Shape{{7, 4}}, 23);
       for (auto& p : layer->params()) p.value *= 2.0f;
@@ -235,7 +236,8 @@ TEST(RecurrentTest, VariationalInputMaskIsConstantAcrossStepsWithBinomialKeptFra
         for (int j = 0; j < h; ++j) {
           const float first = y(r, j);
           kept += first != 0.0f;
-          for (int s = 1; s < t; ++s) ASSERT_EQ(y(r, s * h + j), first) << "row " << r << " unit " << j;
+          for (int s = 1; s < t; ++s)
+            ASSERT_EQ(y(r, s * h + j), first) << "row " << r << " unit " << j;
           // Kept inputs are scaled by 1/(1-p).
           if (first != 0.0f) {
             EXPECT_NEAR(first, std::tanh(2.0 / (1.0 - p)), 1e-5);
@@ -264,8 +266,8 @@ TEST(RecurrentTest, VariationalRecurrentMaskIsConstantAcrossSteps) {
     p[1].value.setZero();
     p[1].value.rightCols(h) = Matrix::Identity(h, h);
     p[2].value.setZero();
-    p[2].value.leftCols(h).setConstant(40.0f);       // r = 1
-    p[2].value.middleCols(h, h).setConstant(-40.0f); // z = 0
+    p[2].value.leftCols(h).setConstant(40.0f);        // r = 1
+    p[2].value.middleCols(h, h).setConstant(-40.0f);  // z = 0
     p[2].value.rightCols(h).setConstant(1.0f);
     p[3].value.setZero();
     Matrix y;
@@ -311,8 +313,8 @@ TEST(RecurrentTest, ZoneoutKeepsThePreviousStateWithProbabilityZ) {
       layer->Forward(Matrix::Zero(rows, t), MakeContext(Mode::kMonteCarlo, 4), nullptr, &y);
       for (int s = 0; s < t; ++s) {
         const int64_t zeros = (y.middleCols(s * h, h).array() == 0.0f).count();
-        ExpectBinomial(zeros, rows * h, std::pow(z, s + 1), type + " units still zero at step " +
-                                                                std::to_string(s + 1));
+        ExpectBinomial(zeros, rows * h, std::pow(z, s + 1),
+                       type + " units still zero at step " + std::to_string(s + 1));
       }
       // Eval: the expectation, h_t = (1 - z^t) h~.
       Matrix ye;

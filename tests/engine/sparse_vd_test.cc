@@ -134,8 +134,8 @@ TEST(SparseVdTest, PrunesLargeAlphaInEvalAndMonteCarlo) {
   const Matrix x = UniformMatrix(4, 5, -1, 1, 2);
   Matrix y;
   layer->Forward(x, MakeContext(Mode::kEval, 1), nullptr, &y);
-  const Matrix expected = x * theta.cwiseProduct(expected_keep) +
-                          layer->params()[2].value.replicate(4, 1);
+  const Matrix expected =
+      x * theta.cwiseProduct(expected_keep) + layer->params()[2].value.replicate(4, 1);
   EXPECT_LE((y - expected).cwiseAbs().maxCoeff(), 1e-5);
   // MC: zero-mean noise of the unpruned weights only (sigma^2 = e^-8 is tiny).
   Matrix ym;
@@ -204,10 +204,12 @@ TEST(SparseVdTest, TrainingPrunesAnOversizedLayerAndKeepsAccuracy) {
   McOptions mo;
   mo.samples = 8;
   mo.seed = 3;
-  auto a = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, d.x.topRows(20), mo);
+  auto a =
+      MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, d.x.topRows(20), mo);
   mo.threads = 2;
   mo.memory_budget_bytes = 1;
-  auto b = MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, d.x.topRows(20), mo);
+  auto b =
+      MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, d.x.topRows(20), mo);
   EXPECT_LE((a.mean - b.mean).cwiseAbs().maxCoeff(), 1e-6);
 }
 

@@ -4,9 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <algorithm>
 #include <limits>
 #include <string>
 #include <vector>
@@ -110,10 +110,10 @@ TEST(TrainerTest, ClassificationLossFallsOnSeparableData) {
   const Dataset data = Blobs(60, 11);
   Network net(BlobNet());
   double initial = 0;
-  const Matrix before =
-      PredictEval(net, Task::kClassification, LossKind::kCrossEntropy, data.x, 1, &initial, &data.y);
-  const TrainResult r = Train(&net, Task::kClassification, LossKind::kCrossEntropy, data,
-                              Adam(0.02, 30, 32, 3));
+  const Matrix before = PredictEval(net, Task::kClassification, LossKind::kCrossEntropy, data.x, 1,
+                                    &initial, &data.y);
+  const TrainResult r =
+      Train(&net, Task::kClassification, LossKind::kCrossEntropy, data, Adam(0.02, 30, 32, 3));
   double final_loss = 0;
   const Matrix after = PredictEval(net, Task::kClassification, LossKind::kCrossEntropy, data.x, 1,
                                    &final_loss, &data.y);
@@ -137,8 +137,7 @@ TEST(TrainerTest, RegressionLossFalls) {
   Network net(MakeSpec(3, {DenseLayer(32), Simple("tanh"), DenseLayer(1)}));
   double initial = 0;
   PredictEval(net, Task::kRegression, LossKind::kMse, data.x, 1, &initial, &data.y);
-  const TrainResult r =
-      Train(&net, Task::kRegression, LossKind::kMse, data, Adam(0.01, 40, 20, 4));
+  const TrainResult r = Train(&net, Task::kRegression, LossKind::kMse, data, Adam(0.01, 40, 20, 4));
   double final_loss = 0;
   const Matrix pred =
       PredictEval(net, Task::kRegression, LossKind::kMse, data.x, 1, &final_loss, &data.y);
@@ -158,8 +157,8 @@ TEST(TrainerTest, GaussianNllRegressionLearnsTheNoiseLevel) {
   Train(&net, Task::kRegression, LossKind::kGaussianNll, data, Adam(0.01, 60, 20, 5));
   Matrix variance;
   double loss = 0;
-  const Matrix mean = PredictEval(net, Task::kRegression, LossKind::kGaussianNll, data.x, 1,
-                                  &loss, &data.y, &variance);
+  const Matrix mean = PredictEval(net, Task::kRegression, LossKind::kGaussianNll, data.x, 1, &loss,
+                                  &data.y, &variance);
   ASSERT_EQ(mean.cols(), 1);
   ASSERT_EQ(variance.rows(), 200);
   const double mse = (mean - data.y).squaredNorm() / 200.0;

@@ -35,7 +35,8 @@ class TokenFileTest : public ::testing::Test {
 
 TEST_F(TokenFileTest, ReadsRolesAndComments) {
   TokenAuth auth;
-  auth.LoadFile(Write("# tokens\nadmin 0123456789abcdef0123\n\npredict  fedcba9876543210fedc # ops\n"));
+  auth.LoadFile(
+      Write("# tokens\nadmin 0123456789abcdef0123\n\npredict  fedcba9876543210fedc # ops\n"));
   EXPECT_EQ(auth.size(), 2u);
 }
 
@@ -59,8 +60,9 @@ class SecureServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { SetUpLogging("off"); }
   void SetUp() override {
-    store_ = fs::temp_directory_path() / ("dropnet-auth-" + std::to_string(::getpid()) + "-" +
-                                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    store_ = fs::temp_directory_path() /
+             ("dropnet-auth-" + std::to_string(::getpid()) + "-" +
+              ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(store_);
   }
   void TearDown() override {
@@ -137,7 +139,8 @@ TEST_F(SecureServerTest, TokensSeparateAdminFromPredict) {
   EXPECT_TRUE(anon.Healthy());  // health stays open for probes
   EXPECT_EQ(CodeOf([&] { anon.ListModels(); }), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(CodeOf([&] { bad.ListModels(); }), grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(CodeOf([&] { pre.CreateModel("m", SmallSpec()); }), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(CodeOf([&] { pre.CreateModel("m", SmallSpec()); }),
+            grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(CodeOf([&] { adm.CreateModel("m", SmallSpec()); }), grpc::StatusCode::OK);
   client::Matrix x = client::Matrix::Ones(2, 3);
   EXPECT_EQ(CodeOf([&] { pre.Predict("m", x); }), grpc::StatusCode::OK);
@@ -171,7 +174,8 @@ TEST_F(SecureServerTest, TokensFromTheEnvironment) {
   predict.token = kPredict;
   auto pre = Connect(predict);
   EXPECT_EQ(CodeOf([&] { pre.ListModels(); }), grpc::StatusCode::OK);
-  EXPECT_EQ(CodeOf([&] { pre.CreateModel("m", SmallSpec()); }), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(CodeOf([&] { pre.CreateModel("m", SmallSpec()); }),
+            grpc::StatusCode::PERMISSION_DENIED);
 }
 
 TEST_F(SecureServerTest, TlsServesClientsThatTrustItsCa) {

@@ -52,32 +52,47 @@ v1::ModelSpec Spec(int width = 4) {
   v1::ModelSpec s;
   s.add_input_shape(width);
   s.set_seed(1);
-  auto* l = s.add_layers(); l->set_type("dense"); l->set_units(8);
-  l = s.add_layers(); l->set_type("dropout"); l->set_rate(0.2);
-  l = s.add_layers(); l->set_type("dense"); l->set_units(3);
+  auto* l = s.add_layers();
+  l->set_type("dense");
+  l->set_units(8);
+  l = s.add_layers();
+  l->set_type("dropout");
+  l->set_rate(0.2);
+  l = s.add_layers();
+  l->set_type("dense");
+  l->set_units(3);
   return s;
 }
 
 grpc::Status Create(v1::Dropnet::Stub* st, const std::string& name, const v1::ModelSpec& spec) {
-  v1::CreateModelRequest r; r.set_name(name); *r.mutable_spec() = spec;
-  v1::CreateModelResponse resp; auto c = Ctx();
+  v1::CreateModelRequest r;
+  r.set_name(name);
+  *r.mutable_spec() = spec;
+  v1::CreateModelResponse resp;
+  auto c = Ctx();
   return st->CreateModel(c.get(), r, &resp);
 }
 
 Case CreateCase(std::string n, StatusCode code, std::string sub,
                 std::function<void(v1::ModelSpec*)> mut, std::string model = "bad") {
   return {n, code, sub, [=](v1::Dropnet::Stub* st) {
-            v1::ModelSpec s = Spec(); mut(&s); return Create(st, model, s);
+            v1::ModelSpec s = Spec();
+            mut(&s);
+            return Create(st, model, s);
           }};
 }
 
 Case PredictCase(std::string n, StatusCode code, std::string sub,
                  std::function<void(v1::PredictRequest*)> mut) {
   return {n, code, sub, [=](v1::Dropnet::Stub* st) {
-            v1::PredictRequest r; r.set_model("good");
-            r.mutable_inputs()->add_shape(1); r.mutable_inputs()->add_shape(4);
+            v1::PredictRequest r;
+            r.set_model("good");
+            r.mutable_inputs()->add_shape(1);
+            r.mutable_inputs()->add_shape(4);
             for (int i = 0; i < 4; ++i) r.mutable_inputs()->add_values(0.5f);
-            mut(&r); v1::PredictResponse resp; auto c = Ctx();
+            mut(&r);
+            v1::PredictResponse resp;
+            auto c = Ctx();
             return st->Predict(c.get(), r, &resp);
           }};
 }
@@ -85,21 +100,29 @@ Case PredictCase(std::string n, StatusCode code, std::string sub,
 Case UncCase(std::string n, StatusCode code, std::string sub,
              std::function<void(v1::PredictUncertaintyRequest*)> mut) {
   return {n, code, sub, [=](v1::Dropnet::Stub* st) {
-            v1::PredictUncertaintyRequest r; r.set_model("good");
-            r.mutable_inputs()->add_shape(1); r.mutable_inputs()->add_shape(4);
+            v1::PredictUncertaintyRequest r;
+            r.set_model("good");
+            r.mutable_inputs()->add_shape(1);
+            r.mutable_inputs()->add_shape(4);
             for (int i = 0; i < 4; ++i) r.mutable_inputs()->add_values(0.5f);
             r.set_samples(8);
-            mut(&r); v1::PredictUncertaintyResponse resp; auto c = Ctx();
+            mut(&r);
+            v1::PredictUncertaintyResponse resp;
+            auto c = Ctx();
             return st->PredictUncertainty(c.get(), r, &resp);
           }};
 }
 
 grpc::Status Upload(v1::Dropnet::Stub* st, const std::string& name, v1::Task task, int width,
                     const std::vector<float>& features, const std::vector<float>& targets) {
-  v1::UploadDatasetResponse resp; auto c = Ctx();
+  v1::UploadDatasetResponse resp;
+  auto c = Ctx();
   auto w = st->UploadDataset(c.get(), &resp);
   v1::UploadDatasetRequest r;
-  auto* h = r.mutable_header(); h->set_name(name); h->set_task(task); h->add_input_shape(width);
+  auto* h = r.mutable_header();
+  h->set_name(name);
+  h->set_task(task);
+  h->add_input_shape(width);
   w->Write(r);
   r.Clear();
   r.mutable_rows()->mutable_features()->Add(features.begin(), features.end());
@@ -123,8 +146,12 @@ grpc::Status UploadTable(v1::Dropnet::Stub* st, const std::string& name, v1::Tas
 Case ImportCase(std::string n, StatusCode code, std::string sub,
                 std::function<void(v1::ImportDatasetRequest*)> mut) {
   return {n, code, sub, [=](v1::Dropnet::Stub* st) {
-            v1::ImportDatasetRequest r; r.set_name("imp"); r.set_path("ok.csv");
-            mut(&r); v1::ImportDatasetResponse resp; auto c = Ctx();
+            v1::ImportDatasetRequest r;
+            r.set_name("imp");
+            r.set_path("ok.csv");
+            mut(&r);
+            v1::ImportDatasetResponse resp;
+            auto c = Ctx();
             return st->ImportDataset(c.get(), r, &resp);
           }};
 }
@@ -135,7 +162,8 @@ grpc::Status RunTrain(v1::Dropnet::Stub* st, const v1::TrainRequest& r,
   c.set_deadline(std::chrono::system_clock::now() + deadline);
   auto rd = st->Train(&c, r);
   v1::TrainEvent e;
-  while (rd->Read(&e)) {}
+  while (rd->Read(&e)) {
+  }
   return rd->Finish();
 }
 
@@ -143,8 +171,12 @@ grpc::Status RunTrain(v1::Dropnet::Stub* st, const v1::TrainRequest& r,
 Case TrainCase(std::string n, StatusCode code, std::string sub,
                std::function<void(v1::TrainRequest*)> mut) {
   return {n, code, sub, [=](v1::Dropnet::Stub* st) {
-            v1::TrainRequest r; r.set_model("good"); r.set_dataset("cls4");
-            r.set_epochs(1); r.set_batch_size(4); r.set_seed(1);
+            v1::TrainRequest r;
+            r.set_model("good");
+            r.set_dataset("cls4");
+            r.set_epochs(1);
+            r.set_batch_size(4);
+            r.set_seed(1);
             mut(&r);
             return RunTrain(st, r);
           }};
@@ -153,14 +185,19 @@ Case TrainCase(std::string n, StatusCode code, std::string sub,
 Case EvalCase(std::string n, StatusCode code, std::string sub,
               std::function<void(v1::EvaluateRequest*)> mut) {
   return {n, code, sub, [=](v1::Dropnet::Stub* st) {
-            v1::EvaluateRequest r; r.set_model("good"); r.set_dataset("cls4");
-            mut(&r); v1::EvaluateResponse resp; auto c = Ctx();
+            v1::EvaluateRequest r;
+            r.set_model("good");
+            r.set_dataset("cls4");
+            mut(&r);
+            v1::EvaluateResponse resp;
+            auto c = Ctx();
             return st->Evaluate(c.get(), r, &resp);
           }};
 }
 
 v1::LayerSpec* Add(v1::ModelSpec* s, const std::string& type, int units = 0) {
-  auto* l = s->add_layers(); l->set_type(type);
+  auto* l = s->add_layers();
+  l->set_type(type);
   if (units) l->set_units(units);
   return l;
 }
@@ -169,7 +206,9 @@ v1::LayerSpec* Add(v1::ModelSpec* s, const std::string& type, int units = 0) {
 v1::ModelSpec ConvSpec() {
   v1::ModelSpec s;
   for (int d : {1, 8, 8}) s.add_input_shape(d);
-  auto* c = Add(&s, "conv2d"); c->set_filters(2); c->set_kernel_size(3);
+  auto* c = Add(&s, "conv2d");
+  c->set_filters(2);
+  c->set_kernel_size(3);
   Add(&s, "relu");
   Add(&s, "max_pool2d")->set_pool_size(2);
   Add(&s, "flatten");
@@ -180,7 +219,8 @@ v1::ModelSpec ConvSpec() {
 // [5, 3] -> lstm(4) -> dense(3).
 v1::ModelSpec RnnSpec() {
   v1::ModelSpec s;
-  s.add_input_shape(5); s.add_input_shape(3);
+  s.add_input_shape(5);
+  s.add_input_shape(3);
   Add(&s, "lstm", 4);
   Add(&s, "dense", 3);
   return s;
@@ -198,12 +238,16 @@ v1::ModelSpec FlatSpec(const std::string& type, int units = 0) {
 Case SpecCase(std::string n, StatusCode code, std::string sub, std::function<v1::ModelSpec()> make,
               std::function<void(v1::ModelSpec*)> mut) {
   return {n, code, sub, [=](v1::Dropnet::Stub* st) {
-            v1::ModelSpec s = make(); mut(&s);
+            v1::ModelSpec s = make();
+            mut(&s);
             // A spec that is accepted leaves a model behind; remove it so the name stays free.
             grpc::Status status = Create(st, "family", s);
             if (status.ok()) {
-              v1::DeleteModelRequest d; d.set_name("family"); v1::DeleteModelResponse resp;
-              auto c = Ctx(); st->DeleteModel(c.get(), d, &resp);
+              v1::DeleteModelRequest d;
+              d.set_name("family");
+              v1::DeleteModelResponse resp;
+              auto c = Ctx();
+              st->DeleteModel(c.get(), d, &resp);
             }
             return status;
           }};
@@ -232,9 +276,13 @@ class BadInputTest : public ::testing::Test {
     stub_ = v1::Dropnet::NewStub(channel_);
   }
   void TearDown() override {
-    stub_.reset(); channel_.reset();
-    server_->Shutdown(); server_->Wait(); server_.reset();
-    std::error_code ec; fs::remove_all(dir_, ec);
+    stub_.reset();
+    channel_.reset();
+    server_->Shutdown();
+    server_->Wait();
+    server_.reset();
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
   }
   fs::path dir_;
   std::unique_ptr<Server> server_;
@@ -258,106 +306,187 @@ std::vector<Case> Table() {
   t.push_back(CreateCase("duplicate", StatusCode::ALREADY_EXISTS, "", noop, "good"));
   // Specs.
   t.push_back(CreateCase("no layers", IA, "", [](v1::ModelSpec* s) { s->clear_layers(); }));
-  t.push_back(CreateCase("no input shape", IA, "", [](v1::ModelSpec* s) { s->clear_input_shape(); }));
-  t.push_back(CreateCase("unknown layer", IA, "", [](v1::ModelSpec* s) { s->mutable_layers(0)->set_type("bogus"); }));
-  t.push_back(CreateCase("units zero", IA, "", [](v1::ModelSpec* s) { s->mutable_layers(0)->set_units(0); }));
-  t.push_back(CreateCase("units negative", IA, "", [](v1::ModelSpec* s) { s->mutable_layers(0)->set_units(-5); }));
-  t.push_back(CreateCase("input dim zero", IA, "", [](v1::ModelSpec* s) { s->set_input_shape(0, 0); }));
-  t.push_back(CreateCase("input dim negative", IA, "", [](v1::ModelSpec* s) { s->set_input_shape(0, -3); }));
+  t.push_back(
+      CreateCase("no input shape", IA, "", [](v1::ModelSpec* s) { s->clear_input_shape(); }));
+  t.push_back(CreateCase("unknown layer", IA, "",
+                         [](v1::ModelSpec* s) { s->mutable_layers(0)->set_type("bogus"); }));
+  t.push_back(CreateCase("units zero", IA, "",
+                         [](v1::ModelSpec* s) { s->mutable_layers(0)->set_units(0); }));
+  t.push_back(CreateCase("units negative", IA, "",
+                         [](v1::ModelSpec* s) { s->mutable_layers(0)->set_units(-5); }));
+  t.push_back(
+      CreateCase("input dim zero", IA, "", [](v1::ModelSpec* s) { s->set_input_shape(0, 0); }));
+  t.push_back(CreateCase("input dim negative", IA, "",
+                         [](v1::ModelSpec* s) { s->set_input_shape(0, -3); }));
   for (double r : {-0.1, 1.0, kNaN, kInf}) {
     t.push_back(CreateCase("dropout rate " + std::to_string(r), IA, "",
                            [r](v1::ModelSpec* s) { s->mutable_layers(1)->set_rate(r); }));
-    t.push_back(CreateCase("gaussian_dropout rate " + std::to_string(r), IA, "", [r](v1::ModelSpec* s) {
-      s->mutable_layers(1)->set_type("gaussian_dropout"); s->mutable_layers(1)->set_rate(r); }));
-    t.push_back(CreateCase("alpha_dropout rate " + std::to_string(r), IA, "", [r](v1::ModelSpec* s) {
-      s->mutable_layers(1)->set_type("alpha_dropout"); s->mutable_layers(1)->set_rate(r); }));
+    t.push_back(
+        CreateCase("gaussian_dropout rate " + std::to_string(r), IA, "", [r](v1::ModelSpec* s) {
+          s->mutable_layers(1)->set_type("gaussian_dropout");
+          s->mutable_layers(1)->set_rate(r);
+        }));
+    t.push_back(
+        CreateCase("alpha_dropout rate " + std::to_string(r), IA, "", [r](v1::ModelSpec* s) {
+          s->mutable_layers(1)->set_type("alpha_dropout");
+          s->mutable_layers(1)->set_rate(r);
+        }));
   }
-  t.push_back(CreateCase("too many layers", StatusCode::RESOURCE_EXHAUSTED, "", [](v1::ModelSpec* s) {
-    for (int i = 0; i < 40; ++i) { auto* l = s->add_layers(); l->set_type("relu"); } }));
+  t.push_back(
+      CreateCase("too many layers", StatusCode::RESOURCE_EXHAUSTED, "", [](v1::ModelSpec* s) {
+        for (int i = 0; i < 40; ++i) {
+          auto* l = s->add_layers();
+          l->set_type("relu");
+        }
+      }));
   t.push_back(CreateCase("too many parameters", StatusCode::RESOURCE_EXHAUSTED, "",
                          [](v1::ModelSpec* s) { s->mutable_layers(0)->set_units(5000); }));
   t.push_back(CreateCase("tau NaN", IA, "", [](v1::ModelSpec* s) { s->set_tau(kNaN); }));
   t.push_back(CreateCase("tau negative", IA, "", [](v1::ModelSpec* s) { s->set_tau(-1); }));
-  t.push_back(CreateCase("unknown task", IA, "", [](v1::ModelSpec* s) { s->set_task(static_cast<v1::Task>(77)); }));
-  t.push_back(CreateCase("unknown loss", IA, "spec.loss", [](v1::ModelSpec* s) { s->set_loss(static_cast<v1::Loss>(77)); }));
+  t.push_back(CreateCase("unknown task", IA, "",
+                         [](v1::ModelSpec* s) { s->set_task(static_cast<v1::Task>(77)); }));
+  t.push_back(CreateCase("unknown loss", IA, "spec.loss",
+                         [](v1::ModelSpec* s) { s->set_loss(static_cast<v1::Loss>(77)); }));
   // Predict.
   auto pnf = [](v1::PredictRequest* r) { r->set_model("nope"); };
   t.push_back(PredictCase("predict unknown model", NF, "", pnf));
-  t.push_back(PredictCase("predict empty tensor", IA, "", [](v1::PredictRequest* r) { r->clear_inputs(); }));
-  t.push_back(PredictCase("predict count mismatch", IA, "", [](v1::PredictRequest* r) { r->mutable_inputs()->add_values(1); }));
+  t.push_back(PredictCase("predict empty tensor", IA, "",
+                          [](v1::PredictRequest* r) { r->clear_inputs(); }));
+  t.push_back(PredictCase("predict count mismatch", IA, "",
+                          [](v1::PredictRequest* r) { r->mutable_inputs()->add_values(1); }));
   t.push_back(PredictCase("predict wrong width", IA, "", [](v1::PredictRequest* r) {
-    r->mutable_inputs()->set_shape(1, 2); r->mutable_inputs()->mutable_values()->Truncate(2); }));
-  t.push_back(PredictCase("predict negative dim", IA, "", [](v1::PredictRequest* r) { r->mutable_inputs()->set_shape(0, -1); }));
+    r->mutable_inputs()->set_shape(1, 2);
+    r->mutable_inputs()->mutable_values()->Truncate(2);
+  }));
+  t.push_back(PredictCase("predict negative dim", IA, "",
+                          [](v1::PredictRequest* r) { r->mutable_inputs()->set_shape(0, -1); }));
   for (int pos = 0; pos < 4; ++pos)
     for (float v : {std::nanf(""), INFINITY, -INFINITY})
-      t.push_back(PredictCase("predict nonfinite " + std::to_string(v) + " at " + std::to_string(pos), IA, "",
-                              [pos, v](v1::PredictRequest* r) { r->mutable_inputs()->set_values(pos, v); }));
-  t.push_back(PredictCase("predict batch over limit", StatusCode::RESOURCE_EXHAUSTED, "", [](v1::PredictRequest* r) {
-    r->mutable_inputs()->set_shape(0, 65);
-    for (int i = 0; i < 64 * 4; ++i) r->mutable_inputs()->add_values(0); }));
+      t.push_back(PredictCase(
+          "predict nonfinite " + std::to_string(v) + " at " + std::to_string(pos), IA, "",
+          [pos, v](v1::PredictRequest* r) { r->mutable_inputs()->set_values(pos, v); }));
+  t.push_back(PredictCase("predict batch over limit", StatusCode::RESOURCE_EXHAUSTED, "",
+                          [](v1::PredictRequest* r) {
+                            r->mutable_inputs()->set_shape(0, 65);
+                            for (int i = 0; i < 64 * 4; ++i) r->mutable_inputs()->add_values(0);
+                          }));
   // PredictUncertainty.
-  t.push_back(UncCase("unc unknown model", NF, "", [](v1::PredictUncertaintyRequest* r) { r->set_model("nope"); }));
-  t.push_back(UncCase("unc samples negative", IA, "", [](v1::PredictUncertaintyRequest* r) { r->set_samples(-1); }));
-  t.push_back(UncCase("unc samples over", StatusCode::RESOURCE_EXHAUSTED, "", [](v1::PredictUncertaintyRequest* r) { r->set_samples(101); }));
+  t.push_back(UncCase("unc unknown model", NF, "",
+                      [](v1::PredictUncertaintyRequest* r) { r->set_model("nope"); }));
+  t.push_back(UncCase("unc samples negative", IA, "",
+                      [](v1::PredictUncertaintyRequest* r) { r->set_samples(-1); }));
+  t.push_back(UncCase("unc samples over", StatusCode::RESOURCE_EXHAUSTED, "",
+                      [](v1::PredictUncertaintyRequest* r) { r->set_samples(101); }));
   for (double iv : {1.0, kNaN, -0.5})
     t.push_back(UncCase("unc interval " + std::to_string(iv), IA, "",
                         [iv](v1::PredictUncertaintyRequest* r) { r->set_interval(iv); }));
-  t.push_back(UncCase("unc NaN input", IA, "", [](v1::PredictUncertaintyRequest* r) { r->mutable_inputs()->set_values(2, std::nanf("")); }));
+  t.push_back(UncCase("unc NaN input", IA, "", [](v1::PredictUncertaintyRequest* r) {
+    r->mutable_inputs()->set_values(2, std::nanf(""));
+  }));
   // More spec cases.
   for (double r : {-0.1, 1.0, kNaN}) {
     t.push_back(CreateCase("drop_connect rate " + std::to_string(r), IA, "", [r](v1::ModelSpec* s) {
-      s->mutable_layers(1)->set_type("drop_connect"); s->mutable_layers(1)->set_units(8); s->mutable_layers(1)->set_rate(r); }));
+      s->mutable_layers(1)->set_type("drop_connect");
+      s->mutable_layers(1)->set_units(8);
+      s->mutable_layers(1)->set_rate(r);
+    }));
   }
   t.push_back(CreateCase("input 4-D", IA, "input_shape", [](v1::ModelSpec* s) {
-    s->add_input_shape(2); s->add_input_shape(2); s->add_input_shape(2); }));
+    s->add_input_shape(2);
+    s->add_input_shape(2);
+    s->add_input_shape(2);
+  }));
   t.push_back(CreateCase("tau Inf", IA, "tau", [](v1::ModelSpec* s) { s->set_tau(kInf); }));
   // Dataset and training lookups.
   t.push_back({"delete unknown dataset", NF, "", [](v1::Dropnet::Stub* st) {
-                 v1::DeleteDatasetRequest r; r.set_name("nope"); v1::DeleteDatasetResponse resp; auto c = Ctx();
-                 return st->DeleteDataset(c.get(), r, &resp); }});
+                 v1::DeleteDatasetRequest r;
+                 r.set_name("nope");
+                 v1::DeleteDatasetResponse resp;
+                 auto c = Ctx();
+                 return st->DeleteDataset(c.get(), r, &resp);
+               }});
   t.push_back({"evaluate unknown model", NF, "", [](v1::Dropnet::Stub* st) {
-                 v1::EvaluateRequest r; r.set_model("nope"); r.set_dataset("nope"); v1::EvaluateResponse resp; auto c = Ctx();
-                 return st->Evaluate(c.get(), r, &resp); }});
+                 v1::EvaluateRequest r;
+                 r.set_model("nope");
+                 r.set_dataset("nope");
+                 v1::EvaluateResponse resp;
+                 auto c = Ctx();
+                 return st->Evaluate(c.get(), r, &resp);
+               }});
   t.push_back({"upload no header", IA, "", [](v1::Dropnet::Stub* st) {
-                 v1::UploadDatasetResponse resp; auto c = Ctx();
+                 v1::UploadDatasetResponse resp;
+                 auto c = Ctx();
                  auto w = st->UploadDataset(c.get(), &resp);
-                 v1::UploadDatasetRequest r; r.mutable_rows()->add_features(1); w->Write(r);
-                 w->WritesDone(); return w->Finish(); }});
+                 v1::UploadDatasetRequest r;
+                 r.mutable_rows()->add_features(1);
+                 w->Write(r);
+                 w->WritesDone();
+                 return w->Finish();
+               }});
   t.push_back({"upload empty stream", IA, "", [](v1::Dropnet::Stub* st) {
-                 v1::UploadDatasetResponse resp; auto c = Ctx();
+                 v1::UploadDatasetResponse resp;
+                 auto c = Ctx();
                  auto w = st->UploadDataset(c.get(), &resp);
-                 w->WritesDone(); return w->Finish(); }});
-  for (const char* n : {"-lead", "_lead", "a\nb", "a:b", "a\\b", "a*b", "a%2e", "a?b", "/abs", "~home"})
+                 w->WritesDone();
+                 return w->Finish();
+               }});
+  for (const char* n :
+       {"-lead", "_lead", "a\nb", "a:b", "a\\b", "a*b", "a%2e", "a?b", "/abs", "~home"})
     t.push_back(CreateCase(std::string("name ") + n, IA, "name", noop, n));
   for (int pos : {4, 7, 11})
     for (float v : {std::nanf(""), INFINITY, -INFINITY})
-      t.push_back(PredictCase("batch3 nonfinite at " + std::to_string(pos) + " " + std::to_string(v), IA, "",
-                              [pos, v](v1::PredictRequest* r) {
-                                r->mutable_inputs()->set_shape(0, 3);
-                                for (int i = 0; i < 8; ++i) r->mutable_inputs()->add_values(0.25f);
-                                r->mutable_inputs()->set_values(pos, v); }));
+      t.push_back(
+          PredictCase("batch3 nonfinite at " + std::to_string(pos) + " " + std::to_string(v), IA,
+                      "", [pos, v](v1::PredictRequest* r) {
+                        r->mutable_inputs()->set_shape(0, 3);
+                        for (int i = 0; i < 8; ++i) r->mutable_inputs()->add_values(0.25f);
+                        r->mutable_inputs()->set_values(pos, v);
+                      }));
   t.push_back(PredictCase("predict zero rows", IA, "", [](v1::PredictRequest* r) {
-    r->mutable_inputs()->set_shape(0, 0); r->mutable_inputs()->clear_values(); }));
+    r->mutable_inputs()->set_shape(0, 0);
+    r->mutable_inputs()->clear_values();
+  }));
   t.push_back({"get unknown model", NF, "", [](v1::Dropnet::Stub* st) {
-                 v1::GetModelRequest r; r.set_name("nope"); v1::GetModelResponse resp; auto c = Ctx();
-                 return st->GetModel(c.get(), r, &resp); }});
+                 v1::GetModelRequest r;
+                 r.set_name("nope");
+                 v1::GetModelResponse resp;
+                 auto c = Ctx();
+                 return st->GetModel(c.get(), r, &resp);
+               }});
   t.push_back({"evaluate unknown dataset", NF, "", [](v1::Dropnet::Stub* st) {
-                 v1::EvaluateRequest r; r.set_model("good"); r.set_dataset("nope"); v1::EvaluateResponse resp; auto c = Ctx();
-                 return st->Evaluate(c.get(), r, &resp); }});
+                 v1::EvaluateRequest r;
+                 r.set_model("good");
+                 r.set_dataset("nope");
+                 v1::EvaluateResponse resp;
+                 auto c = Ctx();
+                 return st->Evaluate(c.get(), r, &resp);
+               }});
   for (const char* m : {"nope", "good"})
     t.push_back({std::string("train unknown ") + m, NF, "", [m](v1::Dropnet::Stub* st) {
-                   v1::TrainRequest r; r.set_model(m); r.set_dataset("nope"); r.set_epochs(1);
-                   auto c = Ctx(); auto rd = st->Train(c.get(), r); v1::TrainEvent e;
-                   while (rd->Read(&e)) {}
-                   return rd->Finish(); }});
+                   v1::TrainRequest r;
+                   r.set_model(m);
+                   r.set_dataset("nope");
+                   r.set_epochs(1);
+                   auto c = Ctx();
+                   auto rd = st->Train(c.get(), r);
+                   v1::TrainEvent e;
+                   while (rd->Read(&e)) {
+                   }
+                   return rd->Finish();
+                 }});
   for (int pos : {0, 1, 3})
     for (float v : {std::nanf(""), INFINITY, -INFINITY})
-      t.push_back(UncCase("unc nonfinite at " + std::to_string(pos) + " " + std::to_string(v), IA, "",
-                          [pos, v](v1::PredictUncertaintyRequest* r) { r->mutable_inputs()->set_values(pos, v); }));
+      t.push_back(UncCase(
+          "unc nonfinite at " + std::to_string(pos) + " " + std::to_string(v), IA, "",
+          [pos, v](v1::PredictUncertaintyRequest* r) { r->mutable_inputs()->set_values(pos, v); }));
   // Deletes and lookups.
   t.push_back({"delete unknown model", NF, "", [](v1::Dropnet::Stub* st) {
-                 v1::DeleteModelRequest r; r.set_name("nope"); v1::DeleteModelResponse resp; auto c = Ctx();
-                 return st->DeleteModel(c.get(), r, &resp); }});
+                 v1::DeleteModelRequest r;
+                 r.set_name("nope");
+                 v1::DeleteModelResponse resp;
+                 auto c = Ctx();
+                 return st->DeleteModel(c.get(), r, &resp);
+               }});
   return t;
 }
 
@@ -366,90 +495,155 @@ std::vector<Case> Table() {
 std::vector<Case> OptionsTable() {
   std::vector<Case> t;
   // ImportDataset: names and paths.
-  t.push_back(ImportCase("import control", OK, "", [](v1::ImportDatasetRequest* r) { r->set_name("imp-ok"); }));
+  t.push_back(ImportCase("import control", OK, "",
+                         [](v1::ImportDatasetRequest* r) { r->set_name("imp-ok"); }));
   t.push_back(ImportCase("import taken name", StatusCode::ALREADY_EXISTS, "",
                          [](v1::ImportDatasetRequest* r) { r->set_name("imp-ok"); }));
-  t.push_back(ImportCase("import empty name", IA, "name", [](v1::ImportDatasetRequest* r) { r->set_name(""); }));
-  t.push_back(ImportCase("import name traversal", IA, "name", [](v1::ImportDatasetRequest* r) { r->set_name("../x"); }));
-  t.push_back(ImportCase("import empty path", IA, "path", [](v1::ImportDatasetRequest* r) { r->set_path(""); }));
-  t.push_back(ImportCase("import absolute path", IA, "relative", [](v1::ImportDatasetRequest* r) { r->set_path("/etc/passwd"); }));
-  t.push_back(ImportCase("import parent path", PD, "", [](v1::ImportDatasetRequest* r) { r->set_path("../outside.csv"); }));
-  t.push_back(ImportCase("import parent inside path", PD, "", [](v1::ImportDatasetRequest* r) { r->set_path("sub/../../outside.csv"); }));
-  t.push_back(ImportCase("import symlink out", PD, "", [](v1::ImportDatasetRequest* r) { r->set_path("link.csv"); }));
-  t.push_back(ImportCase("import missing file", NF, "", [](v1::ImportDatasetRequest* r) { r->set_path("nope.csv"); }));
-  t.push_back(ImportCase("import directory", NF, "", [](v1::ImportDatasetRequest* r) { r->set_path("sub"); }));
+  t.push_back(ImportCase("import empty name", IA, "name",
+                         [](v1::ImportDatasetRequest* r) { r->set_name(""); }));
+  t.push_back(ImportCase("import name traversal", IA, "name",
+                         [](v1::ImportDatasetRequest* r) { r->set_name("../x"); }));
+  t.push_back(ImportCase("import empty path", IA, "path",
+                         [](v1::ImportDatasetRequest* r) { r->set_path(""); }));
+  t.push_back(ImportCase("import absolute path", IA, "relative",
+                         [](v1::ImportDatasetRequest* r) { r->set_path("/etc/passwd"); }));
+  t.push_back(ImportCase("import parent path", PD, "",
+                         [](v1::ImportDatasetRequest* r) { r->set_path("../outside.csv"); }));
+  t.push_back(ImportCase("import parent inside path", PD, "", [](v1::ImportDatasetRequest* r) {
+    r->set_path("sub/../../outside.csv");
+  }));
+  t.push_back(ImportCase("import symlink out", PD, "",
+                         [](v1::ImportDatasetRequest* r) { r->set_path("link.csv"); }));
+  t.push_back(ImportCase("import missing file", NF, "",
+                         [](v1::ImportDatasetRequest* r) { r->set_path("nope.csv"); }));
+  t.push_back(ImportCase("import directory", NF, "",
+                         [](v1::ImportDatasetRequest* r) { r->set_path("sub"); }));
   t.push_back(ImportCase("import NUL in path", IA, "path", [](v1::ImportDatasetRequest* r) {
-    r->set_path(std::string("ok.csv\0/../../outside.csv", 25)); }));
-  t.push_back(ImportCase("import negative limit", IA, "limit", [](v1::ImportDatasetRequest* r) { r->set_limit(-1); }));
+    r->set_path(std::string("ok.csv\0/../../outside.csv", 25));
+  }));
+  t.push_back(ImportCase("import negative limit", IA, "limit",
+                         [](v1::ImportDatasetRequest* r) { r->set_limit(-1); }));
   t.push_back(ImportCase("import unknown task", IA, "task", [](v1::ImportDatasetRequest* r) {
-    r->set_task(static_cast<v1::Task>(77)); }));
+    r->set_task(static_cast<v1::Task>(77));
+  }));
   // ImportDataset: wrong formats.
-  t.push_back(ImportCase("import text feature", IA, "line 3", [](v1::ImportDatasetRequest* r) { r->set_path("words.csv"); }));
-  t.push_back(ImportCase("import empty csv", IA, "empty", [](v1::ImportDatasetRequest* r) { r->set_path("empty.csv"); }));
-  t.push_back(ImportCase("import header only", IA, "no data rows", [](v1::ImportDatasetRequest* r) { r->set_path("header.csv"); }));
-  t.push_back(ImportCase("import ragged csv", IA, "fields", [](v1::ImportDatasetRequest* r) { r->set_path("ragged.csv"); }));
-  t.push_back(ImportCase("import unknown target", IA, "nope", [](v1::ImportDatasetRequest* r) { r->set_target_column("nope"); }));
-  t.push_back(ImportCase("import text regression target", IA, "target", [](v1::ImportDatasetRequest* r) {
-    r->set_path("strings.csv"); r->set_task(v1::TASK_REGRESSION); }));
-  t.push_back(ImportCase("import binary as csv", IA, "", [](v1::ImportDatasetRequest* r) { r->set_path("binary.csv"); }));
-  t.push_back(ImportCase("import idx without labels", IA, "label_path", [](v1::ImportDatasetRequest* r) {
-    r->set_path("images-idx3-ubyte"); }));
+  t.push_back(ImportCase("import text feature", IA, "line 3",
+                         [](v1::ImportDatasetRequest* r) { r->set_path("words.csv"); }));
+  t.push_back(ImportCase("import empty csv", IA, "empty",
+                         [](v1::ImportDatasetRequest* r) { r->set_path("empty.csv"); }));
+  t.push_back(ImportCase("import header only", IA, "no data rows",
+                         [](v1::ImportDatasetRequest* r) { r->set_path("header.csv"); }));
+  t.push_back(ImportCase("import ragged csv", IA, "fields",
+                         [](v1::ImportDatasetRequest* r) { r->set_path("ragged.csv"); }));
+  t.push_back(ImportCase("import unknown target", IA, "nope",
+                         [](v1::ImportDatasetRequest* r) { r->set_target_column("nope"); }));
+  t.push_back(
+      ImportCase("import text regression target", IA, "target", [](v1::ImportDatasetRequest* r) {
+        r->set_path("strings.csv");
+        r->set_task(v1::TASK_REGRESSION);
+      }));
+  t.push_back(ImportCase("import binary as csv", IA, "",
+                         [](v1::ImportDatasetRequest* r) { r->set_path("binary.csv"); }));
+  t.push_back(ImportCase("import idx without labels", IA, "label_path",
+                         [](v1::ImportDatasetRequest* r) { r->set_path("images-idx3-ubyte"); }));
   t.push_back(ImportCase("import idx missing labels", NF, "", [](v1::ImportDatasetRequest* r) {
-    r->set_path("images-idx3-ubyte"); r->set_label_path("nope-idx1-ubyte"); }));
+    r->set_path("images-idx3-ubyte");
+    r->set_label_path("nope-idx1-ubyte");
+  }));
   t.push_back(ImportCase("import idx labels outside", PD, "", [](v1::ImportDatasetRequest* r) {
-    r->set_path("images-idx3-ubyte"); r->set_label_path("../outside.csv"); }));
+    r->set_path("images-idx3-ubyte");
+    r->set_label_path("../outside.csv");
+  }));
   t.push_back(ImportCase("import idx control", OK, "", [](v1::ImportDatasetRequest* r) {
-    r->set_name("imp-idx"); r->set_path("images-idx3-ubyte"); r->set_label_path("labels-idx1-ubyte"); }));
-  t.push_back(ImportCase("import idx count mismatch", IA, "labels", [](v1::ImportDatasetRequest* r) {
-    r->set_path("images-idx3-ubyte"); r->set_label_path("labels2-idx1-ubyte"); }));
+    r->set_name("imp-idx");
+    r->set_path("images-idx3-ubyte");
+    r->set_label_path("labels-idx1-ubyte");
+  }));
+  t.push_back(
+      ImportCase("import idx count mismatch", IA, "labels", [](v1::ImportDatasetRequest* r) {
+        r->set_path("images-idx3-ubyte");
+        r->set_label_path("labels2-idx1-ubyte");
+      }));
   t.push_back(ImportCase("import idx swapped", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("labels-idx1-ubyte"); r->set_label_path("images-idx3-ubyte"); }));
+    r->set_path("labels-idx1-ubyte");
+    r->set_label_path("images-idx3-ubyte");
+  }));
   t.push_back(ImportCase("import idx truncated gzip", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("cut-idx3-ubyte.gz"); r->set_label_path("labels-idx1-ubyte"); }));
+    r->set_path("cut-idx3-ubyte.gz");
+    r->set_label_path("labels-idx1-ubyte");
+  }));
   t.push_back(ImportCase("import idx gzip bomb", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("bomb-idx3-ubyte.gz"); r->set_label_path("labels-idx1-ubyte"); }));
+    r->set_path("bomb-idx3-ubyte.gz");
+    r->set_label_path("labels-idx1-ubyte");
+  }));
   t.push_back(ImportCase("import idx text", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("ok.txt"); r->set_label_path("labels-idx1-ubyte"); }));
+    r->set_path("ok.txt");
+    r->set_label_path("labels-idx1-ubyte");
+  }));
   t.push_back(ImportCase("import idx labels are csv", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("images-idx3-ubyte"); r->set_label_path("ok.csv"); }));
+    r->set_path("images-idx3-ubyte");
+    r->set_label_path("ok.csv");
+  }));
   t.push_back(ImportCase("import idx huge header", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("huge-idx3-ubyte"); r->set_label_path("labels-idx1-ubyte"); }));
+    r->set_path("huge-idx3-ubyte");
+    r->set_label_path("labels-idx1-ubyte");
+  }));
   t.push_back({"upload unknown task", IA, "task", [](v1::Dropnet::Stub* st) {
-                 return Upload(st, "up-task", static_cast<v1::Task>(77), 1, {1}, {0}); }});
+                 return Upload(st, "up-task", static_cast<v1::Task>(77), 1, {1}, {0});
+               }});
 
   // Train.
   constexpr int kIntMax = std::numeric_limits<int>::max();
   t.push_back(TrainCase("train control", OK, "", [](v1::TrainRequest*) {}));
-  t.push_back(TrainCase("train epochs negative", IA, "epochs", [](v1::TrainRequest* r) { r->set_epochs(-1); }));
-  t.push_back(TrainCase("train epochs zero means 10", OK, "", [](v1::TrainRequest* r) { r->set_epochs(0); }));
+  t.push_back(TrainCase("train epochs negative", IA, "epochs",
+                        [](v1::TrainRequest* r) { r->set_epochs(-1); }));
+  t.push_back(TrainCase("train epochs zero means 10", OK, "",
+                        [](v1::TrainRequest* r) { r->set_epochs(0); }));
   t.push_back({"train epochs huge stops at the deadline", StatusCode::DEADLINE_EXCEEDED, "",
                [](v1::Dropnet::Stub* st) {
-                 v1::TrainRequest r; r.set_model("good"); r.set_dataset("cls4");
-                 r.set_epochs(kIntMax); r.set_batch_size(4);
-                 return RunTrain(st, r, std::chrono::milliseconds(1500)); }});
+                 v1::TrainRequest r;
+                 r.set_model("good");
+                 r.set_dataset("cls4");
+                 r.set_epochs(kIntMax);
+                 r.set_batch_size(4);
+                 return RunTrain(st, r, std::chrono::milliseconds(1500));
+               }});
   t.push_back({"train after a deadline frees the model", OK, "", [](v1::Dropnet::Stub* st) {
-                 v1::TrainRequest r; r.set_model("good"); r.set_dataset("cls4"); r.set_epochs(1);
+                 v1::TrainRequest r;
+                 r.set_model("good");
+                 r.set_dataset("cls4");
+                 r.set_epochs(1);
                  grpc::Status s;
                  for (int i = 0; i < 100; ++i) {
                    s = RunTrain(st, r);
                    if (s.error_code() != StatusCode::FAILED_PRECONDITION) break;
                    std::this_thread::sleep_for(std::chrono::milliseconds(100));
                  }
-                 return s; }});
-  t.push_back(TrainCase("train batch negative", IA, "batch_size", [](v1::TrainRequest* r) { r->set_batch_size(-4); }));
-  t.push_back(TrainCase("train batch huge", OK, "", [](v1::TrainRequest* r) { r->set_batch_size(kIntMax); }));
+                 return s;
+               }});
+  t.push_back(TrainCase("train batch negative", IA, "batch_size",
+                        [](v1::TrainRequest* r) { r->set_batch_size(-4); }));
+  t.push_back(TrainCase("train batch huge", OK, "",
+                        [](v1::TrainRequest* r) { r->set_batch_size(kIntMax); }));
   for (double lr : {kNaN, kInf, -kInf, -0.1})
     t.push_back(TrainCase("train learning_rate " + std::to_string(lr), IA, "learning_rate",
                           [lr](v1::TrainRequest* r) { r->set_learning_rate(lr); }));
   t.push_back(TrainCase("train learning_rate beyond float", IA, "learning rate",
                         [](v1::TrainRequest* r) { r->set_learning_rate(1e300); }));
   t.push_back(TrainCase("train unknown optimizer", IA, "optimizer", [](v1::TrainRequest* r) {
-    r->set_optimizer(static_cast<v1::Optimizer>(77)); }));
+    r->set_optimizer(static_cast<v1::Optimizer>(77));
+  }));
   for (double m : {-0.5, 1.0, kNaN})
-    t.push_back(TrainCase("train momentum " + std::to_string(m), IA, "momentum", [m](v1::TrainRequest* r) {
-      r->set_optimizer(v1::OPTIMIZER_SGD); r->set_momentum(m); }));
+    t.push_back(
+        TrainCase("train momentum " + std::to_string(m), IA, "momentum", [m](v1::TrainRequest* r) {
+          r->set_optimizer(v1::OPTIMIZER_SGD);
+          r->set_momentum(m);
+        }));
   t.push_back(TrainCase("train nesterov without momentum", IA, "nesterov", [](v1::TrainRequest* r) {
-    r->set_optimizer(v1::OPTIMIZER_SGD); r->set_momentum(0); r->set_nesterov(true); }));
+    r->set_optimizer(v1::OPTIMIZER_SGD);
+    r->set_momentum(0);
+    r->set_nesterov(true);
+  }));
   for (double wd : {-1.0, kNaN, kInf})
     t.push_back(TrainCase("train weight_decay " + std::to_string(wd), IA, "weight_decay",
                           [wd](v1::TrainRequest* r) { r->set_weight_decay(wd); }));
@@ -459,46 +653,73 @@ std::vector<Case> OptionsTable() {
   for (double vs : {-0.1, 1.0, 2.0, kNaN, kInf})
     t.push_back(TrainCase("train validation_split " + std::to_string(vs), IA, "validation_split",
                           [vs](v1::TrainRequest* r) { r->set_validation_split(vs); }));
-  t.push_back(TrainCase("train validation takes every row", IA, "no training rows", [](v1::TrainRequest* r) {
-    r->set_validation_split(0.99); }));
-  t.push_back(TrainCase("train patience negative", IA, "early_stopping_patience", [](v1::TrainRequest* r) {
-    r->set_early_stopping_patience(-1); }));
-  t.push_back(TrainCase("train patience without split", IA, "validation_split", [](v1::TrainRequest* r) {
-    r->set_early_stopping_patience(2); }));
+  t.push_back(TrainCase("train validation takes every row", IA, "no training rows",
+                        [](v1::TrainRequest* r) { r->set_validation_split(0.99); }));
+  t.push_back(TrainCase("train patience negative", IA, "early_stopping_patience",
+                        [](v1::TrainRequest* r) { r->set_early_stopping_patience(-1); }));
+  t.push_back(TrainCase("train patience without split", IA, "validation_split",
+                        [](v1::TrainRequest* r) { r->set_early_stopping_patience(2); }));
   t.push_back(TrainCase("train unknown schedule", IA, "schedule", [](v1::TrainRequest* r) {
-    r->set_schedule(static_cast<v1::Schedule>(77)); }));
-  t.push_back(TrainCase("train schedule_step_epochs negative", IA, "step_epochs", [](v1::TrainRequest* r) {
-    r->set_schedule(v1::SCHEDULE_STEP); r->set_schedule_step_epochs(-1); }));
+    r->set_schedule(static_cast<v1::Schedule>(77));
+  }));
+  t.push_back(
+      TrainCase("train schedule_step_epochs negative", IA, "step_epochs", [](v1::TrainRequest* r) {
+        r->set_schedule(v1::SCHEDULE_STEP);
+        r->set_schedule_step_epochs(-1);
+      }));
   for (double g : {2.0, -0.5, kNaN})
-    t.push_back(TrainCase("train schedule_gamma " + std::to_string(g), IA, "gamma", [g](v1::TrainRequest* r) {
-      r->set_schedule(v1::SCHEDULE_STEP); r->set_schedule_gamma(g); }));
+    t.push_back(TrainCase("train schedule_gamma " + std::to_string(g), IA, "gamma",
+                          [g](v1::TrainRequest* r) {
+                            r->set_schedule(v1::SCHEDULE_STEP);
+                            r->set_schedule_gamma(g);
+                          }));
   t.push_back(TrainCase("train report_every_steps negative", IA, "report_every_steps",
                         [](v1::TrainRequest* r) { r->set_report_every_steps(-1); }));
-  t.push_back(TrainCase("train unknown dataset", NF, "", [](v1::TrainRequest* r) { r->set_dataset("nope"); }));
-  t.push_back(TrainCase("train empty model name", NF, "", [](v1::TrainRequest* r) { r->set_model(""); }));
-  t.push_back(TrainCase("train feature count mismatch", IA, "features", [](v1::TrainRequest* r) { r->set_dataset("cls5"); }));
-  t.push_back(TrainCase("train regression data", IA, "regression", [](v1::TrainRequest* r) { r->set_dataset("reg4"); }));
-  t.push_back(TrainCase("train more classes than outputs", IA, "classes", [](v1::TrainRequest* r) { r->set_dataset("cls4x6"); }));
-  t.push_back(TrainCase("train image data on a flat model", IA, "features", [](v1::TrainRequest* r) { r->set_dataset("imp-idx"); }));
+  t.push_back(TrainCase("train unknown dataset", NF, "",
+                        [](v1::TrainRequest* r) { r->set_dataset("nope"); }));
+  t.push_back(
+      TrainCase("train empty model name", NF, "", [](v1::TrainRequest* r) { r->set_model(""); }));
+  t.push_back(TrainCase("train feature count mismatch", IA, "features",
+                        [](v1::TrainRequest* r) { r->set_dataset("cls5"); }));
+  t.push_back(TrainCase("train regression data", IA, "regression",
+                        [](v1::TrainRequest* r) { r->set_dataset("reg4"); }));
+  t.push_back(TrainCase("train more classes than outputs", IA, "classes",
+                        [](v1::TrainRequest* r) { r->set_dataset("cls4x6"); }));
+  t.push_back(TrainCase("train image data on a flat model", IA, "features",
+                        [](v1::TrainRequest* r) { r->set_dataset("imp-idx"); }));
 
   // Evaluate.
   t.push_back(EvalCase("evaluate control", OK, "", [](v1::EvaluateRequest*) {}));
   t.push_back(EvalCase("evaluate mc control", OK, "", [](v1::EvaluateRequest* r) {
-    r->set_mode(v1::EVAL_MODE_MONTE_CARLO); r->set_samples(5); r->set_seed(1); }));
-  t.push_back(EvalCase("evaluate mc default samples", OK, "", [](v1::EvaluateRequest* r) { r->set_mode(v1::EVAL_MODE_MONTE_CARLO); }));
-  t.push_back(EvalCase("evaluate limit negative", IA, "limit", [](v1::EvaluateRequest* r) { r->set_limit(-1); }));
+    r->set_mode(v1::EVAL_MODE_MONTE_CARLO);
+    r->set_samples(5);
+    r->set_seed(1);
+  }));
+  t.push_back(EvalCase("evaluate mc default samples", OK, "",
+                       [](v1::EvaluateRequest* r) { r->set_mode(v1::EVAL_MODE_MONTE_CARLO); }));
+  t.push_back(EvalCase("evaluate limit negative", IA, "limit",
+                       [](v1::EvaluateRequest* r) { r->set_limit(-1); }));
   t.push_back(EvalCase("evaluate limit huge", OK, "", [](v1::EvaluateRequest* r) {
-    r->set_limit(std::numeric_limits<int64_t>::max()); }));
-  t.push_back(EvalCase("evaluate unknown mode", IA, "mode", [](v1::EvaluateRequest* r) {
-    r->set_mode(static_cast<v1::EvalMode>(77)); }));
+    r->set_limit(std::numeric_limits<int64_t>::max());
+  }));
+  t.push_back(EvalCase("evaluate unknown mode", IA, "mode",
+                       [](v1::EvaluateRequest* r) { r->set_mode(static_cast<v1::EvalMode>(77)); }));
   t.push_back(EvalCase("evaluate mc samples negative", IA, "samples", [](v1::EvaluateRequest* r) {
-    r->set_mode(v1::EVAL_MODE_MONTE_CARLO); r->set_samples(-1); }));
+    r->set_mode(v1::EVAL_MODE_MONTE_CARLO);
+    r->set_samples(-1);
+  }));
   t.push_back(EvalCase("evaluate mc samples over limit", RE, "", [](v1::EvaluateRequest* r) {
-    r->set_mode(v1::EVAL_MODE_MONTE_CARLO); r->set_samples(101); }));
-  t.push_back(EvalCase("evaluate feature count mismatch", IA, "features", [](v1::EvaluateRequest* r) { r->set_dataset("cls5"); }));
-  t.push_back(EvalCase("evaluate regression data", IA, "regression", [](v1::EvaluateRequest* r) { r->set_dataset("reg4"); }));
-  t.push_back(EvalCase("evaluate more classes than outputs", IA, "classes", [](v1::EvaluateRequest* r) { r->set_dataset("cls4x6"); }));
-  t.push_back(EvalCase("evaluate empty dataset name", NF, "", [](v1::EvaluateRequest* r) { r->set_dataset(""); }));
+    r->set_mode(v1::EVAL_MODE_MONTE_CARLO);
+    r->set_samples(101);
+  }));
+  t.push_back(EvalCase("evaluate feature count mismatch", IA, "features",
+                       [](v1::EvaluateRequest* r) { r->set_dataset("cls5"); }));
+  t.push_back(EvalCase("evaluate regression data", IA, "regression",
+                       [](v1::EvaluateRequest* r) { r->set_dataset("reg4"); }));
+  t.push_back(EvalCase("evaluate more classes than outputs", IA, "classes",
+                       [](v1::EvaluateRequest* r) { r->set_dataset("cls4x6"); }));
+  t.push_back(EvalCase("evaluate empty dataset name", NF, "",
+                       [](v1::EvaluateRequest* r) { r->set_dataset(""); }));
   return t;
 }
 
@@ -516,20 +737,34 @@ std::vector<Case> FamilyTable() {
                          [=](v1::ModelSpec* s) { conv(s)->set_kernel_size(k); }));
   t.push_back(SpecCase("conv kernel larger than input", IA, "does not fit", ConvSpec,
                        [=](v1::ModelSpec* s) { conv(s)->set_kernel_size(9); }));
-  t.push_back(SpecCase("conv kernel larger than input, padded", OK, "", ConvSpec, [=](v1::ModelSpec* s) {
-    conv(s)->set_kernel_size(9); conv(s)->set_padding(1); s->mutable_layers(2)->set_type("relu"); }));
+  t.push_back(
+      SpecCase("conv kernel larger than input, padded", OK, "", ConvSpec, [=](v1::ModelSpec* s) {
+        conv(s)->set_kernel_size(9);
+        conv(s)->set_padding(1);
+        s->mutable_layers(2)->set_type("relu");
+      }));
   t.push_back(SpecCase("conv kernel huge", RE, "kernel_size", ConvSpec,
                        [=](v1::ModelSpec* s) { conv(s)->set_kernel_size(kIntMax); }));
-  t.push_back(SpecCase("conv stride negative", IA, "stride", ConvSpec, [=](v1::ModelSpec* s) { conv(s)->set_stride(-2); }));
-  t.push_back(SpecCase("conv stride huge", RE, "stride", ConvSpec, [=](v1::ModelSpec* s) { conv(s)->set_stride(kIntMax); }));
+  t.push_back(SpecCase("conv stride negative", IA, "stride", ConvSpec,
+                       [=](v1::ModelSpec* s) { conv(s)->set_stride(-2); }));
+  t.push_back(SpecCase("conv stride huge", RE, "stride", ConvSpec,
+                       [=](v1::ModelSpec* s) { conv(s)->set_stride(kIntMax); }));
   t.push_back(SpecCase("conv stride larger than input", OK, "", ConvSpec, [=](v1::ModelSpec* s) {
-    conv(s)->set_stride(100); s->mutable_layers(2)->set_type("relu"); }));
-  t.push_back(SpecCase("conv padding negative", IA, "padding", ConvSpec, [=](v1::ModelSpec* s) { conv(s)->set_padding(-1); }));
-  t.push_back(SpecCase("conv padding int max", RE, "padding", ConvSpec, [=](v1::ModelSpec* s) { conv(s)->set_padding(kIntMax); }));
-  t.push_back(SpecCase("conv padding past the width limit", RE, "", ConvSpec, [=](v1::ModelSpec* s) {
-    conv(s)->set_padding(1 << 19); }));
-  t.push_back(SpecCase("conv padding, kernel and stride at the limit", RE, "", ConvSpec, [=](v1::ModelSpec* s) {
-    conv(s)->set_padding(1 << 20); conv(s)->set_kernel_size(1 << 20); conv(s)->set_stride(1); }));
+    conv(s)->set_stride(100);
+    s->mutable_layers(2)->set_type("relu");
+  }));
+  t.push_back(SpecCase("conv padding negative", IA, "padding", ConvSpec,
+                       [=](v1::ModelSpec* s) { conv(s)->set_padding(-1); }));
+  t.push_back(SpecCase("conv padding int max", RE, "padding", ConvSpec,
+                       [=](v1::ModelSpec* s) { conv(s)->set_padding(kIntMax); }));
+  t.push_back(SpecCase("conv padding past the width limit", RE, "", ConvSpec,
+                       [=](v1::ModelSpec* s) { conv(s)->set_padding(1 << 19); }));
+  t.push_back(SpecCase("conv padding, kernel and stride at the limit", RE, "", ConvSpec,
+                       [=](v1::ModelSpec* s) {
+                         conv(s)->set_padding(1 << 20);
+                         conv(s)->set_kernel_size(1 << 20);
+                         conv(s)->set_stride(1);
+                       }));
   for (int f : {0, -3})
     t.push_back(SpecCase("conv filters " + std::to_string(f), IA, "filters", ConvSpec,
                          [=](v1::ModelSpec* s) { conv(s)->set_filters(f); }));
@@ -538,79 +773,134 @@ std::vector<Case> FamilyTable() {
   t.push_back(SpecCase("conv filters past the parameter limit", RE, "parameters", ConvSpec,
                        [=](v1::ModelSpec* s) { conv(s)->set_filters(5000); }));
   t.push_back(SpecCase("conv2d on flat input", IA, "conv2d", ConvSpec, [](v1::ModelSpec* s) {
-    s->clear_input_shape(); s->add_input_shape(64); }));
-  t.push_back(SpecCase("conv2d on [channels, length]", IA, "conv2d", ConvSpec, [](v1::ModelSpec* s) {
-    s->clear_input_shape(); s->add_input_shape(2); s->add_input_shape(32); }));
-  t.push_back(SpecCase("conv1d on an image", IA, "conv1d", ConvSpec, [=](v1::ModelSpec* s) { conv(s)->set_type("conv1d"); }));
-  t.push_back(SpecCase("conv zero channels", IA, "input_shape", ConvSpec, [](v1::ModelSpec* s) { s->set_input_shape(0, 0); }));
-  t.push_back(SpecCase("conv input past the width limit", RE, "input_shape", ConvSpec, [](v1::ModelSpec* s) {
-    s->set_input_shape(1, 2000); s->set_input_shape(2, 2000); }));
+    s->clear_input_shape();
+    s->add_input_shape(64);
+  }));
+  t.push_back(
+      SpecCase("conv2d on [channels, length]", IA, "conv2d", ConvSpec, [](v1::ModelSpec* s) {
+        s->clear_input_shape();
+        s->add_input_shape(2);
+        s->add_input_shape(32);
+      }));
+  t.push_back(SpecCase("conv1d on an image", IA, "conv1d", ConvSpec,
+                       [=](v1::ModelSpec* s) { conv(s)->set_type("conv1d"); }));
+  t.push_back(SpecCase("conv zero channels", IA, "input_shape", ConvSpec,
+                       [](v1::ModelSpec* s) { s->set_input_shape(0, 0); }));
+  t.push_back(SpecCase("conv input past the width limit", RE, "input_shape", ConvSpec,
+                       [](v1::ModelSpec* s) {
+                         s->set_input_shape(1, 2000);
+                         s->set_input_shape(2, 2000);
+                       }));
   t.push_back(SpecCase("conv input int max", RE, "input_shape", ConvSpec, [=](v1::ModelSpec* s) {
-    s->set_input_shape(1, kIntMax); s->set_input_shape(2, kIntMax); }));
-  t.push_back(SpecCase("conv output past the width limit", RE, "features", ConvSpec, [=](v1::ModelSpec* s) {
-    s->set_input_shape(1, 1000); s->set_input_shape(2, 1000); }));
-  t.push_back(SpecCase("dense on conv output without flatten", IA, "flat", ConvSpec, [](v1::ModelSpec* s) {
-    s->mutable_layers()->DeleteSubrange(3, 1); }));
+    s->set_input_shape(1, kIntMax);
+    s->set_input_shape(2, kIntMax);
+  }));
+  t.push_back(
+      SpecCase("conv output past the width limit", RE, "features", ConvSpec, [=](v1::ModelSpec* s) {
+        s->set_input_shape(1, 1000);
+        s->set_input_shape(2, 1000);
+      }));
+  t.push_back(SpecCase("dense on conv output without flatten", IA, "flat", ConvSpec,
+                       [](v1::ModelSpec* s) { s->mutable_layers()->DeleteSubrange(3, 1); }));
   // Pooling.
-  t.push_back(SpecCase("pool size negative", IA, "pool_size", ConvSpec, [=](v1::ModelSpec* s) { pool(s)->set_pool_size(-1); }));
-  t.push_back(SpecCase("pool larger than input", IA, "does not fit", ConvSpec, [=](v1::ModelSpec* s) { pool(s)->set_pool_size(7); }));
-  t.push_back(SpecCase("pool size huge", RE, "pool_size", ConvSpec, [=](v1::ModelSpec* s) { pool(s)->set_pool_size(kIntMax); }));
-  t.push_back(SpecCase("pool padding over half", IA, "padding", ConvSpec, [=](v1::ModelSpec* s) { pool(s)->set_padding(2); }));
+  t.push_back(SpecCase("pool size negative", IA, "pool_size", ConvSpec,
+                       [=](v1::ModelSpec* s) { pool(s)->set_pool_size(-1); }));
+  t.push_back(SpecCase("pool larger than input", IA, "does not fit", ConvSpec,
+                       [=](v1::ModelSpec* s) { pool(s)->set_pool_size(7); }));
+  t.push_back(SpecCase("pool size huge", RE, "pool_size", ConvSpec,
+                       [=](v1::ModelSpec* s) { pool(s)->set_pool_size(kIntMax); }));
+  t.push_back(SpecCase("pool padding over half", IA, "padding", ConvSpec,
+                       [=](v1::ModelSpec* s) { pool(s)->set_padding(2); }));
   t.push_back(SpecCase("pool padding huge", RE, "padding", ConvSpec, [=](v1::ModelSpec* s) {
-    pool(s)->set_padding(kIntMax / 2 + 1); pool(s)->set_pool_size(kIntMax); }));
+    pool(s)->set_padding(kIntMax / 2 + 1);
+    pool(s)->set_pool_size(kIntMax);
+  }));
   t.push_back(SpecCase("avg pool stride negative", IA, "stride", ConvSpec, [=](v1::ModelSpec* s) {
-    pool(s)->set_type("avg_pool2d"); pool(s)->set_stride(-2); }));
-  t.push_back(SpecCase("max_pool1d on an image", IA, "max_pool1d", ConvSpec, [=](v1::ModelSpec* s) { pool(s)->set_type("max_pool1d"); }));
-  t.push_back(SpecCase("global_avg_pool on flat input", IA, "global_avg_pool", [] { return FlatSpec("global_avg_pool"); },
-                       [](v1::ModelSpec*) {}));
-  t.push_back(SpecCase("spatial_dropout2d on flat input", IA, "spatial_dropout2d",
-                       [] { return FlatSpec("spatial_dropout2d"); }, [](v1::ModelSpec*) {}));
-  t.push_back(SpecCase("spatial_dropout1d on an image", IA, "spatial_dropout1d", ConvSpec, [](v1::ModelSpec* s) {
-    s->mutable_layers(1)->set_type("spatial_dropout1d"); }));
+    pool(s)->set_type("avg_pool2d");
+    pool(s)->set_stride(-2);
+  }));
+  t.push_back(SpecCase("max_pool1d on an image", IA, "max_pool1d", ConvSpec,
+                       [=](v1::ModelSpec* s) { pool(s)->set_type("max_pool1d"); }));
+  t.push_back(SpecCase(
+      "global_avg_pool on flat input", IA, "global_avg_pool",
+      [] { return FlatSpec("global_avg_pool"); }, [](v1::ModelSpec*) {}));
+  t.push_back(SpecCase(
+      "spatial_dropout2d on flat input", IA, "spatial_dropout2d",
+      [] { return FlatSpec("spatial_dropout2d"); }, [](v1::ModelSpec*) {}));
+  t.push_back(
+      SpecCase("spatial_dropout1d on an image", IA, "spatial_dropout1d", ConvSpec,
+               [](v1::ModelSpec* s) { s->mutable_layers(1)->set_type("spatial_dropout1d"); }));
   t.push_back(SpecCase("spatial_dropout2d rate 1", IA, "rate", ConvSpec, [](v1::ModelSpec* s) {
-    s->mutable_layers(1)->set_type("spatial_dropout2d"); s->mutable_layers(1)->set_rate(1); }));
+    s->mutable_layers(1)->set_type("spatial_dropout2d");
+    s->mutable_layers(1)->set_rate(1);
+  }));
   t.push_back(SpecCase("conv1d control", OK, "", ConvSpec, [](v1::ModelSpec* s) {
-    s->clear_input_shape(); s->add_input_shape(2); s->add_input_shape(16);
-    s->mutable_layers(0)->set_type("conv1d"); s->mutable_layers(1)->set_type("spatial_dropout1d");
-    s->mutable_layers(2)->set_type("avg_pool1d"); }));
+    s->clear_input_shape();
+    s->add_input_shape(2);
+    s->add_input_shape(16);
+    s->mutable_layers(0)->set_type("conv1d");
+    s->mutable_layers(1)->set_type("spatial_dropout1d");
+    s->mutable_layers(2)->set_type("avg_pool1d");
+  }));
 
   // Recurrent.
   auto rnn = [](v1::ModelSpec* s) { return s->mutable_layers(0); };
   t.push_back(SpecCase("lstm control", OK, "", RnnSpec, [](v1::ModelSpec*) {}));
-  t.push_back(SpecCase("gru control", OK, "", RnnSpec, [=](v1::ModelSpec* s) { rnn(s)->set_type("gru"); }));
+  t.push_back(
+      SpecCase("gru control", OK, "", RnnSpec, [=](v1::ModelSpec* s) { rnn(s)->set_type("gru"); }));
   for (int u : {0, -1})
-    t.push_back(SpecCase("lstm units " + std::to_string(u), IA, "units", RnnSpec, [=](v1::ModelSpec* s) { rnn(s)->set_units(u); }));
-  t.push_back(SpecCase("lstm units past the width limit", RE, "units", RnnSpec, [=](v1::ModelSpec* s) { rnn(s)->set_units(kIntMax); }));
+    t.push_back(SpecCase("lstm units " + std::to_string(u), IA, "units", RnnSpec,
+                         [=](v1::ModelSpec* s) { rnn(s)->set_units(u); }));
+  t.push_back(SpecCase("lstm units past the width limit", RE, "units", RnnSpec,
+                       [=](v1::ModelSpec* s) { rnn(s)->set_units(kIntMax); }));
   t.push_back(SpecCase("lstm units past the parameter limit", RE, "parameters", RnnSpec,
                        [=](v1::ModelSpec* s) { rnn(s)->set_units(100000); }));
   t.push_back(SpecCase("lstm on flat input", IA, "steps", RnnSpec, [](v1::ModelSpec* s) {
-    s->clear_input_shape(); s->add_input_shape(15); }));
+    s->clear_input_shape();
+    s->add_input_shape(15);
+  }));
   t.push_back(SpecCase("gru on an image", IA, "steps", RnnSpec, [=](v1::ModelSpec* s) {
-    rnn(s)->set_type("gru"); s->clear_input_shape(); for (int d : {1, 5, 3}) s->add_input_shape(d); }));
+    rnn(s)->set_type("gru");
+    s->clear_input_shape();
+    for (int d : {1, 5, 3}) s->add_input_shape(d);
+  }));
   for (const char* field : {"rate", "recurrent_rate", "zoneout_cell", "zoneout_hidden"}) {
     for (double v : {-0.1, 1.0, 1.5, kNaN, kInf}) {
-      t.push_back(SpecCase(std::string("lstm ") + field + " " + std::to_string(v), IA, field, RnnSpec,
-                           [=](v1::ModelSpec* s) {
+      t.push_back(SpecCase(std::string("lstm ") + field + " " + std::to_string(v), IA, field,
+                           RnnSpec, [=](v1::ModelSpec* s) {
                              auto* l = rnn(s);
                              const std::string f = field;
-                             if (f == "rate") l->set_rate(v);
-                             else if (f == "recurrent_rate") l->set_recurrent_rate(v);
-                             else if (f == "zoneout_cell") l->set_zoneout_cell(v);
-                             else l->set_zoneout_hidden(v);
+                             if (f == "rate")
+                               l->set_rate(v);
+                             else if (f == "recurrent_rate")
+                               l->set_recurrent_rate(v);
+                             else if (f == "zoneout_cell")
+                               l->set_zoneout_cell(v);
+                             else
+                               l->set_zoneout_hidden(v);
                            }));
     }
   }
   t.push_back(SpecCase("gru zoneout_cell", IA, "zoneout_cell", RnnSpec, [=](v1::ModelSpec* s) {
-    rnn(s)->set_type("gru"); rnn(s)->set_zoneout_cell(0.1); }));
-  t.push_back(SpecCase("lstm sequences into dense", IA, "flat", RnnSpec, [=](v1::ModelSpec* s) {
-    rnn(s)->set_return_sequences(true); }));
-  t.push_back(SpecCase("lstm sequences past the width limit", RE, "width", RnnSpec, [=](v1::ModelSpec* s) {
-    s->set_input_shape(0, 100000); s->set_input_shape(1, 1); rnn(s)->set_units(20);
-    rnn(s)->set_return_sequences(true); }));
+    rnn(s)->set_type("gru");
+    rnn(s)->set_zoneout_cell(0.1);
+  }));
+  t.push_back(SpecCase("lstm sequences into dense", IA, "flat", RnnSpec,
+                       [=](v1::ModelSpec* s) { rnn(s)->set_return_sequences(true); }));
+  t.push_back(
+      SpecCase("lstm sequences past the width limit", RE, "width", RnnSpec, [=](v1::ModelSpec* s) {
+        s->set_input_shape(0, 100000);
+        s->set_input_shape(1, 1);
+        rnn(s)->set_units(20);
+        rnn(s)->set_return_sequences(true);
+      }));
   t.push_back(SpecCase("stacked lstm control", OK, "", RnnSpec, [=](v1::ModelSpec* s) {
     rnn(s)->set_return_sequences(true);
-    auto* l = s->mutable_layers()->Add(); l->set_type("lstm"); l->set_units(3);
-    s->mutable_layers()->SwapElements(1, 2); }));
+    auto* l = s->mutable_layers()->Add();
+    l->set_type("lstm");
+    l->set_units(3);
+    s->mutable_layers()->SwapElements(1, 2);
+  }));
 
   // Learned rates, DropConnect and the rest of the flat layers.
   auto first = [](v1::ModelSpec* s) { return s->mutable_layers(0); };
@@ -626,15 +916,18 @@ std::vector<Case> FamilyTable() {
     t.push_back(SpecCase("concrete length_scale " + std::to_string(v), IA, "length_scale", concrete,
                          [=](v1::ModelSpec* s) { first(s)->set_length_scale(v); }));
   for (double v : {-1.0, kNaN, kInf})
-    t.push_back(SpecCase("concrete weight_regularizer " + std::to_string(v), IA, "regularizer", concrete,
-                         [=](v1::ModelSpec* s) { first(s)->set_weight_regularizer(v); }));
+    t.push_back(SpecCase("concrete weight_regularizer " + std::to_string(v), IA, "regularizer",
+                         concrete, [=](v1::ModelSpec* s) { first(s)->set_weight_regularizer(v); }));
   t.push_back(SpecCase("concrete dropout_regularizer inf", IA, "regularizer", concrete,
                        [=](v1::ModelSpec* s) { first(s)->set_dropout_regularizer(kInf); }));
-  t.push_back(SpecCase("concrete units negative", IA, "units", concrete, [=](v1::ModelSpec* s) { first(s)->set_units(-1); }));
+  t.push_back(SpecCase("concrete units negative", IA, "units", concrete,
+                       [=](v1::ModelSpec* s) { first(s)->set_units(-1); }));
   auto sparse = [] { return FlatSpec("sparse_vd", 8); };
   t.push_back(SpecCase("sparse_vd control", OK, "", sparse, [](v1::ModelSpec*) {}));
-  t.push_back(SpecCase("sparse_vd units zero", IA, "units", sparse, [=](v1::ModelSpec* s) { first(s)->set_units(0); }));
-  t.push_back(SpecCase("sparse_vd units huge", RE, "", sparse, [=](v1::ModelSpec* s) { first(s)->set_units(kIntMax); }));
+  t.push_back(SpecCase("sparse_vd units zero", IA, "units", sparse,
+                       [=](v1::ModelSpec* s) { first(s)->set_units(0); }));
+  t.push_back(SpecCase("sparse_vd units huge", RE, "", sparse,
+                       [=](v1::ModelSpec* s) { first(s)->set_units(kIntMax); }));
   for (double v : {-1.0, kNaN, kInf})
     t.push_back(SpecCase("sparse_vd kl_weight " + std::to_string(v), IA, "kl_weight", sparse,
                          [=](v1::ModelSpec* s) { first(s)->set_kl_weight(v); }));
@@ -645,9 +938,12 @@ std::vector<Case> FamilyTable() {
   auto dc = [] { return FlatSpec("drop_connect", 8); };
   t.push_back(SpecCase("drop_connect unknown activation", IA, "activation", dc,
                        [=](v1::ModelSpec* s) { first(s)->set_activation("bogus"); }));
-  t.push_back(SpecCase("drop_connect units zero", IA, "units", dc, [=](v1::ModelSpec* s) { first(s)->set_units(0); }));
+  t.push_back(SpecCase("drop_connect units zero", IA, "units", dc,
+                       [=](v1::ModelSpec* s) { first(s)->set_units(0); }));
   t.push_back(SpecCase("drop_connect on an image", IA, "flat", dc, [](v1::ModelSpec* s) {
-    s->clear_input_shape(); for (int d : {1, 2, 2}) s->add_input_shape(d); }));
+    s->clear_input_shape();
+    for (int d : {1, 2, 2}) s->add_input_shape(d);
+  }));
   auto bn = [] { return FlatSpec("batch_norm"); };
   for (double m : {0.0, 1.5, kNaN})
     t.push_back(SpecCase("batch_norm momentum " + std::to_string(m), IA, "momentum", bn,
@@ -656,17 +952,29 @@ std::vector<Case> FamilyTable() {
     t.push_back(SpecCase("batch_norm epsilon " + std::to_string(e), IA, "epsilon", bn,
                          [=](v1::ModelSpec* s) { first(s)->set_epsilon(e); }));
   for (double v : {kNaN, kInf})
-    t.push_back(SpecCase("leaky_relu negative_slope " + std::to_string(v), IA, "negative_slope",
-                         [] { return FlatSpec("leaky_relu"); }, [=](v1::ModelSpec* s) { first(s)->set_negative_slope(v); }));
-  t.push_back(SpecCase("dense unknown init", IA, "init", [] { return FlatSpec("dense", 8); },
-                       [=](v1::ModelSpec* s) { first(s)->set_init("bogus"); }));
+    t.push_back(SpecCase(
+        "leaky_relu negative_slope " + std::to_string(v), IA, "negative_slope",
+        [] { return FlatSpec("leaky_relu"); },
+        [=](v1::ModelSpec* s) { first(s)->set_negative_slope(v); }));
+  t.push_back(SpecCase(
+      "dense unknown init", IA, "init", [] { return FlatSpec("dense", 8); },
+      [=](v1::ModelSpec* s) { first(s)->set_init("bogus"); }));
   // Heads.
-  t.push_back(SpecCase("classification with one output", IA, "2 outputs", [] { return FlatSpec("relu"); },
-                       [](v1::ModelSpec* s) { s->mutable_layers(1)->set_units(1); }));
-  t.push_back(SpecCase("regression with cross entropy", IA, "cross_entropy", [] { return FlatSpec("relu"); },
-                       [](v1::ModelSpec* s) { s->set_task(v1::TASK_REGRESSION); s->set_loss(v1::LOSS_CROSS_ENTROPY); }));
-  t.push_back(SpecCase("gaussian_nll with odd outputs", IA, "gaussian_nll", [] { return FlatSpec("relu"); },
-                       [](v1::ModelSpec* s) { s->set_task(v1::TASK_REGRESSION); s->set_loss(v1::LOSS_GAUSSIAN_NLL); }));
+  t.push_back(SpecCase(
+      "classification with one output", IA, "2 outputs", [] { return FlatSpec("relu"); },
+      [](v1::ModelSpec* s) { s->mutable_layers(1)->set_units(1); }));
+  t.push_back(SpecCase(
+      "regression with cross entropy", IA, "cross_entropy", [] { return FlatSpec("relu"); },
+      [](v1::ModelSpec* s) {
+        s->set_task(v1::TASK_REGRESSION);
+        s->set_loss(v1::LOSS_CROSS_ENTROPY);
+      }));
+  t.push_back(SpecCase(
+      "gaussian_nll with odd outputs", IA, "gaussian_nll", [] { return FlatSpec("relu"); },
+      [](v1::ModelSpec* s) {
+        s->set_task(v1::TASK_REGRESSION);
+        s->set_loss(v1::LOSS_GAUSSIAN_NLL);
+      }));
   return t;
 }
 
@@ -686,10 +994,13 @@ TEST_F(BadInputTest, EveryCaseAnswersWithItsCode) {
   auto table = Table();
   RunTable(stub_.get(), table);
   std::cout << "cases: " << table.size() << "\n";
-  v1::PredictRequest r; r.set_model("good");
-  r.mutable_inputs()->add_shape(1); r.mutable_inputs()->add_shape(4);
+  v1::PredictRequest r;
+  r.set_model("good");
+  r.mutable_inputs()->add_shape(1);
+  r.mutable_inputs()->add_shape(4);
   for (int i = 0; i < 4; ++i) r.mutable_inputs()->add_values(0.1f);
-  v1::PredictResponse resp; auto ctx = Ctx();
+  v1::PredictResponse resp;
+  auto ctx = Ctx();
   EXPECT_TRUE(stub_->Predict(ctx.get(), r, &resp).ok());
 }
 
@@ -715,8 +1026,8 @@ TEST_F(BadInputTest, RequestBytesThatAreNotAMessageAreAnInvalidArgument) {
   const std::string whole = r.SerializeAsString();
   for (const std::string method : {"Predict", "PredictUncertainty"}) {
     grpc::ByteBuffer answer;
-    grpc::Status s = CallWithBytes(channel_.get(), method, whole.substr(0, whole.size() - 2),
-                                   &answer);
+    grpc::Status s =
+        CallWithBytes(channel_.get(), method, whole.substr(0, whole.size() - 2), &answer);
     EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT) << method;
     EXPECT_NE(s.error_message().find("the request is not a valid dropnet.v1." + method +
                                      "Request message"),
@@ -786,7 +1097,8 @@ TEST_F(BadInputTest, ImportTrainEvaluateAndLayerFamilies) {
   const fs::path root = dir_ / "data";
   WriteFile(dir_ / "outside.csv", "a,b,label\n1,2,0\n");
   std::string ok = "f0,f1,f2,f3,label\n";
-  for (int r = 0; r < 12; ++r) ok += "0.1,0.2,0.3," + std::to_string(r) + "," + std::to_string(r % 3) + "\n";
+  for (int r = 0; r < 12; ++r)
+    ok += "0.1,0.2,0.3," + std::to_string(r) + "," + std::to_string(r % 3) + "\n";
   WriteFile(root / "ok.csv", ok);
   WriteFile(root / "ok.txt", ok);
   WriteFile(root / "words.csv", "a,b,label\n1,2,0\n3,four,1\n");
@@ -819,12 +1131,16 @@ TEST_F(BadInputTest, ImportTrainEvaluateAndLayerFamilies) {
   RunTable(stub_.get(), options);
   auto families = FamilyTable();
   RunTable(stub_.get(), families);
-  std::cout << "cases: " << options.size() << " options, " << families.size() << " layer families\n";
+  std::cout << "cases: " << options.size() << " options, " << families.size()
+            << " layer families\n";
   // The server still answers.
-  v1::PredictRequest r; r.set_model("good");
-  r.mutable_inputs()->add_shape(1); r.mutable_inputs()->add_shape(4);
+  v1::PredictRequest r;
+  r.set_model("good");
+  r.mutable_inputs()->add_shape(1);
+  r.mutable_inputs()->add_shape(4);
   for (int i = 0; i < 4; ++i) r.mutable_inputs()->add_values(0.1f);
-  v1::PredictResponse resp; auto ctx = Ctx();
+  v1::PredictResponse resp;
+  auto ctx = Ctx();
   EXPECT_TRUE(stub_->Predict(ctx.get(), r, &resp).ok());
 }
 

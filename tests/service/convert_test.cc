@@ -288,9 +288,9 @@ TEST(FromTensorTest, LargeBatchesAreCopiedAndCheckedEverywhere) {
     v1::Tensor bad = t;
     bad.set_values(index, std::numeric_limits<float>::infinity());
     const std::string msg = TensorError(bad, 784);
-    EXPECT_NE(msg.find("row " + std::to_string(index / 784) + ", column " +
-                       std::to_string(index % 784)),
-              std::string::npos)
+    EXPECT_NE(
+        msg.find("row " + std::to_string(index / 784) + ", column " + std::to_string(index % 784)),
+        std::string::npos)
         << msg;
   }
 }
@@ -381,7 +381,8 @@ TEST(CheckpointTest, RoundTripIsBitIdentical) {
   EXPECT_TRUE(BitEqual(eval_before, eval_after));
   // The untrained model answers differently: the comparison above is not vacuous.
   auto fresh = NewSnapshot("roundtrip", before->spec, SpecLimits{});
-  EXPECT_FALSE(BitEqual(eval_before, engine::PredictEval(fresh->net, fresh->task, fresh->loss, xb)));
+  EXPECT_FALSE(
+      BitEqual(eval_before, engine::PredictEval(fresh->net, fresh->task, fresh->loss, xb)));
 
   engine::McOptions mo;
   mo.samples = 20;
@@ -455,7 +456,8 @@ v1::StoredDataset SmallStored() {
 TEST(StoredDatasetTest, InconsistentFilesAreRejected) {
   EXPECT_NO_THROW(FromStored(SmallStored()));
   std::vector<std::pair<std::string, std::function<void(v1::StoredDataset*)>>> cases = {
-      {"negative input dims", [](v1::StoredDataset* s) {
+      {"negative input dims",
+       [](v1::StoredDataset* s) {
          s->set_input_shape(0, -1);
          for (auto* t : {s->mutable_x(), s->mutable_y()}) {
            t->set_shape(0, -1);
@@ -463,13 +465,15 @@ TEST(StoredDatasetTest, InconsistentFilesAreRejected) {
            t->mutable_values()->Truncate(1);
          }
        }},
-      {"zero rows", [](v1::StoredDataset* s) {
+      {"zero rows",
+       [](v1::StoredDataset* s) {
          s->mutable_x()->set_shape(0, 0);
          s->mutable_y()->set_shape(0, 0);
          s->mutable_x()->clear_values();
          s->mutable_y()->clear_values();
        }},
-      {"shape whose value count overflows to 0", [](v1::StoredDataset* s) {
+      {"shape whose value count overflows to 0",
+       [](v1::StoredDataset* s) {
          // 16 rows of 2^60 features: rows x features wraps around to 0 values.
          s->clear_input_shape();
          s->add_input_shape(1 << 30);
@@ -543,9 +547,9 @@ TEST(ModelSpecJsonTest, JsonMappingParsesCamelCaseFields) {
 
 TEST(ModelSpecJsonTest, UnknownFieldsAndBadValuesAreRejected) {
   v1::ModelSpec spec;
-  EXPECT_FALSE(google::protobuf::util::JsonStringToMessage(
-                   R"({"inputShape": [4], "layerz": []})", &spec)
-                   .ok());
+  EXPECT_FALSE(
+      google::protobuf::util::JsonStringToMessage(R"({"inputShape": [4], "layerz": []})", &spec)
+          .ok());
   EXPECT_FALSE(google::protobuf::util::JsonStringToMessage(
                    R"({"inputShape": [4], "task": "TASK_NOPE"})", &spec)
                    .ok());

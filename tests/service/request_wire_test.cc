@@ -3,8 +3,8 @@
 // tensor, malformed bytes and bytes mutated at random, each split into slices anywhere.
 #include "server/service/request_wire.h"
 
-#include <gtest/gtest.h>
 #include <google/protobuf/stubs/logging.h>
+#include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
@@ -117,8 +117,8 @@ TEST(RequestWireTest, EveryTensorEncodingProtobufAccepts) {
   const std::string unknown = Tag(7, 0) + Varint(300) + Len(8, "xyz") + Tag(9, 1) +
                               std::string(8, '\x01') + Tag(10, 5) + std::string(4, '\x02');
   ExpectAgreement<v1::PredictRequest>(
-      Tag(99, 0) + Varint(5) + model + Len(2, unknown + PackedShape({2, 3}) + Len(2, Floats(v))),
-      3, "unknown fields");
+      Tag(99, 0) + Varint(5) + model + Len(2, unknown + PackedShape({2, 3}) + Len(2, Floats(v))), 3,
+      "unknown fields");
   // The tensor's field numbers with other wire types are unknown fields to protobuf.
   ExpectAgreement<v1::PredictRequest>(
       model + Tag(2, 0) + Varint(1) +
@@ -130,8 +130,8 @@ TEST(RequestWireTest, EveryTensorEncodingProtobufAccepts) {
                          Len(2, Floats(v))),
       3, "a group");
   // A negative dimension, as ten bytes.
-  ExpectAgreement<v1::PredictRequest>(model + Len(2, PackedShape({-2, 3}) + Len(2, Floats(v))),
-                                      3, "a negative dimension");
+  ExpectAgreement<v1::PredictRequest>(model + Len(2, PackedShape({-2, 3}) + Len(2, Floats(v))), 3,
+                                      "a negative dimension");
   // Empty request.
   ExpectAgreement<v1::PredictRequest>("", 3, "empty");
 }
@@ -207,9 +207,15 @@ TEST(RequestWireTest, BytesMutatedAtRandomReadAsProtobufReadsThem) {
     for (int e = 0; e < edits; ++e) {
       const size_t at = rng() % bytes.size();
       switch (rng() % 3) {
-        case 0: bytes[at] = static_cast<char>(rng()); break;
-        case 1: bytes.erase(at, 1 + rng() % 3); break;
-        default: bytes.insert(at, 1, static_cast<char>(rng())); break;
+        case 0:
+          bytes[at] = static_cast<char>(rng());
+          break;
+        case 1:
+          bytes.erase(at, 1 + rng() % 3);
+          break;
+        default:
+          bytes.insert(at, 1, static_cast<char>(rng()));
+          break;
       }
       if (bytes.empty()) bytes = good;
     }

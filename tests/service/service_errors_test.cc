@@ -120,7 +120,7 @@ TEST_F(ServiceTest, BadInputsAreInvalidArgument) {
   inf[0 * 4 + 3] = std::numeric_limits<float>::infinity();
   check(Batch(inf, {2, 4}), "row 0, column 3");
   check(Batch({}, {}), "inputs");                                // no shape, no values
-  check(Batch({}, {0, 4}), "inputs.shape[0]");                    // an empty batch
+  check(Batch({}, {0, 4}), "inputs.shape[0]");                   // an empty batch
   check(Batch(std::vector<float>(7, 0.f), {2, 4}), "7 values");  // shape needs 8
   check(Batch(std::vector<float>(9, 0.f), {2, 4}), "9 values");
   v1::PredictResponse pr;
@@ -160,15 +160,15 @@ TEST_F(ServiceTest, SampleLimits) {
 TEST_F(ServiceTest, BatchAboveTheRowLimitIsResourceExhausted) {
   StartServer();
   ASSERT_OK(CreateModel("m", ClassifierSpec()));
-  const v1::Tensor too_many = Batch(std::vector<float>((kMaxBatchRows + 1) * 4, 0.f),
-                                    {kMaxBatchRows + 1, 4});
+  const v1::Tensor too_many =
+      Batch(std::vector<float>((kMaxBatchRows + 1) * 4, 0.f), {kMaxBatchRows + 1, 4});
   v1::PredictResponse pr;
   EXPECT_CODE(Predict("m", too_many, &pr), StatusCode::RESOURCE_EXHAUSTED);
   v1::PredictUncertaintyResponse ur;
   EXPECT_CODE(Uncertainty(UncertaintyRequest("m", too_many, 2, 1), &ur),
               StatusCode::RESOURCE_EXHAUSTED);
-  ASSERT_OK(Predict("m", Batch(std::vector<float>(kMaxBatchRows * 4, 0.f), {kMaxBatchRows, 4}),
-                    &pr));
+  ASSERT_OK(
+      Predict("m", Batch(std::vector<float>(kMaxBatchRows * 4, 0.f), {kMaxBatchRows, 4}), &pr));
   EXPECT_EQ(pr.outputs().shape(0), kMaxBatchRows);
 }
 
@@ -195,8 +195,7 @@ TEST_F(ServiceTest, OversizeMessagesAreResourceExhausted) {
 TEST_F(ServiceTest, SecondTrainOnABusyModelIsFailedPrecondition) {
   StartServer();
   ASSERT_OK(CreateModel("slow", SlowSpec()));
-  ASSERT_OK(UploadRows("slow-data", ClassificationData(2000, 8, 13), v1::TASK_CLASSIFICATION,
-                       500));
+  ASSERT_OK(UploadRows("slow-data", ClassificationData(2000, 8, 13), v1::TASK_CLASSIFICATION, 500));
   v1::TrainRequest req = TrainRequest("slow", "slow-data", 100, 8);
   req.set_report_every_steps(1);
 
@@ -215,8 +214,7 @@ TEST_F(ServiceTest, SecondTrainOnABusyModelIsFailedPrecondition) {
     first_status = reader->Finish();
     if (events == 0) first_event.set_value();
   });
-  ASSERT_EQ(first_event.get_future().wait_for(std::chrono::seconds(60)),
-            std::future_status::ready);
+  ASSERT_EQ(first_event.get_future().wait_for(std::chrono::seconds(60)), std::future_status::ready);
   ASSERT_GT(events.load(), 0) << "the first Train ended early: " << Describe(first_status);
 
   const grpc::Status second = Train(TrainRequest("slow", "slow-data", 1, 8));
@@ -265,7 +263,8 @@ TEST_F(ServiceTest, ImportDatasetOutsideTheDataRootIsRefused) {
   EXPECT_CODE(import("images-idx3-ubyte", "links/out.csv"), StatusCode::PERMISSION_DENIED);
   EXPECT_TRUE(ListDatasets().empty());
   // A symlink that stays inside is fine, and so is the file itself.
-  fs::create_symlink(dir_.path() / "data" / "inside.csv", dir_.path() / "data" / "links" / "in.csv");
+  fs::create_symlink(dir_.path() / "data" / "inside.csv",
+                     dir_.path() / "data" / "links" / "in.csv");
   ASSERT_OK(import("links/in.csv"));
   EXPECT_EQ(ListDatasets().size(), 1u);
 }

@@ -48,8 +48,8 @@ v1::ModelSpec DropoutNet(int width, uint64_t seed, int outputs) {
 // Calls the unary `rpc` of `stub` with a request that names `name`.
 template <typename Request, typename Response>
 grpc::Status CallNaming(v1::Dropnet::Stub* stub,
-                        grpc::Status (v1::Dropnet::Stub::*rpc)(grpc::ClientContext*,
-                                                                const Request&, Response*),
+                        grpc::Status (v1::Dropnet::Stub::*rpc)(grpc::ClientContext*, const Request&,
+                                                               Response*),
                         const std::string& name, Response* resp) {
   Request req;
   req.set_name(name);

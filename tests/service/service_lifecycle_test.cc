@@ -33,8 +33,7 @@ using grpc::health::v1::HealthCheckResponse;
 TEST_F(ServiceTest, CancelledTrainKeepsTheLastPublishedVersion) {
   StartServer();
   ASSERT_OK(CreateModel("slow", SlowSpec()));
-  ASSERT_OK(UploadRows("slow-data", ClassificationData(2000, 8, 13), v1::TASK_CLASSIFICATION,
-                       500));
+  ASSERT_OK(UploadRows("slow-data", ClassificationData(2000, 8, 13), v1::TASK_CLASSIFICATION, 500));
   Ctx ctx(120);
   auto reader = stub_->Train(&ctx, TrainRequest("slow", "slow-data", 100, 8));
   v1::TrainEvent e;
@@ -169,14 +168,16 @@ TEST_F(ServiceTest, PredictWhileTrainingNeverGoesBackwards) {
           Ctx ctx;
           s = stub->Predict(&ctx, req, &resp);
           version = resp.version();
-          if (s.ok() && resp.outputs().values_size() != 8 * 3) s = grpc::Status(StatusCode::INTERNAL, "size");
+          if (s.ok() && resp.outputs().values_size() != 8 * 3)
+            s = grpc::Status(StatusCode::INTERNAL, "size");
         } else {
           v1::PredictUncertaintyRequest req = UncertaintyRequest("m", x, 8, seed++);
           v1::PredictUncertaintyResponse resp;
           Ctx ctx;
           s = stub->PredictUncertainty(&ctx, req, &resp);
           version = resp.version();
-          if (s.ok() && resp.mutual_information_size() != 8) s = grpc::Status(StatusCode::INTERNAL, "size");
+          if (s.ok() && resp.mutual_information_size() != 8)
+            s = grpc::Status(StatusCode::INTERNAL, "size");
         }
         if (calls++ < 4) ++ready;
         std::lock_guard lock(mu);
@@ -215,8 +216,7 @@ TEST_F(ServiceTest, PredictWhileTrainingNeverGoesBackwards) {
 TEST_F(ServiceTest, ShutdownDuringTrainingSavesTheWork) {
   StartServer();
   ASSERT_OK(CreateModel("slow", SlowSpec()));
-  ASSERT_OK(UploadRows("slow-data", ClassificationData(2000, 8, 13), v1::TASK_CLASSIFICATION,
-                       500));
+  ASSERT_OK(UploadRows("slow-data", ClassificationData(2000, 8, 13), v1::TASK_CLASSIFICATION, 500));
   std::promise<int64_t> first_epoch;
   grpc::Status status;
   std::thread trainer([&] {

@@ -126,9 +126,9 @@ TEST_F(ServiceTest, UploadDatasetRowsWithAnImageShapeAndRegressionTargets) {
   d.targets = 1;
   v1::UploadDatasetResponse resp;
   ASSERT_OK(UploadRows("img", d, v1::TASK_REGRESSION, 7, false, &resp, {1, 2, 2}));
-  EXPECT_EQ(std::vector<int>(resp.dataset().input_shape().begin(),
-                             resp.dataset().input_shape().end()),
-            (std::vector<int>{1, 2, 2}));
+  EXPECT_EQ(
+      std::vector<int>(resp.dataset().input_shape().begin(), resp.dataset().input_shape().end()),
+      (std::vector<int>{1, 2, 2}));
   EXPECT_EQ(resp.dataset().task(), v1::TASK_REGRESSION);
   EXPECT_EQ(resp.dataset().num_classes(), 0);
 }
@@ -189,8 +189,8 @@ TEST_F(ServiceTest, UploadDatasetNameTakenUnlessOverwrite) {
   ASSERT_OK(UploadRows("d", ClassificationData(10, 4, 1)));
   EXPECT_CODE(UploadRows("d", ClassificationData(12, 4, 1)), StatusCode::ALREADY_EXISTS);
   v1::UploadDatasetResponse resp;
-  ASSERT_OK(UploadRows("d", ClassificationData(12, 4, 1), v1::TASK_CLASSIFICATION, 50, true,
-                       &resp));
+  ASSERT_OK(
+      UploadRows("d", ClassificationData(12, 4, 1), v1::TASK_CLASSIFICATION, 50, true, &resp));
   EXPECT_EQ(resp.dataset().rows(), 12);
   EXPECT_EQ(ListDatasets().size(), 1u);
 }
@@ -215,8 +215,8 @@ TEST_F(ServiceTest, UploadDatasetErrors) {
   v1::UploadDatasetRequest csv;
   csv.set_csv_chunk("a,b\n1,2\n");
 
-  EXPECT_CODE(upload({rows}), StatusCode::INVALID_ARGUMENT);            // no header
-  EXPECT_CODE(upload({header}), StatusCode::INVALID_ARGUMENT);          // no rows
+  EXPECT_CODE(upload({rows}), StatusCode::INVALID_ARGUMENT);               // no header
+  EXPECT_CODE(upload({header}), StatusCode::INVALID_ARGUMENT);             // no rows
   EXPECT_CODE(upload({header, rows, csv}), StatusCode::INVALID_ARGUMENT);  // both kinds
   EXPECT_CODE(upload({header, rows, header}), StatusCode::INVALID_ARGUMENT);
   v1::UploadDatasetRequest ragged = rows;
@@ -299,9 +299,9 @@ TEST_F(ServiceTest, ImportDatasetIdxGzipped) {
   v1::ImportDatasetResponse resp;
   ASSERT_OK(ImportDataset(req, &resp));
   EXPECT_EQ(resp.dataset().rows(), 6);
-  EXPECT_EQ(std::vector<int>(resp.dataset().input_shape().begin(),
-                             resp.dataset().input_shape().end()),
-            (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(
+      std::vector<int>(resp.dataset().input_shape().begin(), resp.dataset().input_shape().end()),
+      (std::vector<int>{1, 2, 3}));
   EXPECT_EQ(resp.dataset().num_classes(), 4);
   const auto entry = server_->registry().GetDataset("idx");
   EXPECT_FLOAT_EQ(entry.data->x(2, 5), static_cast<float>((2 * 6 + 5) * 7 % 256) / 255.0f);

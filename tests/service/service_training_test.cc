@@ -350,8 +350,8 @@ TEST_F(ServiceTest, EvaluateClassificationInEvalMode) {
   v1::PredictResponse pred;
   ASSERT_OK(Predict("clf", RowsOf(d, 64), &pred));
   v1::PredictResponse pred2;
-  ASSERT_OK(Predict("clf", Batch(std::vector<float>(d.x.begin() + 64 * 4, d.x.begin() + 100 * 4),
-                                 {36, 4}),
+  ASSERT_OK(Predict("clf",
+                    Batch(std::vector<float>(d.x.begin() + 64 * 4, d.x.begin() + 100 * 4), {36, 4}),
                     &pred2));
   std::vector<float> probs(pred.outputs().values().begin(), pred.outputs().values().end());
   probs.insert(probs.end(), pred2.outputs().values().begin(), pred2.outputs().values().end());

@@ -317,7 +317,6 @@ TEST(ModelStoreTest, DeleteDatasetRemovesIt) {
   EXPECT_EQ(CodeOf([&] { store.LoadDataset("d"); }), grpc::StatusCode::NOT_FOUND);
 }
 
-
 bool SameMessage(const google::protobuf::Message& a, const google::protobuf::Message& b) {
   return MessageDifferencer::Equals(a, b);
 }
@@ -325,8 +324,7 @@ bool SameMessage(const google::protobuf::Message& a, const google::protobuf::Mes
 // Runs `op` on a store at `root` in a child process that exits at step `crash_at` of the store's
 // writes (1-based; 0: never). Returns true when the child crashed there, false when `op` finished
 // first.
-bool RunAndCrashAt(const fs::path& root, int crash_at,
-                   const std::function<void(ModelStore&)>& op) {
+bool RunAndCrashAt(const fs::path& root, int crash_at, const std::function<void(ModelStore&)>& op) {
   const pid_t pid = ::fork();
   if (pid == 0) {
     int steps = 0;

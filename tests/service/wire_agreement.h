@@ -25,8 +25,8 @@ inline grpc::ByteBuffer SplitIntoSlices(std::string_view bytes, const std::vecto
   std::vector<grpc::Slice> slices;
   size_t at = 0;
   for (size_t i = 0; at < bytes.size(); ++i) {
-    size_t n = sizes.empty() ? bytes.size()
-                             : std::max<size_t>(1, sizes[std::min(i, sizes.size() - 1)]);
+    size_t n =
+        sizes.empty() ? bytes.size() : std::max<size_t>(1, sizes[std::min(i, sizes.size() - 1)]);
     n = std::min(n, bytes.size() - at);
     slices.emplace_back(bytes.data() + at, n);
     at += n;
