@@ -8,10 +8,9 @@ include(CMakePackageConfigHelpers)
 set_target_properties(dropnet_proto PROPERTIES EXPORT_NAME proto)
 set_target_properties(dropnet_health_proto PROPERTIES EXPORT_NAME health_proto)
 set_target_properties(dropnet_client PROPERTIES EXPORT_NAME client)
-set_target_properties(dropnet_options PROPERTIES EXPORT_NAME options)
 set_target_properties(dropnet_dataio PROPERTIES EXPORT_NAME dataio)
 
-install(TARGETS dropnet_client dropnet_proto dropnet_health_proto dropnet_options dropnet_dataio
+install(TARGETS dropnet_client dropnet_proto dropnet_health_proto dropnet_dataio
         EXPORT dropnetTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})

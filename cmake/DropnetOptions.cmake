@@ -1,4 +1,6 @@
 # Compiler flags shared by every dropnet target (an interface target, so they stay per target).
+# Build-only: targets link it PRIVATE, the installed ones as $<BUILD_INTERFACE:...>, and it is not
+# exported, so a consumer of the package never inherits these flags.
 add_library(dropnet_options INTERFACE)
 add_library(dropnet::options ALIAS dropnet_options)
 target_compile_options(dropnet_options INTERFACE -Wall -Wextra -Wno-unused-parameter)
@@ -27,8 +29,9 @@ if(DROPNET_FUZZ)
     -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g)
   target_link_options(dropnet_options INTERFACE -fsanitize=address,undefined)
 endif()
-# Compile with ccache when present: rebuilds after small edits stay cheap on two cores.
+# Compile with ccache when present: rebuilds after small edits stay cheap on two cores. Only at
+# the top level: a parent project chooses its own launcher.
 find_program(DROPNET_CCACHE ccache)
-if(DROPNET_CCACHE)
+if(DROPNET_CCACHE AND PROJECT_IS_TOP_LEVEL)
   set(CMAKE_CXX_COMPILER_LAUNCHER ${DROPNET_CCACHE} CACHE STRING "" FORCE)
 endif()
