@@ -80,6 +80,25 @@ SequenceMasks DrawSequenceMasks(const Context& ctx, int64_t row_offset, int64_t 
   return m;
 }
 
+// x (batch x (steps * features)) as time-major rows (steps * batch) x features, each times its
+// sequence's input mask when there is one.
+Matrix TimeMajorInputs(const Matrix& x, const Matrix* in_mask, int64_t t_steps, int64_t f,
+                       int threads) {
+  const int64_t b = x.rows();
+  Matrix xt(t_steps * b, f);
+  ParallelFor(b, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t s = 0; s < t_steps; ++s) {
+        if (in_mask) {
+          xt.row(s * b + r) = x.row(r).segment(s * f, f).cwiseProduct(in_mask->row(r));
+        } else {
+          xt.row(s * b + r) = x.row(r).segment(s * f, f);
+        }
+      }
+  });
+  return xt;
+}
+
 }  // namespace
 
 LayerPlan PlanRecurrent(const LayerConfig& config, const Shape& input) {
@@ -184,17 +203,7 @@ void Recurrent::ForwardRows(const Matrix& x, const Context& ctx, int64_t row_off
   Matrix& zh = masks.hidden;
 
   // Time-major inputs, masked, and their projection for every step in one product.
-  Matrix xt(t_steps * b, f);
-  ParallelFor(b, ctx.threads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t s = 0; s < t_steps; ++s) {
-        if (p_in > 0) {
-          xt.row(s * b + r) = x.row(r).segment(s * f, f).cwiseProduct(in_mask.row(r));
-        } else {
-          xt.row(s * b + r) = x.row(r).segment(s * f, f);
-        }
-      }
-  });
+  Matrix xt = TimeMajorInputs(x, p_in > 0 ? &in_mask : nullptr, t_steps, f, ctx.threads);
   Matrix gates;
   MatMul(xt, false, params_[0].value, false, &gates, ctx.threads);
   gates.rowwise() += params_[2].value.row(0);

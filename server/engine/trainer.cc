@@ -55,6 +55,28 @@ double FinishMetric(Task task, double sum, int64_t rows) {
   return task == Task::kClassification ? mean : std::sqrt(mean);
 }
 
+// Copies the rows order[r0 .. r0 + m) of the training set into one batch.
+void GatherBatch(const Dataset& train, const std::vector<int64_t>& order, int64_t r0, int64_t m,
+                 Matrix* xb, Matrix* yb) {
+  xb->resize(m, train.x.cols());
+  yb->resize(m, train.y.cols());
+  for (int64_t i = 0; i < m; ++i) {
+    xb->row(i) = train.x.row(order[r0 + i]);
+    yb->row(i) = train.y.row(order[r0 + i]);
+  }
+}
+
+// The loss is checked before each update; the last update of an epoch is checked here, before
+// the epoch's parameters are reported (and published).
+void CheckParametersFinite(const Network& net, int epoch) {
+  for (const Parameter* param : net.Parameters()) {
+    if (!param->value.allFinite()) {
+      throw InvalidArgument("the parameters became non-finite at epoch " + std::to_string(epoch) +
+                            "; lower the learning rate");
+    }
+  }
+}
+
 }  // namespace
 
 Matrix PredictEval(const Network& net, Task task, LossKind loss, const Matrix& x, int threads,
@@ -149,12 +171,7 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
         return result;
       }
       const int64_t r0 = s * batch, m = std::min(batch, n - r0);
-      xb.resize(m, train.x.cols());
-      yb.resize(m, train.y.cols());
-      for (int64_t i = 0; i < m; ++i) {
-        xb.row(i) = train.x.row(order[r0 + i]);
-        yb.row(i) = train.y.row(order[r0 + i]);
-      }
+      GatherBatch(train, order, r0, m, &xb, &yb);
       Context ctx;
       ctx.mode = Mode::kTrain;
       ctx.threads = options.threads;
@@ -194,14 +211,7 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
       if (on_progress && s + 1 < steps_per_epoch) on_progress(p, *net);
     }
     p.end_of_epoch = true;
-    // The loss is checked before each update; the last update of an epoch is checked here,
-    // before the epoch's parameters are reported (and published).
-    for (const Parameter* param : net->Parameters()) {
-      if (!param->value.allFinite()) {
-        throw InvalidArgument("the parameters became non-finite at epoch " + std::to_string(epoch) +
-                              "; lower the learning rate");
-      }
-    }
+    CheckParametersFinite(*net, epoch);
     if (val.rows() > 0) {
       double vl = 0;
       Matrix vp = PredictEval(*net, task, loss, val.x, options.threads, &vl, &val.y);
