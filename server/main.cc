@@ -72,8 +72,14 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--max-parameters", c.limits.max_parameters, "largest model (parameters)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--drain-delay", c.drain_delay_seconds,
+                 "seconds after SIGTERM that health reports NOT_SERVING while new calls are still "
+                 "served (for probes and load balancers to notice); then they get UNAVAILABLE")
+      ->envname("DROPNET_DRAIN_DELAY")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--shutdown-grace", c.shutdown_grace_seconds,
-                 "seconds in-flight calls get after SIGTERM")
+                 "seconds in-flight calls get to finish once new calls are refused")
+      ->envname("DROPNET_SHUTDOWN_GRACE")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--tls-cert", c.tls_cert, "server certificate (PEM); with --tls-key enables TLS")
       ->envname("DROPNET_TLS_CERT")

@@ -7,6 +7,17 @@
 
 namespace dropnet::service {
 
+std::string TokensFileWarning(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::perms p = fs::status(path, ec).permissions();
+  if (ec) return "";
+  const fs::perms shared = fs::perms::group_read | fs::perms::others_read;
+  if ((p & shared) == fs::perms::none) return "";
+  return "tokens file '" + path.string() +
+         "' is readable by its group or others; restrict it to its owner (chmod 600)";
+}
+
 bool ConstantTimeEquals(const std::string& a, const std::string& b) {
   unsigned char diff = a.size() == b.size() ? 0 : 1;
   const size_t n = std::max(a.size(), b.size());

@@ -9,12 +9,17 @@
 #ifndef DROPNET_SERVICE_AUTH_H_
 #define DROPNET_SERVICE_AUTH_H_
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include <grpcpp/server_context.h>
 
 namespace dropnet::service {
+
+// A warning naming `path` when its group or others may read it (the tokens are secrets); empty
+// when only its owner can, or when it cannot be examined.
+std::string TokensFileWarning(const std::filesystem::path& path);
 
 enum class Role { kPredict = 0, kAdmin = 1 };
 

@@ -9,6 +9,13 @@ std::shared_ptr<spdlog::logger> Logger(const char* name) {
   return l ? l : spdlog::default_logger();
 }
 
+grpc::Status BoundedMessage(const grpc::Status& status) {
+  if (status.error_message().size() <= kMaxErrorMessageChars) return status;
+  return grpc::Status(status.error_code(),
+                      status.error_message().substr(0, kMaxErrorMessageChars) + "...",
+                      status.error_details());
+}
+
 bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
   return ctx && ctx->deadline() <= std::chrono::system_clock::now();
 }
@@ -43,12 +50,15 @@ void CheckDataFits(const Snapshot& s, const engine::Dataset& d, const std::strin
 
 void DropnetService::CallLog::Write(const grpc::Status& status, double ms) const {
   auto log = Logger("rpc");
+  // The model name is the caller's: bounded and escaped like everything it can put in a line.
+  const std::string shown_model = Printable(model);
   if (status.ok()) {
-    log->info("{} model={} version={} mode={} rows={} status=OK {:.3f} ms", method, model, version,
-              mode, rows, ms);
+    log->info("{} model={} version={} mode={} rows={} status=OK {:.3f} ms", method, shown_model,
+              version, mode, rows, ms);
   } else {
-    log->warn("{} model={} version={} mode={} rows={} status={} {:.3f} ms: {}", method, model,
-              version, mode, rows, StatusCodeName(status.error_code()), ms, status.error_message());
+    log->warn("{} model={} version={} mode={} rows={} status={} {:.3f} ms: {}", method, shown_model,
+              version, mode, rows, StatusCodeName(status.error_code()), ms,
+              Printable(status.error_message(), kMaxErrorMessageChars));
   }
 }
 

@@ -54,6 +54,9 @@ struct DropnetService::CallLog {
   void Write(const grpc::Status& status, double ms) const;
 };
 
+// `status` with its message cut to kMaxErrorMessageChars (it may repeat what the caller sent).
+grpc::Status BoundedMessage(const grpc::Status& status);
+
 template <typename Body>
 grpc::Status DropnetService::Run(const char* method, grpc::ServerContextBase* ctx, Role role,
                                  Body&& body, CallLog& log) {
@@ -81,7 +84,7 @@ template <typename Body>
 grpc::Status DropnetService::Handle(const char* method, grpc::ServerContextBase* ctx, Role role,
                                     Body&& body) {
   CallLog log{method};
-  const grpc::Status status = Run(method, ctx, role, std::forward<Body>(body), log);
+  const grpc::Status status = BoundedMessage(Run(method, ctx, role, std::forward<Body>(body), log));
   log.Finish(status);
   return status;
 }

@@ -28,7 +28,8 @@ std::shared_ptr<spdlog::logger> StoreLog() {
 
 void CheckName(const char* field, const std::string& name) {
   auto bad = [&](const std::string& why) {
-    Fail(grpc::StatusCode::INVALID_ARGUMENT, std::string(field) + " '" + name + "' " + why);
+    Fail(grpc::StatusCode::INVALID_ARGUMENT,
+         std::string(field) + " '" + Printable(name) + "' " + why);
   };
   if (name.empty()) Fail(grpc::StatusCode::INVALID_ARGUMENT, std::string(field) + " is required");
   if (name.size() > 64) bad("is longer than 64 characters");

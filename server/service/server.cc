@@ -1,5 +1,9 @@
 #include "server/service/server.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 
@@ -57,7 +61,13 @@ bool IsLoopbackAddress(const std::string& listen) {
     return host.rfind("[::1]", 0) == 0;
   }
   host = host.substr(0, host.rfind(':'));
-  return host == "localhost" || host.rfind("127.", 0) == 0;
+  // 127.0.0.0/8 only as a literal dotted-quad address: "127.example.com" is a name like any other.
+  in_addr v4{};
+  if (std::count(host.begin(), host.end(), '.') == 3 &&
+      inet_pton(AF_INET, host.c_str(), &v4) == 1) {
+    return (ntohl(v4.s_addr) >> 24) == 127;
+  }
+  return host == "localhost";
 }
 
 void SetUpLogging(const std::string& level) {
@@ -78,6 +88,7 @@ ServerConfig DefaultServerConfig() {
   c.service.workers = engine::HardwareThreads();
   c.service.spin_us = 1000;
   c.tune_allocator = true;
+  c.drain_delay_seconds = 5;
   return c;
 }
 
@@ -100,7 +111,12 @@ void Server::Start() {
   const std::string loaded = registry_->LoadAll();
   Log()->info("model store {} ({}): {}", config_.store.string(),
               config_.service.read_only ? "read-only replica" : "read-write", loaded);
-  if (!config_.tokens_file.empty()) auth_.LoadFile(config_.tokens_file.string());
+  if (!config_.tokens_file.empty()) {
+    if (const std::string warning = TokensFileWarning(config_.tokens_file); !warning.empty()) {
+      Log()->warn("{}", warning);
+    }
+    auth_.LoadFile(config_.tokens_file.string());
+  }
   auth_.LoadEnvironment();
   service_ = std::make_unique<DropnetService>(registry_.get(), config_.service, &auth_);
 
@@ -221,11 +237,17 @@ void Server::Shutdown() {
     stopping_ = true;
   }
   cv_.notify_all();
-  Log()->info("shutting down: health NOT_SERVING, trainings save, in-flight calls get {} s",
-              config_.shutdown_grace_seconds);
+  Log()->info(
+      "shutting down: health NOT_SERVING, new calls served for {} s more, then refused while "
+      "in-flight calls get {} s and trainings save",
+      config_.drain_delay_seconds, config_.shutdown_grace_seconds);
   auto* health = server_->GetHealthCheckService();
   health->SetServingStatus(kServiceName, false);
   health->SetServingStatus("", false);
+  // Probes and load balancers take a few seconds to notice; calls they still send are served.
+  if (config_.drain_delay_seconds > 0) {
+    std::this_thread::sleep_for(std::chrono::duration<double>(config_.drain_delay_seconds));
+  }
   service_->StartDraining();
   const auto deadline =
       std::chrono::system_clock::now() +

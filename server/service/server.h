@@ -25,7 +25,11 @@ struct ServerConfig {
   int max_message_bytes = 64 << 20;
   int rpc_threads = 16;                // threads serving the synchronous calls (service.h)
   double poll_interval_seconds = 0;    // > 0: re-read the store for new versions
-  double shutdown_grace_seconds = 10;  // in-flight calls get this long to finish
+  // On shutdown, health turns NOT_SERVING and new calls are still served for drain_delay_seconds
+  // (so that load balancers and probes see it and stop sending); then new calls are refused
+  // (UNAVAILABLE) and the calls in flight get shutdown_grace_seconds to finish.
+  double drain_delay_seconds = 0;
+  double shutdown_grace_seconds = 10;
   bool example = false;                // bootstrap the example model on an empty store
   std::filesystem::path example_data = "/usr/share/datasets/fashion-mnist";
   int example_epochs = 1;
@@ -43,7 +47,8 @@ struct ServerConfig {
 };
 
 // The configuration dropnet-server starts from before its flags: every call computing on all the
-// hardware threads, as many calls at a time, a spin of 1 ms and the allocator tuned for training.
+// hardware threads, as many calls at a time, a spin of 1 ms, the allocator tuned for training and
+// a drain delay of 5 s.
 ServerConfig DefaultServerConfig();
 
 // True for listen addresses only this host can reach: 127.0.0.0/8, localhost, [::1], and Unix
@@ -60,7 +65,8 @@ class Server {
   void Start();
   // The port actually bound (useful with ":0").
   int port() const { return port_; }
-  // Health NOT_SERVING, trainings stop and save, in-flight calls finish within the grace period.
+  // Health NOT_SERVING for the drain delay while calls are still served; then new calls get
+  // UNAVAILABLE, trainings stop and save, and in-flight calls finish within the grace period.
   void Shutdown();
   // Blocks until Shutdown has completed.
   void Wait();

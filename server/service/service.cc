@@ -81,21 +81,19 @@ int ResolveSamples(int requested, int default_samples, int max_samples) {
 
 // The Monte-Carlo options of a PredictUncertainty or Evaluate call `req`: its T (or the default,
 // within the limit), its seed (or a fresh one), the call's engine threads, the memory budget and
-// the model's tau; it stops when the call is cancelled or past its deadline, or the server drains.
+// the model's tau; it stops when the call is cancelled or past its deadline. A server that drains
+// lets it finish: gRPC cancels it when the shutdown grace runs out.
 template <typename Request>
 engine::McOptions MonteCarloOptions(const Request& req, const ServiceConfig& config,
                                     const Snapshot& snap, int threads,
-                                    const grpc::ServerContextBase* ctx,
-                                    const std::atomic<bool>& draining) {
+                                    const grpc::ServerContextBase* ctx) {
   engine::McOptions mo;
   mo.samples = ResolveSamples(req.samples(), config.default_samples, config.max_samples);
   mo.seed = req.has_seed() ? req.seed() : FreshSeed();
   mo.threads = threads;
   mo.memory_budget_bytes = config.mc_memory_budget_bytes;
   mo.tau = snap.tau;
-  mo.should_stop = [ctx, &draining] {
-    return ctx->IsCancelled() || DeadlinePassed(ctx) || draining.load();
-  };
+  mo.should_stop = [ctx] { return ctx->IsCancelled() || DeadlinePassed(ctx); };
   return mo;
 }
 
@@ -133,7 +131,7 @@ grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
                             "the deadline passed while the call waited for a worker");
     } else {
       log->threads = scheduler_.BeginCompute(call);
-      status = Run(method, ctx, role, body, *log);
+      status = BoundedMessage(Run(method, ctx, role, body, *log));
       scheduler_.EndCompute();
     }
     // The answer goes out first; the log line is written after it, off the call's latency.
@@ -281,7 +279,7 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
         log.mode = "monte_carlo";
         SnapshotPtr snap = registry_->Get(req->model());
         log.version = snap->version;
-        engine::McOptions mo = MonteCarloOptions(*req, config_, *snap, log.threads, ctx, draining_);
+        engine::McOptions mo = MonteCarloOptions(*req, config_, *snap, log.threads, ctx);
         if (req->interval() != 0) mo.interval = req->interval();
         if (!(mo.interval > 0 && mo.interval < 1)) {
           Fail(StatusCode::INVALID_ARGUMENT,
@@ -358,15 +356,36 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
     Matrix mean, var;
     double ll_sum = 0;
     const bool mc = req->mode() == v1::EVAL_MODE_MONTE_CARLO;
+    // Both modes compute in batches and stop between two when the call is cancelled or its
+    // deadline passes.
+    const auto stop_if_asked = [ctx] {
+      if (ctx->IsCancelled() || DeadlinePassed(ctx)) {
+        throw engine::Cancelled("the call was cancelled or its deadline passed");
+      }
+    };
     if (!mc) {
-      mean = engine::PredictEval(snap->net, snap->task, snap->loss, x, log.threads, nullptr,
-                                 nullptr, &var);
+      constexpr int64_t kEvalBatch = 8192;
+      for (int64_t r0 = 0; r0 == 0 || r0 < rows; r0 += kEvalBatch) {
+        stop_if_asked();
+        const int64_t n = std::min(kEvalBatch, rows - r0);
+        Matrix batch_var;
+        const Matrix batch_mean =
+            engine::PredictEval(snap->net, snap->task, snap->loss, x.middleRows(r0, n), log.threads,
+                                nullptr, nullptr, &batch_var);
+        if (r0 == 0) {
+          mean.resize(rows, batch_mean.cols());
+          var.resize(batch_var.size() ? rows : 0, batch_var.cols());
+        }
+        mean.middleRows(r0, n) = batch_mean;
+        if (var.rows() == rows && batch_var.rows() == n) var.middleRows(r0, n) = batch_var;
+      }
     } else {
-      engine::McOptions mo = MonteCarloOptions(*req, config_, *snap, log.threads, ctx, draining_);
+      engine::McOptions mo = MonteCarloOptions(*req, config_, *snap, log.threads, ctx);
       const bool want_ll =
           !classify && (snap->tau > 0 || snap->loss == engine::LossKind::kGaussianNll);
       constexpr int64_t kBatch = 256;
       for (int64_t r0 = 0; r0 < rows; r0 += kBatch) {
+        stop_if_asked();
         const int64_t n = std::min(kBatch, rows - r0);
         const Matrix yb = y.middleRows(r0, n);
         mo.targets = want_ll ? &yb : nullptr;

@@ -6,6 +6,25 @@
 
 namespace dropnet::service {
 
+std::string Printable(std::string_view text, size_t max_chars) {
+  std::string out;
+  const std::string_view kept = text.substr(0, max_chars);
+  out.reserve(kept.size() + 3);
+  for (const char ch : kept) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += ch;
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  if (text.size() > max_chars) out += "...";
+  return out;
+}
+
 grpc::Status ToStatus(const std::exception_ptr& error, bool deadline_passed) {
   try {
     std::rethrow_exception(error);

@@ -5,6 +5,7 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 #include <grpcpp/support/status.h>
 
@@ -31,6 +32,16 @@ class ServiceError : public std::runtime_error {
 // engine::Cancelled -> CANCELLED (DEADLINE_EXCEEDED when `deadline_passed`), ServiceError -> its
 // code, std::bad_alloc / std::length_error -> RESOURCE_EXHAUSTED, anything else -> INTERNAL.
 grpc::Status ToStatus(const std::exception_ptr& error, bool deadline_passed = false);
+
+// The longest part of a user-given name that an error message or a log line repeats.
+inline constexpr size_t kEchoedNameChars = 64;
+// The longest error message a call answers with (gRPC sends it as metadata, whose size is capped).
+inline constexpr size_t kMaxErrorMessageChars = 1024;
+
+// `text` made safe to log or echo: at most its first `max_chars` bytes, then "..." when it was
+// longer; bytes outside printable ASCII, and the backslash, as \xNN (so a line break in a name
+// cannot forge a log line).
+std::string Printable(std::string_view text, size_t max_chars = kEchoedNameChars);
 
 using dropnet::StatusCodeName;
 

@@ -335,11 +335,15 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
 TEST(ServerProcessTest, SigtermDrainsAndExitsZero) {
   TempDir temp("dropnet-sigterm-");
   const fs::path& dir = temp.path();
-  Process server({kServer, "--listen", "127.0.0.1:0", "--store", (dir / "store").string()}, dir);
+  Process server({kServer, "--listen", "127.0.0.1:0", "--store", (dir / "store").string(),
+                  "--drain-delay", "1"},
+                 dir);
   ASSERT_FALSE(server.WaitFor(R"(\(port (\d+)\))", true).empty()) << server.err();
   const auto start = std::chrono::steady_clock::now();
   server.Signal(SIGTERM);
   EXPECT_EQ(server.Wait(std::chrono::seconds(10)), 0) << server.err();
+  // Health stays NOT_SERVING for the drain delay before the server stops.
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(900));
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
   EXPECT_NE(server.err().find("health NOT_SERVING"), std::string::npos) << server.err();
 }
@@ -349,7 +353,9 @@ TEST(ServerProcessTest, SigtermDrainsAndExitsZero) {
 TEST(ServerProcessTest, SecondServerOnATakenPortFailsAndSaysSo) {
   TempDir temp("dropnet-port-");
   const fs::path& dir = temp.path();
-  Process first({kServer, "--listen", "127.0.0.1:0", "--store", (dir / "one").string()}, dir);
+  Process first(
+      {kServer, "--listen", "127.0.0.1:0", "--store", (dir / "one").string(), "--drain-delay", "0"},
+      dir);
   const std::smatch m = first.WaitFor(R"(\(port (\d+)\))", true);
   ASSERT_FALSE(m.empty()) << first.err();
   const std::string port = m[1].str();

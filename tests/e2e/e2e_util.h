@@ -32,12 +32,13 @@ inline std::string ListenAddress(Process& server) {
 }
 
 // Starts dropnet-server with one RPC thread on a free loopback port over the store `store`, with
-// the `extra` flags; its output goes to files under `dir`.
+// no drain delay on SIGTERM and the `extra` flags; its output goes to files under `dir`.
 inline std::unique_ptr<Process> StartServerProcess(const std::filesystem::path& dir,
                                                    const std::filesystem::path& store,
                                                    const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> argv = {
-      kServer, "--listen", "127.0.0.1:0", "--store", store.string(), "--threads", "1"};
+  std::vector<std::string> argv = {kServer,   "--listen",      "127.0.0.1:0",
+                                   "--store", store.string(),  "--threads",
+                                   "1",       "--drain-delay", "0"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   return std::make_unique<Process>(argv, dir);
 }

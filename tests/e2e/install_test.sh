@@ -15,7 +15,8 @@ flags=()
 cmake -S "$source_dir/client/examples" -B "$tmp/example" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$tmp/prefix" "${flags[@]}" >/dev/null
 cmake --build "$tmp/example" >/dev/null
-"$tmp/prefix/bin/dropnet-server" --listen 127.0.0.1:0 --store "$tmp/store" --threads 1 2>"$tmp/server.log" &
+"$tmp/prefix/bin/dropnet-server" --listen 127.0.0.1:0 --store "$tmp/store" --threads 1 \
+  --drain-delay 0 2>"$tmp/server.log" &
 server_pid=$!
 for _ in $(seq 100); do
   port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$tmp/server.log")

@@ -8,6 +8,7 @@
 #include "client/client.h"
 #include "server/service/auth.h"
 #include "server/service/server.h"
+#include "tests/testing/temp_dir.h"
 
 namespace dropnet::service {
 namespace {
@@ -209,6 +210,20 @@ TEST_F(SecureServerTest, MutualTlsRequiresAClientCertificate) {
   EXPECT_EQ(CodeOf([&] { ok.ListModels(); }), grpc::StatusCode::OK);
 }
 
+TEST(TokensFileTest, WarnsWhenGroupOrOthersCanReadIt) {
+  dropnet::testing::TempDir dir;
+  const auto path = dir.path() / "tokens";
+  std::ofstream(path) << "admin secret-admin-token\n";
+  fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  const std::string warning = TokensFileWarning(path);
+  EXPECT_NE(warning.find(path.string()), std::string::npos) << warning;
+  EXPECT_NE(warning.find("chmod 600"), std::string::npos) << warning;
+  fs::permissions(path, fs::perms::owner_read | fs::perms::others_read);
+  EXPECT_FALSE(TokensFileWarning(path).empty());
+  fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_EQ(TokensFileWarning(path), "");
+}
+
 TEST_F(SecureServerTest, PlaintextOnlyOnLoopbackUnlessAskedFor) {
   EXPECT_TRUE(IsLoopbackAddress("127.0.0.1:50051"));
   EXPECT_TRUE(IsLoopbackAddress("localhost:1"));
@@ -219,6 +234,12 @@ TEST_F(SecureServerTest, PlaintextOnlyOnLoopbackUnlessAskedFor) {
   EXPECT_TRUE(IsLoopbackAddress("unix:/run/dropnet/dropnet.sock"));
   EXPECT_TRUE(IsLoopbackAddress("unix-abstract:dropnet"));
   EXPECT_FALSE(IsLoopbackAddress("dns:unix.example.com:50051"));
+  // Only a literal 127.0.0.0/8 address is loopback, not a name that starts like one.
+  EXPECT_TRUE(IsLoopbackAddress("127.5.6.7:50051"));
+  EXPECT_TRUE(IsLoopbackAddress("ipv4:127.0.0.1:50051"));
+  EXPECT_FALSE(IsLoopbackAddress("127.0.0.1.example.com:50051"));
+  EXPECT_FALSE(IsLoopbackAddress("127.evil.example:50051"));
+  EXPECT_FALSE(IsLoopbackAddress("127.1:50051"));
 
   ServerConfig c = Config();
   c.listen = "0.0.0.0:0";

@@ -7,9 +7,14 @@
 #include <chrono>
 #include <future>
 #include <limits>
+#include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include "tests/service/service_fixture.h"
 
@@ -79,6 +84,65 @@ TEST_F(ServiceTest, BadNamesAreInvalidArgument) {
   // The longest allowed name and the allowed punctuation.
   ASSERT_OK(CreateModel(std::string(64, 'b'), ClassifierSpec()));
   ASSERT_OK(CreateModel("v1.2_final-B", ClassifierSpec()));
+}
+
+TEST_F(ServiceTest, NamesAreBoundedAndEscapedWhereEchoedOrLogged) {
+  StartServer();
+  std::ostringstream logged;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(logged);
+  auto rpc_log = spdlog::get("rpc");
+  ASSERT_NE(rpc_log, nullptr);
+  rpc_log->sinks().push_back(sink);
+  // A megabyte-long name: the error stays short (within gRPC's metadata limit) and says which
+  // field it is about.
+  const std::string huge(1 << 20, 'n');
+  const grpc::Status s = CreateModel(huge + "/", ClassifierSpec());
+  EXPECT_CODE(s, StatusCode::INVALID_ARGUMENT);
+  EXPECT_LT(s.error_message().size(), 300u) << s.error_message().size();
+  EXPECT_NE(s.error_message().find(std::string(64, 'n') + "..."), std::string::npos);
+  // GetModel writes its log line before it answers, so the line is there to look at below.
+  auto get_model = [&](const std::string& name) {
+    v1::GetModelRequest req;
+    req.set_name(name);
+    v1::GetModelResponse resp;
+    Ctx ctx;
+    return stub_->GetModel(&ctx, req, &resp);
+  };
+  const grpc::Status missing = get_model(huge);
+  EXPECT_CODE(missing, StatusCode::NOT_FOUND);
+  EXPECT_LE(missing.error_message().size(), kMaxErrorMessageChars + 3);
+  // A name with a line break cannot forge a log line: it is logged escaped.
+  EXPECT_CODE(get_model("m\n2030-01-01 FORGED"), StatusCode::NOT_FOUND);
+  rpc_log->flush();
+  rpc_log->sinks().pop_back();
+  const std::string text = logged.str();
+  EXPECT_EQ(text.find("\n2030-01-01 FORGED"), std::string::npos) << text.substr(0, 2000);
+  // No line carries the megabyte name.
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) EXPECT_LT(line.size(), 4096u);
+}
+
+TEST_F(ServiceTest, EvaluateStopsAtItsDeadline) {
+  StartServer();  // one worker: a call still computing holds back the next
+  ASSERT_OK(CreateModel("slow", SlowSpec()));
+  ASSERT_OK(UploadRows("big", ClassificationData(300000, 8, 3), v1::TASK_CLASSIFICATION, 30000));
+  for (const v1::EvalMode mode : {v1::EVAL_MODE_EVAL, v1::EVAL_MODE_MONTE_CARLO}) {
+    v1::EvaluateRequest req;
+    req.set_model("slow");
+    req.set_dataset("big");
+    req.set_mode(mode);
+    req.set_samples(kMaxSamples);
+    v1::EvaluateResponse resp;
+    Ctx short_ctx;
+    short_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    EXPECT_CODE(stub_->Evaluate(&short_ctx, req, &resp), StatusCode::DEADLINE_EXCEEDED);
+    // The worker is free again soon after the deadline, not seconds of work later.
+    req.set_limit(10);
+    const auto start = std::chrono::steady_clock::now();
+    ASSERT_OK(Evaluate(req, &resp));
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(700))
+        << "mode " << mode;
+  }
 }
 
 TEST_F(ServiceTest, BadDropoutRatesAreInvalidArgument) {

@@ -263,6 +263,61 @@ TEST_F(ServiceTest, CallsDuringShutdownAreUnavailable) {
   EXPECT_CODE(CreateModel("n", ClassifierSpec()), StatusCode::UNAVAILABLE);
 }
 
+TEST_F(ServiceTest, ShutdownLetsAnInFlightUncertaintyCallFinish) {
+  ServerConfig config = Config();
+  config.service.max_samples = 100000;
+  config.shutdown_grace_seconds = 30;
+  StartServer(config);
+  ASSERT_OK(CreateModel("slow", SlowSpec()));
+  const Data d = ClassificationData(kMaxBatchRows, 8, 5);
+  // Long enough (about a second) to be running when the shutdown starts.
+  const auto req = UncertaintyRequest("slow", RowsOf(d, kMaxBatchRows), 20000, 1);
+  grpc::Status status;
+  v1::PredictUncertaintyResponse resp;
+  std::thread caller([&] { status = Uncertainty(req, &resp); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto start = std::chrono::steady_clock::now();
+  server_->Shutdown();
+  caller.join();
+  // The call got its grace: it finished with its answer instead of being cut short.
+  ASSERT_OK(status);
+  EXPECT_EQ(resp.mean().shape(0), kMaxBatchRows);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+}
+
+TEST_F(ServiceTest, HealthIsNotServingForTheDrainDelayWhileCallsAreServed) {
+  ServerConfig config = Config();
+  config.drain_delay_seconds = 1;
+  StartServer(config);
+  ASSERT_OK(CreateModel("m", ClassifierSpec()));
+  auto health = Health::NewStub(channel_);
+  const auto start = std::chrono::steady_clock::now();
+  std::thread stopper([&] { server_->Shutdown(); });
+  bool not_serving = false;
+  while (!not_serving && std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+    HealthCheckRequest req;
+    req.set_service("dropnet.v1.Dropnet");
+    HealthCheckResponse resp;
+    Ctx ctx;
+    ASSERT_OK(health->Check(&ctx, req, &resp));
+    not_serving = resp.status() == HealthCheckResponse::NOT_SERVING;
+  }
+  ASSERT_TRUE(not_serving);
+  // Within the delay probes see NOT_SERVING and calls are still answered.
+  v1::PredictResponse pr;
+  ASSERT_OK(Predict("m", Batch(std::vector<float>(4, 0.f), {1, 4}), &pr));
+  HealthCheckRequest req;
+  HealthCheckResponse resp;
+  Ctx ctx;
+  ASSERT_OK(health->Check(&ctx, req, &resp));
+  EXPECT_EQ(resp.status(), HealthCheckResponse::NOT_SERVING);
+  stopper.join();
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(900));
+  // Then new calls are refused as retryable.
+  EXPECT_CODE(Predict("m", Batch(std::vector<float>(4, 0.f), {1, 4}), &pr),
+              StatusCode::UNAVAILABLE);
+}
+
 // ---- Health ----
 
 TEST_F(ServiceTest, HealthServingThenNotServingOnShutdown) {
