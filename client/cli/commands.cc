@@ -87,14 +87,32 @@ void PrintModel(const v1::ModelInfo& m, Format f) {
   if (!m.spec().description().empty()) {
     std::cout << "about       " << m.spec().description() << "\n";
   }
+  if (m.class_names_size()) {
+    std::cout << "classes    ";
+    for (int i = 0; i < m.class_names_size(); ++i)
+      std::cout << (i ? ", " : " ") << m.class_names(i);
+    std::cout << "\n";
+  }
   std::cout << "layers\n";
   for (int i = 0; i < m.spec().layers_size(); ++i) {
     const auto& l = m.spec().layers(i);
     std::cout << "  " << std::setw(2) << i << "  " << l.type();
     if (l.units()) std::cout << " " << l.units();
     if (l.rate() > 0) std::cout << " rate " << l.rate();
+    const v1::LearnedRateRange* range = nullptr;
+    for (const auto& r : m.learned_rate_ranges())
+      if (r.layer() == i) range = &r;
     auto it = m.learned_rates().find(i);
-    if (it != m.learned_rates().end()) std::cout << " (learned rate " << Fixed(it->second) << ")";
+    if (range && range->count() > 1) {
+      std::cout << " (learned rates min " << Fixed(range->min()) << ", mean "
+                << Fixed(range->mean()) << ", max " << Fixed(range->max()) << ")";
+    } else if (it != m.learned_rates().end()) {
+      std::cout << " (learned rate " << Fixed(it->second) << ")";
+    }
+    auto pruned = m.pruned_fraction().find(i);
+    if (pruned != m.pruned_fraction().end()) {
+      std::cout << " (pruned " << Fixed(100 * pruned->second, 1) << "%)";
+    }
     std::cout << "\n";
   }
   if (m.history_size()) {

@@ -69,6 +69,12 @@ class ModelInfo:
     history: Tuple[EpochRecord, ...]
     learned_rates: Dict[int, float]
     created: Optional[datetime.datetime]
+    # Per learned-rate layer index: (min, mean, max) of its rates.
+    learned_rate_ranges: Dict[int, Tuple[float, float, float]]
+    # Per sparse_vd layer index: the fraction of weights pruned in prediction.
+    pruned_fraction: Dict[int, float]
+    # Classification: the training data set's class names, in label order (may be empty).
+    class_names: Tuple[str, ...]
     spec: Dict[str, Any] = _field()
     proto: service_pb2.ModelInfo = _field()
 
@@ -81,6 +87,8 @@ class ModelInfo:
             training=m.training, steps=m.steps,
             history=tuple(EpochRecord.from_proto(r) for r in m.history),
             learned_rates=dict(m.learned_rates), created=_time(m.created_unix_ms),
+            learned_rate_ranges={r.layer: (r.min, r.mean, r.max) for r in m.learned_rate_ranges},
+            pruned_fraction=dict(m.pruned_fraction), class_names=tuple(m.class_names),
             spec=_convert.message_dict(m.spec), proto=m)
 
 

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <utility>
+#include <vector>
 
 #include "server/engine/layer_types.h"
 #include "server/service/status.h"
@@ -89,6 +90,21 @@ engine::LayerConfig ToLayerConfig(const v1::LayerSpec& l, const std::string& whe
 
 std::string LayerField(int index) { return "spec.layers[" + std::to_string(index) + "]"; }
 
+// A field that the layer's type does not read would be stored and shown while doing nothing:
+// refuse every set field (a proto3 scalar that is not its default, an optional that is present)
+// other than the type's own options. An unknown type is left to the planner, which names it.
+void CheckOptionsRead(const v1::LayerSpec& l, int index) {
+  const engine::LayerType* type = engine::FindLayerType(l.type());
+  if (!type) return;
+  std::vector<const google::protobuf::FieldDescriptor*> set;
+  l.GetReflection()->ListFields(l, &set);
+  for (const auto* field : set) {
+    if (field->number() == v1::LayerSpec::kTypeFieldNumber || type->Reads(field->name())) continue;
+    throw InvalidArgument(LayerField(index) + " (" + l.type() + "): field '" + field->name() +
+                          "' does not apply to a " + l.type() + " layer; remove it");
+  }
+}
+
 // The server's limits, imposed in layer order while the engine plans the network: the size
 // options a layer reads before its checks, its parameters and output width after them.
 engine::PlanHooks LimitHooks(const SpecLimits& limits, int64_t* params) {
@@ -163,6 +179,7 @@ engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& l
     throw InvalidArgument("spec.tau must be finite and >= 0, got " + std::to_string(spec.tau()));
   }
   for (int i = 0; i < spec.layers_size(); ++i) {
+    CheckOptionsRead(spec.layers(i), i);
     out.layers.push_back(ToLayerConfig(spec.layers(i), LayerField(i)));
   }
   out.seed = spec.seed();
@@ -350,6 +367,7 @@ void ToCheckpoint(const Snapshot& s, v1::Checkpoint* out) {
   for (const auto& h : s.history) *out->add_history() = h;
   out->set_created_unix_ms(s.created_unix_ms);
   out->set_note(s.note);
+  for (const auto& c : s.class_names) out->add_class_names(c);
 }
 
 namespace {
@@ -417,6 +435,7 @@ std::shared_ptr<Snapshot> FromCheckpoint(const v1::Checkpoint& c, const SpecLimi
   s->history.assign(c.history().begin(), c.history().end());
   s->created_unix_ms = c.created_unix_ms();
   s->note = c.note();
+  s->class_names.assign(c.class_names().begin(), c.class_names().end());
   return s;
 }
 

@@ -234,7 +234,19 @@ void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
     double sum = 0;
     for (double r : rates) sum += r;
     (*info->mutable_learned_rates())[i] = sum / static_cast<double>(rates.size());
+    auto* range = info->add_learned_rate_ranges();
+    range->set_layer(i);
+    range->set_count(static_cast<int64_t>(rates.size()));
+    range->set_min(*std::min_element(rates.begin(), rates.end()));
+    range->set_mean(sum / static_cast<double>(rates.size()));
+    range->set_max(*std::max_element(rates.begin(), rates.end()));
   }
+  // Pruning layers (sparse VD): the fraction of weights that prediction drops.
+  for (int i = 0; i < s.net.size(); ++i) {
+    const double pruned = s.net.layer(i).Sparsity();
+    if (pruned >= 0) (*info->mutable_pruned_fraction())[i] = pruned;
+  }
+  for (const auto& c : s.class_names) info->add_class_names(c);
   std::lock_guard lock(mu_);
   auto it = models_.find(s.model);
   if (it != models_.end()) {

@@ -82,13 +82,20 @@ int ResolveSamples(int requested, int default_samples, int max_samples) {
 // The Monte-Carlo options of a PredictUncertainty or Evaluate call `req`: its T (or the default,
 // within the limit), its seed (or a fresh one), the call's engine threads, the memory budget and
 // the model's tau; it stops when the call is cancelled or past its deadline. A server that drains
-// lets it finish: gRPC cancels it when the shutdown grace runs out.
+// lets it finish: gRPC cancels it when the shutdown grace runs out. A model without a stochastic
+// layer is FAILED_PRECONDITION: its samples would all be equal, and a zero spread would read as
+// certainty; `instead` names the deterministic call to use.
 template <typename Request>
 engine::McOptions MonteCarloOptions(const Request& req, const ServiceConfig& config,
                                     const Snapshot& snap, int threads,
-                                    const grpc::ServerContextBase* ctx) {
+                                    const grpc::ServerContextBase* ctx, const char* instead) {
   engine::McOptions mo;
   mo.samples = ResolveSamples(req.samples(), config.default_samples, config.max_samples);
+  if (snap.net.FirstStochasticLayer() >= snap.net.size()) {
+    Fail(StatusCode::FAILED_PRECONDITION,
+         "model '" + snap.model +
+             "' has no stochastic layer: Monte-Carlo samples would all be equal; use " + instead);
+  }
   mo.seed = req.has_seed() ? req.seed() : FreshSeed();
   mo.threads = threads;
   mo.memory_budget_bytes = config.mc_memory_budget_bytes;
@@ -256,6 +263,7 @@ grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* c
         out.row(r).maxCoeff(&arg);
         resp->add_predicted_class(static_cast<int32_t>(arg));
       }
+      for (const auto& c : snap->class_names) resp->add_class_names(c);
     }
     return SerializeResponse(*resp, response);
   });
@@ -279,7 +287,8 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
         log.mode = "monte_carlo";
         SnapshotPtr snap = registry_->Get(req->model());
         log.version = snap->version;
-        engine::McOptions mo = MonteCarloOptions(*req, config_, *snap, log.threads, ctx);
+        engine::McOptions mo =
+            MonteCarloOptions(*req, config_, *snap, log.threads, ctx, "Predict");
         if (req->interval() != 0) mo.interval = req->interval();
         if (!(mo.interval > 0 && mo.interval < 1)) {
           Fail(StatusCode::INVALID_ARGUMENT,
@@ -307,6 +316,7 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
           add(r.mutual_information, resp->mutable_mutual_information());
           add(r.variation_ratio, resp->mutable_variation_ratio());
           resp->mutable_predicted_class()->Add(r.predicted_class.begin(), r.predicted_class.end());
+          for (const auto& c : snap->class_names) resp->add_class_names(c);
         } else {
           ToTensor(r.total_variance, resp->mutable_total_variance());
           ToTensor(r.lower, resp->mutable_lower());
@@ -380,7 +390,8 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
         if (var.rows() == rows && batch_var.rows() == n) var.middleRows(r0, n) = batch_var;
       }
     } else {
-      engine::McOptions mo = MonteCarloOptions(*req, config_, *snap, log.threads, ctx);
+      engine::McOptions mo =
+          MonteCarloOptions(*req, config_, *snap, log.threads, ctx, "Evaluate in eval mode");
       const bool want_ll =
           !classify && (snap->tau > 0 || snap->loss == engine::LossKind::kGaussianNll);
       constexpr int64_t kBatch = 256;

@@ -29,7 +29,7 @@ namespace dropnet::service {
 struct ServiceConfig {
   std::filesystem::path data_root;  // ImportDataset reads only below it; empty: disabled
   int64_t max_batch_rows = 65536;   // Predict, PredictUncertainty
-  int max_samples = 1000;           // PredictUncertainty, Evaluate: T limit
+  int max_samples = 10000;          // PredictUncertainty, Evaluate: T limit
   int default_samples = 50;
   int max_concurrent_trainings = 2;
   int compute_threads = 1;         // threads one request computes on

@@ -29,6 +29,8 @@ struct Snapshot {
   std::vector<v1::EpochRecord> history;
   int64_t created_unix_ms = 0;
   std::string note;
+  // Classification: the training data set's class names, in label order; may be empty.
+  std::vector<std::string> class_names;
 
   explicit Snapshot(engine::Network n) : net(std::move(n)) {}
 };

@@ -80,6 +80,7 @@ class TrainingJob {
         lease_(std::move(lease)),
         sink_(sink),
         standardizer_(base_->standardizer),
+        class_names_(base_->class_names),
         history_(base_->history),
         published_version_(base_->version),
         log_(Logger("train")) {}
@@ -108,6 +109,8 @@ class TrainingJob {
   const std::unique_ptr<Registry::TrainingLease> lease_;
   const TrainSink& sink_;
   engine::Standardizer standardizer_;
+  // The class names every version of this run carries: the data set's, when it names its classes.
+  std::vector<std::string> class_names_;
   std::vector<v1::EpochRecord> history_;
   int64_t published_version_;
   int64_t published_steps_ = 0;
@@ -120,6 +123,9 @@ grpc::Status TrainingJob::Run(const std::shared_ptr<const engine::Dataset>& data
                               const std::atomic<bool>& draining) {
   engine::Network net = base_->net;  // the private copy that trains
   const std::shared_ptr<const engine::Dataset> train_data = TrainingRows(data);
+  if (base_->task == engine::Task::kClassification && !data->class_names.empty()) {
+    class_names_ = data->class_names;
+  }
   run_start_ = std::chrono::steady_clock::now();
   std::atomic<bool>& cancel = lease_->cancel();
   engine::TrainProgress start;
@@ -174,6 +180,7 @@ int64_t TrainingJob::Publish(const engine::Network& n, int64_t run_steps, const 
   next->loss = base_->loss;
   next->tau = base_->tau;
   next->standardizer = standardizer_;
+  next->class_names = class_names_;
   next->steps = base_->steps + run_steps;
   next->history = history_;
   next->note = note;

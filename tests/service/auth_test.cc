@@ -99,6 +99,9 @@ class SecureServerTest : public ::testing::Test {
   static v1::ModelSpec SmallSpec() {
     v1::ModelSpec spec;
     spec.add_input_shape(3);
+    auto* drop = spec.add_layers();  // PredictUncertainty needs a stochastic layer
+    drop->set_type("dropout");
+    drop->set_rate(0.5);
     auto* l = spec.add_layers();
     l->set_type("dense");
     l->set_units(2);

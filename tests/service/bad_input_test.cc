@@ -742,6 +742,7 @@ std::vector<Case> FamilyTable() {
         conv(s)->set_kernel_size(9);
         conv(s)->set_padding(1);
         s->mutable_layers(2)->set_type("relu");
+        s->mutable_layers(2)->clear_pool_size();
       }));
   t.push_back(SpecCase("conv kernel huge", RE, "kernel_size", ConvSpec,
                        [=](v1::ModelSpec* s) { conv(s)->set_kernel_size(kIntMax); }));
@@ -752,6 +753,7 @@ std::vector<Case> FamilyTable() {
   t.push_back(SpecCase("conv stride larger than input", OK, "", ConvSpec, [=](v1::ModelSpec* s) {
     conv(s)->set_stride(100);
     s->mutable_layers(2)->set_type("relu");
+    s->mutable_layers(2)->clear_pool_size();
   }));
   t.push_back(SpecCase("conv padding negative", IA, "padding", ConvSpec,
                        [=](v1::ModelSpec* s) { conv(s)->set_padding(-1); }));

@@ -15,6 +15,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/message_differencer.h>
 
+#include "server/engine/layer_types.h"
 #include "server/engine/mc.h"
 #include "server/engine/trainer.h"
 #include "server/service/status.h"
@@ -135,6 +136,57 @@ TEST(ToNetworkSpecTest, MessagesNameTheField) {
     v1::ModelSpec spec = ClassifierSpec();
     spec.set_task(static_cast<v1::Task>(42));
     EXPECT_NE(SpecError(spec).find("spec.task"), std::string::npos);
+  }
+}
+
+TEST(ToNetworkSpecTest, FieldsTheLayerTypeDoesNotReadAreRefused) {
+  // A dense layer with a drop rate would be stored and shown as "rate 0.5" while nothing drops.
+  {
+    v1::ModelSpec spec;
+    ASSERT_TRUE(
+        google::protobuf::util::JsonStringToMessage(
+            R"({"inputShape": [4], "layers": [{"type": "dense", "units": 2, "rate": 0.5}]})", &spec)
+            .ok());
+    const std::string msg = SpecError(spec);
+    EXPECT_NE(msg.find("spec.layers[0] (dense)"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'rate'"), std::string::npos) << msg;
+  }
+  // Spatial dropout has no classic scaling.
+  {
+    v1::ModelSpec spec;
+    spec.add_input_shape(2);
+    spec.add_input_shape(4);
+    AddLayer(&spec, "spatial_dropout1d", 0, 0.2)->set_classic_scaling(true);
+    AddLayer(&spec, "flatten");
+    AddLayer(&spec, "dense", 2);
+    const std::string msg = SpecError(spec);
+    EXPECT_NE(msg.find("spec.layers[0] (spatial_dropout1d)"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'classic_scaling'"), std::string::npos) << msg;
+  }
+  // An optional field counts as set when present, even at its default value.
+  {
+    v1::ModelSpec spec = ClassifierSpec();
+    spec.mutable_layers(1)->set_use_bias(true);
+    const std::string msg = SpecError(spec);
+    EXPECT_NE(msg.find("spec.layers[1] (relu)"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'use_bias'"), std::string::npos) << msg;
+  }
+  // Every field a type reads is accepted.
+  {
+    v1::ModelSpec spec = ClassifierSpec();
+    spec.mutable_layers(0)->set_use_bias(false);
+    spec.mutable_layers(0)->set_init("he_normal");
+    spec.mutable_layers(2)->set_classic_scaling(true);
+    EXPECT_EQ(SpecError(spec), "");
+  }
+  // The table names every option that LayerSpec has besides its type.
+  const auto* descriptor = v1::LayerSpec::descriptor();
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    const std::string name = descriptor->field(i)->name();
+    if (name == "type") continue;
+    bool read = false;
+    for (const engine::LayerType& t : engine::LayerTypes()) read = read || t.Reads(name);
+    EXPECT_TRUE(read) << "no layer type reads LayerSpec." << name;
   }
 }
 
@@ -391,6 +443,17 @@ TEST(CheckpointTest, RoundTripIsBitIdentical) {
   const auto mc_after = engine::MonteCarloPredict(after->net, after->task, after->loss, xa, mo);
   EXPECT_TRUE(BitEqual(mc_before.mean, mc_after.mean));
   EXPECT_TRUE(BitEqual(mc_before.stddev, mc_after.stddev));
+}
+
+TEST(CheckpointTest, ClassNamesRoundTrip) {
+  auto before = NewSnapshot("named", ClassifierSpec(), SpecLimits{});
+  before->class_names = {"cat", "dog", "emu"};
+  v1::Checkpoint c;
+  ToCheckpoint(*before, &c);
+  ASSERT_EQ(c.class_names_size(), 3);
+  EXPECT_EQ(c.class_names(2), "emu");
+  auto after = FromCheckpoint(c, SpecLimits{});
+  EXPECT_EQ(after->class_names, before->class_names);
 }
 
 TEST(CheckpointTest, TensorsThatDoNotFitTheSpecAreRejected) {

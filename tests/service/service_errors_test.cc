@@ -221,6 +221,42 @@ TEST_F(ServiceTest, SampleLimits) {
   EXPECT_CODE(Evaluate(ev, &er), StatusCode::INVALID_ARGUMENT);
 }
 
+TEST_F(ServiceTest, MonteCarloOnADeterministicModelIsFailedPrecondition) {
+  StartServer();
+  // input [4] -> dense 8 -> relu -> dense 3: nothing stochastic, every sample would be equal.
+  v1::ModelSpec spec;
+  spec.add_input_shape(4);
+  AddLayer(&spec, "dense", 8);
+  AddLayer(&spec, "relu");
+  AddLayer(&spec, "dense", 3);
+  ASSERT_OK(CreateModel("plain", spec));
+  ASSERT_OK(UploadRows("d", ClassificationData(20, 4, 1)));
+  const v1::Tensor x = Batch(std::vector<float>(4, 0.1f), {1, 4});
+  v1::PredictUncertaintyResponse r;
+  const grpc::Status mc = Uncertainty(UncertaintyRequest("plain", x, 8, 1), &r);
+  EXPECT_CODE(mc, StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(mc.error_message().find("model 'plain' has no stochastic layer"), std::string::npos)
+      << mc.error_message();
+  EXPECT_NE(mc.error_message().find("use Predict"), std::string::npos) << mc.error_message();
+
+  v1::EvaluateRequest ev;
+  ev.set_model("plain");
+  ev.set_dataset("d");
+  ev.set_mode(v1::EVAL_MODE_MONTE_CARLO);
+  v1::EvaluateResponse er;
+  EXPECT_CODE(Evaluate(ev, &er), StatusCode::FAILED_PRECONDITION);
+  ev.set_mode(v1::EVAL_MODE_EVAL);
+  ASSERT_OK(Evaluate(ev, &er));
+  v1::PredictResponse pr;
+  ASSERT_OK(Predict("plain", x, &pr));
+
+  // A dropout layer with rate 0 is the identity: still nothing stochastic.
+  spec.mutable_layers(1)->set_type("dropout");
+  ASSERT_OK(CreateModel("zero_rate", spec));
+  EXPECT_CODE(Uncertainty(UncertaintyRequest("zero_rate", x, 8, 1), &r),
+              StatusCode::FAILED_PRECONDITION);
+}
+
 TEST_F(ServiceTest, BatchAboveTheRowLimitIsResourceExhausted) {
   StartServer();
   ASSERT_OK(CreateModel("m", ClassifierSpec()));

@@ -65,6 +65,61 @@ TEST_F(ServiceTest, GetModelReportsSpecVersionsAndHistory) {
   EXPECT_FALSE(m.training());
 }
 
+TEST_F(ServiceTest, GetModelReportsRateRangesAndPrunedFractions) {
+  StartServer();
+  // input [4] -> concrete_dropout per unit (dense 6) -> sparse_vd 3.
+  v1::ModelSpec spec;
+  spec.add_input_shape(4);
+  v1::LayerSpec* concrete = AddLayer(&spec, "concrete_dropout", 6);
+  concrete->set_per_unit(true);
+  concrete->set_init_rate(0.2);
+  AddLayer(&spec, "sparse_vd", 3);
+  ASSERT_OK(CreateModel("learned", spec));
+  const v1::ModelInfo m = GetModel("learned");
+  ASSERT_EQ(m.learned_rate_ranges_size(), 2);
+  const v1::LearnedRateRange& per_unit = m.learned_rate_ranges(0);
+  EXPECT_EQ(per_unit.layer(), 0);
+  EXPECT_EQ(per_unit.count(), 4);  // one rate per input unit
+  EXPECT_NEAR(per_unit.min(), 0.2, 1e-6);
+  EXPECT_NEAR(per_unit.mean(), 0.2, 1e-6);
+  EXPECT_NEAR(per_unit.max(), 0.2, 1e-6);
+  EXPECT_NEAR(m.learned_rates().at(0), per_unit.mean(), 1e-12);
+  EXPECT_EQ(m.learned_rate_ranges(1).layer(), 1);
+  EXPECT_LE(m.learned_rate_ranges(1).min(), m.learned_rate_ranges(1).max());
+  // Fresh weights have log sigma^2 = -10: none is pruned yet.
+  ASSERT_EQ(m.pruned_fraction().size(), 1u);
+  EXPECT_EQ(m.pruned_fraction().at(1), 0.0);
+  EXPECT_EQ(m.class_names_size(), 0);
+}
+
+TEST_F(ServiceTest, TrainingOnNamedClassesNamesThemInModelAndPredictions) {
+  StartServer();
+  std::string csv = "a,b,c,d,animal\n";
+  const Data d = ClassificationData(48, 4, 5);
+  const char* names[3] = {"emu", "cat", "dog"};
+  for (int64_t r = 0; r < d.rows; ++r) {
+    for (int c = 0; c < 4; ++c) csv += std::to_string(d.x[r * 4 + c]) + ",";
+    csv += names[static_cast<int>(d.y[r])];
+    csv += "\n";
+  }
+  v1::UploadDatasetResponse up;
+  ASSERT_OK(UploadCsv("animals", csv, 4096, v1::DatasetHeader(), &up));
+  ASSERT_OK(CreateModel("m", ClassifierSpec()));
+  EXPECT_EQ(GetModel("m").class_names_size(), 0);
+  ASSERT_OK(Train(TrainRequest("m", "animals", 1, 16)));
+  const std::vector<std::string> sorted = {"cat", "dog", "emu"};
+  const v1::ModelInfo m = GetModel("m");
+  EXPECT_EQ(std::vector<std::string>(m.class_names().begin(), m.class_names().end()), sorted);
+
+  const v1::Tensor x = RowsOf(d, 2);
+  v1::PredictResponse pr;
+  ASSERT_OK(Predict("m", x, &pr));
+  EXPECT_EQ(std::vector<std::string>(pr.class_names().begin(), pr.class_names().end()), sorted);
+  v1::PredictUncertaintyResponse ur;
+  ASSERT_OK(Uncertainty(UncertaintyRequest("m", x, 4, 1), &ur));
+  EXPECT_EQ(std::vector<std::string>(ur.class_names().begin(), ur.class_names().end()), sorted);
+}
+
 TEST_F(ServiceTest, ListModelsIsSortedByName) {
   StartServer();
   for (const char* name : {"charlie", "alpha", "bravo", "Zulu"}) {
