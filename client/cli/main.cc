@@ -13,9 +13,9 @@
 //
 // Global options (--server, --timeout, --tls, --ca, --cert, --key, --token-file, -o/--format) go
 // anywhere on the line. The server comes from --server or DROPNET_SERVER (default
-// 127.0.0.1:50051); a bearer token from DROPNET_TOKEN or --token-file. Exit status: 0 on success, 1 for a local error (a file that cannot
-// be read), 2 for bad usage, 10 + the gRPC status code for an error from the server (15 for
-// NOT_FOUND, 13 for INVALID_ARGUMENT, ...), 130 after Ctrl-C.
+// 127.0.0.1:50051); a bearer token from DROPNET_TOKEN or --token-file. Exit status: 0 on success, 1
+// for a local error (a file that cannot be read), 2 for bad usage, 10 + the gRPC status code for an
+// error from the server (15 for NOT_FOUND, 13 for INVALID_ARGUMENT, ...), 130 after Ctrl-C.
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -113,9 +113,10 @@ void AddGlobalOptions(CLI::App& app, Args& a) {
   app.add_option("--server", g.server, "host:port of the server")
       ->envname("DROPNET_SERVER")
       ->capture_default_str();
-  g.timeout_opt = app.add_option("--timeout", g.timeout, "seconds each call may take (training excepted)")
-                                 ->capture_default_str()
-                                 ->check(CLI::PositiveNumber);
+  g.timeout_opt =
+      app.add_option("--timeout", g.timeout, "seconds each call may take (training excepted)")
+          ->capture_default_str()
+          ->check(CLI::PositiveNumber);
   app.add_flag("--tls", g.tls, "connect with TLS (system roots unless --ca)");
   app.add_option("--ca", g.ca, "CA certificate (PEM) to verify the server; implies --tls")
       ->check(CLI::ExistingFile);
