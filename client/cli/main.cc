@@ -9,11 +9,13 @@
 //   dropnet evaluate MODEL --data NAME [--mc-samples T]
 //   dropnet bench MODEL [--concurrency 1,2,4,8 --duration S --count N --json ...]
 //   dropnet demo
+//   dropnet help [COMMAND...] | completion bash | --version
 //
-// The server comes from --server or DROPNET_SERVER (default 127.0.0.1:50051); a bearer token from
-// DROPNET_TOKEN or --token-file. Exit status: 0 on success, 1 for a local error (a file that cannot
-// be read), 2 for bad usage, 10 + the gRPC status code for an error from the server (15 for
-// NOT_FOUND, 13 for INVALID_ARGUMENT, ...), 130 after Ctrl-C.
+// Global options (--server, --timeout, --tls, --ca, --cert, --key, --token-file, -o/--format) go
+// anywhere on the line. The server comes from --server or DROPNET_SERVER (default
+// 127.0.0.1:50051); a bearer token from DROPNET_TOKEN or --token-file. Exit status: 0 on success, 1
+// for a local error (a file that cannot be read), 2 for bad usage, 10 + the gRPC status code for an
+// error from the server (15 for NOT_FOUND, 13 for INVALID_ARGUMENT, ...), 130 after Ctrl-C.
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -31,6 +33,7 @@
 #include "client/cli/commands.h"
 #include "client/cli/demo.h"
 #include "client/cli/output.h"
+#include "client/cli/usage.h"
 #include "client/client.h"
 
 namespace dc = dropnet::client;
@@ -44,6 +47,7 @@ struct Global {
   double timeout = 30;
   bool tls = false;
   std::string ca, cert, key, token_file;
+  CLI::Option* timeout_opt = nullptr;
 };
 
 dc::ClientOptions MakeClientOptions(const Global& g) {
@@ -69,6 +73,9 @@ struct Args {
   Global g;
   std::string format = "table", output, target, task = "classification", spec, name, path, labels;
   std::string health_service;
+  std::vector<std::string> help_words;
+  std::string shell;
+  CLI::App *help = nullptr, *completion = nullptr;
   CLI::App *health = nullptr, *m_list = nullptr, *m_get = nullptr, *m_create = nullptr,
            *m_delete = nullptr;
   // data
@@ -98,13 +105,18 @@ struct Args {
   CLI::App* demo = nullptr;
 };
 
-void AddGlobalOptions(CLI::App& app, Global& g) {
+void AddGlobalOptions(CLI::App& app, Args& a) {
+  Global& g = a.g;
+  app.add_option("-o,--format", a.format, "output: table, csv or json")
+      ->check(CLI::IsMember({"table", "csv", "json"}))
+      ->capture_default_str();
   app.add_option("--server", g.server, "host:port of the server")
       ->envname("DROPNET_SERVER")
       ->capture_default_str();
-  app.add_option("--timeout", g.timeout, "seconds each call may take (training excepted)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  g.timeout_opt =
+      app.add_option("--timeout", g.timeout, "seconds each call may take (training excepted)")
+          ->capture_default_str()
+          ->check(CLI::PositiveNumber);
   app.add_flag("--tls", g.tls, "connect with TLS (system roots unless --ca)");
   app.add_option("--ca", g.ca, "CA certificate (PEM) to verify the server; implies --tls")
       ->check(CLI::ExistingFile);
@@ -131,11 +143,6 @@ void AddModelCommands(CLI::App& app, Args& a) {
       ->check(CLI::ExistingFile);
   a.m_delete = models->add_subcommand("delete", "delete a model and all its versions");
   a.m_delete->add_option("name", a.name)->required();
-  for (auto* s : {a.m_list, a.m_get}) {
-    s->add_option("--format", a.format)
-        ->check(CLI::IsMember({"table", "json"}))
-        ->capture_default_str();
-  }
 }
 
 void AddDataCommands(CLI::App& app, Args& a) {
@@ -159,7 +166,6 @@ void AddDataCommands(CLI::App& app, Args& a) {
     s->add_flag("--overwrite", a.overwrite, "replace a data set of that name");
   }
   a.d_list = data->add_subcommand("list", "all data sets");
-  a.d_list->add_option("--format", a.format)->check(CLI::IsMember({"table", "csv", "json"}));
   a.d_delete = data->add_subcommand("delete", "delete a data set");
   a.d_delete->add_option("name", a.name)->required();
 }
@@ -197,9 +203,6 @@ void AddPredictCommands(CLI::App& app, Args& a) {
         ->required()
         ->check(CLI::ExistingFile);
     s->add_option("--target", a.target, "a column to ignore (the target)");
-    s->add_option("--format", a.format)
-        ->check(CLI::IsMember({"table", "csv", "json"}))
-        ->capture_default_str();
     s->add_option("--output", a.output, "write to this file instead of stdout");
   }
 
@@ -210,7 +213,6 @@ void AddPredictCommands(CLI::App& app, Args& a) {
                          "Monte-Carlo dropout with T passes (0: eval mode)");
   a.eval_seed = a.evaluate->add_option("--seed", a.seed, "Monte-Carlo seed");
   a.evaluate->add_option("--limit", a.limit, "only the first N rows");
-  a.evaluate->add_option("--format", a.format)->check(CLI::IsMember({"table", "csv", "json"}));
 }
 
 void AddBenchAndDemo(CLI::App& app, Args& a) {
@@ -258,7 +260,7 @@ void AddBenchAndDemo(CLI::App& app, Args& a) {
   bench->add_option("--seed", bo.seed, "picks the rows")->capture_default_str();
   bench->add_flag("--shared-channel", a.bench_shared,
                   "every worker on one channel (one connection) instead of one each");
-  bench->add_flag("--json", a.bench_json, "machine-readable results on stdout");
+  bench->add_flag("--json", a.bench_json, "machine-readable results on stdout (as -o json)");
   bench->add_flag("--quiet,-q", a.bench_quiet, "no progress lines on stderr");
 
   a.demo = app.add_subcommand("demo", "a tour: a confident and an ambiguous item side by side");
@@ -274,7 +276,7 @@ int RunBench(const dc::ClientOptions& client_options, Args& a) {
   a.bench_options.shared_channel = a.bench_shared;
   auto report =
       cli::RunBench(client_options, a.bench_options, a.bench_quiet ? nullptr : &std::cerr);
-  if (a.bench_json)
+  if (a.bench_json || a.format == "json")
     std::cout << report.ToJson().dump(2) << "\n";
   else
     report.PrintTable(std::cout);
@@ -375,18 +377,70 @@ int Run(const Args& a, const dc::ClientOptions& client_options) {
   return 0;
 }
 
+void AddHelpCommands(CLI::App& app, Args& a) {
+  a.help = app.add_subcommand("help", "help about any command: dropnet help models list");
+  a.help->add_option("command", a.help_words, "the command words");
+  a.completion =
+      app.add_subcommand("completion", "a shell completion script: dropnet completion bash");
+  a.completion->add_option("shell", a.shell)->required()->check(CLI::IsMember({"bash"}));
+}
+
+// `dropnet help [COMMAND...]`: that command's help on stdout.
+int RunHelp(const CLI::App& app, const Args& a) {
+  std::vector<std::string> path;
+  for (const auto& w : a.help_words) {
+    const CLI::App* parent = cli::FindCommand(app, path);
+    path.push_back(w);
+    if (cli::FindCommand(app, path) == nullptr) {
+      std::cerr << "dropnet: unknown help topic '" << w << "'";
+      if (auto near = cli::NearestName(w, cli::SubcommandNames(*parent))) {
+        std::cerr << ", did you mean '" << *near << "'?";
+      }
+      std::cerr << "\n";
+      return 2;
+    }
+  }
+  // Usage lines name the whole command: "dropnet models list".
+  std::string name = "dropnet";
+  for (const auto& w : path) name += " " + w;
+  const CLI::App* command = cli::FindCommand(app, path);
+  std::cout << command->get_formatter()->make_help(command, name, CLI::AppFormatMode::Normal);
+  return 0;
+}
+
+// The client's options; evaluate, which may run Monte-Carlo dropout over a whole data set, gets
+// ten minutes unless --timeout says otherwise.
+dc::ClientOptions ClientOptionsFor(const Args& a) {
+  dc::ClientOptions o = MakeClientOptions(a.g);
+  if (*a.evaluate && a.g.timeout_opt->count() == 0) o.deadline = std::chrono::minutes(10);
+  return o;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"dropnet: train, query and inspect models on a dropnet server"};
+  app.name("dropnet");
   app.require_subcommand(1);
+  app.fallthrough();  // global options anywhere on the line, as kubectl takes them
+  app.set_version_flag("--version", std::string("dropnet ") + DROPNET_VERSION);
   Args a;
-  AddGlobalOptions(app, a.g);
+  AddGlobalOptions(app, a);
   AddModelCommands(app, a);
   AddDataCommands(app, a);
   AddTrainCommand(app, a);
   AddPredictCommands(app, a);
   AddBenchAndDemo(app, a);
+  AddHelpCommands(app, a);
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {  // as git: the command list, exit status 1
+    std::cout << app.help();
+    return 1;
+  }
+  if (const std::string message = cli::CheckCommandWords(app, args); !message.empty()) {
+    std::cerr << "dropnet: " << message << "\nRun 'dropnet help' for the list of commands.\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -394,8 +448,13 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
 
+  if (*a.help) return RunHelp(app, a);
+  if (*a.completion) {
+    cli::WriteBashCompletion(app, "dropnet", std::cout);
+    return 0;
+  }
   try {
-    const dc::ClientOptions client_options = MakeClientOptions(a.g);
+    const dc::ClientOptions client_options = ClientOptionsFor(a);
     if (*a.bench) return RunBench(client_options, a);
     return Run(a, client_options);
   } catch (const dc::ClientError& e) {
@@ -403,6 +462,10 @@ int main(int argc, char** argv) {
     if (e.code() == grpc::StatusCode::UNAVAILABLE) {
       std::cerr << "(is dropnet-server running at " << a.g.server
                 << "? scripts/run.sh starts one)\n";
+    }
+    if (e.code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      std::cerr << "(the call took longer than its deadline; give it more time with --timeout "
+                   "SECONDS)\n";
     }
     return 10 + static_cast<int>(e.code());
   } catch (const std::exception& e) {

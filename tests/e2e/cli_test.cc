@@ -332,6 +332,61 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
   EXPECT_EQ(Run({"predict", "digits"}).code, 2);  // --input is required
 }
 
+TEST_F(CliTest, GlobalOptionsGoAnywhereOnTheLine) {
+  auto r = RunCli(dir_, "127.0.0.1:1", {"health", "--server", address_, "--timeout", "10"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "SERVING\n");
+  auto l = Run({"models", "list", "-o", "json", "--timeout", "10"});
+  ASSERT_EQ(l.code, 0) << l.err;
+  EXPECT_TRUE(json::parse(l.out).is_array()) << l.out;
+  auto d = Run({"data", "list", "--format", "csv"});
+  ASSERT_EQ(d.code, 0) << d.err;
+  EXPECT_EQ(d.out.rfind("name,task,rows", 0), 0u) << d.out;
+}
+
+TEST_F(CliTest, HelpVersionAndCommandList) {
+  auto v = Run({"--version"});
+  EXPECT_EQ(v.code, 0);
+  EXPECT_EQ(v.out, "dropnet " DROPNET_PROJECT_VERSION "\n");
+  auto h = Run({"help"});
+  EXPECT_EQ(h.code, 0);
+  EXPECT_NE(h.out.find("uncertainty"), std::string::npos) << h.out;
+  auto hm = Run({"help", "models", "list"});
+  EXPECT_EQ(hm.code, 0);
+  EXPECT_NE(hm.out.find("Usage: dropnet models list"), std::string::npos) << hm.out;
+  auto bare = Run({});
+  EXPECT_EQ(bare.code, 1);
+  EXPECT_NE(bare.out.find("evaluate"), std::string::npos) << bare.out;
+}
+
+TEST_F(CliTest, MisspeltCommandGetsASuggestion) {
+  auto r = Run({"modles", "list"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("unknown command 'modles', did you mean 'models'?"), std::string::npos)
+      << r.err;
+  auto s = Run({"models", "lst"});
+  EXPECT_EQ(s.code, 2);
+  EXPECT_NE(s.err.find("did you mean 'list'?"), std::string::npos) << s.err;
+}
+
+TEST_F(CliTest, BashCompletionRegistersItself) {
+  Process p({"bash", "-c", "source <(" + kCli + " completion bash); complete -p dropnet"}, dir_);
+  EXPECT_EQ(p.Wait(), 0) << p.err();
+  EXPECT_NE(p.out().find("-F _dropnet dropnet"), std::string::npos) << p.out();
+  auto script = Run({"completion", "bash"}).out;
+  for (const char* word : {"\" models list\"", "uncertainty", "--mc-samples", "--server"}) {
+    EXPECT_NE(script.find(word), std::string::npos) << word;
+  }
+}
+
+TEST_F(CliTest, DeadlineExceededSuggestsTimeout) {
+  EnsureDigitsModel();
+  auto r =
+      Run({"evaluate", "digits", "--data", "digits", "--mc-samples", "400", "--timeout", "0.001"});
+  EXPECT_EQ(r.code, 10 + 4);  // DEADLINE_EXCEEDED
+  EXPECT_NE(r.err.find("--timeout"), std::string::npos) << r.err;
+}
+
 TEST(ServerProcessTest, SigtermDrainsAndExitsZero) {
   TempDir temp("dropnet-sigterm-");
   const fs::path& dir = temp.path();
