@@ -287,8 +287,7 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
         log.mode = "monte_carlo";
         SnapshotPtr snap = registry_->Get(req->model());
         log.version = snap->version;
-        engine::McOptions mo =
-            MonteCarloOptions(*req, config_, *snap, log.threads, ctx, "Predict");
+        engine::McOptions mo = MonteCarloOptions(*req, config_, *snap, log.threads, ctx, "Predict");
         if (req->interval() != 0) mo.interval = req->interval();
         if (!(mo.interval > 0 && mo.interval < 1)) {
           Fail(StatusCode::INVALID_ARGUMENT,
