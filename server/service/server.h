@@ -23,14 +23,14 @@ struct ServerConfig {
   ServiceConfig service;
   SpecLimits limits;
   int max_message_bytes = 64 << 20;
-  int rpc_threads = 16;                // threads serving the synchronous calls (service.h)
-  double poll_interval_seconds = 0;    // > 0: re-read the store for new versions
+  int rpc_threads = 16;              // threads serving the synchronous calls (service.h)
+  double poll_interval_seconds = 0;  // > 0: re-read the store for new versions
   // On shutdown, health turns NOT_SERVING and new calls are still served for drain_delay_seconds
   // (so that load balancers and probes see it and stop sending); then new calls are refused
   // (UNAVAILABLE) and the calls in flight get shutdown_grace_seconds to finish.
   double drain_delay_seconds = 0;
   double shutdown_grace_seconds = 10;
-  bool example = false;                // bootstrap the example model on an empty store
+  bool example = false;  // bootstrap the example model on an empty store
   std::filesystem::path example_data = "/usr/share/datasets/fashion-mnist";
   int example_epochs = 1;
   // TLS: a server certificate and key (PEM); with client_ca also mutual TLS (client certificates
