@@ -370,7 +370,8 @@ TEST_F(CliTest, MisspeltCommandGetsASuggestion) {
 }
 
 TEST_F(CliTest, BashCompletionRegistersItself) {
-  Process p({"bash", "-c", "source <(" + kCli + " completion bash); complete -p dropnet"}, dir_);
+  Process p({"/bin/bash", "-c", "source <(" + kCli + " completion bash); complete -p dropnet"},
+            dir_);
   EXPECT_EQ(p.Wait(), 0) << p.err();
   EXPECT_NE(p.out().find("-F _dropnet dropnet"), std::string::npos) << p.out();
   auto script = Run({"completion", "bash"}).out;
