@@ -10,6 +10,44 @@
 #include "server/service/memory.h"
 #include "server/service/server.h"
 
+namespace {
+
+// Shutdown, TLS and token flags.
+void AddShutdownAndSecurityOptions(CLI::App* app_ptr, dropnet::service::ServerConfig* config) {
+  CLI::App& app = *app_ptr;
+  dropnet::service::ServerConfig& c = *config;
+  app.add_option("--drain-delay", c.drain_delay_seconds,
+                 "seconds after SIGTERM that health reports NOT_SERVING while new calls are still "
+                 "served (for probes and load balancers to notice); then they get UNAVAILABLE")
+      ->envname("DROPNET_DRAIN_DELAY")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--shutdown-grace", c.shutdown_grace_seconds,
+                 "seconds in-flight calls get to finish once new calls are refused")
+      ->envname("DROPNET_SHUTDOWN_GRACE")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--tls-cert", c.tls_cert, "server certificate (PEM); with --tls-key enables TLS")
+      ->envname("DROPNET_TLS_CERT")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-key", c.tls_key, "server private key (PEM)")
+      ->envname("DROPNET_TLS_KEY")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-client-ca", c.tls_client_ca,
+                 "CA (PEM) for client certificates: mutual TLS, clients must present one")
+      ->envname("DROPNET_TLS_CLIENT_CA")
+      ->check(CLI::ExistingFile);
+  app.add_flag("--plaintext", c.plaintext,
+               "serve without TLS on a non-loopback address (loopback and Unix sockets are always "
+               "allowed)")
+      ->envname("DROPNET_PLAINTEXT");
+  app.add_option("--tokens-file", c.tokens_file,
+                 "bearer tokens, one '<role> <token>' a line (roles admin, predict); also "
+                 "DROPNET_ADMIN_TOKEN, DROPNET_PREDICT_TOKEN")
+      ->envname("DROPNET_TOKENS_FILE")
+      ->check(CLI::ExistingFile);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   dropnet::service::ConfigureAllocator();
   dropnet::service::ServerConfig c = dropnet::service::DefaultServerConfig();
@@ -72,34 +110,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--max-parameters", c.limits.max_parameters, "largest model (parameters)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--drain-delay", c.drain_delay_seconds,
-                 "seconds after SIGTERM that health reports NOT_SERVING while new calls are still "
-                 "served (for probes and load balancers to notice); then they get UNAVAILABLE")
-      ->envname("DROPNET_DRAIN_DELAY")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--shutdown-grace", c.shutdown_grace_seconds,
-                 "seconds in-flight calls get to finish once new calls are refused")
-      ->envname("DROPNET_SHUTDOWN_GRACE")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--tls-cert", c.tls_cert, "server certificate (PEM); with --tls-key enables TLS")
-      ->envname("DROPNET_TLS_CERT")
-      ->check(CLI::ExistingFile);
-  app.add_option("--tls-key", c.tls_key, "server private key (PEM)")
-      ->envname("DROPNET_TLS_KEY")
-      ->check(CLI::ExistingFile);
-  app.add_option("--tls-client-ca", c.tls_client_ca,
-                 "CA (PEM) for client certificates: mutual TLS, clients must present one")
-      ->envname("DROPNET_TLS_CLIENT_CA")
-      ->check(CLI::ExistingFile);
-  app.add_flag("--plaintext", c.plaintext,
-               "serve without TLS on a non-loopback address (loopback and Unix sockets are always "
-               "allowed)")
-      ->envname("DROPNET_PLAINTEXT");
-  app.add_option("--tokens-file", c.tokens_file,
-                 "bearer tokens, one '<role> <token>' a line (roles admin, predict); also "
-                 "DROPNET_ADMIN_TOKEN, DROPNET_PREDICT_TOKEN")
-      ->envname("DROPNET_TOKENS_FILE")
-      ->check(CLI::ExistingFile);
+  AddShutdownAndSecurityOptions(&app, &c);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->envname("DROPNET_LOG_LEVEL")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
