@@ -9,44 +9,22 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/idx_bytes.h"
+
 namespace dropnet::dataio {
 namespace {
 
-void PutBigEndian(std::string* s, uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8) s->push_back(static_cast<char>(v >> shift));
-}
+using testing::Gzip;
+using testing::IdxLabels;
 
 // n images of h x w pixels 0, 15, 30, ...
 std::string Images(uint32_t n, uint32_t h, uint32_t w) {
-  std::string s;
-  for (uint32_t v : {0x00000803u, n, h, w}) PutBigEndian(&s, v);
-  for (uint32_t i = 0; i < n * h * w; ++i) s.push_back(static_cast<char>(15 * i));
-  return s;
+  std::vector<uint8_t> pixels(n * h * w);
+  for (uint32_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>(15 * i);
+  return testing::IdxImages(n, h, w, pixels);
 }
 
-std::string Labels(const std::vector<uint8_t>& labels) {
-  std::string s;
-  PutBigEndian(&s, 0x00000801);
-  PutBigEndian(&s, static_cast<uint32_t>(labels.size()));
-  s.append(labels.begin(), labels.end());
-  return s;
-}
-
-std::string Gzip(const std::string& bytes) {
-  z_stream zs{};
-  EXPECT_EQ(
-      deflateInit2(&zs, Z_BEST_COMPRESSION, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY),
-      Z_OK);
-  std::string out(deflateBound(&zs, bytes.size()), '\0');
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
-  zs.avail_in = static_cast<uInt>(bytes.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(out.size());
-  EXPECT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
-}
+std::string Labels(const std::vector<uint8_t>& labels) { return IdxLabels(labels); }
 
 void ExpectSmallSet(const IdxImages& idx) {
   EXPECT_EQ(idx.count, 3u);

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/idx_bytes.h"
+
 namespace dropnet::engine {
 namespace {
 
@@ -126,33 +128,23 @@ TEST(CsvTest, EmptyAndDegenerateFiles) {
 }
 
 // IDX files written by the tests into a private temporary directory.
-class IdxTest : public testing::Test {
+class IdxTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = std::filesystem::path(testing::TempDir()) /
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = std::filesystem::path(::testing::TempDir()) /
            ("dropnet_idx_" + std::to_string(getpid()) + "_" + info->name());
     std::filesystem::create_directories(dir_);
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
-  static void PutBigEndian(std::string* s, uint32_t v) {
-    for (int shift = 24; shift >= 0; shift -= 8) s->push_back(static_cast<char>(v >> shift));
-  }
   static std::string Images(uint32_t n, uint32_t h, uint32_t w, const std::vector<uint8_t>& pixels,
                             uint32_t magic = 0x00000803) {
-    std::string s;
-    for (uint32_t v : {magic, n, h, w}) PutBigEndian(&s, v);
-    s.append(pixels.begin(), pixels.end());
-    return s;
+    return testing::IdxImages(n, h, w, pixels, magic);
   }
   static std::string Labels(const std::vector<uint8_t>& labels, uint32_t magic = 0x00000801,
                             int64_t count = -1) {
-    std::string s;
-    PutBigEndian(&s, magic);
-    PutBigEndian(&s, static_cast<uint32_t>(count < 0 ? labels.size() : count));
-    s.append(labels.begin(), labels.end());
-    return s;
+    return testing::IdxLabels(labels, magic, count);
   }
   std::string Write(const std::string& name, const std::string& bytes) {
     const std::string path = (dir_ / name).string();
@@ -259,21 +251,7 @@ TEST_F(IdxTest, RejectsTruncatedFiles) {
   EXPECT_THROW(LoadIdx((dir_ / "missing").string(), labels), InvalidArgument);
 }
 
-std::string Gzip(const std::string& bytes) {
-  z_stream zs{};
-  EXPECT_EQ(
-      deflateInit2(&zs, Z_BEST_COMPRESSION, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY),
-      Z_OK);
-  std::string out(deflateBound(&zs, bytes.size()), '\0');
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
-  zs.avail_in = static_cast<uInt>(bytes.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(out.size());
-  EXPECT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
-}
+using testing::Gzip;
 
 TEST_F(IdxTest, ReadsFromMemoryPlainGzippedAndInSeveralMembers) {
   const std::string images = Images(3, 2, 3, Pixels()), labels = Labels({2, 0, 1});
