@@ -73,7 +73,7 @@ LayerPlan PlanDropConnect(const LayerConfig& config, const Shape& input) {
 
 DropConnectDense::DropConnectDense(const LayerConfig& config, const Shape& input,
                                    uint64_t init_seed)
-    : Layer(config, input) {
+    : LayerOf(config, input) {
   PlanDropConnect(config, input);
   act_ = ActivationOf(config.activation);
   threshold_ = static_cast<uint32_t>(std::lround(config.rate * 65536.0));

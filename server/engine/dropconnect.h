@@ -28,17 +28,13 @@ namespace dropnet::engine {
 // Validates a drop_connect configuration for `input`: its output shape and parameter count.
 LayerPlan PlanDropConnect(const LayerConfig& config, const Shape& input);
 
-class DropConnectDense : public Layer {
+class DropConnectDense : public LayerOf<DropConnectDense> {
  public:
   enum class Act { kLinear, kRelu, kSigmoid, kTanh };
   // The activation named by LayerConfig::activation; throws InvalidArgument for another name.
   static Act ActivationOf(const std::string& name);
 
   DropConnectDense(const LayerConfig& config, const Shape& input, uint64_t init_seed);
-  std::string Type() const override { return "drop_connect"; }
-  std::unique_ptr<Layer> Clone() const override {
-    return std::make_unique<DropConnectDense>(*this);
-  }
   bool IsStochastic() const override { return config_.rate > 0.0; }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,

@@ -50,7 +50,7 @@ LayerPlan PlanDropout(const LayerConfig& config, const Shape& input) {
   return LayerPlan{input, 0};
 }
 
-Dropout::Dropout(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+Dropout::Dropout(const LayerConfig& config, const Shape& input) : RateDropoutOf(config, input) {
   PlanDropout(config, input);
 }
 

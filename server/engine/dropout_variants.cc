@@ -26,7 +26,7 @@ LayerPlan PlanSpatialDropout(const LayerConfig& config, const Shape& input) {
 }
 
 SpatialDropout::SpatialDropout(const LayerConfig& config, const Shape& input)
-    : Layer(config, input) {
+    : RateDropoutOf(config, input) {
   PlanSpatialDropout(config, input);
   channels_ = input.dims[0];
   spatial_ = input.Size() / channels_;
@@ -76,7 +76,7 @@ LayerPlan PlanGaussianDropout(const LayerConfig& config, const Shape& input) {
 }
 
 GaussianDropout::GaussianDropout(const LayerConfig& config, const Shape& input)
-    : Layer(config, input) {
+    : RateDropoutOf(config, input) {
   PlanGaussianDropout(config, input);
 }
 
@@ -117,7 +117,8 @@ LayerPlan PlanAlphaDropout(const LayerConfig& config, const Shape& input) {
   return LayerPlan{input, 0};
 }
 
-AlphaDropout::AlphaDropout(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+AlphaDropout::AlphaDropout(const LayerConfig& config, const Shape& input)
+    : RateDropoutOf(config, input) {
   PlanAlphaDropout(config, input);
 }
 

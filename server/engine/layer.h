@@ -115,7 +115,8 @@ class Layer {
  public:
   virtual ~Layer() = default;
 
-  virtual std::string Type() const = 0;
+  // The type name the layer was built from (a name of layer_types.h's table).
+  const std::string& Type() const { return config_.type; }
   virtual std::unique_ptr<Layer> Clone() const = 0;
 
   // True when the layer draws random numbers in kTrain and kMonteCarlo.
@@ -164,6 +165,32 @@ class Layer {
   Shape output_shape_;
   std::vector<Parameter> params_;
   std::vector<Parameter> buffers_;
+};
+
+// The base of every concrete layer: Clone() copies the most derived type.
+template <class Derived>
+class LayerOf : public Layer {
+ public:
+  std::unique_ptr<Layer> Clone() const override {
+    return std::make_unique<Derived>(static_cast<const Derived&>(*this));
+  }
+
+ protected:
+  using Layer::Layer;
+};
+
+// The base of the fixed-rate dropouts of activations (dropout, spatial, Gaussian, alpha): they
+// draw when the rate is above 0, and are the identity when it is 0 or the mode draws nothing.
+template <class Derived>
+class RateDropoutOf : public LayerOf<Derived> {
+ public:
+  bool IsStochastic() const override { return this->config_.rate > 0.0; }
+  bool PassesThrough(Mode mode) const override {
+    return this->config_.rate == 0.0 || !Stochastic(mode);
+  }
+
+ protected:
+  using LayerOf<Derived>::LayerOf;
 };
 
 // Builds a layer for `input` with parameters initialised from `init_seed`. Throws InvalidArgument

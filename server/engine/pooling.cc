@@ -13,7 +13,7 @@ LayerPlan PlanPool(const LayerConfig& config, const Shape& input) {
 }
 
 Pool::Pool(const LayerConfig& config, const Shape& input)
-    : Layer(config, input), g_(MakeConvGeometry(config, input)) {
+    : LayerOf(config, input), g_(MakeConvGeometry(config, input)) {
   max_ = config.type.rfind("max_pool", 0) == 0;
   output_shape_ = ConvOutputShape(g_, g_.channels, config.type == "global_avg_pool");
 }

@@ -44,7 +44,7 @@ LayerPlan PlanSparseVd(const LayerConfig& config, const Shape& input) {
 }
 
 SparseVdDense::SparseVdDense(const LayerConfig& config, const Shape& input, uint64_t init_seed)
-    : Layer(config, input) {
+    : LayerOf(config, input) {
   output_shape_ = PlanSparseVd(config, input).output;
   Parameter w{"weight", {}, false, false};  // theta; the KL term is its prior
   InitializeWeights(config.init, input.Size(), config.units, init_seed, &w.value);
