@@ -21,6 +21,8 @@
 #ifndef DROPNET_ENGINE_DROPCONNECT_H_
 #define DROPNET_ENGINE_DROPCONNECT_H_
 
+#include <functional>
+
 #include "server/engine/layer.h"
 
 namespace dropnet::engine {
@@ -49,6 +51,10 @@ class DropConnectDense : public LayerOf<DropConnectDense> {
   void ApplyActivation(const Matrix& z, Matrix* y) const;
   void FillMask(const CounterRng& rng, int64_t e0, int64_t e1, float* out) const;
   CounterRng SharedRng(const RandomStream& s, uint32_t layer, uint64_t stream) const;
+  // With one mask per batch: for each run of rows [g0, g0 + rows) of a pass of n rows that share
+  // a random stream, take(g0, rows, m) with their weight mask m.
+  void ForEachSharedMask(const Context& ctx, int64_t n,
+                         const std::function<void(int64_t, int64_t, const Matrix&)>& take) const;
 
   Act act_ = Act::kLinear;
   uint32_t threshold_ = 0;  // a weight is dropped when its 16-bit draw is below this

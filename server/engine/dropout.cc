@@ -69,13 +69,4 @@ void Dropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Ma
   DrawMask(x.rows(), x.cols(), p, keep_value, ctx, &x, y, cache ? &cache->mask : nullptr);
 }
 
-void Dropout::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                       Matrix* dx) const {
-  if (!dx) return;
-  if (cache.mask.size() == 0)
-    *dx = dy;
-  else
-    *dx = dy.cwiseProduct(cache.mask);
-}
-
 }  // namespace dropnet::engine

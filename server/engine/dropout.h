@@ -30,8 +30,6 @@ class Dropout : public RateDropoutOf<Dropout> {
     return config_.rate == 0.0 || (mode == Mode::kEval && !config_.classic_scaling);
   }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
-  void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                Matrix* dx) const override;
 };
 
 }  // namespace dropnet::engine

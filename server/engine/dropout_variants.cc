@@ -101,15 +101,6 @@ void GaussianDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* c
   if (cache) cache->mask = std::move(noise);
 }
 
-void GaussianDropout::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                               Matrix* dx) const {
-  if (!dx) return;
-  if (cache.mask.size() == 0)
-    *dx = dy;
-  else
-    *dx = dy.cwiseProduct(cache.mask);
-}
-
 // ---- AlphaDropout ----
 
 LayerPlan PlanAlphaDropout(const LayerConfig& config, const Shape& input) {
@@ -145,15 +136,6 @@ void AlphaDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cach
   *y = x.binaryExpr(mask,
                     [bf, dropped](float v, float m) { return m != 0.0f ? m * v + bf : dropped; });
   if (cache) cache->mask = std::move(mask);
-}
-
-void AlphaDropout::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                            Matrix* dx) const {
-  if (!dx) return;
-  if (cache.mask.size() == 0)
-    *dx = dy;
-  else
-    *dx = dy.cwiseProduct(cache.mask);
 }
 
 }  // namespace dropnet::engine

@@ -46,8 +46,6 @@ class GaussianDropout : public RateDropoutOf<GaussianDropout> {
  public:
   GaussianDropout(const LayerConfig& config, const Shape& input);
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
-  void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                Matrix* dx) const override;
 };
 
 // alpha_dropout, for SELU networks (use selu activations and lecun_normal dense init).
@@ -55,8 +53,6 @@ class AlphaDropout : public RateDropoutOf<AlphaDropout> {
  public:
   AlphaDropout(const LayerConfig& config, const Shape& input);
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
-  void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                Matrix* dx) const override;
   // The affine constants a and b for drop rate p.
   static void Affine(double p, double* a, double* b);
 };

@@ -104,6 +104,9 @@ inline int64_t DenseParameterCount(int64_t inputs, int64_t units, bool use_bias)
   return SaturatingAdd(SaturatingMul(inputs, units), use_bias ? units : 0);
 }
 
+// Checks the input (flat) and the units (positive) of a dense-like layer, named `type` in errors.
+void CheckDenseInput(const char* type, const LayerConfig& config, const Shape& input);
+
 // Records x as cache->input. Network::Forward moves each activation into the next layer's cache
 // and passes that very matrix as x, so in training no activation is copied; a caller that passes
 // another matrix gets a copy.
@@ -187,6 +190,16 @@ class RateDropoutOf : public LayerOf<Derived> {
   bool IsStochastic() const override { return this->config_.rate > 0.0; }
   bool PassesThrough(Mode mode) const override {
     return this->config_.rate == 0.0 || !Stochastic(mode);
+  }
+  // dL/dx = dL/dy times the pass's mask (dy/dx), or dL/dy where the pass drew nothing.
+  void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
+                Matrix* dx) const override {
+    if (!dx) return;
+    if (cache.mask.size() == 0) {
+      *dx = dy;
+    } else {
+      *dx = dy.cwiseProduct(cache.mask);
+    }
   }
 
  protected:

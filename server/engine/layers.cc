@@ -57,14 +57,19 @@ void InitializeWeights(const std::string& scheme, int64_t fan_in, int64_t fan_ou
 
 // ---- Dense ----
 
-LayerPlan PlanDense(const LayerConfig& config, const Shape& input) {
+void CheckDenseInput(const char* type, const LayerConfig& config, const Shape& input) {
   if (input.dims.size() != 1) {
-    throw InvalidArgument("dense expects flat input, got shape " + input.ToString() +
+    throw InvalidArgument(std::string(type) + " expects flat input, got shape " + input.ToString() +
                           "; add a flatten layer before it");
   }
   if (config.units <= 0) {
-    throw InvalidArgument("dense.units must be positive, got " + std::to_string(config.units));
+    throw InvalidArgument(std::string(type) + ".units must be positive, got " +
+                          std::to_string(config.units));
   }
+}
+
+LayerPlan PlanDense(const LayerConfig& config, const Shape& input) {
+  CheckDenseInput("dense", config, input);
   return LayerPlan{Shape{{config.units}},
                    DenseParameterCount(input.Size(), config.units, config.use_bias)};
 }

@@ -18,13 +18,7 @@ enum CacheSlot { kNoise = 0, kStd, kSlots };
 }  // namespace
 
 LayerPlan PlanSparseVd(const LayerConfig& config, const Shape& input) {
-  if (input.dims.size() != 1) {
-    throw InvalidArgument("sparse_vd expects flat input, got shape " + input.ToString() +
-                          "; add a flatten layer before it");
-  }
-  if (config.units <= 0) {
-    throw InvalidArgument("sparse_vd.units must be positive, got " + std::to_string(config.units));
-  }
+  CheckDenseInput("sparse_vd", config, input);
   if (!std::isfinite(config.log_sigma2_init)) {
     throw InvalidArgument("sparse_vd.log_sigma2_init must be finite, got " +
                           std::to_string(config.log_sigma2_init));
