@@ -28,13 +28,7 @@ en::LayerConfig Layer(const std::string& type, int units = 0) {
 }
 
 double Accuracy(const Matrix& probs, const Matrix& labels) {
-  int64_t correct = 0;
-  for (int64_t r = 0; r < probs.rows(); ++r) {
-    Eigen::Index arg;
-    probs.row(r).maxCoeff(&arg);
-    correct += arg == static_cast<Eigen::Index>(labels(r, 0));
-  }
-  return static_cast<double>(correct) / static_cast<double>(probs.rows());
+  return en::ScoreClassification(probs, labels).accuracy;
 }
 
 // ---- concrete-rates ----
