@@ -15,6 +15,7 @@
 
 #include "server/engine/data.h"
 #include "server/service/memory.h"
+#include "server/service/metrics_registry.h"
 #include "server/service/service.h"
 #include "server/service/snapshot.h"
 #include "server/service/status.h"
@@ -38,13 +39,16 @@ struct ReleaseFreeMemoryOnExit {
 };
 
 // One log line per call: method, model, version, mode, status and latency (from the call's
-// arrival, so a queued call's wait for a worker counts).
+// arrival, so a queued call's wait for a worker counts), and the call's metrics
+// (metrics_registry.h) when the service keeps them.
 struct DropnetService::CallLog {
   const char* method;
+  ServiceMetrics* metrics = nullptr;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::string model = "-", mode = "-";
   int64_t version = 0, rows = 0;
   int threads = 1;  // engine threads of a prediction call, chosen by Queue when it starts
+  int samples = 0;  // Monte-Carlo T of a Monte-Carlo call
 
   double ElapsedMs() const {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
@@ -83,8 +87,10 @@ grpc::Status DropnetService::Run(const char* method, grpc::ServerContextBase* ct
 template <typename Body>
 grpc::Status DropnetService::Handle(const char* method, grpc::ServerContextBase* ctx, Role role,
                                     Body&& body) {
-  CallLog log{method};
+  CallLog log{method, metrics_};
+  sync_in_flight_.fetch_add(1, std::memory_order_relaxed);
   const grpc::Status status = BoundedMessage(Run(method, ctx, role, std::forward<Body>(body), log));
+  sync_in_flight_.fetch_sub(1, std::memory_order_relaxed);
   log.Finish(status);
   return status;
 }

@@ -118,7 +118,17 @@ void Server::Start() {
     auth_.LoadFile(config_.tokens_file.string());
   }
   auth_.LoadEnvironment();
-  service_ = std::make_unique<DropnetService>(registry_.get(), config_.service, &auth_);
+  metrics_ = std::make_unique<ServiceMetrics>([this] { return DescribeServer(); },
+                                              [this](const std::string& model) {
+                                                try {
+                                                  registry_->Get(model);
+                                                  return true;
+                                                } catch (const ServiceError&) {
+                                                  return false;
+                                                }
+                                              });
+  service_ =
+      std::make_unique<DropnetService>(registry_.get(), config_.service, &auth_, metrics_.get());
 
   std::shared_ptr<grpc::ServerCredentials> credentials;
   const bool tls = !config_.tls_cert.empty() || !config_.tls_key.empty();
@@ -187,6 +197,30 @@ void Server::Start() {
   if (config_.example && !config_.service.read_only && registry_->ModelNames().empty()) {
     bootstrap_ = std::thread([this] { Bootstrap(); });
   }
+}
+
+ServerState Server::DescribeServer() const {
+  ServerState s;
+  s.queued_calls = service_->QueuedCalls();
+  s.calls_in_flight = service_->CallsInFlight();
+  for (const auto& name : registry_->ModelNames()) {
+    try {
+      const SnapshotPtr snap = registry_->Get(name);
+      v1::ModelInfo info;
+      registry_->Describe(*snap, &info);
+      ServerState::Model m{name, info.versions_size(), info.training()};
+      m.epoch = info.history_size();
+      if (!info.history().empty()) {
+        m.loss = info.history().rbegin()->loss();
+        m.validation_metric = info.history().rbegin()->val_metric();
+      }
+      s.models.push_back(std::move(m));
+    } catch (const ServiceError&) {
+      // deleted meanwhile
+    }
+  }
+  s.store_bytes = DirectoryBytes(config_.store);
+  return s;
 }
 
 void Server::Bootstrap() {

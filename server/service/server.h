@@ -12,6 +12,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "server/service/metrics_registry.h"
 #include "server/service/registry.h"
 #include "server/service/service.h"
 
@@ -73,14 +74,19 @@ class Server {
 
   Registry& registry() { return *registry_; }
   DropnetService& service() { return *service_; }
+  // The server's Prometheus metrics (after Start).
+  ServiceMetrics& metrics() { return *metrics_; }
 
  private:
   void Bootstrap();
+  // The gauges of the metrics, read when they are scraped.
+  ServerState DescribeServer() const;
 
   ServerConfig config_;
   std::unique_ptr<ModelStore> store_;
   std::unique_ptr<Registry> registry_;
   TokenAuth auth_;
+  std::unique_ptr<ServiceMetrics> metrics_;
   std::unique_ptr<DropnetService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -104,15 +104,28 @@ engine::McOptions MonteCarloOptions(const Request& req, const ServiceConfig& con
   return mo;
 }
 
+void AddReliability(const std::vector<engine::ReliabilityBin>& bins, v1::EvaluateResponse* resp) {
+  for (const auto& b : bins) {
+    v1::ReliabilityBin* out = resp->add_reliability();
+    out->set_lower(b.lower);
+    out->set_upper(b.upper);
+    out->set_count(b.count);
+    out->set_confidence(b.confidence);
+    out->set_accuracy(b.accuracy);
+  }
+}
+
 std::string ModeOf(v1::EvalMode m) {
   return m == v1::EVAL_MODE_MONTE_CARLO ? "monte_carlo" : "eval";
 }
 
 }  // namespace
 
-DropnetService::DropnetService(Registry* registry, ServiceConfig config, const TokenAuth* auth)
+DropnetService::DropnetService(Registry* registry, ServiceConfig config, const TokenAuth* auth,
+                               ServiceMetrics* metrics)
     : registry_(registry),
       auth_(auth),
+      metrics_(metrics),
       config_(std::move(config)),
       scheduler_(config_.compute_threads, config_.workers, config_.max_queued_calls) {}
 
@@ -126,7 +139,7 @@ grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
                                                 grpc::CallbackServerContext* ctx, Role role,
                                                 int64_t work, Body body) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  auto log = std::make_shared<CallLog>(CallLog{method});
+  auto log = std::make_shared<CallLog>(CallLog{method, metrics_});
   auto run = [this, method, ctx, role, reactor, log,
               body = std::move(body)](const ScheduledCall& call) mutable {
     grpc::Status status;
@@ -212,7 +225,7 @@ grpc::Status DropnetService::DeleteModel(grpc::ServerContext* ctx,
 grpc::Status DropnetService::RunTraining(const v1::TrainRequest& request, const TrainSink& sink,
                                          const std::function<bool()>& stop) {
   const TrainingEnvironment env{registry_, config_.compute_threads,
-                                config_.max_concurrent_trainings, &draining_};
+                                config_.max_concurrent_trainings, &draining_, metrics_};
   return service::RunTraining(env, request, sink, stop);
 }
 
@@ -288,6 +301,7 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
         SnapshotPtr snap = registry_->Get(req->model());
         log.version = snap->version;
         engine::McOptions mo = MonteCarloOptions(*req, config_, *snap, log.threads, ctx, "Predict");
+        log.samples = mo.samples;
         if (req->interval() != 0) mo.interval = req->interval();
         if (!(mo.interval > 0 && mo.interval < 1)) {
           Fail(StatusCode::INVALID_ARGUMENT,
@@ -391,6 +405,7 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
     } else {
       engine::McOptions mo =
           MonteCarloOptions(*req, config_, *snap, log.threads, ctx, "Evaluate in eval mode");
+      log.samples = mo.samples;
       const bool want_ll =
           !classify && (snap->tau > 0 || snap->loss == engine::LossKind::kGaussianNll);
       constexpr int64_t kBatch = 256;
@@ -418,6 +433,7 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
       resp->set_nll(m.nll);
       resp->set_brier(m.brier);
       resp->set_ece(m.ece);
+      AddReliability(m.reliability, resp);
     } else {
       auto m = engine::ScoreRegression(mean, y, var, snap->tau);
       resp->set_rmse(m.rmse);

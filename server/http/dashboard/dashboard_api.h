@@ -1,0 +1,71 @@
+// The dashboard's JSON endpoints and static files, independent of the HTTP library that serves
+// them.
+//
+// Every /api/... endpoint is one dropnet.v1 call made through the server's in-process gRPC channel,
+// with the caller's Authorization header passed on as its metadata: the same handlers, token
+// checks, limits, logs and metrics as a gRPC client gets. Requests and answers are the calls'
+// messages in protobuf's JSON mapping (proto field names, defaults printed):
+//
+//   GET  /api/models               ListModels          GET  /api/datasets   ListDatasets
+//   GET  /api/models/{name}        GetModel
+//   POST /api/evaluate             Evaluate            (body: EvaluateRequest)
+//   POST /api/uncertainty          PredictUncertainty  (body: PredictUncertaintyRequest)
+//
+// Errors are {"error": {"code": "NOT_FOUND", "message": "..."}} with the HTTP status of the gRPC
+// code. The page itself (index.html, app.js, style.css) is compiled into the program; Chart.js is
+// read from Debian's libjs-chart.js.
+#ifndef DROPNET_HTTP_DASHBOARD_DASHBOARD_API_H_
+#define DROPNET_HTTP_DASHBOARD_DASHBOARD_API_H_
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <grpcpp/grpcpp.h>
+
+#include "dropnet/v1/service.grpc.pb.h"
+
+namespace dropnet::http {
+
+// What an endpoint answers.
+struct HttpReply {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
+// The HTTP status of gRPC code `code` (the mapping of Google's API design guide).
+int HttpStatusOf(grpc::StatusCode code);
+// {"error": {"code": ..., "message": ...}} with the status of `status`'s code.
+HttpReply ErrorReply(const grpc::Status& status);
+
+class DashboardApi {
+ public:
+  // `channel` reaches the Dropnet service (Server::InProcessChannel).
+  explicit DashboardApi(const std::shared_ptr<grpc::Channel>& channel);
+
+  // The answer to `method` (GET or POST) on `path` (below /api/), with the request's
+  // Authorization header (empty when it has none) and body.
+  HttpReply Handle(std::string_view method, std::string_view path, const std::string& authorization,
+                   const std::string& body) const;
+
+ private:
+  std::unique_ptr<v1::Dropnet::Stub> stub_;
+};
+
+// A file of the page: its bytes and content type.
+struct StaticFile {
+  std::string_view content_type;
+  std::string_view bytes;
+};
+// The page's file at `path` ("/" is index.html), or none.
+std::optional<StaticFile> DashboardFile(std::string_view path);
+
+// Where Chart.js is read from: $DROPNET_CHARTJS, else Debian's libjs-chart.js.
+std::filesystem::path ChartJsPath();
+
+}  // namespace dropnet::http
+
+#endif  // DROPNET_HTTP_DASHBOARD_DASHBOARD_API_H_
