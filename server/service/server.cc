@@ -162,6 +162,7 @@ void Server::Start() {
   auto* health = server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
+  ready_ = true;
   Log()->info("serving dropnet.v1 on {} (port {}), {}{}, {}, {} workers x {} threads",
               config_.listen, port_, tls ? "TLS" : "plaintext",
               tls && !config_.tls_client_ca.empty() ? " with client certificates" : "",
@@ -237,6 +238,7 @@ void Server::Shutdown() {
     stopping_ = true;
   }
   cv_.notify_all();
+  ready_ = false;
   Log()->info(
       "shutting down: health NOT_SERVING, new calls served for {} s more, then refused while "
       "in-flight calls get {} s and trainings save",
