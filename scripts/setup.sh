@@ -9,7 +9,7 @@ packages=(
   build-essential cmake ninja-build pkg-config ccache git
   libeigen3-dev librandom123-dev zlib1g-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto
-  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev curl
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   prometheus-cpp-dev prometheus libjs-chart.js chromium chromium-driver python3-selenium

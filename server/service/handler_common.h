@@ -58,9 +58,6 @@ struct DropnetService::CallLog {
   void Write(const grpc::Status& status, double ms) const;
 };
 
-// `status` with its message cut to kMaxErrorMessageChars (it may repeat what the caller sent).
-grpc::Status BoundedMessage(const grpc::Status& status);
-
 template <typename Body>
 grpc::Status DropnetService::Run(const char* method, grpc::ServerContextBase* ctx, Role role,
                                  Body&& body, CallLog& log) {

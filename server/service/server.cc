@@ -172,6 +172,7 @@ void Server::Start() {
   auto* health = server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
+  ready_ = true;
   Log()->info("serving dropnet.v1 on {} (port {}), {}{}, {}, {} workers x {} threads",
               config_.listen, port_, tls ? "TLS" : "plaintext",
               tls && !config_.tls_client_ca.empty() ? " with client certificates" : "",
@@ -197,6 +198,13 @@ void Server::Start() {
   if (config_.example && !config_.service.read_only && registry_->ModelNames().empty()) {
     bootstrap_ = std::thread([this] { Bootstrap(); });
   }
+}
+
+std::shared_ptr<grpc::Channel> Server::InProcessChannel() {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(config_.max_message_bytes);
+  args.SetMaxSendMessageSize(config_.max_message_bytes);
+  return server_->InProcessChannel(args);
 }
 
 ServerState Server::DescribeServer() const {
@@ -271,6 +279,7 @@ void Server::Shutdown() {
     stopping_ = true;
   }
   cv_.notify_all();
+  ready_ = false;
   Log()->info(
       "shutting down: health NOT_SERVING, new calls served for {} s more, then refused while "
       "in-flight calls get {} s and trainings save",

@@ -3,6 +3,7 @@
 #ifndef DROPNET_SERVICE_SERVER_H_
 #define DROPNET_SERVICE_SERVER_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <filesystem>
 #include <memory>
@@ -76,6 +77,14 @@ class Server {
   DropnetService& service() { return *service_; }
   // The server's Prometheus metrics (after Start).
   ServiceMetrics& metrics() { return *metrics_; }
+  // A channel to this server's services inside the process (after Start).
+  std::shared_ptr<grpc::Channel> InProcessChannel();
+  // The bearer tokens Start loaded (for the HTTP port, which checks the same ones).
+  const TokenAuth& auth() const { return auth_; }
+  const ServerConfig& config() const { return config_; }
+  // True from a successful Start until Shutdown begins (readiness probes turn false while the
+  // server drains).
+  bool ready() const { return ready_.load(); }
 
  private:
   void Bootstrap();
@@ -94,6 +103,7 @@ class Server {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false, stopped_ = false;
+  std::atomic<bool> ready_{false};
 };
 
 // Configures spdlog: one logger per component (server, rpc, train, store) at `level`.

@@ -2,12 +2,8 @@
 
 #include <chrono>
 #include <cstdlib>
-#include <functional>
 
 #include <google/protobuf/util/json_util.h>
-#include <nlohmann/json.hpp>
-
-#include "common/status_code_name.h"
 
 namespace dropnet::http {
 
@@ -27,15 +23,14 @@ using google::protobuf::Message;
 
 constexpr auto kDeadline = std::chrono::seconds(120);
 
-HttpReply JsonOf(const Message& m) {
+ApiResult JsonOf(const Message& m) {
   google::protobuf::util::JsonPrintOptions o;
   o.always_print_primitive_fields = true;
   o.preserve_proto_field_names = true;
-  HttpReply r;
-  const auto status = google::protobuf::util::MessageToJsonString(m, &r.body, o);
-  if (!status.ok()) {
-    return ErrorReply(grpc::Status(grpc::StatusCode::INTERNAL, std::string(status.message())));
-  }
+  ApiResult r;
+  const auto status = google::protobuf::util::MessageToJsonString(m, &r.json, o);
+  if (!status.ok())
+    r.status = grpc::Status(grpc::StatusCode::INTERNAL, std::string(status.message()));
   return r;
 }
 
@@ -52,105 +47,53 @@ grpc::Status ParseJson(const std::string& body, Message* m) {
 
 // Makes one call: `call(ctx, response)` with the caller's token as metadata.
 template <typename Response, typename Call>
-HttpReply Forward(const std::string& authorization, Call call) {
+ApiResult Forward(const std::string& authorization, Call call) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kDeadline);
   if (!authorization.empty()) ctx.AddMetadata("authorization", authorization);
   Response response;
   const grpc::Status status = call(&ctx, &response);
-  return status.ok() ? JsonOf(response) : ErrorReply(status);
+  return status.ok() ? JsonOf(response) : ApiResult{status, {}};
 }
 
 }  // namespace
 
-int HttpStatusOf(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return 200;
-    case grpc::StatusCode::CANCELLED:
-      return 499;
-    case grpc::StatusCode::INVALID_ARGUMENT:
-    case grpc::StatusCode::FAILED_PRECONDITION:
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return 400;
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return 504;
-    case grpc::StatusCode::NOT_FOUND:
-      return 404;
-    case grpc::StatusCode::ALREADY_EXISTS:
-    case grpc::StatusCode::ABORTED:
-      return 409;
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return 403;
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return 401;
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return 429;
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return 501;
-    case grpc::StatusCode::UNAVAILABLE:
-      return 503;
-    default:
-      return 500;
-  }
-}
-
-HttpReply ErrorReply(const grpc::Status& status) {
-  HttpReply r;
-  r.status = HttpStatusOf(status.error_code());
-  r.body = nlohmann::json{{"error",
-                           {{"code", StatusCodeName(status.error_code())},
-                            {"message", status.error_message()}}}}
-               .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  return r;
-}
-
 DashboardApi::DashboardApi(const std::shared_ptr<grpc::Channel>& channel)
     : stub_(v1::Dropnet::NewStub(channel)) {}
 
-HttpReply DashboardApi::Handle(std::string_view method, std::string_view path,
-                               const std::string& authorization, const std::string& body) const {
-  using grpc::ClientContext;
-  constexpr std::string_view kModel = "/api/models/";
-  const bool get = method == "GET", post = method == "POST";
-  if (get && path == "/api/models") {
-    return Forward<v1::ListModelsResponse>(authorization, [&](ClientContext* c, auto* r) {
-      return stub_->ListModels(c, v1::ListModelsRequest(), r);
-    });
-  }
-  if (get && path.rfind(kModel, 0) == 0 && path.size() > kModel.size()) {
-    v1::GetModelRequest req;
-    req.set_name(std::string(path.substr(kModel.size())));
-    return Forward<v1::GetModelResponse>(
-        authorization, [&](ClientContext* c, auto* r) { return stub_->GetModel(c, req, r); });
-  }
-  if (get && path == "/api/datasets") {
-    return Forward<v1::ListDatasetsResponse>(authorization, [&](ClientContext* c, auto* r) {
-      return stub_->ListDatasets(c, v1::ListDatasetsRequest(), r);
-    });
-  }
-  if (post && path == "/api/evaluate") {
-    v1::EvaluateRequest req;
-    if (auto s = ParseJson(body, &req); !s.ok()) return ErrorReply(s);
-    return Forward<v1::EvaluateResponse>(
-        authorization, [&](ClientContext* c, auto* r) { return stub_->Evaluate(c, req, r); });
-  }
-  if (post && path == "/api/uncertainty") {
-    v1::PredictUncertaintyRequest req;
-    if (auto s = ParseJson(body, &req); !s.ok()) return ErrorReply(s);
-    return Forward<v1::PredictUncertaintyResponse>(authorization, [&](ClientContext* c, auto* r) {
-      return stub_->PredictUncertainty(c, req, r);
-    });
-  }
-  const bool known = path == "/api/models" || path.rfind(kModel, 0) == 0 ||
-                     path == "/api/datasets" || path == "/api/evaluate" ||
-                     path == "/api/uncertainty";
-  HttpReply r = ErrorReply(
-      grpc::Status(known ? grpc::StatusCode::UNIMPLEMENTED : grpc::StatusCode::NOT_FOUND,
-                   known ? std::string(method) + " is not allowed on " + std::string(path)
-                         : "no endpoint " + std::string(path)));
-  if (known) r.status = 405;
-  return r;
+ApiResult DashboardApi::ListModels(const std::string& authorization) const {
+  return Forward<v1::ListModelsResponse>(authorization, [&](grpc::ClientContext* c, auto* r) {
+    return stub_->ListModels(c, v1::ListModelsRequest(), r);
+  });
+}
+
+ApiResult DashboardApi::GetModel(const std::string& authorization, const std::string& name) const {
+  v1::GetModelRequest req;
+  req.set_name(name);
+  return Forward<v1::GetModelResponse>(
+      authorization, [&](grpc::ClientContext* c, auto* r) { return stub_->GetModel(c, req, r); });
+}
+
+ApiResult DashboardApi::ListDatasets(const std::string& authorization) const {
+  return Forward<v1::ListDatasetsResponse>(authorization, [&](grpc::ClientContext* c, auto* r) {
+    return stub_->ListDatasets(c, v1::ListDatasetsRequest(), r);
+  });
+}
+
+ApiResult DashboardApi::Evaluate(const std::string& authorization, const std::string& body) const {
+  v1::EvaluateRequest req;
+  if (auto s = ParseJson(body, &req); !s.ok()) return {s, {}};
+  return Forward<v1::EvaluateResponse>(
+      authorization, [&](grpc::ClientContext* c, auto* r) { return stub_->Evaluate(c, req, r); });
+}
+
+ApiResult DashboardApi::PredictUncertainty(const std::string& authorization,
+                                           const std::string& body) const {
+  v1::PredictUncertaintyRequest req;
+  if (auto s = ParseJson(body, &req); !s.ok()) return {s, {}};
+  return Forward<v1::PredictUncertaintyResponse>(
+      authorization,
+      [&](grpc::ClientContext* c, auto* r) { return stub_->PredictUncertainty(c, req, r); });
 }
 
 std::optional<StaticFile> DashboardFile(std::string_view path) {

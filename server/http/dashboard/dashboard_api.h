@@ -11,9 +11,9 @@
 //   POST /api/evaluate             Evaluate            (body: EvaluateRequest)
 //   POST /api/uncertainty          PredictUncertainty  (body: PredictUncertaintyRequest)
 //
-// Errors are {"error": {"code": "NOT_FOUND", "message": "..."}} with the HTTP status of the gRPC
-// code. The page itself (index.html, app.js, style.css) is compiled into the program; Chart.js is
-// read from Debian's libjs-chart.js.
+// A call's error is answered as the HTTP port answers every error (http_server.h): the HTTP
+// status of its gRPC code and {"error": "..."}. The page itself (index.html, app.js, style.css) is
+// compiled into the program; Chart.js is read from Debian's libjs-chart.js.
 #ifndef DROPNET_HTTP_DASHBOARD_DASHBOARD_API_H_
 #define DROPNET_HTTP_DASHBOARD_DASHBOARD_API_H_
 
@@ -29,17 +29,11 @@
 
 namespace dropnet::http {
 
-// What an endpoint answers.
-struct HttpReply {
-  int status = 200;
-  std::string content_type = "application/json";
-  std::string body;
+// What an endpoint answers: the call's status, and its response in JSON when it is OK.
+struct ApiResult {
+  grpc::Status status;
+  std::string json;
 };
-
-// The HTTP status of gRPC code `code` (the mapping of Google's API design guide).
-int HttpStatusOf(grpc::StatusCode code);
-// {"error": {"code": ..., "message": ...}} with the status of `status`'s code.
-HttpReply ErrorReply(const grpc::Status& status);
 
 class DashboardApi {
  public:

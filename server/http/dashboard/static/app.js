@@ -35,6 +35,7 @@ function numCell(tag, value, attrs = {}, digits = 4) {
 
 function setStatus(text, error = false) {
   const s = $('#status');
+  delete s.dataset.fromRefresh;
   s.textContent = text;
   s.classList.toggle('error', error);
 }
@@ -280,9 +281,14 @@ function rowCard(r, i, row, shape) {
     fact('aleatoric (expected entropy)', 'expected_entropy', alea);
     fact('epistemic (mutual information)', 'mutual_information', epi);
     fact('variation ratio', 'variation_ratio', r.variation_ratio[i]);
+    // Styles are set through the DOM: the page's Content-Security-Policy refuses style attributes.
+    const part = (cls, share) => {
+      const s = el('span', {class: cls});
+      s.style.width = `${total > 0 ? 100 * share / total : 0}%`;
+      return s;
+    };
     const bar = el('div', {class: 'split', title: 'aleatoric | epistemic'},
-                   el('span', {class: 'aleatoric', style: `width:${total > 0 ? 100 * alea / total : 0}%`}),
-                   el('span', {class: 'epistemic', style: `width:${total > 0 ? 100 * epi / total : 0}%`}));
+                   part('aleatoric', alea), part('epistemic', epi));
     card.append(facts, bar);
     hist = {title: `p(${names[k] || k}) over the ${t} samples`, ...histogram(sampled(k), 0, 1)};
   } else {
@@ -322,9 +328,14 @@ function show(view) {
 async function refresh() {
   try {
     await loadModels();
-    if (!$('#status').classList.contains('error')) setStatus(`${state.models.length} models`);
+    const s = $('#status');
+    if (!s.textContent || /models$/.test(s.textContent) || s.dataset.fromRefresh) {
+      setStatus(`${state.models.length} models`);
+      s.dataset.fromRefresh = '1';
+    }
   } catch (e) {
     setStatus(e.message, true);
+    $('#status').dataset.fromRefresh = '1';
   }
 }
 
