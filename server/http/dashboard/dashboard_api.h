@@ -40,10 +40,13 @@ class DashboardApi {
   // `channel` reaches the Dropnet service (Server::InProcessChannel).
   explicit DashboardApi(const std::shared_ptr<grpc::Channel>& channel);
 
-  // The answer to `method` (GET or POST) on `path` (below /api/), with the request's
-  // Authorization header (empty when it has none) and body.
-  HttpReply Handle(std::string_view method, std::string_view path, const std::string& authorization,
-                   const std::string& body) const;
+  // The endpoints above; `authorization` is the request's Authorization header (empty: none),
+  // `body` its JSON body.
+  ApiResult ListModels(const std::string& authorization) const;
+  ApiResult GetModel(const std::string& authorization, const std::string& name) const;
+  ApiResult ListDatasets(const std::string& authorization) const;
+  ApiResult Evaluate(const std::string& authorization, const std::string& body) const;
+  ApiResult PredictUncertainty(const std::string& authorization, const std::string& body) const;
 
  private:
   std::unique_ptr<v1::Dropnet::Stub> stub_;

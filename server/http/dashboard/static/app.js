@@ -52,10 +52,7 @@ async function api(path, body) {
   }
   const r = await fetch(path, init);
   const data = await r.json().catch(() => ({}));
-  if (!r.ok) {
-    const e = data.error || {code: String(r.status), message: r.statusText};
-    throw new Error(`${e.code}: ${e.message}`);
-  }
+  if (!r.ok) throw new Error(`HTTP ${r.status}: ${data.error || r.statusText}`);
   return data;
 }
 
