@@ -69,7 +69,7 @@ void RegisterObservabilityRoutes(HttpServer* http, service::Server* server, bool
 
   RegisterApiRoutes(http, std::make_shared<DashboardApi>(server->InProcessChannel()));
 
-  http->Get(R"(/(index\.html|app\.js|style\.css)?)", "Dashboard", Access::kOpen,
+  http->Get(R"(/(index\.html|app\.js|style\.css|favicon\.svg)?)", "Dashboard", Access::kOpen,
             [](const httplib::Request& req, httplib::Response& res) {
               const auto file = DashboardFile(req.path);
               if (!file) {

@@ -284,8 +284,10 @@ function rowCard(r, i, row, shape) {
       s.style.width = `${total > 0 ? 100 * share / total : 0}%`;
       return s;
     };
-    const bar = el('div', {class: 'split', title: 'aleatoric | epistemic'},
-                   part('aleatoric', alea), part('epistemic', epi));
+    const bar = el('div', {class: 'split-box'},
+                   el('div', {class: 'split', title: 'aleatoric | epistemic'},
+                      part('aleatoric', alea), part('epistemic', epi)),
+                   el('div', {class: 'split-legend', text: 'aleatoric | epistemic share of the entropy'}));
     card.append(facts, bar);
     hist = {title: `p(${names[k] || k}) over the ${t} samples`, ...histogram(sampled(k), 0, 1)};
   } else {
@@ -326,8 +328,8 @@ async function refresh() {
   try {
     await loadModels();
     const s = $('#status');
-    if (!s.textContent || /models$/.test(s.textContent) || s.dataset.fromRefresh) {
-      setStatus(`${state.models.length} models`);
+    if (!s.textContent || /models?$/.test(s.textContent) || s.dataset.fromRefresh) {
+      setStatus(`${state.models.length} model${state.models.length === 1 ? '' : 's'}`);
       s.dataset.fromRefresh = '1';
     }
   } catch (e) {
