@@ -1,7 +1,7 @@
 // What the files that define the Dropnet service's calls share: the call's log line, the wrapper
-// every handler runs through (DropnetService::Run and Handle), and the checks and helpers more
-// than one of them uses. Only those files (service.cc, dataset_handlers.cc, training_job.cc)
-// include it.
+// every handler runs through (DropnetService::Run, Handle and Queue), and the checks and helpers
+// more than one of them uses. Only those files (service.cc, dataset_handlers.cc, training_job.cc,
+// inference_service.cc) include it.
 #ifndef DROPNET_SERVICE_HANDLER_COMMON_H_
 #define DROPNET_SERVICE_HANDLER_COMMON_H_
 
@@ -90,6 +90,43 @@ grpc::Status DropnetService::Handle(const char* method, grpc::ServerContextBase*
   sync_in_flight_.fetch_sub(1, std::memory_order_relaxed);
   log.Finish(status);
   return status;
+}
+
+// Defined here, not in service.cc, for inference_service.cc's ModelInfer too.
+template <typename Body>
+grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
+                                                grpc::CallbackServerContext* ctx, Role role,
+                                                int64_t work, Body body) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  auto log = std::make_shared<CallLog>(CallLog{method, metrics_});
+  auto run = [this, method, ctx, role, reactor, log,
+              body = std::move(body)](const ScheduledCall& call) mutable {
+    grpc::Status status;
+    // A call that waited past its deadline, or whose client went away, is not computed.
+    if (ctx->IsCancelled()) {
+      status = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled while it waited");
+    } else if (DeadlinePassed(ctx)) {
+      status = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                            "the deadline passed while the call waited for a worker");
+    } else {
+      log->threads = scheduler_.BeginCompute(call);
+      status = BoundedMessage(Run(method, ctx, role, body, *log));
+      scheduler_.EndCompute();
+    }
+    // The answer goes out first; the log line is written after it, off the call's latency.
+    const double ms = log->ElapsedMs();
+    scheduler_.Answered();
+    reactor->Finish(status);
+    log->Write(status, ms);
+  };
+  if (!scheduler_.Schedule(work, std::move(run))) {
+    const grpc::Status busy(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "the server is busy: " + std::to_string(scheduler_.max_queued()) +
+                                " calls already wait for a worker");
+    log->Finish(busy);
+    reactor->Finish(busy);
+  }
+  return reactor;
 }
 
 }  // namespace dropnet::service

@@ -129,6 +129,8 @@ void Server::Start() {
                                               });
   service_ =
       std::make_unique<DropnetService>(registry_.get(), config_.service, &auth_, metrics_.get());
+  inference_ = std::make_unique<InferenceService>(service_.get(), registry_.get(),
+                                                  [this] { return ready_.load(); });
 
   std::shared_ptr<grpc::ServerCredentials> credentials;
   const bool tls = !config_.tls_cert.empty() || !config_.tls_key.empty();
@@ -157,6 +159,7 @@ void Server::Start() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(config_.listen, credentials, &port_);
   builder.RegisterService(service_.get());
+  builder.RegisterService(inference_.get());
   builder.SetMaxReceiveMessageSize(config_.max_message_bytes);
   builder.SetMaxSendMessageSize(config_.max_message_bytes);
   // A second server on a taken port fails instead of silently sharing its connections.
@@ -173,11 +176,13 @@ void Server::Start() {
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
   ready_ = true;
-  Log()->info("serving dropnet.v1 on {} (port {}), {}{}, {}, {} workers x {} threads",
-              config_.listen, port_, tls ? "TLS" : "plaintext",
-              tls && !config_.tls_client_ca.empty() ? " with client certificates" : "",
-              auth_.enabled() ? std::to_string(auth_.size()) + " tokens" : "no tokens (open)",
-              config_.service.workers, config_.service.compute_threads);
+  Log()->info(
+      "serving dropnet.v1 and inference (KServe v2) on {} (port {}), {}{}, {}, {} workers x {} "
+      "threads",
+      config_.listen, port_, tls ? "TLS" : "plaintext",
+      tls && !config_.tls_client_ca.empty() ? " with client certificates" : "",
+      auth_.enabled() ? std::to_string(auth_.size()) + " tokens" : "no tokens (open)",
+      config_.service.workers, config_.service.compute_threads);
 
   if (config_.poll_interval_seconds > 0) {
     poller_ = std::thread([this] {

@@ -1,5 +1,6 @@
-// A running dropnet server: the gRPC server with the Dropnet service, grpc.health.v1 and
-// reflection, the model store, the read-only replica's store polling and the example bootstrap.
+// A running dropnet server: the gRPC server with the Dropnet service, the Open Inference
+// Protocol's GRPCInferenceService (inference_service.h), grpc.health.v1 and reflection, the model
+// store, the read-only replica's store polling and the example bootstrap.
 #ifndef DROPNET_SERVICE_SERVER_H_
 #define DROPNET_SERVICE_SERVER_H_
 
@@ -13,6 +14,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "server/service/inference_service.h"
 #include "server/service/metrics_registry.h"
 #include "server/service/registry.h"
 #include "server/service/service.h"
@@ -79,6 +81,7 @@ class Server {
   ServiceMetrics& metrics() { return *metrics_; }
   // A channel to this server's services inside the process (after Start).
   std::shared_ptr<grpc::Channel> InProcessChannel();
+  InferenceService& inference() { return *inference_; }
   // The bearer tokens Start loaded (for the HTTP port, which checks the same ones).
   const TokenAuth& auth() const { return auth_; }
   const ServerConfig& config() const { return config_; }
@@ -97,6 +100,7 @@ class Server {
   TokenAuth auth_;
   std::unique_ptr<ServiceMetrics> metrics_;
   std::unique_ptr<DropnetService> service_;
+  std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::thread poller_, bootstrap_;

@@ -100,8 +100,17 @@ class DropnetService final : public DropnetServiceBase {
   grpc::ServerUnaryReactor* Evaluate(grpc::CallbackServerContext*, const v1::EvaluateRequest*,
                                      v1::EvaluateResponse*) override;
 
- private:
+  // A call's log line (handler_common.h).
   struct CallLog;
+  // Runs `body` as a prediction call of `work` multiply-adds through the scheduler and waits for
+  // its answer: for a transport without gRPC's callback API (the HTTP port) whose caller has
+  // checked the token. UNAVAILABLE while draining, RESOURCE_EXHAUSTED when the queue is full,
+  // exceptions mapped as every call's; one log line.
+  grpc::Status RunQueued(const char* method, int64_t work,
+                         const std::function<grpc::Status(int threads, CallLog&)>& body);
+
+ private:
+  friend class InferenceService;  // its handlers run through Handle and Queue
   // Checks the token, draining and read-only state, runs `body` and maps what it throws.
   template <typename Body>
   grpc::Status Run(const char* method, grpc::ServerContextBase* ctx, Role role, Body&& body,
