@@ -29,8 +29,12 @@ class Server:
              os.path.join(self.dir, "store"), "--threads", "1", "--workers", "1",
              "--drain-delay", "0", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.grpc_port = self._wait_port(r"serving dropnet\.v1 on \S+ \(port (\d+)\)")
-        self.http_port = self._wait_port(r"serving HTTP on \S+ \(port (\d+)\)")
+        try:
+            self.grpc_port = self._wait_port(r"\[server\] serving dropnet\.v1\b.*? \(port (\d+)\)")
+            self.http_port = self._wait_port(r"serving HTTP on \S+ \(port (\d+)\)")
+        except RuntimeError:
+            self.stop()
+            raise
         self.url = f"http://127.0.0.1:{self.http_port}"
 
     def _wait_port(self, pattern):
@@ -43,7 +47,8 @@ class Server:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise RuntimeError("the server did not start:\n" + open(self.log_path).read())
+        with open(self.log_path) as f:
+            raise RuntimeError("the server did not start:\n" + f.read())
 
     def cli(self, *args, token=ADMIN, check=True):
         """Runs `dropnet args...` against the server; returns its stdout."""
@@ -82,7 +87,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
