@@ -2,7 +2,8 @@
 # package (import dropnet, for /usr/bin/python3) in one small image.
 #
 #   docker build -t dropnet .                       (or: buildah bud --format docker -t dropnet .)
-#   docker run -p 50051:50051 -v dropnet-store:/var/lib/dropnet dropnet
+#   docker run -p 50051:50051 -p 8080:8080 -e DROPNET_HTTP_LISTEN=0.0.0.0:8080 \
+#     -v dropnet-store:/var/lib/dropnet dropnet      (the dashboard: http://localhost:8080/)
 #   docker run --rm --network host --entrypoint dropnet dropnet health
 #
 # Configuration is by environment (every dropnet-server flag has a DROPNET_* variable, see
@@ -19,7 +20,8 @@ RUN apt-get update \
       build-essential cmake ninja-build pkg-config \
       libeigen3-dev librandom123-dev zlib1g-dev \
       libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto \
-      libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev \
+      libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev \
+      prometheus-cpp-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -36,9 +38,13 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release \
 FROM debian:bookworm-slim
 ARG DEBIAN_FRONTEND=noninteractive
 # ldd + dpkg -S on the two binaries: libgrpc++1.51 (pulls libgrpc29, absl, c-ares, re2, ssl),
-# libprotobuf32, libspdlog1.10 (pulls libfmt9), zlib1g; libstdc++6/libgcc-s1/libc6 are in the base.
+# libprotobuf32, libspdlog1.10 (pulls libfmt9), zlib1g, libcpp-httplib0.11 (the HTTP port; Debian
+# builds cpp-httplib as a shared library with OpenSSL and brotli), libprometheus-cpp-core1.0 (the
+# metrics); libstdc++6/libgcc-s1/libc6 are in the base. libjs-chart.js: Chart.js for the
+# dashboard, which the server reads from /usr/share/javascript/chart.js at start.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgrpc++1.51 libprotobuf32 libspdlog1.10 libfmt9 zlib1g \
+      libcpp-httplib0.11 libprometheus-cpp-core1.0 libjs-chart.js \
       python3 python3-grpcio python3-protobuf python3-numpy \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log \

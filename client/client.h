@@ -72,6 +72,13 @@ class Client {
   Client& operator=(Client&&) noexcept;
 
   const ClientOptions& options() const { return options_; }
+  // The channel, for stubs of other services on the same server (the Open Inference Protocol's
+  // inference.GRPCInferenceService), and a context with this client's deadline and token for
+  // their calls.
+  std::shared_ptr<grpc::Channel> channel() const { return channel_; }
+  void PrepareContext(grpc::ClientContext* ctx, const CallOptions& call = {}) const {
+    Prepare(ctx, call);
+  }
 
   // grpc.health.v1 Check for `service` ("" = the whole server); true when SERVING.
   bool Healthy(const std::string& service = "", CallOptions call = {});

@@ -9,9 +9,10 @@ packages=(
   build-essential cmake ninja-build pkg-config ccache git
   libeigen3-dev librandom123-dev zlib1g-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto
-  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev curl
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
+  prometheus-cpp-dev prometheus libjs-chart.js chromium chromium-driver python3-selenium
   clang-14 libclang-rt-14-dev clang-format clang-tidy
   python3 python3-grpcio python3-protobuf python3-numpy python3-pytest python3-tqdm python3-pandas
   python3-setuptools python3-pip python3-venv

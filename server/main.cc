@@ -2,11 +2,15 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <memory>
 #include <thread>
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "server/http/dashboard/observability_routes.h"
+#include "server/http/http_server.h"
+#include "server/http/oip_routes.h"
 #include "server/service/memory.h"
 #include "server/service/server.h"
 
@@ -46,6 +50,38 @@ void AddShutdownAndSecurityOptions(CLI::App* app_ptr, dropnet::service::ServerCo
       ->check(CLI::ExistingFile);
 }
 
+// The HTTP port's flags.
+void AddHttpOptions(CLI::App* app, dropnet::http::HttpConfig* http) {
+  app->add_option("--http-listen", http->listen,
+                  "host:port for HTTP (Open Inference Protocol REST); empty: no HTTP port. Uses "
+                  "the gRPC port's TLS, tokens and --plaintext rule")
+      ->envname("DROPNET_HTTP_LISTEN");
+  app->add_option("--http-max-body", http->max_body_bytes,
+                  "largest HTTP request body in bytes (413 past it)")
+      ->envname("DROPNET_HTTP_MAX_BODY")
+      ->check(CLI::PositiveNumber);
+  app->add_flag("--metrics-public", http->metrics_public,
+                "serve GET /metrics on the HTTP port without a token (default: a token of either "
+                "role, when the server has tokens)")
+      ->envname("DROPNET_METRICS_PUBLIC");
+}
+
+// Starts the HTTP port of `server` when --http-listen was given; null otherwise.
+std::unique_ptr<dropnet::http::HttpServer> StartHttp(dropnet::http::HttpConfig http,
+                                                     dropnet::service::Server* server) {
+  if (http.listen.empty()) return nullptr;
+  const dropnet::service::ServerConfig& c = server->config();
+  http.tls_cert = c.tls_cert;
+  http.tls_key = c.tls_key;
+  http.tls_client_ca = c.tls_client_ca;
+  http.plaintext = c.plaintext;
+  auto port = std::make_unique<dropnet::http::HttpServer>(http, &server->auth());
+  dropnet::http::RegisterOipRoutes(port.get(), server);
+  dropnet::http::RegisterObservabilityRoutes(port.get(), server, http.metrics_public);
+  port->Start();
+  return port;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -54,7 +90,9 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   std::string data_root;
 
-  CLI::App app{"dropnet-server: trains and serves dropout networks over gRPC (dropnet.v1)"};
+  CLI::App app{
+      "dropnet-server: trains and serves dropout networks over gRPC (dropnet.v1, KServe v2) and "
+      "HTTP"};
   app.option_defaults()->always_capture_default();
   app.add_option("--listen", c.listen, "host:port to serve on")->envname("DROPNET_LISTEN");
   app.add_option("--store", c.store, "model store directory")->envname("DROPNET_STORE");
@@ -111,6 +149,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-parameters", c.limits.max_parameters, "largest model (parameters)")
       ->check(CLI::PositiveNumber);
   AddShutdownAndSecurityOptions(&app, &c);
+  dropnet::http::HttpConfig http;
+  AddHttpOptions(&app, &http);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->envname("DROPNET_LOG_LEVEL")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
@@ -129,8 +169,10 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   dropnet::service::Server server(c);
+  std::unique_ptr<dropnet::http::HttpServer> http_port;  // stops before `server` goes
   try {
     server.Start();
+    http_port = StartHttp(http, &server);
   } catch (const std::exception& e) {
     spdlog::get("server")->critical("cannot start: {}", e.what());
     return 1;
@@ -142,6 +184,7 @@ int main(int argc, char** argv) {
     server.Shutdown();
   });
   server.Wait();
+  if (http_port) http_port->Stop();
   waiter.join();
   return 0;
 }

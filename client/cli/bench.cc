@@ -14,6 +14,13 @@
 #include <stdexcept>
 #include <thread>
 
+#include "common/status_code_name.h"
+#include "inference/grpc_predict_v2.grpc.pb.h"
+
+// httplib.h includes <resolv.h>, whose macro _res breaks Eigen's headers: it comes after them.
+#include <httplib.h>
+#undef _res
+
 namespace dropnet::cli {
 
 namespace {
@@ -33,6 +40,10 @@ const char* Key(Workload w) {
       return "predict-batch";
     case Workload::kUncertainty:
       return "uncertainty";
+    case Workload::kInfer:
+      return "infer";
+    case Workload::kRest:
+      return "rest";
   }
   return "?";
 }
@@ -47,6 +58,10 @@ std::string DisplayName(Workload w, const BenchOptions& o) {
       return "predict b" + std::to_string(o.batch);
     case Workload::kUncertainty:
       return "uncertainty T=" + std::to_string(o.samples);
+    case Workload::kInfer:
+      return "v2 ModelInfer b1";
+    case Workload::kRest:
+      return "v2 REST infer b1";
   }
   return "?";
 }
@@ -60,6 +75,8 @@ int RowsPerCall(Workload w, const BenchOptions& o) {
     case Workload::kPredictBatch:
       return o.batch;
     case Workload::kUncertainty:
+    case Workload::kInfer:
+    case Workload::kRest:
       return 1;
   }
   return 0;
@@ -73,7 +90,29 @@ struct Requests {
   std::vector<v1::PredictRequest> one;
   std::vector<grpc::ByteBuffer> batch;  // serialised once: the calls send the same bytes
   std::vector<v1::PredictUncertaintyRequest> uncertainty;
+  std::vector<inference::ModelInferRequest> infer;  // raw_input_contents
+  std::vector<std::string> rest;                    // JSON bodies
 };
+
+// ModelInfer of the row of `one` in both encodings.
+void AddInferRequests(const std::string& model, const v1::PredictRequest& one, Requests* r) {
+  const auto& values = one.inputs().values();
+  auto& req = r->infer.emplace_back();
+  req.set_model_name(model);
+  auto* in = req.add_inputs();
+  in->set_name("input");
+  in->set_datatype("FP32");
+  in->add_shape(1);
+  in->add_shape(values.size());
+  req.add_raw_input_contents(reinterpret_cast<const char*>(values.data()),
+                             values.size() * sizeof(float));
+  json body = {{"inputs",
+                {{{"name", "input"},
+                  {"datatype", "FP32"},
+                  {"shape", {1, values.size()}},
+                  {"data", std::vector<float>(values.begin(), values.end())}}}}};
+  r->rest.push_back(body.dump());
+}
 
 dc::Matrix PickRows(const dc::Matrix& pool, int64_t width, int rows, std::mt19937_64& rng) {
   dc::Matrix x(rows, width);
@@ -94,6 +133,7 @@ Requests BuildRequests(const BenchOptions& o, const dc::Matrix& pool, int64_t wi
     auto& one = r.one.emplace_back();
     one.set_model(o.model);
     dc::ToTensor(PickRows(pool, width, 1, rng), one.mutable_inputs());
+    AddInferRequests(o.model, one, &r);
     v1::PredictRequest batch;
     batch.set_model(o.model);
     dc::ToTensor(PickRows(pool, width, o.batch, rng), batch.mutable_inputs());
@@ -121,9 +161,41 @@ struct Phase {
   std::atomic<int64_t>* remaining = nullptr;     // count mode: calls still to make
 };
 
+// One ModelInfer call over gRPC; an error's text, or "".
+std::string CallInfer(const dc::Client& client, inference::GRPCInferenceService::Stub& stub,
+                      const inference::ModelInferRequest& req) {
+  grpc::ClientContext ctx;
+  client.PrepareContext(&ctx);
+  inference::ModelInferResponse resp;
+  const grpc::Status st = stub.ModelInfer(&ctx, req, &resp);
+  return st.ok() ? "" : std::string(StatusCodeName(st.error_code())) + ": " + st.error_message();
+}
+
+// One REST infer call; an error's text, or "".
+std::string CallRest(const dc::Client& client, httplib::Client& http, const std::string& model,
+                     const std::string& body) {
+  httplib::Headers headers;
+  if (!client.options().token.empty()) {
+    headers.emplace("Authorization", "Bearer " + client.options().token);
+  }
+  auto res =
+      http.Post(("/v2/models/" + model + "/infer").c_str(), headers, body, "application/json");
+  if (!res) return "HTTP: " + httplib::to_string(res.error());
+  return res->status == 200 ? "" : "HTTP " + std::to_string(res->status) + ": " + res->body;
+}
+
 void RunWorker(dc::Client& client, const Requests& requests, const Phase& phase, int worker,
-               WorkerLog* log) {
+               const BenchOptions& o, WorkerLog* log) {
   size_t next = static_cast<size_t>(worker);
+  std::unique_ptr<inference::GRPCInferenceService::Stub> infer_stub;
+  std::unique_ptr<httplib::Client> http;
+  if (phase.workload == Workload::kInfer) {
+    infer_stub = inference::GRPCInferenceService::NewStub(client.channel());
+  } else if (phase.workload == Workload::kRest) {
+    http = std::make_unique<httplib::Client>("http://" + o.http);
+    http->set_keep_alive(true);
+    http->set_tcp_nodelay(true);  // else delayed ACKs add 40 ms to each small call
+  }
   for (;; ++next) {
     const Clock::time_point start = Clock::now();
     bool measured;
@@ -148,6 +220,12 @@ void RunWorker(dc::Client& client, const Requests& requests, const Phase& phase,
           break;
         case Workload::kUncertainty:
           client.PredictUncertainty(requests.uncertainty[next % requests.uncertainty.size()]);
+          break;
+        case Workload::kInfer:
+          error = CallInfer(client, *infer_stub, requests.infer[next % requests.infer.size()]);
+          break;
+        case Workload::kRest:
+          error = CallRest(client, *http, o.model, requests.rest[next % requests.rest.size()]);
           break;
       }
     } catch (const dc::ClientError& e) {
@@ -212,11 +290,11 @@ void PrintAligned(std::ostream& out, const std::vector<std::vector<std::string>>
 
 Workload ParseWorkload(const std::string& name) {
   for (Workload w : {Workload::kHealth, Workload::kPredictOne, Workload::kPredictBatch,
-                     Workload::kUncertainty}) {
+                     Workload::kUncertainty, Workload::kInfer, Workload::kRest}) {
     if (name == Key(w)) return w;
   }
   throw std::invalid_argument("unknown workload '" + name +
-                              "' (health, predict, predict-batch, uncertainty)");
+                              "' (health, predict, predict-batch, uncertainty, infer, rest)");
 }
 
 double BenchReport::RatioToFloor(Workload w, int concurrency) const {
@@ -395,7 +473,7 @@ void Measure(const std::vector<std::unique_ptr<dc::Client>>& clients, const Requ
   for (int i = 0; i < level; ++i) {
     dc::Client& client = *clients[o.shared_channel ? 0 : i];
     workers.emplace_back(
-        [&, i, &client = client] { RunWorker(client, requests, phase, i, &logs[i]); });
+        [&, i, &client = client] { RunWorker(client, requests, phase, i, o, &logs[i]); });
   }
   for (auto& t : workers) t.join();
   const double wall = std::chrono::duration<double>(Clock::now() - wall_start).count();

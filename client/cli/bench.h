@@ -2,9 +2,11 @@
 //
 // For one model it measures, at several concurrency levels, the latency and throughput of four
 // workloads: the empty-RPC floor (grpc.health.v1 Check), Predict with one row, Predict with a
-// batch, and PredictUncertainty with T samples for one row. Each concurrency worker is a thread
-// with a blocking client that sends its next call as soon as the previous one returns (a closed
-// loop); by default every worker has a connection of its own (see BenchOptions::shared_channel).
+// batch, and PredictUncertainty with T samples for one row; and on request the Open Inference
+// Protocol's ModelInfer with one row over gRPC (infer) and REST (rest). Each concurrency worker is
+// a thread with a blocking client that sends its next call as soon as the previous one returns (a
+// closed loop); by default every worker has a connection of its own (see
+// BenchOptions::shared_channel).
 #ifndef DROPNET_CLIENT_CLI_BENCH_H_
 #define DROPNET_CLIENT_CLI_BENCH_H_
 
@@ -19,9 +21,12 @@
 
 namespace dropnet::cli {
 
-enum class Workload { kHealth, kPredictOne, kPredictBatch, kUncertainty };
+// kInfer and kRest are the Open Inference Protocol's ModelInfer with one row, eval mode, over gRPC
+// (raw_input_contents) and over the HTTP port (JSON).
+enum class Workload { kHealth, kPredictOne, kPredictBatch, kUncertainty, kInfer, kRest };
 
-// "health", "predict", "predict-batch", "uncertainty"; throws std::invalid_argument otherwise.
+// "health", "predict", "predict-batch", "uncertainty", "infer", "rest"; throws
+// std::invalid_argument otherwise.
 Workload ParseWorkload(const std::string& name);
 
 struct BenchOptions {
@@ -35,6 +40,7 @@ struct BenchOptions {
   int batch = 256;              // rows of a Predict batch
   int samples = 100;            // T of PredictUncertainty
   std::string data_path;        // CSV rows to send; empty: uniform random values in [0, 1)
+  std::string http;             // host:port of the HTTP port, for the rest workload (plaintext)
   std::string target_column;    // a CSV column to leave out
   uint64_t seed = 1;            // picks the random rows
   // One channel (and so one HTTP/2 connection) shared by every worker, instead of a connection

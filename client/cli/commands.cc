@@ -13,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "client/cli/oip_client.h"
+
 namespace dropnet::cli {
 namespace {
 
@@ -225,9 +227,9 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
 }
 
 int PredictCommand(dc::Client& c, const std::string& model, const std::string& input,
-                   const std::string& target, Format f, const std::string& output) {
+                   const std::string& target, Format f, const std::string& output, bool v2) {
   dc::Matrix x = ReadInputs(c, model, input, target);
-  auto r = c.Predict(model, x);
+  auto r = v2 ? PredictV2(c, model, x) : c.Predict(model, x);
   dc::Matrix out = dc::ToMatrix(r.outputs());
   Table t;
   t.header = {"row"};
@@ -263,12 +265,12 @@ int PredictCommand(dc::Client& c, const std::string& model, const std::string& i
 
 int UncertaintyCommand(dc::Client& c, const std::string& model, const std::string& input,
                        const std::string& target, int samples, std::optional<uint64_t> seed,
-                       Format f, const std::string& output) {
+                       Format f, const std::string& output, bool v2) {
   dc::Matrix x = ReadInputs(c, model, input, target);
   dc::UncertaintyOptions o;
   o.samples = samples;
   o.seed = seed;
-  auto r = c.PredictUncertainty(model, x, o);
+  auto r = v2 ? UncertaintyV2(c, model, x, samples, seed) : c.PredictUncertainty(model, x, o);
   dc::Matrix mean = dc::ToMatrix(r.mean()), sd = dc::ToMatrix(r.stddev());
   Table t;
   if (r.task() != v1::TASK_REGRESSION) {

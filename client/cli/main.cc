@@ -95,6 +95,7 @@ struct Args {
   uint64_t seed = 0;
   CLI::App *predict = nullptr, *unc = nullptr, *evaluate = nullptr;
   CLI::Option *seed_opt = nullptr, *eval_seed = nullptr;
+  std::string protocol = "v1";
   // bench
   cli::BenchOptions bench_options;
   std::vector<std::string> bench_workloads = {"health", "predict", "predict-batch", "uncertainty"};
@@ -204,6 +205,10 @@ void AddPredictCommands(CLI::App& app, Args& a) {
         ->check(CLI::ExistingFile);
     s->add_option("--target", a.target, "a column to ignore (the target)");
     s->add_option("--output", a.output, "write to this file instead of stdout");
+    s->add_option("--protocol", a.protocol,
+                  "v1 (dropnet.v1) or v2 (the Open Inference Protocol's ModelInfer, KServe v2)")
+        ->check(CLI::IsMember({"v1", "v2"}))
+        ->capture_default_str();
   }
 
   a.evaluate = app.add_subcommand("evaluate", "score a stored, labelled data set");
@@ -242,10 +247,14 @@ void AddBenchAndDemo(CLI::App& app, Args& a) {
       ->check(CLI::NonNegativeNumber);
   bench
       ->add_option("--workloads", a.bench_workloads,
-                   "any of health, predict (1 row), predict-batch, uncertainty (1 row)")
+                   "any of health, predict (1 row), predict-batch, uncertainty (1 row), infer "
+                   "(KServe v2 ModelInfer, 1 row), rest (KServe v2 REST infer, 1 row; --http)")
       ->delimiter(',')
       ->capture_default_str()
-      ->check(CLI::IsMember({"health", "predict", "predict-batch", "uncertainty"}));
+      ->check(
+          CLI::IsMember({"health", "predict", "predict-batch", "uncertainty", "infer", "rest"}));
+  bench->add_option("--http", bo.http, "host:port of the server's HTTP port (rest workload)")
+      ->envname("DROPNET_HTTP");
   bench->add_option("--batch", bo.batch, "rows of the predict-batch workload")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -362,11 +371,12 @@ int Run(const Args& a, const dc::ClientOptions& client_options) {
   const cli::Format f = cli::ParseFormat(a.format);
   if (auto rc = RunStoreCommand(c, a, f)) return *rc;
   if (*a.train) return RunTrain(c, a);
-  if (*a.predict) return cli::PredictCommand(c, a.name, a.input, a.target, f, a.output);
+  const bool v2 = a.protocol == "v2";
+  if (*a.predict) return cli::PredictCommand(c, a.name, a.input, a.target, f, a.output, v2);
   if (*a.unc) {
     return cli::UncertaintyCommand(
         c, a.name, a.input, a.target, a.samples,
-        a.seed_opt->count() ? std::optional<uint64_t>(a.seed) : std::nullopt, f, a.output);
+        a.seed_opt->count() ? std::optional<uint64_t>(a.seed) : std::nullopt, f, a.output, v2);
   }
   if (*a.evaluate) {
     return cli::EvaluateCommand(

@@ -1,5 +1,6 @@
 #include "server/engine/metrics.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -27,10 +28,12 @@ int64_t Label(const Matrix& labels, int64_t r, int64_t classes) {
 }
 }  // namespace
 
-double ExpectedCalibrationError(const Matrix& probs, const Matrix& labels, int bins) {
+std::vector<ReliabilityBin> ReliabilityDiagram(const Matrix& probs, const Matrix& labels,
+                                               int bins) {
   CheckRows(probs, labels);
+  if (bins <= 0) throw InvalidArgument("bins must be positive, got " + std::to_string(bins));
+  std::vector<ReliabilityBin> out(bins);
   std::vector<double> conf(bins, 0), acc(bins, 0);
-  std::vector<int64_t> count(bins, 0);
   for (int64_t r = 0; r < probs.rows(); ++r) {
     Eigen::Index arg;
     const double c = probs.row(r).maxCoeff(&arg);
@@ -38,13 +41,31 @@ double ExpectedCalibrationError(const Matrix& probs, const Matrix& labels, int b
     if (b < 0) b = 0;
     conf[b] += c;
     acc[b] += arg == Label(labels, r, probs.cols()) ? 1.0 : 0.0;
-    ++count[b];
+    ++out[b].count;
   }
-  double ece = 0;
   for (int b = 0; b < bins; ++b) {
-    if (count[b]) ece += std::abs(acc[b] - conf[b]);  // = n_b * |acc_b - conf_b|
+    out[b].lower = static_cast<double>(b) / bins;
+    out[b].upper = static_cast<double>(b + 1) / bins;
+    if (out[b].count) {
+      out[b].confidence = conf[b] / static_cast<double>(out[b].count);
+      out[b].accuracy = acc[b] / static_cast<double>(out[b].count);
+    }
   }
-  return ece / static_cast<double>(probs.rows());
+  return out;
+}
+
+namespace {
+double EceOf(const std::vector<ReliabilityBin>& diagram, int64_t rows) {
+  double ece = 0;
+  for (const auto& b : diagram) {
+    ece += static_cast<double>(b.count) * std::abs(b.accuracy - b.confidence);
+  }
+  return ece / static_cast<double>(rows);
+}
+}  // namespace
+
+double ExpectedCalibrationError(const Matrix& probs, const Matrix& labels, int bins) {
+  return EceOf(ReliabilityDiagram(probs, labels, bins), probs.rows());
 }
 
 ClassificationMetrics ScoreClassification(const Matrix& probs, const Matrix& labels, int bins) {
@@ -65,7 +86,8 @@ ClassificationMetrics ScoreClassification(const Matrix& probs, const Matrix& lab
   m.accuracy /= n;
   m.nll /= n;
   m.brier /= n;
-  m.ece = ExpectedCalibrationError(probs, labels, bins);
+  m.reliability = ReliabilityDiagram(probs, labels, bins);
+  m.ece = EceOf(m.reliability, n);
   return m;
 }
 

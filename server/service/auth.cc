@@ -77,17 +77,24 @@ grpc::Status TokenAuth::Check(const grpc::ServerContextBase& ctx, Role required,
   if (tokens_.empty()) return grpc::Status::OK;
   const auto& md = ctx.client_metadata();
   auto it = md.find("authorization");
-  if (it == md.end()) {
+  if (it == md.end()) return CheckHeader(false, {}, required, method);
+  return CheckHeader(true, std::string_view(it->second.data(), it->second.size()), required,
+                     method);
+}
+
+grpc::Status TokenAuth::CheckHeader(bool present, std::string_view authorization, Role required,
+                                    const char* method) const {
+  if (tokens_.empty()) return grpc::Status::OK;
+  if (!present) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                         std::string(method) + " needs a bearer token (authorization metadata)");
   }
-  const std::string value(it->second.data(), it->second.size());
-  constexpr const char kPrefix[] = "Bearer ";
-  if (value.rfind(kPrefix, 0) != 0) {
+  constexpr std::string_view kPrefix = "Bearer ";
+  if (authorization.substr(0, kPrefix.size()) != kPrefix) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                         "authorization metadata must be 'Bearer <token>'");
   }
-  const std::string token = value.substr(sizeof(kPrefix) - 1);
+  const std::string token(authorization.substr(kPrefix.size()));
   // Compare against every token so that the time taken does not say which one matched.
   int best = -1;
   for (const auto& e : tokens_) {

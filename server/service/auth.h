@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <grpcpp/server_context.h>
@@ -36,6 +37,10 @@ class TokenAuth {
 
   // OK, UNAUTHENTICATED or PERMISSION_DENIED for a call that needs `required`.
   grpc::Status Check(const grpc::ServerContextBase& ctx, Role required, const char* method) const;
+  // The same for a call whose authorization header (gRPC metadata or HTTP header) is
+  // `authorization`; `present` is false when the call has none.
+  grpc::Status CheckHeader(bool present, std::string_view authorization, Role required,
+                           const char* method) const;
 
  private:
   struct Entry {

@@ -80,6 +80,9 @@ class CallScheduler {
   void Answered();
 
   size_t max_queued() const { return executor_.max_queued(); }
+  // Calls waiting for a worker, and calls received and not yet answered.
+  size_t queued() const { return executor_.queued(); }
+  int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
 
  private:
   static constexpr int64_t kInlineWork = int64_t{1} << 21;

@@ -49,6 +49,7 @@ void CheckDataFits(const Snapshot& s, const engine::Dataset& d, const std::strin
 }
 
 void DropnetService::CallLog::Write(const grpc::Status& status, double ms) const {
+  if (metrics) metrics->ObserveCall(method, model, status.error_code(), ms / 1000.0, samples);
   auto log = Logger("rpc");
   // The model name is the caller's: bounded and escaped like everything it can put in a line.
   const std::string shown_model = Printable(model);

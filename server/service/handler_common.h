@@ -1,7 +1,7 @@
 // What the files that define the Dropnet service's calls share: the call's log line, the wrapper
-// every handler runs through (DropnetService::Run and Handle), and the checks and helpers more
-// than one of them uses. Only those files (service.cc, dataset_handlers.cc, training_job.cc)
-// include it.
+// every handler runs through (DropnetService::Run, Handle and Queue), and the checks and helpers
+// more than one of them uses. Only those files (service.cc, dataset_handlers.cc, training_job.cc,
+// inference_service.cc) include it.
 #ifndef DROPNET_SERVICE_HANDLER_COMMON_H_
 #define DROPNET_SERVICE_HANDLER_COMMON_H_
 
@@ -15,6 +15,7 @@
 
 #include "server/engine/data.h"
 #include "server/service/memory.h"
+#include "server/service/metrics_registry.h"
 #include "server/service/service.h"
 #include "server/service/snapshot.h"
 #include "server/service/status.h"
@@ -38,13 +39,16 @@ struct ReleaseFreeMemoryOnExit {
 };
 
 // One log line per call: method, model, version, mode, status and latency (from the call's
-// arrival, so a queued call's wait for a worker counts).
+// arrival, so a queued call's wait for a worker counts), and the call's metrics
+// (metrics_registry.h) when the service keeps them.
 struct DropnetService::CallLog {
   const char* method;
+  ServiceMetrics* metrics = nullptr;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::string model = "-", mode = "-";
   int64_t version = 0, rows = 0;
   int threads = 1;  // engine threads of a prediction call, chosen by Queue when it starts
+  int samples = 0;  // Monte-Carlo T of a Monte-Carlo call
 
   double ElapsedMs() const {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
@@ -53,9 +57,6 @@ struct DropnetService::CallLog {
   void Finish(const grpc::Status& status) const { Write(status, ElapsedMs()); }
   void Write(const grpc::Status& status, double ms) const;
 };
-
-// `status` with its message cut to kMaxErrorMessageChars (it may repeat what the caller sent).
-grpc::Status BoundedMessage(const grpc::Status& status);
 
 template <typename Body>
 grpc::Status DropnetService::Run(const char* method, grpc::ServerContextBase* ctx, Role role,
@@ -83,10 +84,49 @@ grpc::Status DropnetService::Run(const char* method, grpc::ServerContextBase* ct
 template <typename Body>
 grpc::Status DropnetService::Handle(const char* method, grpc::ServerContextBase* ctx, Role role,
                                     Body&& body) {
-  CallLog log{method};
+  CallLog log{method, metrics_};
+  sync_in_flight_.fetch_add(1, std::memory_order_relaxed);
   const grpc::Status status = BoundedMessage(Run(method, ctx, role, std::forward<Body>(body), log));
+  sync_in_flight_.fetch_sub(1, std::memory_order_relaxed);
   log.Finish(status);
   return status;
+}
+
+// Defined here, not in service.cc, for inference_service.cc's ModelInfer too.
+template <typename Body>
+grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
+                                                grpc::CallbackServerContext* ctx, Role role,
+                                                int64_t work, Body body) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  auto log = std::make_shared<CallLog>(CallLog{method, metrics_});
+  auto run = [this, method, ctx, role, reactor, log,
+              body = std::move(body)](const ScheduledCall& call) mutable {
+    grpc::Status status;
+    // A call that waited past its deadline, or whose client went away, is not computed.
+    if (ctx->IsCancelled()) {
+      status = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled while it waited");
+    } else if (DeadlinePassed(ctx)) {
+      status = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                            "the deadline passed while the call waited for a worker");
+    } else {
+      log->threads = scheduler_.BeginCompute(call);
+      status = BoundedMessage(Run(method, ctx, role, body, *log));
+      scheduler_.EndCompute();
+    }
+    // The answer goes out first; the log line is written after it, off the call's latency.
+    const double ms = log->ElapsedMs();
+    scheduler_.Answered();
+    reactor->Finish(status);
+    log->Write(status, ms);
+  };
+  if (!scheduler_.Schedule(work, std::move(run))) {
+    const grpc::Status busy(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "the server is busy: " + std::to_string(scheduler_.max_queued()) +
+                                " calls already wait for a worker");
+    log->Finish(busy);
+    reactor->Finish(busy);
+  }
+  return reactor;
 }
 
 }  // namespace dropnet::service

@@ -118,7 +118,19 @@ void Server::Start() {
     auth_.LoadFile(config_.tokens_file.string());
   }
   auth_.LoadEnvironment();
-  service_ = std::make_unique<DropnetService>(registry_.get(), config_.service, &auth_);
+  metrics_ = std::make_unique<ServiceMetrics>([this] { return DescribeServer(); },
+                                              [this](const std::string& model) {
+                                                try {
+                                                  registry_->Get(model);
+                                                  return true;
+                                                } catch (const ServiceError&) {
+                                                  return false;
+                                                }
+                                              });
+  service_ =
+      std::make_unique<DropnetService>(registry_.get(), config_.service, &auth_, metrics_.get());
+  inference_ = std::make_unique<InferenceService>(service_.get(), registry_.get(),
+                                                  [this] { return ready_.load(); });
 
   std::shared_ptr<grpc::ServerCredentials> credentials;
   const bool tls = !config_.tls_cert.empty() || !config_.tls_key.empty();
@@ -147,6 +159,7 @@ void Server::Start() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(config_.listen, credentials, &port_);
   builder.RegisterService(service_.get());
+  builder.RegisterService(inference_.get());
   builder.SetMaxReceiveMessageSize(config_.max_message_bytes);
   builder.SetMaxSendMessageSize(config_.max_message_bytes);
   // A second server on a taken port fails instead of silently sharing its connections.
@@ -162,11 +175,14 @@ void Server::Start() {
   auto* health = server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
-  Log()->info("serving dropnet.v1 on {} (port {}), {}{}, {}, {} workers x {} threads",
-              config_.listen, port_, tls ? "TLS" : "plaintext",
-              tls && !config_.tls_client_ca.empty() ? " with client certificates" : "",
-              auth_.enabled() ? std::to_string(auth_.size()) + " tokens" : "no tokens (open)",
-              config_.service.workers, config_.service.compute_threads);
+  ready_ = true;
+  Log()->info(
+      "serving dropnet.v1 and inference (KServe v2) on {} (port {}), {}{}, {}, {} workers x {} "
+      "threads",
+      config_.listen, port_, tls ? "TLS" : "plaintext",
+      tls && !config_.tls_client_ca.empty() ? " with client certificates" : "",
+      auth_.enabled() ? std::to_string(auth_.size()) + " tokens" : "no tokens (open)",
+      config_.service.workers, config_.service.compute_threads);
 
   if (config_.poll_interval_seconds > 0) {
     poller_ = std::thread([this] {
@@ -187,6 +203,37 @@ void Server::Start() {
   if (config_.example && !config_.service.read_only && registry_->ModelNames().empty()) {
     bootstrap_ = std::thread([this] { Bootstrap(); });
   }
+}
+
+std::shared_ptr<grpc::Channel> Server::InProcessChannel() {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(config_.max_message_bytes);
+  args.SetMaxSendMessageSize(config_.max_message_bytes);
+  return server_->InProcessChannel(args);
+}
+
+ServerState Server::DescribeServer() const {
+  ServerState s;
+  s.queued_calls = service_->QueuedCalls();
+  s.calls_in_flight = service_->CallsInFlight();
+  for (const auto& name : registry_->ModelNames()) {
+    try {
+      const SnapshotPtr snap = registry_->Get(name);
+      v1::ModelInfo info;
+      registry_->Describe(*snap, &info);
+      ServerState::Model m{name, info.versions_size(), info.training()};
+      m.epoch = info.history_size();
+      if (!info.history().empty()) {
+        m.loss = info.history().rbegin()->loss();
+        m.validation_metric = info.history().rbegin()->val_metric();
+      }
+      s.models.push_back(std::move(m));
+    } catch (const ServiceError&) {
+      // deleted meanwhile
+    }
+  }
+  s.store_bytes = DirectoryBytes(config_.store);
+  return s;
 }
 
 void Server::Bootstrap() {
@@ -237,6 +284,7 @@ void Server::Shutdown() {
     stopping_ = true;
   }
   cv_.notify_all();
+  ready_ = false;
   Log()->info(
       "shutting down: health NOT_SERVING, new calls served for {} s more, then refused while "
       "in-flight calls get {} s and trainings save",

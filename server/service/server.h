@@ -1,8 +1,10 @@
-// A running dropnet server: the gRPC server with the Dropnet service, grpc.health.v1 and
-// reflection, the model store, the read-only replica's store polling and the example bootstrap.
+// A running dropnet server: the gRPC server with the Dropnet service, the Open Inference
+// Protocol's GRPCInferenceService (inference_service.h), grpc.health.v1 and reflection, the model
+// store, the read-only replica's store polling and the example bootstrap.
 #ifndef DROPNET_SERVICE_SERVER_H_
 #define DROPNET_SERVICE_SERVER_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <filesystem>
 #include <memory>
@@ -12,6 +14,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "server/service/inference_service.h"
+#include "server/service/metrics_registry.h"
 #include "server/service/registry.h"
 #include "server/service/service.h"
 
@@ -73,21 +77,37 @@ class Server {
 
   Registry& registry() { return *registry_; }
   DropnetService& service() { return *service_; }
+  // The server's Prometheus metrics (after Start).
+  ServiceMetrics& metrics() { return *metrics_; }
+  // A channel to this server's services inside the process (after Start).
+  std::shared_ptr<grpc::Channel> InProcessChannel();
+  InferenceService& inference() { return *inference_; }
+  // The bearer tokens Start loaded (for the HTTP port, which checks the same ones).
+  const TokenAuth& auth() const { return auth_; }
+  const ServerConfig& config() const { return config_; }
+  // True from a successful Start until Shutdown begins (readiness probes turn false while the
+  // server drains).
+  bool ready() const { return ready_.load(); }
 
  private:
   void Bootstrap();
+  // The gauges of the metrics, read when they are scraped.
+  ServerState DescribeServer() const;
 
   ServerConfig config_;
   std::unique_ptr<ModelStore> store_;
   std::unique_ptr<Registry> registry_;
   TokenAuth auth_;
+  std::unique_ptr<ServiceMetrics> metrics_;
   std::unique_ptr<DropnetService> service_;
+  std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::thread poller_, bootstrap_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false, stopped_ = false;
+  std::atomic<bool> ready_{false};
 };
 
 // Configures spdlog: one logger per component (server, rpc, train, store) at `level`.

@@ -2,7 +2,7 @@
 
 #include <chrono>
 #include <cmath>
-#include <random>
+#include <future>
 
 #include <spdlog/spdlog.h>
 
@@ -10,6 +10,7 @@
 #include "server/engine/metrics.h"
 #include "server/engine/random.h"
 #include "server/service/handler_common.h"
+#include "server/service/prediction.h"
 #include "server/service/request_wire.h"
 
 namespace dropnet::service {
@@ -18,17 +19,6 @@ using engine::Matrix;
 using grpc::StatusCode;
 
 namespace {
-
-// A seed for a call that gave none: each thread draws from its own SplitMix64 sequence, started
-// from the system's entropy once (opening std::random_device per call cost more than a small
-// prediction).
-uint64_t FreshSeed() {
-  thread_local engine::SplitMix64 rng = [] {
-    std::random_device rd;
-    return engine::SplitMix64((static_cast<uint64_t>(rd()) << 32) ^ rd());
-  }();
-  return rng.Next();
-}
 
 // A Predict or PredictUncertainty call: its request, read from its bytes (request_wire.h), and its
 // answer, serialised by the call's body when it succeeds.
@@ -55,53 +45,15 @@ grpc::Status SerializeResponse(const google::protobuf::Message& response, grpc::
                                                                                     &own_buffer);
 }
 
-// Reads a request batch, checks its size and applies the model's standardisation.
-Matrix ReadInputs(const Snapshot& s, const WireTensor& inputs, int64_t max_rows) {
-  if (!inputs.shape.empty() && inputs.shape[0] > max_rows) {
-    Fail(StatusCode::RESOURCE_EXHAUSTED, "inputs has " + std::to_string(inputs.shape[0]) +
-                                             " rows, the limit is " + std::to_string(max_rows));
+void AddReliability(const std::vector<engine::ReliabilityBin>& bins, v1::EvaluateResponse* resp) {
+  for (const auto& b : bins) {
+    v1::ReliabilityBin* out = resp->add_reliability();
+    out->set_lower(b.lower);
+    out->set_upper(b.upper);
+    out->set_count(b.count);
+    out->set_confidence(b.confidence);
+    out->set_accuracy(b.accuracy);
   }
-  Matrix x = inputs.ToMatrix(s.net.input_shape().Size(), "inputs");
-  s.standardizer.Apply(&x);
-  return x;
-}
-
-int ResolveSamples(int requested, int default_samples, int max_samples) {
-  const int t = requested == 0 ? default_samples : requested;
-  if (t <= 0) {
-    Fail(StatusCode::INVALID_ARGUMENT, "samples must be positive, got " + std::to_string(t));
-  }
-  if (t > max_samples) {
-    Fail(StatusCode::RESOURCE_EXHAUSTED, "samples " + std::to_string(t) +
-                                             " exceeds the server limit " +
-                                             std::to_string(max_samples));
-  }
-  return t;
-}
-
-// The Monte-Carlo options of a PredictUncertainty or Evaluate call `req`: its T (or the default,
-// within the limit), its seed (or a fresh one), the call's engine threads, the memory budget and
-// the model's tau; it stops when the call is cancelled or past its deadline. A server that drains
-// lets it finish: gRPC cancels it when the shutdown grace runs out. A model without a stochastic
-// layer is FAILED_PRECONDITION: its samples would all be equal, and a zero spread would read as
-// certainty; `instead` names the deterministic call to use.
-template <typename Request>
-engine::McOptions MonteCarloOptions(const Request& req, const ServiceConfig& config,
-                                    const Snapshot& snap, int threads,
-                                    const grpc::ServerContextBase* ctx, const char* instead) {
-  engine::McOptions mo;
-  mo.samples = ResolveSamples(req.samples(), config.default_samples, config.max_samples);
-  if (snap.net.FirstStochasticLayer() >= snap.net.size()) {
-    Fail(StatusCode::FAILED_PRECONDITION,
-         "model '" + snap.model +
-             "' has no stochastic layer: Monte-Carlo samples would all be equal; use " + instead);
-  }
-  mo.seed = req.has_seed() ? req.seed() : FreshSeed();
-  mo.threads = threads;
-  mo.memory_budget_bytes = config.mc_memory_budget_bytes;
-  mo.tau = snap.tau;
-  mo.should_stop = [ctx] { return ctx->IsCancelled() || DeadlinePassed(ctx); };
-  return mo;
 }
 
 std::string ModeOf(v1::EvalMode m) {
@@ -110,9 +62,11 @@ std::string ModeOf(v1::EvalMode m) {
 
 }  // namespace
 
-DropnetService::DropnetService(Registry* registry, ServiceConfig config, const TokenAuth* auth)
+DropnetService::DropnetService(Registry* registry, ServiceConfig config, const TokenAuth* auth,
+                               ServiceMetrics* metrics)
     : registry_(registry),
       auth_(auth),
+      metrics_(metrics),
       config_(std::move(config)),
       scheduler_(config_.compute_threads, config_.workers, config_.max_queued_calls) {}
 
@@ -121,40 +75,35 @@ void DropnetService::StartDraining() {
   registry_->CancelAllTraining();
 }
 
-template <typename Body>
-grpc::ServerUnaryReactor* DropnetService::Queue(const char* method,
-                                                grpc::CallbackServerContext* ctx, Role role,
-                                                int64_t work, Body body) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  auto log = std::make_shared<CallLog>(CallLog{method});
-  auto run = [this, method, ctx, role, reactor, log,
-              body = std::move(body)](const ScheduledCall& call) mutable {
+grpc::Status DropnetService::RunQueued(
+    const char* method, int64_t work,
+    const std::function<grpc::Status(int threads, CallLog&)>& body) {
+  CallLog log{method};
+  std::promise<grpc::Status> answered;
+  std::future<grpc::Status> answer = answered.get_future();
+  const bool scheduled = scheduler_.Schedule(work, [&](const ScheduledCall& call) {
     grpc::Status status;
-    // A call that waited past its deadline, or whose client went away, is not computed.
-    if (ctx->IsCancelled()) {
-      status = grpc::Status(StatusCode::CANCELLED, "the call was cancelled while it waited");
-    } else if (DeadlinePassed(ctx)) {
-      status = grpc::Status(StatusCode::DEADLINE_EXCEEDED,
-                            "the deadline passed while the call waited for a worker");
+    if (draining_) {
+      status = grpc::Status(StatusCode::UNAVAILABLE, "the server is shutting down");
     } else {
-      log->threads = scheduler_.BeginCompute(call);
-      status = BoundedMessage(Run(method, ctx, role, body, *log));
+      log.threads = scheduler_.BeginCompute(call);
+      try {
+        status = body(log.threads, log);
+      } catch (...) {
+        status = ToStatus(std::current_exception());
+      }
       scheduler_.EndCompute();
     }
-    // The answer goes out first; the log line is written after it, off the call's latency.
-    const double ms = log->ElapsedMs();
     scheduler_.Answered();
-    reactor->Finish(status);
-    log->Write(status, ms);
-  };
-  if (!scheduler_.Schedule(work, std::move(run))) {
-    const grpc::Status busy(StatusCode::RESOURCE_EXHAUSTED,
-                            "the server is busy: " + std::to_string(scheduler_.max_queued()) +
-                                " calls already wait for a worker");
-    log->Finish(busy);
-    reactor->Finish(busy);
-  }
-  return reactor;
+    answered.set_value(BoundedMessage(status));
+  });
+  const grpc::Status status =
+      scheduled ? answer.get()
+                : grpc::Status(StatusCode::RESOURCE_EXHAUSTED,
+                               "the server is busy: " + std::to_string(scheduler_.max_queued()) +
+                                   " calls already wait for a worker");
+  log.Finish(status);
+  return status;
 }
 
 // ---- Models ----
@@ -212,7 +161,7 @@ grpc::Status DropnetService::DeleteModel(grpc::ServerContext* ctx,
 grpc::Status DropnetService::RunTraining(const v1::TrainRequest& request, const TrainSink& sink,
                                          const std::function<bool()>& stop) {
   const TrainingEnvironment env{registry_, config_.compute_threads,
-                                config_.max_concurrent_trainings, &draining_};
+                                config_.max_concurrent_trainings, &draining_, metrics_};
   return service::RunTraining(env, request, sink, stop);
 }
 
@@ -248,11 +197,11 @@ grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* c
     log.mode = "eval";
     SnapshotPtr snap = registry_->Get(req->model());
     log.version = snap->version;
-    Matrix x = ReadInputs(*snap, call->inputs, config_.max_batch_rows);
-    log.rows = x.rows();
-    Matrix var;
-    Matrix out = engine::PredictEval(snap->net, snap->task, snap->loss, x, log.threads, nullptr,
-                                     nullptr, &var);
+    const Prediction p =
+        RunPrediction(*snap, call->inputs, PredictionQuery{}, config_, log.threads, nullptr);
+    log.rows = p.rows;
+    const Matrix& out = p.output;
+    const Matrix& var = p.variance;
     ToTensor(out, resp->mutable_outputs());
     if (var.size()) ToTensor(var, resp->mutable_variances());
     resp->set_version(snap->version);
@@ -287,23 +236,19 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
         log.mode = "monte_carlo";
         SnapshotPtr snap = registry_->Get(req->model());
         log.version = snap->version;
-        engine::McOptions mo = MonteCarloOptions(*req, config_, *snap, log.threads, ctx, "Predict");
-        if (req->interval() != 0) mo.interval = req->interval();
-        if (!(mo.interval > 0 && mo.interval < 1)) {
-          Fail(StatusCode::INVALID_ARGUMENT,
-               "interval must be in (0, 1), got " + std::to_string(mo.interval));
-        }
-        Matrix x = ReadInputs(*snap, call->inputs, config_.max_batch_rows);
-        log.rows = x.rows();
-        const int64_t outputs = snap->net.output_shape().Size();
-        if (req->return_samples() &&
-            static_cast<int64_t>(mo.samples) * x.rows() * outputs > config_.max_returned_samples) {
-          Fail(StatusCode::RESOURCE_EXHAUSTED,
-               "return_samples would send " + std::to_string(mo.samples * x.rows() * outputs) +
-                   " values, the limit is " + std::to_string(config_.max_returned_samples));
-        }
-        mo.keep_samples = req->return_samples();
-        auto r = engine::MonteCarloPredict(snap->net, snap->task, snap->loss, x, mo);
+        PredictionQuery q;
+        q.monte_carlo = true;
+        q.samples = req->samples();
+        if (req->has_seed()) q.seed = req->seed();
+        q.interval = req->interval();
+        q.keep_samples = req->return_samples();
+        const Prediction p = RunPrediction(*snap, call->inputs, q, config_, log.threads, [ctx] {
+          return ctx->IsCancelled() || DeadlinePassed(ctx);
+        });
+        log.rows = p.rows;
+        const engine::McResult& r = p.mc;
+        const engine::McOptions& mo = p.options;
+        log.samples = mo.samples;
         ToTensor(r.mean, resp->mutable_mean());
         ToTensor(r.stddev, resp->mutable_stddev());
         if (snap->task == engine::Task::kClassification) {
@@ -325,7 +270,7 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
           auto* t = resp->mutable_samples();
           const int64_t cols = r.sample_outputs.empty() ? 0 : r.sample_outputs[0].cols();
           t->add_shape(mo.samples);
-          t->add_shape(x.rows());
+          t->add_shape(p.rows);
           t->add_shape(cols);
           for (const auto& m : r.sample_outputs) {
             t->mutable_values()->Add(m.data(), m.data() + m.size());
@@ -389,8 +334,15 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
         if (var.rows() == rows && batch_var.rows() == n) var.middleRows(r0, n) = batch_var;
       }
     } else {
-      engine::McOptions mo =
-          MonteCarloOptions(*req, config_, *snap, log.threads, ctx, "Evaluate in eval mode");
+      PredictionQuery q;
+      q.monte_carlo = true;
+      q.samples = req->samples();
+      if (req->has_seed()) q.seed = req->seed();
+      q.instead = "Evaluate in eval mode";
+      engine::McOptions mo = MonteCarloOptions(q, config_, *snap, log.threads, [ctx] {
+        return ctx->IsCancelled() || DeadlinePassed(ctx);
+      });
+      log.samples = mo.samples;
       const bool want_ll =
           !classify && (snap->tau > 0 || snap->loss == engine::LossKind::kGaussianNll);
       constexpr int64_t kBatch = 256;
@@ -418,6 +370,7 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
       resp->set_nll(m.nll);
       resp->set_brier(m.brier);
       resp->set_ece(m.ece);
+      AddReliability(m.reliability, resp);
     } else {
       auto m = engine::ScoreRegression(mean, y, var, snap->tau);
       resp->set_rmse(m.rmse);

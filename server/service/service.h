@@ -21,6 +21,7 @@
 #include "dropnet/v1/service.grpc.pb.h"
 #include "server/service/auth.h"
 #include "server/service/executor.h"
+#include "server/service/metrics_registry.h"
 #include "server/service/registry.h"
 #include "server/service/training_job.h"
 
@@ -52,12 +53,19 @@ using DropnetServiceBase = v1::Dropnet::WithRawCallbackMethod_Predict<
 
 class DropnetService final : public DropnetServiceBase {
  public:
-  // `auth` may be null (every call allowed); it must outlive the service.
-  DropnetService(Registry* registry, ServiceConfig config, const TokenAuth* auth = nullptr);
+  // `auth` may be null (every call allowed), and `metrics` (none kept); both must outlive the
+  // service.
+  DropnetService(Registry* registry, ServiceConfig config, const TokenAuth* auth = nullptr,
+                 ServiceMetrics* metrics = nullptr);
 
   // While draining, new calls get UNAVAILABLE and running trainings stop and save.
   void StartDraining();
   bool draining() const { return draining_.load(); }
+  // Calls received and not yet answered, and prediction calls waiting for a worker.
+  int64_t CallsInFlight() const {
+    return scheduler_.in_flight() + sync_in_flight_.load(std::memory_order_relaxed);
+  }
+  int64_t QueuedCalls() const { return static_cast<int64_t>(scheduler_.queued()); }
 
   // The work of one Train call (training_job.h), shared by the RPC and the example bootstrap.
   // `stop` is polled between steps. Returns the final status.
@@ -92,8 +100,17 @@ class DropnetService final : public DropnetServiceBase {
   grpc::ServerUnaryReactor* Evaluate(grpc::CallbackServerContext*, const v1::EvaluateRequest*,
                                      v1::EvaluateResponse*) override;
 
- private:
+  // A call's log line (handler_common.h).
   struct CallLog;
+  // Runs `body` as a prediction call of `work` multiply-adds through the scheduler and waits for
+  // its answer: for a transport without gRPC's callback API (the HTTP port) whose caller has
+  // checked the token. UNAVAILABLE while draining, RESOURCE_EXHAUSTED when the queue is full,
+  // exceptions mapped as every call's; one log line.
+  grpc::Status RunQueued(const char* method, int64_t work,
+                         const std::function<grpc::Status(int threads, CallLog&)>& body);
+
+ private:
+  friend class InferenceService;  // its handlers run through Handle and Queue
   // Checks the token, draining and read-only state, runs `body` and maps what it throws.
   template <typename Body>
   grpc::Status Run(const char* method, grpc::ServerContextBase* ctx, Role role, Body&& body,
@@ -109,8 +126,10 @@ class DropnetService final : public DropnetServiceBase {
 
   Registry* registry_;
   const TokenAuth* auth_;
+  ServiceMetrics* metrics_;
   ServiceConfig config_;
   std::atomic<bool> draining_{false};
+  std::atomic<int> sync_in_flight_{0};  // synchronous calls running
   // Last member: destroyed first, so its workers finish before the rest goes.
   CallScheduler scheduler_;
 };

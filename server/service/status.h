@@ -38,6 +38,9 @@ inline constexpr size_t kEchoedNameChars = 64;
 // The longest error message a call answers with (gRPC sends it as metadata, whose size is capped).
 inline constexpr size_t kMaxErrorMessageChars = 1024;
 
+// `status` with its message cut to kMaxErrorMessageChars (it may repeat what the caller sent).
+grpc::Status BoundedMessage(const grpc::Status& status);
+
 // `text` made safe to log or echo: at most its first `max_chars` bytes, then "..." when it was
 // longer; bytes outside printable ASCII, and the backslash, as \xNN (so a line break in a name
 // cannot forge a log line).

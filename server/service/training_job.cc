@@ -71,7 +71,8 @@ namespace {
 class TrainingJob {
  public:
   TrainingJob(const v1::TrainRequest& req, const engine::TrainOptions& options, SnapshotPtr base,
-              std::unique_ptr<Registry::TrainingLease> lease, const TrainSink& sink)
+              std::unique_ptr<Registry::TrainingLease> lease, const TrainSink& sink,
+              ServiceMetrics* metrics)
       : req_(req),
         o_(options),
         base_(std::move(base)),
@@ -81,7 +82,8 @@ class TrainingJob {
         class_names_(base_->class_names),
         history_(base_->history),
         published_version_(base_->version),
-        log_(Logger("train")) {}
+        log_(Logger("train")),
+        metrics_(metrics) {}
 
   // Trains on `data` (as stored: the job standardises a copy when it needs to).
   grpc::Status Run(const std::shared_ptr<const engine::Dataset>& data,
@@ -114,6 +116,7 @@ class TrainingJob {
   int64_t published_steps_ = 0;
   std::chrono::steady_clock::time_point run_start_;
   std::shared_ptr<spdlog::logger> log_;
+  ServiceMetrics* metrics_;
 };
 
 grpc::Status TrainingJob::Run(const std::shared_ptr<const engine::Dataset>& data,
@@ -231,6 +234,7 @@ void TrainingJob::OnProgress(const engine::TrainProgress& p, const engine::Netwo
     rec.set_dataset(req_.dataset());
     history_.push_back(rec);
     Publish(current, p.step, "epoch " + std::to_string(rec.epoch()), true);
+    if (metrics_) metrics_->ObserveEpoch(req_.model());
     log_->info("model {} epoch {}/{} loss {:.4f} metric {:.4f} -> version {}", req_.model(),
                p.epoch, p.epochs, p.loss, p.metric, published_version_);
     if (!sink_(Event(v1::TrainEvent::KIND_EPOCH, p))) cancel = true;
@@ -284,7 +288,7 @@ grpc::Status RunTraining(const TrainingEnvironment& env, const v1::TrainRequest&
   // Take the model again under the lease: nothing can publish between here and the end.
   SnapshotPtr base = env.registry->Get(req.model());
   o.first_step = base->steps;
-  TrainingJob job(req, o, std::move(base), std::move(lease), sink);
+  TrainingJob job(req, o, std::move(base), std::move(lease), sink, env.metrics);
   return job.Run(data_entry.data, stop, *env.draining);
 }
 

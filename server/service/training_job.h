@@ -16,6 +16,7 @@
 
 #include "dropnet/v1/service.pb.h"
 #include "server/engine/trainer.h"
+#include "server/service/metrics_registry.h"
 #include "server/service/registry.h"
 
 namespace dropnet::service {
@@ -30,6 +31,7 @@ struct TrainingEnvironment {
   int threads = 1;  // engine threads the training computes on
   int max_concurrent_trainings = 1;
   const std::atomic<bool>* draining = nullptr;  // set when the server shuts down
+  ServiceMetrics* metrics = nullptr;            // counts finished epochs; may be null
 };
 
 // The engine's options for `request`, on `threads` threads. Throws INVALID_ARGUMENT for an unknown

@@ -29,6 +29,7 @@ expect_count PodDisruptionBudget 1
 expect_count HorizontalPodAutoscaler 1
 expect_count PersistentVolumeClaim 1
 expect_count ConfigMap 1
+expect_count ServiceMonitor 1
 expect_text "HPA is autoscaling/v2" '^apiVersion: autoscaling/v2$'
 expect_text "PDB is policy/v1" '^apiVersion: policy/v1$'
 expect_text "store is ReadWriteMany" '^  - ReadWriteMany$'
@@ -38,6 +39,9 @@ expect_text "replicas run --read-only" '^        - --read-only$'
 expect_text "native gRPC probes" '^          grpc:$'
 expect_text "non-root" 'runAsNonRoot: true'
 expect_text "2 serving replicas" '^  replicas: 2$'
+expect_text "pods annotated for Prometheus" 'prometheus.io/scrape: "true"$'
+expect_text "the HTTP port is served" 'DROPNET_HTTP_LISTEN: 0.0.0.0:8080$'
+expect_text "ServiceMonitor scrapes /metrics on the http port" '^    path: /metrics$'
 expect_text "HPA minReplicas >= 2" '^  minReplicas: ([2-9]|[1-9][0-9]+)$'
 expect_text "ConfigMap referenced by its generated name" 'name: dropnet-config-[a-z0-9]{10}$'
 # The serving Deployment is the one with --read-only, the trainer has exactly one replica.

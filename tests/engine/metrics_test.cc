@@ -50,6 +50,29 @@ TEST(MetricsTest, EceAveragesWithinABin) {
   EXPECT_NEAR(ExpectedCalibrationError(d.probs, d.labels, 1), std::abs(0.5 - 2.67 / 4), 1e-6);
 }
 
+TEST(MetricsTest, ReliabilityDiagramBinsByConfidence) {
+  Matrix probs(3, 2), labels(3, 1);
+  probs << 0.71f, 0.29f, 0.72f, 0.28f, 1.00f, 0.00f;
+  labels << 0, 1, 0;
+  const auto bins = ReliabilityDiagram(probs, labels);
+  ASSERT_EQ(bins.size(), 15u);
+  for (int b = 0; b < 15; ++b) {
+    EXPECT_DOUBLE_EQ(bins[b].lower, b / 15.0);
+    EXPECT_DOUBLE_EQ(bins[b].upper, (b + 1) / 15.0);
+    const int64_t expected = b == 10 ? 2 : b == 14 ? 1 : 0;
+    EXPECT_EQ(bins[b].count, expected) << "bin " << b;
+  }
+  EXPECT_NEAR(bins[10].confidence, 0.715, 1e-6);
+  EXPECT_NEAR(bins[10].accuracy, 0.5, 1e-12);
+  EXPECT_NEAR(bins[14].confidence, 1.0, 1e-6);
+  EXPECT_NEAR(bins[14].accuracy, 1.0, 1e-12);
+  EXPECT_EQ(bins[0].accuracy, 0.0);
+  const ClassificationMetrics m = ScoreClassification(probs, labels);
+  ASSERT_EQ(m.reliability.size(), 15u);
+  EXPECT_EQ(m.reliability[10].count, 2);
+  EXPECT_THROW(ReliabilityDiagram(probs, labels, 0), InvalidArgument);
+}
+
 TEST(MetricsTest, PerfectPredictionsAndTheProbabilityFloor) {
   Matrix probs(2, 2), labels(2, 1);
   probs << 1.0f, 0.0f, 0.0f, 1.0f;

@@ -356,7 +356,7 @@ TEST_F(ServiceTest, EvaluateClassificationInEvalMode) {
   std::vector<float> probs(pred.outputs().values().begin(), pred.outputs().values().end());
   probs.insert(probs.end(), pred2.outputs().values().begin(), pred2.outputs().values().end());
   double acc = 0, nll = 0, brier = 0;
-  std::vector<double> conf(15), hits(15);
+  std::vector<double> conf(15), hits(15), counts(15);
   for (int r = 0; r < 100; ++r) {
     const int y = static_cast<int>(d.y[r]);
     int arg = 0;
@@ -371,9 +371,22 @@ TEST_F(ServiceTest, EvaluateClassificationInEvalMode) {
     const int bin = std::min(14, static_cast<int>(top * 15));
     conf[bin] += top;
     hits[bin] += arg == y;
+    counts[bin] += 1;
   }
   double ece = 0;
   for (int b = 0; b < 15; ++b) ece += std::abs(hits[b] - conf[b]);
+  // The reliability diagram: the same bins.
+  ASSERT_EQ(resp.reliability_size(), 15);
+  for (int b = 0; b < 15; ++b) {
+    const auto& bin = resp.reliability(b);
+    EXPECT_NEAR(bin.lower(), b / 15.0, 1e-12);
+    EXPECT_NEAR(bin.upper(), (b + 1) / 15.0, 1e-12);
+    EXPECT_EQ(bin.count(), counts[b]) << "bin " << b;
+    if (counts[b] > 0) {
+      EXPECT_NEAR(bin.confidence(), conf[b] / counts[b], 1e-5);
+      EXPECT_NEAR(bin.accuracy(), hits[b] / counts[b], 1e-9);
+    }
+  }
   EXPECT_NEAR(resp.accuracy(), acc / 100, 1e-9);
   EXPECT_NEAR(resp.nll(), nll / 100, 1e-5);
   EXPECT_NEAR(resp.brier(), brier / 100, 1e-5);

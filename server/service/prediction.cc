@@ -1,0 +1,102 @@
+#include "server/service/prediction.h"
+
+#include <random>
+#include <string>
+
+#include "server/engine/random.h"
+#include "server/service/status.h"
+
+namespace dropnet::service {
+
+using engine::Matrix;
+using grpc::StatusCode;
+
+namespace {
+
+// Reads a request batch, checks its size and applies the model's standardisation.
+Matrix ReadInputs(const Snapshot& s, const WireTensor& inputs, int64_t max_rows,
+                  const char* field) {
+  if (!inputs.shape.empty() && inputs.shape[0] > max_rows) {
+    Fail(StatusCode::RESOURCE_EXHAUSTED, std::string(field) + " has " +
+                                             std::to_string(inputs.shape[0]) +
+                                             " rows, the limit is " + std::to_string(max_rows));
+  }
+  Matrix x = inputs.ToMatrix(s.net.input_shape().Size(), field);
+  s.standardizer.Apply(&x);
+  return x;
+}
+
+}  // namespace
+
+uint64_t FreshSeed() {
+  // Opening std::random_device per call cost more than a small prediction.
+  thread_local engine::SplitMix64 rng = [] {
+    std::random_device rd;
+    return engine::SplitMix64((static_cast<uint64_t>(rd()) << 32) ^ rd());
+  }();
+  return rng.Next();
+}
+
+int ResolveSamples(int requested, int default_samples, int max_samples) {
+  const int t = requested == 0 ? default_samples : requested;
+  if (t <= 0) {
+    Fail(StatusCode::INVALID_ARGUMENT, "samples must be positive, got " + std::to_string(t));
+  }
+  if (t > max_samples) {
+    Fail(StatusCode::RESOURCE_EXHAUSTED, "samples " + std::to_string(t) +
+                                             " exceeds the server limit " +
+                                             std::to_string(max_samples));
+  }
+  return t;
+}
+
+engine::McOptions MonteCarloOptions(const PredictionQuery& q, const ServiceConfig& config,
+                                    const Snapshot& snap, int threads,
+                                    const std::function<bool()>& should_stop) {
+  engine::McOptions mo;
+  mo.samples = ResolveSamples(q.samples, config.default_samples, config.max_samples);
+  if (snap.net.FirstStochasticLayer() >= snap.net.size()) {
+    Fail(StatusCode::FAILED_PRECONDITION,
+         "model '" + snap.model +
+             "' has no stochastic layer: Monte-Carlo samples would all be equal; use " + q.instead);
+  }
+  mo.seed = q.seed ? *q.seed : FreshSeed();
+  mo.threads = threads;
+  mo.memory_budget_bytes = config.mc_memory_budget_bytes;
+  mo.tau = snap.tau;
+  mo.should_stop = should_stop;
+  if (q.interval != 0) mo.interval = q.interval;
+  if (!(mo.interval > 0 && mo.interval < 1)) {
+    Fail(StatusCode::INVALID_ARGUMENT,
+         "interval must be in (0, 1), got " + std::to_string(mo.interval));
+  }
+  return mo;
+}
+
+Prediction RunPrediction(const Snapshot& snap, const WireTensor& inputs, const PredictionQuery& q,
+                         const ServiceConfig& config, int threads,
+                         const std::function<bool()>& should_stop) {
+  Prediction p;
+  if (!q.monte_carlo) {
+    const Matrix x = ReadInputs(snap, inputs, config.max_batch_rows, q.field);
+    p.rows = x.rows();
+    p.output = engine::PredictEval(snap.net, snap.task, snap.loss, x, threads, nullptr, nullptr,
+                                   &p.variance);
+    return p;
+  }
+  p.options = MonteCarloOptions(q, config, snap, threads, should_stop);
+  const Matrix x = ReadInputs(snap, inputs, config.max_batch_rows, q.field);
+  p.rows = x.rows();
+  const int64_t outputs = snap.net.output_shape().Size();
+  const int64_t returned = static_cast<int64_t>(p.options.samples) * x.rows() * outputs;
+  if (q.keep_samples && returned > config.max_returned_samples) {
+    Fail(StatusCode::RESOURCE_EXHAUSTED, "return_samples would send " + std::to_string(returned) +
+                                             " values, the limit is " +
+                                             std::to_string(config.max_returned_samples));
+  }
+  p.options.keep_samples = q.keep_samples;
+  p.mc = engine::MonteCarloPredict(snap.net, snap.task, snap.loss, x, p.options);
+  return p;
+}
+
+}  // namespace dropnet::service
