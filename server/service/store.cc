@@ -23,6 +23,8 @@ namespace {
 
 constexpr uint32_t kFormat = 1;
 constexpr char kWriterLock[] = "writer.lock";
+constexpr char kSettingsFile[] = "labels.pb";
+constexpr char kHistoryFile[] = "history.log";
 
 StoreStepHook& StepHook() {
   static StoreStepHook hook;
@@ -306,6 +308,121 @@ v1::Checkpoint ModelStore::LoadCheckpoint(const std::string& model, int64_t vers
 }
 
 void ModelStore::DeleteModel(const std::string& model) { RemoveTree(root_ / "models" / model); }
+
+void ModelStore::DeleteVersion(const std::string& model, int64_t version) {
+  RemoveTree(root_ / "models" / model / std::to_string(version));
+}
+
+int64_t ModelStore::VersionSize(const std::string& model, int64_t version) const {
+  std::error_code ec;
+  const auto n =
+      fs::file_size(root_ / "models" / model / std::to_string(version) / "checkpoint.pb", ec);
+  return ec ? 0 : static_cast<int64_t>(n);
+}
+
+v1::ModelSettings ModelStore::LoadSettings(const std::string& model) const {
+  v1::ModelSettings settings;
+  const fs::path file = root_ / "models" / model / kSettingsFile;
+  if (fs::exists(file)) ReadBlob(file, &settings);
+  return settings;
+}
+
+void ModelStore::SaveSettings(const std::string& model, const v1::ModelSettings& settings) {
+  if (!writable_) Fail(grpc::StatusCode::FAILED_PRECONDITION, "the model store is read-only");
+  const fs::path dir = root_ / "models" / model;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) IoFail("create", dir, ec.value());
+  ReplaceFile(dir, kSettingsFile, SerializeBlob(settings));
+}
+
+namespace {
+
+// The records of a history file and the length of its whole-record prefix.
+std::vector<v1::EpochRecord> ReadHistoryRecords(const fs::path& file, int64_t* valid_bytes) {
+  std::vector<v1::EpochRecord> out;
+  *valid_bytes = 0;
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return out;
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t at = 0;
+  while (at + 4 <= bytes.size()) {
+    uint32_t n = 0;
+    for (int i = 3; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[at + i]);
+    if (at + 4 + n > bytes.size()) break;
+    v1::HistoryRecord record;
+    try {
+      ParseBlob(bytes.substr(at + 4, n), file.string(), &record);
+    } catch (const ServiceError&) {
+      break;  // a torn or damaged record: everything from here is dropped
+    }
+    out.push_back(record.epoch());
+    at += 4 + n;
+  }
+  *valid_bytes = static_cast<int64_t>(at);
+  return out;
+}
+
+}  // namespace
+
+std::vector<v1::EpochRecord> ModelStore::LoadHistory(const std::string& model) const {
+  int64_t valid = 0;
+  return ReadHistoryRecords(root_ / "models" / model / kHistoryFile, &valid);
+}
+
+void ModelStore::AppendHistory(const std::string& model, const v1::EpochRecord& record) {
+  if (!writable_) Fail(grpc::StatusCode::FAILED_PRECONDITION, "the model store is read-only");
+  const fs::path file = root_ / "models" / model / kHistoryFile;
+  std::error_code ec;
+  fs::create_directories(file.parent_path(), ec);
+  if (ec) IoFail("create", file.parent_path(), ec.value());
+  int64_t valid = 0;
+  ReadHistoryRecords(file, &valid);
+  v1::HistoryRecord wrapped;
+  *wrapped.mutable_epoch() = record;
+  const std::string blob = SerializeBlob(wrapped);
+  std::string bytes(4, '\0');
+  for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>((blob.size() >> (8 * i)) & 0xff);
+  bytes += blob;
+  const bool created = !fs::exists(file);
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) IoFail("open", file, errno);
+  // A crash in a previous append may have left part of a record: cut it off.
+  if (::ftruncate(fd, valid) != 0 || ::lseek(fd, valid, SEEK_SET) < 0) {
+    const int err = errno;
+    ::close(fd);
+    IoFail("truncate", file, err);
+  }
+  Step("append", file);
+  for (size_t done = 0; done < bytes.size();) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      IoFail("write", file, err);
+    }
+    done += static_cast<size_t>(n);
+  }
+  Step("fsync file", file);
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    IoFail("fsync", file, err);
+  }
+  if (::close(fd) != 0) IoFail("close", file, errno);
+  if (created) FsyncPath(file.parent_path(), true);
+}
+
+int64_t ModelStore::ModelFilesSize(const std::string& model) const {
+  int64_t total = 0;
+  for (const char* name : {kSettingsFile, kHistoryFile}) {
+    std::error_code ec;
+    const auto n = fs::file_size(root_ / "models" / model / name, ec);
+    if (!ec) total += static_cast<int64_t>(n);
+  }
+  return total;
+}
 
 std::vector<std::string> ModelStore::DatasetNames() const { return ListDirs(root_ / "datasets"); }
 

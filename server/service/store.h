@@ -1,6 +1,10 @@
 // The model store: a directory that survives restarts and can be shared by several servers.
 //
 //   <root>/models/<name>/<version>/checkpoint.pb    a StoredBlob wrapping a Checkpoint
+//   <root>/models/<name>/labels.pb                  a StoredBlob wrapping ModelSettings (labels,
+//                                                   serving label, retention); replaced atomically
+//   <root>/models/<name>/history.log                the model's epochs, one record appended per
+//                                                   epoch (see HistoryRecord)
 //   <root>/datasets/<name>/dataset.pb               a StoredBlob wrapping a StoredDataset
 //
 // Every new version or data set goes to a temporary directory next to its target, is fsynced,
@@ -68,6 +72,22 @@ class ModelStore {
   // DATA_LOSS when the file is damaged or names another model or version than its directory.
   v1::Checkpoint LoadCheckpoint(const std::string& model, int64_t version) const;
   void DeleteModel(const std::string& model);
+  // Removes one version (retention). A missing version is not an error.
+  void DeleteVersion(const std::string& model, int64_t version);
+  // Bytes of a version's checkpoint file; 0 when it is missing.
+  int64_t VersionSize(const std::string& model, int64_t version) const;
+
+  // A model's labels and settings; empty settings when the model has none. DATA_LOSS when the
+  // file is damaged.
+  v1::ModelSettings LoadSettings(const std::string& model) const;
+  // Replaces them atomically (the model's directory is created when missing).
+  void SaveSettings(const std::string& model, const v1::ModelSettings& settings);
+  // The model's history file, in the order appended; a torn last record is ignored.
+  std::vector<v1::EpochRecord> LoadHistory(const std::string& model) const;
+  // Appends one record and fsyncs it; a torn record left by a crash is cut off first.
+  void AppendHistory(const std::string& model, const v1::EpochRecord& record);
+  // Bytes of the model's files outside its versions (labels and history).
+  int64_t ModelFilesSize(const std::string& model) const;
 
   std::vector<std::string> DatasetNames() const;
   void SaveDataset(const v1::StoredDataset& dataset);
