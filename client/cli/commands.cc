@@ -219,7 +219,7 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
                         << e.version() << "\n";
               break;
             case v1::TrainEvent::KIND_FINISHED:
-              std::cout << "done: model '" << req.model() << "' serves version " << e.version()
+              std::cout << "done: model '" << req.model() << "' published version " << e.version()
                         << (e.early_stopped() ? " (early stopping restored the best epoch)" : "")
                         << "\n";
               break;

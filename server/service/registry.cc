@@ -317,6 +317,7 @@ SnapshotPtr Registry::Resolve(const std::string& name, const std::string& versio
     const Entry& e = Find(name);
     number = VersionNumber(name, e, version);
     if (number == e.newest->version) return e.newest;
+    if (e.served && e.served->version == number) return e.served;
     if (!std::binary_search(e.versions.begin(), e.versions.end(), number)) {
       Fail(grpc::StatusCode::NOT_FOUND, "model '" + name + "' has no version " +
                                             std::to_string(number) + " (it keeps versions " +
@@ -346,6 +347,10 @@ SnapshotPtr Registry::Resolve(const std::string& name, const std::string& versio
   }
   loaded->history.clear();
   std::lock_guard lock(mu_);
+  if (version.empty()) {
+    auto it = models_.find(name);
+    if (it != models_.end()) it->second.served = loaded;
+  }
   for (const auto& c : cache_) {
     if (c->model == name && c->version == number) return c;
   }
@@ -655,6 +660,9 @@ void Registry::ApplyRetention(const std::string& name) {
     }
     if (doomed.empty()) return;
     e.versions = std::move(kept);
+    if (e.served && !std::binary_search(e.versions.begin(), e.versions.end(), e.served->version)) {
+      e.served.reset();
+    }
     cache_.remove_if([&](const SnapshotPtr& c) {
       return c->model == name &&
              !std::binary_search(e.versions.begin(), e.versions.end(), c->version);

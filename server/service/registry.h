@@ -139,6 +139,8 @@ class Registry {
   };
   struct Entry {
     SnapshotPtr newest;
+    // The serving label's version when it is not the newest, kept loaded whatever the cache does.
+    mutable SnapshotPtr served;
     std::vector<int64_t> versions;
     std::map<int64_t, VersionMeta> meta;
     v1::ModelSettings settings;
