@@ -80,33 +80,74 @@ class SpoolFile {
   int64_t size_ = 0;
 };
 
-// `rows` x `cols` floats from a spool file into a matrix, checked finite (`field` names it).
-engine::Matrix ReadSpooled(const SpoolFile& file, int64_t rows, int64_t cols, const char* field) {
-  engine::Matrix m(rows, cols);
-  file.Read(0, m.data(), static_cast<size_t>(rows * cols) * sizeof(float));
-  if (!m.allFinite()) FailNonFinite(m, field);
-  return m;
+constexpr size_t kSpoolChunkFloats = 1 << 18;  // 1 MiB read at a time
+
+// Calls `each(values, count, first_index)` on a spool file's floats, a chunk at a time.
+template <typename Each>
+void ForEachChunk(const SpoolFile& file, Each&& each) {
+  std::vector<float> chunk(kSpoolChunkFloats);
+  const int64_t total = file.size() / 4;
+  for (int64_t at = 0; at < total; at += static_cast<int64_t>(kSpoolChunkFloats)) {
+    const size_t n = static_cast<size_t>(std::min<int64_t>(total - at, kSpoolChunkFloats));
+    file.Read(at * 4, chunk.data(), n * sizeof(float));
+    each(chunk.data(), n, at);
+  }
 }
 
-// The data set of a row upload: the spooled `features` and `targets` as the header shapes them.
-engine::Dataset DatasetFromRows(const v1::DatasetHeader& header, engine::Task task,
+// The spool file's bytes for the store, a chunk at a time.
+ModelStore::Producer SpoolProducer(const SpoolFile& file) {
+  return [&file](const ModelStore::Sink& sink) {
+    ForEachChunk(file, [&](const float* v, size_t n, int64_t) {
+      sink(reinterpret_cast<const char*>(v), n * sizeof(float));
+    });
+  };
+}
+
+// Checks every spooled value of `field` (`cols` a row) finite; for class labels, also a class
+// index, and returns the class count.
+int CheckSpooled(const SpoolFile& file, int64_t cols, const char* field, bool labels) {
+  float max_label = 0;
+  ForEachChunk(file, [&](const float* v, size_t n, int64_t first) {
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t at = first + static_cast<int64_t>(i);
+      if (!std::isfinite(v[i])) {
+        Fail(StatusCode::INVALID_ARGUMENT,
+             std::string(field) + " has a non-finite value (" + std::to_string(v[i]) + ") at row " +
+                 std::to_string(at / cols) + ", column " + std::to_string(at % cols));
+      }
+      if (labels && (v[i] < 0 || v[i] != std::floor(v[i]) || v[i] > 1e6)) {
+        Fail(StatusCode::INVALID_ARGUMENT, std::string(field) + "[" + std::to_string(at) +
+                                               "] must be a class index >= 0, got " +
+                                               std::to_string(v[i]));
+      }
+      max_label = std::max(max_label, v[i]);
+    }
+  });
+  return labels ? static_cast<int>(max_label) + 1 : 0;
+}
+
+// The stored form of a row upload, without its values (they stay in the spool files): checks
+// the header's shapes against what was spooled, and every value.
+v1::StoredDataset RowUploadMeta(const v1::DatasetHeader& header, engine::Task task,
                                 const SpoolFile& features, const SpoolFile& targets) {
-  engine::Dataset d;
   if (header.input_shape().empty()) {
     Fail(StatusCode::INVALID_ARGUMENT, "header.input_shape is required for row uploads");
   }
+  v1::StoredDataset meta;
+  int64_t width = 1;
   for (int i = 0; i < header.input_shape_size(); ++i) {
     if (header.input_shape(i) <= 0) {
       Fail(StatusCode::INVALID_ARGUMENT, "header.input_shape[" + std::to_string(i) +
                                              "] must be positive, got " +
                                              std::to_string(header.input_shape(i)));
     }
-    d.input_shape.dims.push_back(header.input_shape(i));
+    meta.add_input_shape(header.input_shape(i));
+    width = engine::SaturatingMul(width, header.input_shape(i));
   }
-  const int64_t width = d.input_shape.Size();
   const int64_t per_row = header.targets_per_row() == 0 ? 1 : header.targets_per_row();
   if (per_row < 0) Fail(StatusCode::INVALID_ARGUMENT, "header.targets_per_row must be positive");
-  if (task == engine::Task::kClassification && per_row != 1) {
+  const bool classify = task == engine::Task::kClassification;
+  if (classify && per_row != 1) {
     Fail(StatusCode::INVALID_ARGUMENT, "classification needs targets_per_row 1 (a class index)");
   }
   const int64_t feature_values = features.size() / 4, target_values = targets.size() / 4;
@@ -122,23 +163,16 @@ engine::Dataset DatasetFromRows(const v1::DatasetHeader& header, engine::Task ta
                                            std::to_string(target_values) + " target values (" +
                                            std::to_string(per_row) + " a row expected)");
   }
-  d.task = task;
-  d.x = ReadSpooled(features, rows, width, "rows.features");
-  d.y = ReadSpooled(targets, rows, per_row, "rows.targets");
-  if (task == engine::Task::kClassification) {
-    float max_label = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float v = d.y(r, 0);
-      if (v < 0 || v != std::floor(v) || v > 1e6) {
-        Fail(StatusCode::INVALID_ARGUMENT, "rows.targets[" + std::to_string(r) +
-                                               "] must be a class index >= 0, got " +
-                                               std::to_string(v));
-      }
-      max_label = std::max(max_label, v);
-    }
-    d.num_classes = static_cast<int>(max_label) + 1;
-  }
-  return d;
+  CheckSpooled(features, width, "rows.features", false);
+  meta.set_num_classes(CheckSpooled(targets, per_row, "rows.targets", classify));
+  meta.set_name(header.name());
+  meta.set_task(ToProto(task));
+  meta.mutable_x()->add_shape(rows);
+  meta.mutable_x()->add_shape(width);
+  meta.mutable_y()->add_shape(rows);
+  meta.mutable_y()->add_shape(per_row);
+  meta.set_source("upload");
+  return meta;
 }
 
 // Appends a repeated float field's values to a spool file.
@@ -189,19 +223,22 @@ grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
       }
       if (ctx->IsCancelled()) Fail(StatusCode::CANCELLED, "the upload was cancelled");
     }
-    engine::Dataset d;
     if (csv_mode) {
       engine::CsvOptions options;
       options.target = header.target_column();
       options.task = task;
       std::ifstream in(csv.path(), std::ios::binary);
-      d = engine::ReadCsv(in, options);
-    } else {
-      d = DatasetFromRows(header, task, features, targets);
+      engine::Dataset d = engine::ReadCsv(in, options);
+      log.rows = d.rows();
+      *resp->mutable_dataset() =
+          registry_->PutDataset(header.name(), std::move(d), "upload", header.overwrite());
+      return grpc::Status::OK;
     }
-    log.rows = d.rows();
-    *resp->mutable_dataset() =
-        registry_->PutDataset(header.name(), std::move(d), "upload", header.overwrite());
+    // Rows go from the spool files to the store a chunk at a time, never whole in memory.
+    v1::StoredDataset meta = RowUploadMeta(header, task, features, targets);
+    log.rows = meta.x().shape(0);
+    *resp->mutable_dataset() = registry_->PutDatasetStreamed(
+        std::move(meta), SpoolProducer(features), SpoolProducer(targets), header.overwrite());
     return grpc::Status::OK;
   });
 }

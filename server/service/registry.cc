@@ -176,6 +176,11 @@ int Registry::Refresh() {
                        e.what());
       continue;
     }
+    if (const auto& m = entry.meta[entry.versions.back()]; !m.error.empty()) {
+      StoreLog()->warn(
+          "model {} version {} not loaded, still serving the previous one (version {}): {}", name,
+          entry.versions.back(), entry.newest->version, m.error);
+    }
     std::lock_guard lock(mu_);
     auto& e = models_[name];
     entry.training = e.training;
@@ -717,6 +722,38 @@ v1::DatasetInfo Registry::PutDataset(const std::string& name, engine::Dataset da
     }
   }
   store_->SaveDataset(stored);  // outside mu_: no reader waits for the disk
+  std::lock_guard lock(mu_);
+  datasets_[name] = slot;
+  return slot->info;
+}
+
+v1::DatasetInfo Registry::PutDatasetStreamed(v1::StoredDataset meta,
+                                             const ModelStore::Producer& x_values,
+                                             const ModelStore::Producer& y_values, bool overwrite) {
+  const std::string name = meta.name();
+  CheckName("name", name);
+  meta.set_created_unix_ms(NowMs());
+  auto slot = std::make_shared<DatasetSlot>();
+  v1::DatasetInfo& info = slot->info;
+  info.set_name(name);
+  info.set_task(meta.task());
+  info.set_rows(meta.x().shape(0));
+  info.mutable_input_shape()->CopyFrom(meta.input_shape());
+  info.set_targets(static_cast<int32_t>(meta.y().shape(1)));
+  info.set_num_classes(meta.num_classes());
+  info.mutable_feature_names()->CopyFrom(meta.feature_names());
+  info.mutable_class_names()->CopyFrom(meta.class_names());
+  info.set_source(meta.source());
+  info.set_created_unix_ms(meta.created_unix_ms());
+  std::lock_guard write(write_mu_);
+  {
+    std::lock_guard lock(mu_);
+    if (!overwrite && datasets_.count(name)) {
+      Fail(grpc::StatusCode::ALREADY_EXISTS,
+           "data set '" + name + "' exists; set overwrite to replace it");
+    }
+  }
+  store_->SaveDatasetStreamed(meta, x_values, y_values);  // outside mu_
   std::lock_guard lock(mu_);
   datasets_[name] = slot;
   return slot->info;

@@ -122,6 +122,10 @@ class Registry {
   // ---- Data sets ----
   v1::DatasetInfo PutDataset(const std::string& name, engine::Dataset data,
                              const std::string& source, bool overwrite);
+  // PutDataset for rows given in pieces (ModelStore::SaveDatasetStreamed): `meta` holds the name,
+  // task, shapes, class count and source, and the values come from the producers.
+  v1::DatasetInfo PutDatasetStreamed(v1::StoredDataset meta, const ModelStore::Producer& x_values,
+                                     const ModelStore::Producer& y_values, bool overwrite);
   // The data set's rows, read from the store unless a running call already holds them.
   StoredDatasetEntry GetDataset(const std::string& name) const;
   std::vector<v1::DatasetInfo> ListDatasets() const;

@@ -53,6 +53,11 @@ void SetStoreStepHookForTesting(StoreStepHook hook);
 
 class ModelStore {
  public:
+  // Bytes given in pieces: a Producer calls its Sink with each piece in order, and gives the same
+  // bytes each time it is called.
+  using Sink = std::function<void(const char* data, size_t size)>;
+  using Producer = std::function<void(const Sink&)>;
+
   // Creates the directories and takes the writer lock when `writable` (FAILED_PRECONDITION when
   // another process or store object holds it); a read-only store never writes.
   ModelStore(std::filesystem::path root, bool writable);
@@ -91,6 +96,11 @@ class ModelStore {
 
   std::vector<std::string> DatasetNames() const;
   void SaveDataset(const v1::StoredDataset& dataset);
+  // SaveDataset for a data set too large to hold twice: `meta` has everything but x's and y's
+  // values (their shapes set), which `x_values` and `y_values` give as little-endian floats,
+  // twice (once for the checksum, once for the file). The file is what SaveDataset writes.
+  void SaveDatasetStreamed(const v1::StoredDataset& meta, const Producer& x_values,
+                           const Producer& y_values);
   v1::StoredDataset LoadDataset(const std::string& name) const;
   void DeleteDataset(const std::string& name);
 
@@ -98,8 +108,10 @@ class ModelStore {
   void TakeWriterLock();
   void WriteAtomically(const std::filesystem::path& dir, const std::string& file,
                        const google::protobuf::Message& payload);
+  void WriteAtomically(const std::filesystem::path& dir, const std::string& file,
+                       const Producer& bytes);
   void ReplaceFile(const std::filesystem::path& dir, const std::string& file,
-                   const std::string& bytes);
+                   const Producer& bytes);
   void ReadBlob(const std::filesystem::path& file, google::protobuf::Message* payload) const;
   void RemoveTree(const std::filesystem::path& dir);
 
