@@ -89,10 +89,11 @@ bool Registry::LoadModel(const std::string& name, Entry* entry) const {
       v1::Checkpoint c = store_->LoadCheckpoint(name, *it);
       meta.created_unix_ms = c.created_unix_ms();
       meta.note = c.note();
+      // Checkpoints written before the history file embed the history so far: the newest such
+      // one holds all of it.
+      if (embedded.empty()) embedded.assign(c.history().begin(), c.history().end());
       if (entry->newest) continue;
       auto snap = FromCheckpoint(c, limits_);
-      // Checkpoints written before the history file embed the history so far.
-      embedded = std::move(snap->history);
       snap->history.clear();
       entry->newest = std::move(snap);
     } catch (const std::exception& e) {
@@ -104,8 +105,14 @@ bool Registry::LoadModel(const std::string& name, Entry* entry) const {
   // The history: the embedded one, then the history file's records (a later record of the same
   // epoch, written after a crash lost its version, replaces the earlier).
   std::map<int32_t, v1::EpochRecord> by_epoch;
-  for (auto& r : embedded) by_epoch[r.epoch()] = std::move(r);
   for (auto& r : store_->LoadHistory(name)) by_epoch[r.epoch()] = std::move(r);
+  for (auto& r : embedded) {
+    if (by_epoch.count(r.epoch())) continue;
+    // Moved into the history file once (a writable store), so that retention may delete the
+    // checkpoints that held it.
+    if (store_->writable()) store_->AppendHistory(name, r);
+    by_epoch[r.epoch()] = std::move(r);
+  }
   entry->history.clear();
   for (auto& [epoch, r] : by_epoch) entry->history.push_back(std::move(r));
   return true;
@@ -461,6 +468,11 @@ void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
   info->set_training(e.training);
   info->set_created_unix_ms(s.created_unix_ms);
   info->set_newest_version(e.newest->version);
+  try {
+    info->set_version(VersionNumber(s.model, e, ""));
+  } catch (const ServiceError&) {
+    // A serving label without a version: `s` is described.
+  }
   info->set_serving_label(e.settings.serving_label());
   info->set_keep_versions(e.settings.keep_versions() > 0 ? e.settings.keep_versions()
                                                          : keep_versions_);

@@ -105,6 +105,17 @@ engine::McOptions MonteCarloOptions(const Request& req, const ServiceConfig& con
   return mo;
 }
 
+// The version GetModel and ListModels describe: the one served by default, or the newest when
+// that cannot be loaded (a corrupt labelled version), so that the model's state stays visible.
+SnapshotPtr SnapshotToDescribe(const Registry& registry, const std::string& name) {
+  try {
+    return registry.Get(name);
+  } catch (const ServiceError& e) {
+    if (e.code() == StatusCode::NOT_FOUND) throw;
+    return registry.Newest(name);
+  }
+}
+
 std::string ModeOf(v1::EvalMode m) {
   return m == v1::EVAL_MODE_MONTE_CARLO ? "monte_carlo" : "eval";
 }
@@ -179,7 +190,7 @@ grpc::Status DropnetService::GetModel(grpc::ServerContext* ctx, const v1::GetMod
                                       v1::GetModelResponse* resp) {
   return Handle("GetModel", ctx, Role::kPredict, [&](CallLog& log) {
     log.model = req->name();
-    auto snap = registry_->Get(req->name());
+    auto snap = SnapshotToDescribe(*registry_, req->name());
     log.version = snap->version;
     registry_->Describe(*snap, resp->mutable_model());
     return grpc::Status::OK;
@@ -202,9 +213,9 @@ grpc::Status DropnetService::ListModels(grpc::ServerContext* ctx, const v1::List
     auto it = std::upper_bound(names.begin(), names.end(), req->page_token());
     for (; it != names.end() && resp->models_size() < page; ++it) {
       try {
-        registry_->Describe(*registry_->Get(*it), resp->add_models());
+        registry_->Describe(*SnapshotToDescribe(*registry_, *it), resp->add_models());
       } catch (const ServiceError&) {
-        resp->mutable_models()->RemoveLast();  // deleted meanwhile, or its label is broken
+        resp->mutable_models()->RemoveLast();  // deleted meanwhile
       }
     }
     if (it != names.end() && resp->models_size() > 0) {

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "server/service/convert.h"
+#include "server/service/store.h"
 #include "tests/service/service_fixture.h"
 
 namespace dropnet::service {
@@ -279,9 +281,50 @@ TEST_F(VersionsTest, StoreGrowsLinearlyWithEpochs) {
   EXPECT_EQ(GetModel("clf").history(399).epoch(), 400);
 }
 
+// A store written before the history file: each checkpoint embeds the history so far. Its
+// history is read and moved into the history file (retention may then delete the checkpoints
+// that held it); new epochs go to the history file, not into the checkpoints.
+TEST_F(VersionsTest, CheckpointsThatEmbedHistoryAreStillRead) {
+  {
+    ModelStore store(dir_.path() / "store", true);
+    auto snap = NewSnapshot("old", ClassifierSpec(), SpecLimits{});
+    for (int v = 1; v <= 3; ++v) {
+      snap->version = v;
+      if (v > 1) {
+        v1::EpochRecord rec;
+        rec.set_epoch(v - 1);
+        rec.set_version(v);
+        rec.set_loss(1.0 / v);
+        snap->history.push_back(rec);
+      }
+      v1::Checkpoint c;
+      ToCheckpoint(*snap, &c);
+      store.SaveCheckpoint(c);
+    }
+  }
+  StartServer();
+  auto info = GetModel("old");
+  ASSERT_EQ(info.history_size(), 2);
+  EXPECT_EQ(info.history(1).version(), 3);
+  ASSERT_OK(UploadRows("old-data", ClassificationData(64, 4, 1)));
+  ASSERT_OK(Train(TrainRequest("old", "old-data", 1)));
+  info = GetModel("old");
+  ASSERT_EQ(info.history_size(), 3);
+  EXPECT_EQ(info.history(2).epoch(), 3);
+  EXPECT_EQ(info.history(2).version(), 4);
+  StopServer();
+  ModelStore store(dir_.path() / "store", false);
+  EXPECT_EQ(store.LoadCheckpoint("old", 4).history_size(), 0);
+  EXPECT_EQ(store.LoadHistory("old").size(), 3u);
+  StartServer();
+  EXPECT_EQ(GetModel("old").history_size(), 3);
+}
+
 TEST_F(VersionsTest, CorruptVersionIsReportedAndNeverServed) {
   StartServer();
   TrainedClassifier(2);  // versions 1-3
+  ASSERT_OK(Label("clf", "stable", 2));
+  ASSERT_OK(SetServingLabel("clf", "stable"));
   StopServer();
   const fs::path file = dir_.path() / "store" / "models" / "clf" / "2" / "checkpoint.pb";
   {
@@ -298,10 +341,18 @@ TEST_F(VersionsTest, CorruptVersionIsReportedAndNeverServed) {
   EXPECT_NE(details.at(2)->error().find("checksum"), std::string::npos) << details.at(2)->error();
   EXPECT_EQ(details.at(1)->status(), v1::VersionInfo::STATUS_OK);
   EXPECT_EQ(details.at(3)->status(), v1::VersionInfo::STATUS_OK);
+  // The serving label names the corrupt version: GetModel still answers and says so, calls
+  // without a version fail with DATA_LOSS until the label moves.
+  EXPECT_EQ(info.version(), 2);
   v1::PredictResponse r;
+  EXPECT_CODE(PredictAt("clf", "", &r), grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(ListModels().size(), 1u);
   EXPECT_CODE(PredictAt("clf", "2", &r), grpc::StatusCode::DATA_LOSS);
-  EXPECT_CODE(Label("clf", "stable", 2), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_CODE(Label("clf", "canary", 2), grpc::StatusCode::FAILED_PRECONDITION);
   ASSERT_OK(PredictAt("clf", "1", &r));
+  ASSERT_OK(Label("clf", "stable", 3));  // roll forward past it
+  ASSERT_OK(PredictAt("clf", "", &r));
+  EXPECT_EQ(r.version(), 3);
 }
 
 TEST_F(VersionsTest, ListModelsPagesAndDescriptionIsBounded) {
