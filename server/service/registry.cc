@@ -1,6 +1,7 @@
 #include "server/service/registry.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -105,13 +106,17 @@ bool Registry::LoadModel(const std::string& name, Entry* entry) const {
   // The history: the embedded one, then the history file's records (a later record of the same
   // epoch, written after a crash lost its version, replaces the earlier).
   std::map<int32_t, v1::EpochRecord> by_epoch;
-  for (auto& r : store_->LoadHistory(name)) by_epoch[r.epoch()] = std::move(r);
+  for (auto& r : store_->LoadHistory(name)) {
+    const int32_t epoch = r.epoch();
+    by_epoch[epoch] = std::move(r);
+  }
   for (auto& r : embedded) {
-    if (by_epoch.count(r.epoch())) continue;
+    const int32_t epoch = r.epoch();
+    if (by_epoch.count(epoch)) continue;
     // Moved into the history file once (a writable store), so that retention may delete the
     // checkpoints that held it.
     if (store_->writable()) store_->AppendHistory(name, r);
-    by_epoch[r.epoch()] = std::move(r);
+    by_epoch[epoch] = std::move(r);
   }
   entry->history.clear();
   for (auto& [epoch, r] : by_epoch) entry->history.push_back(std::move(r));
