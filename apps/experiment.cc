@@ -9,8 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
-#include "apps/experiment_conv.h"
-#include "apps/experiment_learned.h"
+#include "apps/experiments.h"
 #include "server/engine/data.h"
 #include "server/engine/mc.h"
 #include "server/engine/metrics.h"
@@ -30,10 +29,7 @@ struct Common {
 };
 
 void LoadFashion(const Common& c, en::Dataset* train, en::Dataset* test) {
-  *train = en::LoadIdx(c.data_dir + "/train-images-idx3-ubyte.gz",
-                       c.data_dir + "/train-labels-idx1-ubyte.gz");
-  *test = en::LoadIdx(c.data_dir + "/t10k-images-idx3-ubyte.gz",
-                      c.data_dir + "/t10k-labels-idx1-ubyte.gz");
+  dropnet::apps::LoadFashion(c.data_dir, train, test);
 }
 
 // The example network: 784-512-512-10, ReLU, dropout p after each hidden layer.
@@ -77,13 +73,9 @@ Scores Score(const en::Network& net, const en::Dataset& test, int mc_samples, in
     mo.seed = seed;
     mo.threads = threads;
     Matrix mean(test.rows(), 10);
-    constexpr int64_t kBatch = 500;
-    for (int64_t r0 = 0; r0 < test.rows(); r0 += kBatch) {
-      const int64_t n = std::min(kBatch, test.rows() - r0);
-      auto r = en::MonteCarloPredict(net, en::Task::kClassification, en::LossKind::kCrossEntropy,
-                                     test.x.middleRows(r0, n), mo);
-      mean.middleRows(r0, n) = r.mean;
-    }
+    dropnet::apps::McPredictBatches(net, test.x, mo, [&](int64_t r0, const en::McResult& r) {
+      mean.middleRows(r0, r.mean.rows()) = r.mean;
+    });
     s.mc = en::ScoreClassification(mean, test.y);
   }
   return s;

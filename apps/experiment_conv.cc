@@ -1,7 +1,3 @@
-#include "apps/experiment_conv.h"
-
-#include <malloc.h>
-
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -9,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/experiments.h"
 #include "server/engine/data.h"
 #include "server/engine/mc.h"
 #include "server/engine/metrics.h"
@@ -20,11 +17,6 @@ namespace {
 
 namespace en = dropnet::engine;
 using Matrix = en::Matrix;
-
-void LoadFashion(const std::string& dir, en::Dataset* train, en::Dataset* test) {
-  *train = en::LoadIdx(dir + "/train-images-idx3-ubyte.gz", dir + "/train-labels-idx1-ubyte.gz");
-  *test = en::LoadIdx(dir + "/t10k-images-idx3-ubyte.gz", dir + "/t10k-labels-idx1-ubyte.gz");
-}
 
 en::LayerConfig Layer(std::string type, int units = 0, double rate = 0) {
   en::LayerConfig c;
@@ -88,14 +80,9 @@ Matrix McMean(const en::Network& net, const Matrix& x, int samples, uint64_t see
   mo.seed = seed;
   mo.threads = threads;
   Matrix mean(x.rows(), net.output_shape().Size());
-  constexpr int64_t kBatch = 500;
-  for (int64_t r0 = 0; r0 < x.rows(); r0 += kBatch) {
-    const int64_t n = std::min(kBatch, x.rows() - r0);
-    mean.middleRows(r0, n) =
-        en::MonteCarloPredict(net, en::Task::kClassification, en::LossKind::kCrossEntropy,
-                              x.middleRows(r0, n), mo)
-            .mean;
-  }
+  McPredictBatches(net, x, mo, [&](int64_t r0, const en::McResult& r) {
+    mean.middleRows(r0, r.mean.rows()) = r.mean;
+  });
   return mean;
 }
 
@@ -202,21 +189,6 @@ int DropConnectMlp(const std::string& dir, int threads, const RunOptions& ro, in
                 secs);
   }
   return 0;
-}
-
-void Guard(const std::function<int()>& fn) {
-  // Keep freed activation buffers in the heap instead of returning them to the kernel after every
-  // step (glibc's defaults unmap blocks over a few MB, and each new step page-faults them back).
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  try {
-    const int rc = fn();
-    std::fflush(stdout);
-    if (rc != 0) std::exit(rc);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dropnet-experiment: %s\n", e.what());
-    std::exit(1);
-  }
 }
 
 void AddRunOptions(CLI::App* a, RunOptions* ro) {

@@ -1,5 +1,3 @@
-#include "apps/experiment_learned.h"
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -9,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "apps/experiments.h"
 #include "server/engine/data.h"
 #include "server/engine/mc.h"
 #include "server/engine/metrics.h"
@@ -21,15 +20,6 @@ namespace {
 
 using Matrix = en::Matrix;
 
-double Seconds(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-void LoadFashion(const std::string& dir, en::Dataset* train, en::Dataset* test) {
-  *train = en::LoadIdx(dir + "/train-images-idx3-ubyte.gz", dir + "/train-labels-idx1-ubyte.gz");
-  *test = en::LoadIdx(dir + "/t10k-images-idx3-ubyte.gz", dir + "/t10k-labels-idx1-ubyte.gz");
-}
-
 en::LayerConfig Layer(const std::string& type, int units = 0) {
   en::LayerConfig c;
   c.type = type;
@@ -38,13 +28,7 @@ en::LayerConfig Layer(const std::string& type, int units = 0) {
 }
 
 double Accuracy(const Matrix& probs, const Matrix& labels) {
-  int64_t correct = 0;
-  for (int64_t r = 0; r < probs.rows(); ++r) {
-    Eigen::Index arg;
-    probs.row(r).maxCoeff(&arg);
-    correct += arg == static_cast<Eigen::Index>(labels(r, 0));
-  }
-  return static_cast<double>(correct) / static_cast<double>(probs.rows());
+  return en::ScoreClassification(probs, labels).accuracy;
 }
 
 // ---- concrete-rates ----
@@ -285,15 +269,12 @@ int FashionRnn(const std::string& dir, int threads, const RnnOptions& ro) {
   Matrix mean(test.rows(), 10);
   Eigen::VectorXd mi(test.rows()), entropy(test.rows());
   const auto t0 = std::chrono::steady_clock::now();
-  constexpr int64_t kBatch = 500;
-  for (int64_t r0 = 0; r0 < test.rows(); r0 += kBatch) {
-    const int64_t n = std::min(kBatch, test.rows() - r0);
-    auto res = en::MonteCarloPredict(net, en::Task::kClassification, en::LossKind::kCrossEntropy,
-                                     test.x.middleRows(r0, n), mo);
+  McPredictBatches(net, test.x, mo, [&](int64_t r0, const en::McResult& res) {
+    const int64_t n = res.mean.rows();
     mean.middleRows(r0, n) = res.mean;
     mi.segment(r0, n) = res.mutual_information.cast<double>();
     entropy.segment(r0, n) = res.predictive_entropy.cast<double>();
-  }
+  });
   const double mc_secs = Seconds(t0);
   const auto mc = en::ScoreClassification(mean, test.y);
   std::printf("| MC over the zoneout/variational masks, T = %d | %.4f | %.4f | %.4f | %.4f |\n",
@@ -330,18 +311,6 @@ int FashionRnn(const std::string& dir, int threads, const RnnOptions& ro) {
       "10000 images took %.1f s\n",
       auroc, mc_secs);
   return 0;
-}
-
-// Runs `fn` and exits with status 1 on an exception (CLI11 callbacks cannot return a status).
-void Guard(const std::function<int()>& fn) {
-  try {
-    const int rc = fn();
-    std::fflush(stdout);
-    if (rc != 0) std::exit(rc);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dropnet-experiment: %s\n", e.what());
-    std::exit(1);
-  }
 }
 
 }  // namespace

@@ -175,8 +175,8 @@ void Client::DeleteModel(const std::string& name, CallOptions call) {
   Unary(*stub_, &v1::Dropnet::Stub::DeleteModel, req, call);
 }
 
-v1::DatasetInfo Client::UploadCsv(const v1::DatasetHeader& header, const std::string& csv,
-                                  size_t chunk_bytes, CallOptions call) {
+v1::DatasetInfo Client::Upload(const v1::DatasetHeader& header, const CallOptions& call,
+                               const std::function<bool(v1::UploadDatasetRequest*)>& next) {
   grpc::ClientContext ctx;
   Prepare(&ctx, call);
   v1::UploadDatasetResponse resp;
@@ -184,8 +184,9 @@ v1::DatasetInfo Client::UploadCsv(const v1::DatasetHeader& header, const std::st
   v1::UploadDatasetRequest msg;
   *msg.mutable_header() = header;
   bool ok = writer->Write(msg);
-  for (size_t off = 0; ok && off < csv.size(); off += chunk_bytes) {
-    msg.set_csv_chunk(csv.substr(off, chunk_bytes));
+  while (ok) {
+    msg.Clear();
+    if (!next(&msg)) break;
     ok = writer->Write(msg);
   }
   writer->WritesDone();
@@ -193,29 +194,32 @@ v1::DatasetInfo Client::UploadCsv(const v1::DatasetHeader& header, const std::st
   return resp.dataset();
 }
 
+v1::DatasetInfo Client::UploadCsv(const v1::DatasetHeader& header, const std::string& csv,
+                                  size_t chunk_bytes, CallOptions call) {
+  size_t off = 0;
+  return Upload(header, call, [&](v1::UploadDatasetRequest* msg) {
+    if (off >= csv.size()) return false;
+    msg->set_csv_chunk(csv.substr(off, chunk_bytes));
+    off += chunk_bytes;
+    return true;
+  });
+}
+
 v1::DatasetInfo Client::UploadRows(const v1::DatasetHeader& header, const Matrix& x,
                                    const Matrix& y, int64_t rows_per_chunk, CallOptions call) {
   if (x.rows() != y.rows()) {
     throw ClientError(grpc::StatusCode::INVALID_ARGUMENT, "features and targets differ in rows");
   }
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call);
-  v1::UploadDatasetResponse resp;
-  auto writer = stub_->UploadDataset(&ctx, &resp);
-  v1::UploadDatasetRequest msg;
-  *msg.mutable_header() = header;
-  bool ok = writer->Write(msg);
-  for (int64_t r0 = 0; ok && r0 < x.rows(); r0 += rows_per_chunk) {
+  int64_t r0 = 0;
+  return Upload(header, call, [&](v1::UploadDatasetRequest* msg) {
+    if (r0 >= x.rows()) return false;
     const int64_t n = std::min(rows_per_chunk, x.rows() - r0);
-    v1::UploadDatasetRequest chunk;
-    auto* rows = chunk.mutable_rows();
+    auto* rows = msg->mutable_rows();
     rows->mutable_features()->Add(x.row(r0).data(), x.row(r0).data() + n * x.cols());
     rows->mutable_targets()->Add(y.row(r0).data(), y.row(r0).data() + n * y.cols());
-    ok = writer->Write(chunk);
-  }
-  writer->WritesDone();
-  Check(writer->Finish());
-  return resp.dataset();
+    r0 += n;
+    return true;
+  });
 }
 
 v1::DatasetInfo Client::ImportDataset(const v1::ImportDatasetRequest& request, CallOptions call) {

@@ -146,6 +146,10 @@ class Client {
                  grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
                  const Request& request, const CallOptions& call) const;
 
+  // One UploadDataset stream: the header, then the chunks `next` fills while it returns true.
+  v1::DatasetInfo Upload(const v1::DatasetHeader& header, const CallOptions& call,
+                         const std::function<bool(v1::UploadDatasetRequest*)>& next);
+
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Dropnet::Stub> stub_;

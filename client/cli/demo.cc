@@ -93,20 +93,18 @@ int Demo(dc::Client& c, const std::string& data_dir) {
   Table t;
   t.header = {"   figure", "#" + std::to_string(confident), "#" + std::to_string(ambiguous),
               "what it means"};
-  t.rows = {
-      {"   predictive entropy", Fixed(r.predictive_entropy(confident)),
-       Fixed(r.predictive_entropy(ambiguous)),
-       "total uncertainty of the mean prediction (0 = certain, ln 10 = 2.30 = uniform)"},
-      {"   expected entropy", Fixed(r.expected_entropy(confident)),
-       Fixed(r.expected_entropy(ambiguous)),
-       "uncertainty each single pass already has (noise in the data: aleatoric)"},
-      {"   mutual information", Fixed(r.mutual_information(confident)),
-       Fixed(r.mutual_information(ambiguous)),
-       "how much the dropout masks disagree (what the model does not know: epistemic)"},
-      {"   variation ratio", Fixed(r.variation_ratio(confident)),
-       Fixed(r.variation_ratio(ambiguous)),
-       "share of passes that voted against the majority class"},
+  auto add_row = [&](const char* figure, const auto& values, const char* meaning) {
+    t.rows.push_back(
+        {std::string("   ") + figure, Fixed(values[confident]), Fixed(values[ambiguous]), meaning});
   };
+  add_row("predictive entropy", r.predictive_entropy(),
+          "total uncertainty of the mean prediction (0 = certain, ln 10 = 2.30 = uniform)");
+  add_row("expected entropy", r.expected_entropy(),
+          "uncertainty each single pass already has (noise in the data: aleatoric)");
+  add_row("mutual information", r.mutual_information(),
+          "how much the dropout masks disagree (what the model does not know: epistemic)");
+  add_row("variation ratio", r.variation_ratio(),
+          "share of passes that voted against the majority class");
   t.Print(std::cout, Format::kTable);
   std::cout << "\nNext: score the whole test set in eval and in Monte-Carlo mode,\n"
                "  dropnet evaluate fashion-mlp --data fashion-mnist-test\n"

@@ -52,7 +52,7 @@ LayerPlan PlanConcreteDropout(const LayerConfig& config, const Shape& input) {
 }
 
 ConcreteDropout::ConcreteDropout(const LayerConfig& config, const Shape& input, uint64_t init_seed)
-    : Layer(config, input), has_dense_(config.units > 0) {
+    : LayerOf(config, input), has_dense_(config.units > 0) {
   PlanConcreteDropout(config, input);
   const int64_t k = input.Size();
   const float logit = static_cast<float>(std::log(config.init_rate / (1 - config.init_rate)));

@@ -22,11 +22,9 @@ namespace dropnet::engine {
 // Validates a concrete_dropout configuration for `input`: its output shape and parameter count.
 LayerPlan PlanConcreteDropout(const LayerConfig& config, const Shape& input);
 
-class ConcreteDropout : public Layer {
+class ConcreteDropout : public LayerOf<ConcreteDropout> {
  public:
   ConcreteDropout(const LayerConfig& config, const Shape& input, uint64_t init_seed);
-  std::string Type() const override { return "concrete_dropout"; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<ConcreteDropout>(*this); }
   bool IsStochastic() const override { return true; }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,

@@ -193,7 +193,7 @@ LayerPlan PlanConv(const LayerConfig& config, const Shape& input) {
 // ---- Conv ----
 
 Conv::Conv(const LayerConfig& config, const Shape& input, uint64_t init_seed)
-    : Layer(config, input), g_(MakeConvGeometry(config, input)) {
+    : LayerOf(config, input), g_(MakeConvGeometry(config, input)) {
   output_shape_ = ConvOutputShape(g_, config.filters, false);
   const int64_t k = int64_t{g_.channels} * g_.kernel_h * g_.kernel_w;
   const int64_t receptive = int64_t{g_.kernel_h} * g_.kernel_w;

@@ -40,11 +40,9 @@ Shape ConvOutputShape(const ConvGeometry& g, int channels, bool global);
 LayerPlan PlanConv(const LayerConfig& config, const Shape& input);
 
 // conv1d ({C, L} -> {F, L'}) and conv2d ({C, H, W} -> {F, H', W'}).
-class Conv : public Layer {
+class Conv : public LayerOf<Conv> {
  public:
   Conv(const LayerConfig& config, const Shape& input, uint64_t init_seed);
-  std::string Type() const override { return config_.type; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<Conv>(*this); }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;

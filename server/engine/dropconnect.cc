@@ -57,15 +57,8 @@ DropConnectDense::Act DropConnectDense::ActivationOf(const std::string& a) {
 }
 
 LayerPlan PlanDropConnect(const LayerConfig& config, const Shape& input) {
-  if (input.dims.size() != 1) {
-    throw InvalidArgument("drop_connect expects flat input, got shape " + input.ToString() +
-                          "; add a flatten layer before it");
-  }
+  CheckDenseInput("drop_connect", config, input);
   CheckDropRate("drop_connect.rate", config.rate);
-  if (config.units <= 0) {
-    throw InvalidArgument("drop_connect.units must be positive, got " +
-                          std::to_string(config.units));
-  }
   DropConnectDense::ActivationOf(config.activation);
   return LayerPlan{Shape{{config.units}},
                    DenseParameterCount(input.Size(), config.units, config.use_bias)};
@@ -73,7 +66,7 @@ LayerPlan PlanDropConnect(const LayerConfig& config, const Shape& input) {
 
 DropConnectDense::DropConnectDense(const LayerConfig& config, const Shape& input,
                                    uint64_t init_seed)
-    : Layer(config, input) {
+    : LayerOf(config, input) {
   PlanDropConnect(config, input);
   act_ = ActivationOf(config.activation);
   threshold_ = static_cast<uint32_t>(std::lround(config.rate * 65536.0));
@@ -104,6 +97,20 @@ void DropConnectDense::FillMask(const CounterRng& rng, int64_t e0, int64_t e1, f
 CounterRng DropConnectDense::SharedRng(const RandomStream& s, uint32_t layer,
                                        uint64_t stream) const {
   return CounterRng(s.seed, stream, layer, kSharedRow);
+}
+
+void DropConnectDense::ForEachSharedMask(
+    const Context& ctx, int64_t n,
+    const std::function<void(int64_t, int64_t, const Matrix&)>& take) const {
+  Matrix m(params_[0].value.rows(), params_[0].value.cols());
+  for (int64_t g0 = 0; g0 < n;) {
+    const uint64_t stream = StreamOf(ctx.rng, g0);
+    int64_t g1 = g0 + 1;
+    while (g1 < n && StreamOf(ctx.rng, g1) == stream) ++g1;
+    FillMask(SharedRng(ctx.rng, ctx.layer, stream), 0, m.size(), m.data());
+    take(g0, g1 - g0, m);
+    g0 = g1;
+  }
 }
 
 Matrix DropConnectDense::MaskFor(const Context& ctx, int64_t row) const {
@@ -180,18 +187,11 @@ void DropConnectDense::Forward(const Matrix& x, const Context& ctx, LayerCache* 
     }
   } else if (config_.drop_connect_shared) {
     z.resize(n, out);
-    for (int64_t g0 = 0; g0 < n;) {
-      const uint64_t stream = StreamOf(ctx.rng, g0);
-      int64_t g1 = g0 + 1;
-      while (g1 < n && StreamOf(ctx.rng, g1) == stream) ++g1;
-      Matrix m(in, out);
-      FillMask(SharedRng(ctx.rng, ctx.layer, stream), 0, m.size(), m.data());
-      const Matrix wm = w.cwiseProduct(m);
+    ForEachSharedMask(ctx, n, [&](int64_t g0, int64_t rows, const Matrix& m) {
       Matrix zg;
-      MatMul(x.middleRows(g0, g1 - g0), false, wm, false, &zg, ctx.threads);
-      z.middleRows(g0, g1 - g0) = zg;
-      g0 = g1;
-    }
+      MatMul(x.middleRows(g0, rows), false, w.cwiseProduct(m), false, &zg, ctx.threads);
+      z.middleRows(g0, rows) = zg;
+    });
     if (has_bias) z.rowwise() += params_[1].value.row(0);
   } else {
     z.resize(n, out);
@@ -268,22 +268,16 @@ void DropConnectDense::Backward(const Matrix& dy, const LayerCache& cache, std::
   if (dx) dx->resize(n, in);
   if (config_.drop_connect_shared) {
     grads[0] = Matrix::Zero(in, out);
-    for (int64_t g0 = 0; g0 < n;) {
-      const uint64_t stream = StreamOf(ctx.rng, g0);
-      int64_t g1 = g0 + 1;
-      while (g1 < n && StreamOf(ctx.rng, g1) == stream) ++g1;
-      Matrix m(in, out);
-      FillMask(SharedRng(ctx.rng, ctx.layer, stream), 0, m.size(), m.data());
+    ForEachSharedMask(ctx, n, [&](int64_t g0, int64_t rows, const Matrix& m) {
       Matrix dw;
-      MatMul(x.middleRows(g0, g1 - g0), true, g.middleRows(g0, g1 - g0), false, &dw, threads);
+      MatMul(x.middleRows(g0, rows), true, g.middleRows(g0, rows), false, &dw, threads);
       grads[0] += dw.cwiseProduct(m);
       if (dx) {
         Matrix dxg;
-        MatMul(g.middleRows(g0, g1 - g0), false, w.cwiseProduct(m), true, &dxg, threads);
-        dx->middleRows(g0, g1 - g0) = dxg;
+        MatMul(g.middleRows(g0, rows), false, w.cwiseProduct(m), true, &dxg, threads);
+        dx->middleRows(g0, rows) = dxg;
       }
-      g0 = g1;
-    }
+    });
     return;
   }
   const int parts =

@@ -21,6 +21,8 @@
 #ifndef DROPNET_ENGINE_DROPCONNECT_H_
 #define DROPNET_ENGINE_DROPCONNECT_H_
 
+#include <functional>
+
 #include "server/engine/layer.h"
 
 namespace dropnet::engine {
@@ -28,17 +30,13 @@ namespace dropnet::engine {
 // Validates a drop_connect configuration for `input`: its output shape and parameter count.
 LayerPlan PlanDropConnect(const LayerConfig& config, const Shape& input);
 
-class DropConnectDense : public Layer {
+class DropConnectDense : public LayerOf<DropConnectDense> {
  public:
   enum class Act { kLinear, kRelu, kSigmoid, kTanh };
   // The activation named by LayerConfig::activation; throws InvalidArgument for another name.
   static Act ActivationOf(const std::string& name);
 
   DropConnectDense(const LayerConfig& config, const Shape& input, uint64_t init_seed);
-  std::string Type() const override { return "drop_connect"; }
-  std::unique_ptr<Layer> Clone() const override {
-    return std::make_unique<DropConnectDense>(*this);
-  }
   bool IsStochastic() const override { return config_.rate > 0.0; }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
@@ -53,6 +51,10 @@ class DropConnectDense : public Layer {
   void ApplyActivation(const Matrix& z, Matrix* y) const;
   void FillMask(const CounterRng& rng, int64_t e0, int64_t e1, float* out) const;
   CounterRng SharedRng(const RandomStream& s, uint32_t layer, uint64_t stream) const;
+  // With one mask per batch: for each run of rows [g0, g0 + rows) of a pass of n rows that share
+  // a random stream, take(g0, rows, m) with their weight mask m.
+  void ForEachSharedMask(const Context& ctx, int64_t n,
+                         const std::function<void(int64_t, int64_t, const Matrix&)>& take) const;
 
   Act act_ = Act::kLinear;
   uint32_t threshold_ = 0;  // a weight is dropped when its 16-bit draw is below this

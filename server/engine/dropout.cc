@@ -50,7 +50,7 @@ LayerPlan PlanDropout(const LayerConfig& config, const Shape& input) {
   return LayerPlan{input, 0};
 }
 
-Dropout::Dropout(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+Dropout::Dropout(const LayerConfig& config, const Shape& input) : RateDropoutOf(config, input) {
   PlanDropout(config, input);
 }
 
@@ -67,15 +67,6 @@ void Dropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Ma
   }
   const float keep_value = config_.classic_scaling ? 1.0f : static_cast<float>(1.0 / (1.0 - p));
   DrawMask(x.rows(), x.cols(), p, keep_value, ctx, &x, y, cache ? &cache->mask : nullptr);
-}
-
-void Dropout::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                       Matrix* dx) const {
-  if (!dx) return;
-  if (cache.mask.size() == 0)
-    *dx = dy;
-  else
-    *dx = dy.cwiseProduct(cache.mask);
 }
 
 }  // namespace dropnet::engine

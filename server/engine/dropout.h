@@ -23,18 +23,13 @@ LayerPlan PlanDropout(const LayerConfig& config, const Shape& input);
 // at the random addresses of ctx (row r of the pass, element j).
 Matrix BernoulliMask(int64_t rows, int64_t cols, double p, float keep_value, const Context& ctx);
 
-class Dropout : public Layer {
+class Dropout : public RateDropoutOf<Dropout> {
  public:
   Dropout(const LayerConfig& config, const Shape& input);
-  std::string Type() const override { return "dropout"; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<Dropout>(*this); }
-  bool IsStochastic() const override { return config_.rate > 0.0; }
   bool PassesThrough(Mode mode) const override {
     return config_.rate == 0.0 || (mode == Mode::kEval && !config_.classic_scaling);
   }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
-  void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                Matrix* dx) const override;
 };
 
 }  // namespace dropnet::engine

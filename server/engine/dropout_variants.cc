@@ -26,7 +26,7 @@ LayerPlan PlanSpatialDropout(const LayerConfig& config, const Shape& input) {
 }
 
 SpatialDropout::SpatialDropout(const LayerConfig& config, const Shape& input)
-    : Layer(config, input) {
+    : RateDropoutOf(config, input) {
   PlanSpatialDropout(config, input);
   channels_ = input.dims[0];
   spatial_ = input.Size() / channels_;
@@ -76,7 +76,7 @@ LayerPlan PlanGaussianDropout(const LayerConfig& config, const Shape& input) {
 }
 
 GaussianDropout::GaussianDropout(const LayerConfig& config, const Shape& input)
-    : Layer(config, input) {
+    : RateDropoutOf(config, input) {
   PlanGaussianDropout(config, input);
 }
 
@@ -101,15 +101,6 @@ void GaussianDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* c
   if (cache) cache->mask = std::move(noise);
 }
 
-void GaussianDropout::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                               Matrix* dx) const {
-  if (!dx) return;
-  if (cache.mask.size() == 0)
-    *dx = dy;
-  else
-    *dx = dy.cwiseProduct(cache.mask);
-}
-
 // ---- AlphaDropout ----
 
 LayerPlan PlanAlphaDropout(const LayerConfig& config, const Shape& input) {
@@ -117,7 +108,8 @@ LayerPlan PlanAlphaDropout(const LayerConfig& config, const Shape& input) {
   return LayerPlan{input, 0};
 }
 
-AlphaDropout::AlphaDropout(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+AlphaDropout::AlphaDropout(const LayerConfig& config, const Shape& input)
+    : RateDropoutOf(config, input) {
   PlanAlphaDropout(config, input);
 }
 
@@ -144,15 +136,6 @@ void AlphaDropout::Forward(const Matrix& x, const Context& ctx, LayerCache* cach
   *y = x.binaryExpr(mask,
                     [bf, dropped](float v, float m) { return m != 0.0f ? m * v + bf : dropped; });
   if (cache) cache->mask = std::move(mask);
-}
-
-void AlphaDropout::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                            Matrix* dx) const {
-  if (!dx) return;
-  if (cache.mask.size() == 0)
-    *dx = dy;
-  else
-    *dx = dy.cwiseProduct(cache.mask);
 }
 
 }  // namespace dropnet::engine

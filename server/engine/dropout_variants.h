@@ -28,13 +28,9 @@ LayerPlan PlanGaussianDropout(const LayerConfig& config, const Shape& input);
 LayerPlan PlanAlphaDropout(const LayerConfig& config, const Shape& input);
 
 // spatial_dropout1d ({C, L}), spatial_dropout2d ({C, H, W}), spatial_dropout (either).
-class SpatialDropout : public Layer {
+class SpatialDropout : public RateDropoutOf<SpatialDropout> {
  public:
   SpatialDropout(const LayerConfig& config, const Shape& input);
-  std::string Type() const override { return config_.type; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<SpatialDropout>(*this); }
-  bool IsStochastic() const override { return config_.rate > 0.0; }
-  bool PassesThrough(Mode mode) const override { return config_.rate == 0.0 || !Stochastic(mode); }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;
@@ -46,29 +42,17 @@ class SpatialDropout : public Layer {
 };
 
 // gaussian_dropout: y = x * e, e ~ N(1, p/(1-p)) per element.
-class GaussianDropout : public Layer {
+class GaussianDropout : public RateDropoutOf<GaussianDropout> {
  public:
   GaussianDropout(const LayerConfig& config, const Shape& input);
-  std::string Type() const override { return "gaussian_dropout"; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<GaussianDropout>(*this); }
-  bool IsStochastic() const override { return config_.rate > 0.0; }
-  bool PassesThrough(Mode mode) const override { return config_.rate == 0.0 || !Stochastic(mode); }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
-  void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                Matrix* dx) const override;
 };
 
 // alpha_dropout, for SELU networks (use selu activations and lecun_normal dense init).
-class AlphaDropout : public Layer {
+class AlphaDropout : public RateDropoutOf<AlphaDropout> {
  public:
   AlphaDropout(const LayerConfig& config, const Shape& input);
-  std::string Type() const override { return "alpha_dropout"; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<AlphaDropout>(*this); }
-  bool IsStochastic() const override { return config_.rate > 0.0; }
-  bool PassesThrough(Mode mode) const override { return config_.rate == 0.0 || !Stochastic(mode); }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
-  void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
-                Matrix* dx) const override;
   // The affine constants a and b for drop rate p.
   static void Affine(double p, double* a, double* b);
 };

@@ -104,6 +104,9 @@ inline int64_t DenseParameterCount(int64_t inputs, int64_t units, bool use_bias)
   return SaturatingAdd(SaturatingMul(inputs, units), use_bias ? units : 0);
 }
 
+// Checks the input (flat) and the units (positive) of a dense-like layer, named `type` in errors.
+void CheckDenseInput(const char* type, const LayerConfig& config, const Shape& input);
+
 // Records x as cache->input. Network::Forward moves each activation into the next layer's cache
 // and passes that very matrix as x, so in training no activation is copied; a caller that passes
 // another matrix gets a copy.
@@ -115,7 +118,8 @@ class Layer {
  public:
   virtual ~Layer() = default;
 
-  virtual std::string Type() const = 0;
+  // The type name the layer was built from (a name of layer_types.h's table).
+  const std::string& Type() const { return config_.type; }
   virtual std::unique_ptr<Layer> Clone() const = 0;
 
   // True when the layer draws random numbers in kTrain and kMonteCarlo.
@@ -164,6 +168,42 @@ class Layer {
   Shape output_shape_;
   std::vector<Parameter> params_;
   std::vector<Parameter> buffers_;
+};
+
+// The base of every concrete layer: Clone() copies the most derived type.
+template <class Derived>
+class LayerOf : public Layer {
+ public:
+  std::unique_ptr<Layer> Clone() const override {
+    return std::make_unique<Derived>(static_cast<const Derived&>(*this));
+  }
+
+ protected:
+  using Layer::Layer;
+};
+
+// The base of the fixed-rate dropouts of activations (dropout, spatial, Gaussian, alpha): they
+// draw when the rate is above 0, and are the identity when it is 0 or the mode draws nothing.
+template <class Derived>
+class RateDropoutOf : public LayerOf<Derived> {
+ public:
+  bool IsStochastic() const override { return this->config_.rate > 0.0; }
+  bool PassesThrough(Mode mode) const override {
+    return this->config_.rate == 0.0 || !Stochastic(mode);
+  }
+  // dL/dx = dL/dy times the pass's mask (dy/dx), or dL/dy where the pass drew nothing.
+  void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
+                Matrix* dx) const override {
+    if (!dx) return;
+    if (cache.mask.size() == 0) {
+      *dx = dy;
+    } else {
+      *dx = dy.cwiseProduct(cache.mask);
+    }
+  }
+
+ protected:
+  using LayerOf<Derived>::LayerOf;
 };
 
 // Builds a layer for `input` with parameters initialised from `init_seed`. Throws InvalidArgument

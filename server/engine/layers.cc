@@ -19,15 +19,8 @@ std::string Shape::ToString() const {
 }
 
 const char* ModeName(Mode mode) {
-  switch (mode) {
-    case Mode::kTrain:
-      return "train";
-    case Mode::kEval:
-      return "eval";
-    case Mode::kMonteCarlo:
-      return "monte_carlo";
-  }
-  return "?";
+  static constexpr std::array<const char*, 3> kNames = {"train", "eval", "monte_carlo"};
+  return EnumName(mode, kNames);
 }
 
 void InitializeWeights(const std::string& scheme, int64_t fan_in, int64_t fan_out, uint64_t seed,
@@ -64,20 +57,25 @@ void InitializeWeights(const std::string& scheme, int64_t fan_in, int64_t fan_ou
 
 // ---- Dense ----
 
-LayerPlan PlanDense(const LayerConfig& config, const Shape& input) {
+void CheckDenseInput(const char* type, const LayerConfig& config, const Shape& input) {
   if (input.dims.size() != 1) {
-    throw InvalidArgument("dense expects flat input, got shape " + input.ToString() +
+    throw InvalidArgument(std::string(type) + " expects flat input, got shape " + input.ToString() +
                           "; add a flatten layer before it");
   }
   if (config.units <= 0) {
-    throw InvalidArgument("dense.units must be positive, got " + std::to_string(config.units));
+    throw InvalidArgument(std::string(type) + ".units must be positive, got " +
+                          std::to_string(config.units));
   }
+}
+
+LayerPlan PlanDense(const LayerConfig& config, const Shape& input) {
+  CheckDenseInput("dense", config, input);
   return LayerPlan{Shape{{config.units}},
                    DenseParameterCount(input.Size(), config.units, config.use_bias)};
 }
 
 Dense::Dense(const LayerConfig& config, const Shape& input, uint64_t init_seed)
-    : Layer(config, input) {
+    : LayerOf(config, input) {
   output_shape_ = PlanDense(config, input).output;
   Parameter w{"weight", {}, true, true};
   InitializeWeights(config.init, input.Size(), config.units, init_seed, &w.value);
@@ -138,7 +136,7 @@ LayerPlan PlanActivation(const LayerConfig& config, const Shape& input) {
 }
 
 Activation::Activation(const LayerConfig& config, const Shape& input)
-    : Layer(config, input), kind_(ActivationKind(config.type)) {
+    : LayerOf(config, input), kind_(ActivationKind(config.type)) {
   PlanActivation(config, input);
 }
 
@@ -263,7 +261,7 @@ LayerPlan PlanFlatten(const LayerConfig& config, const Shape& input) {
   return LayerPlan{Shape{{static_cast<int>(input.Size())}}, 0};
 }
 
-Flatten::Flatten(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+Flatten::Flatten(const LayerConfig& config, const Shape& input) : LayerOf(config, input) {
   output_shape_ = PlanFlatten(config, input).output;
 }
 
@@ -298,7 +296,7 @@ LayerPlan PlanBatchNorm(const LayerConfig& config, const Shape& input) {
   return LayerPlan{input, 2 * BatchNormChannels(input)};  // gamma and beta
 }
 
-BatchNorm::BatchNorm(const LayerConfig& config, const Shape& input) : Layer(config, input) {
+BatchNorm::BatchNorm(const LayerConfig& config, const Shape& input) : LayerOf(config, input) {
   PlanBatchNorm(config, input);
   channels_ = BatchNormChannels(input);
   spatial_ = input.Size() / channels_;

@@ -21,23 +21,19 @@ LayerPlan PlanFlatten(const LayerConfig& config, const Shape& input);
 LayerPlan PlanBatchNorm(const LayerConfig& config, const Shape& input);
 
 // y = x W + b, W of shape in x out (each column is one unit's incoming weights).
-class Dense : public Layer {
+class Dense : public LayerOf<Dense> {
  public:
   Dense(const LayerConfig& config, const Shape& input, uint64_t init_seed);
-  std::string Type() const override { return "dense"; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<Dense>(*this); }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;
 };
 
 // Element-wise activations: relu, leaky_relu, tanh, sigmoid, selu, gelu.
-class Activation : public Layer {
+class Activation : public LayerOf<Activation> {
  public:
   enum class Kind { kRelu, kLeakyRelu, kTanh, kSigmoid, kSelu, kGelu };
   Activation(const LayerConfig& config, const Shape& input);
-  std::string Type() const override { return config_.type; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<Activation>(*this); }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;
@@ -47,33 +43,27 @@ class Activation : public Layer {
 };
 
 // Row-wise softmax, computed stably (max subtracted).
-class Softmax : public Layer {
+class Softmax : public LayerOf<Softmax> {
  public:
-  Softmax(const LayerConfig& config, const Shape& input) : Layer(config, input) {}
-  std::string Type() const override { return "softmax"; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<Softmax>(*this); }
+  Softmax(const LayerConfig& config, const Shape& input) : LayerOf(config, input) {}
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;
 };
 
 // Reinterprets {C, H, W} or {C, L} rows as flat feature vectors; the data is unchanged.
-class Flatten : public Layer {
+class Flatten : public LayerOf<Flatten> {
  public:
   Flatten(const LayerConfig& config, const Shape& input);
-  std::string Type() const override { return "flatten"; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<Flatten>(*this); }
   bool PassesThrough(Mode) const override { return true; }  // rows are already flat
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;
 };
 
-class BatchNorm : public Layer {
+class BatchNorm : public LayerOf<BatchNorm> {
  public:
   BatchNorm(const LayerConfig& config, const Shape& input);
-  std::string Type() const override { return "batch_norm"; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<BatchNorm>(*this); }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;

@@ -16,15 +16,8 @@ const char* TaskName(Task task) {
 }
 
 const char* LossName(LossKind loss) {
-  switch (loss) {
-    case LossKind::kCrossEntropy:
-      return "cross_entropy";
-    case LossKind::kMse:
-      return "mse";
-    case LossKind::kGaussianNll:
-      return "gaussian_nll";
-  }
-  return "?";
+  static constexpr std::array<const char*, 3> kNames = {"cross_entropy", "mse", "gaussian_nll"};
+  return EnumName(loss, kNames);
 }
 
 Task ParseTask(const std::string& name) {

@@ -17,27 +17,13 @@ void Require(bool ok, const char* field, double value, const char* rule) {
 }  // namespace
 
 const char* OptimizerName(OptimizerKind kind) {
-  switch (kind) {
-    case OptimizerKind::kSgd:
-      return "sgd";
-    case OptimizerKind::kAdam:
-      return "adam";
-    case OptimizerKind::kAdamW:
-      return "adamw";
-  }
-  return "?";
+  static constexpr std::array<const char*, 3> kNames = {"sgd", "adam", "adamw"};
+  return EnumName(kind, kNames);
 }
 
 const char* ScheduleName(ScheduleKind kind) {
-  switch (kind) {
-    case ScheduleKind::kConstant:
-      return "constant";
-    case ScheduleKind::kStep:
-      return "step";
-    case ScheduleKind::kCosine:
-      return "cosine";
-  }
-  return "?";
+  static constexpr std::array<const char*, 3> kNames = {"constant", "step", "cosine"};
+  return EnumName(kind, kNames);
 }
 
 void CheckOptimizer(const OptimizerConfig& c) {

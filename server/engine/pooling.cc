@@ -7,13 +7,35 @@
 
 namespace dropnet::engine {
 
+namespace {
+
+// Calls visit(c, o, hs, he, ws, we) for every output position o (of channel c, as an index into
+// an output row) with the window [hs, he) x [ws, we) of the input it reads, clipped to the input.
+template <typename Visit>
+void ForEachWindow(const ConvGeometry& g, Visit&& visit) {
+  const int64_t out_positions = g.OutPositions();
+  for (int c = 0; c < g.channels; ++c) {
+    for (int oh = 0; oh < g.out_height; ++oh) {
+      const int h0 = oh * g.stride_h - g.pad_h;
+      const int hs = std::max(h0, 0), he = std::min(h0 + g.kernel_h, g.height);
+      for (int ow = 0; ow < g.out_width; ++ow) {
+        const int w0 = ow * g.stride_w - g.pad_w;
+        const int ws = std::max(w0, 0), we = std::min(w0 + g.kernel_w, g.width);
+        visit(c, c * out_positions + int64_t{oh} * g.out_width + ow, hs, he, ws, we);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 LayerPlan PlanPool(const LayerConfig& config, const Shape& input) {
   const ConvGeometry g = MakeConvGeometry(config, input);
   return LayerPlan{ConvOutputShape(g, g.channels, config.type == "global_avg_pool"), 0};
 }
 
 Pool::Pool(const LayerConfig& config, const Shape& input)
-    : Layer(config, input), g_(MakeConvGeometry(config, input)) {
+    : LayerOf(config, input), g_(MakeConvGeometry(config, input)) {
   max_ = config.type.rfind("max_pool", 0) == 0;
   output_shape_ = ConvOutputShape(g_, g_.channels, config.type == "global_avg_pool");
 }
@@ -65,40 +87,32 @@ void Pool::Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matri
         }
         continue;
       }
-      for (int c = 0; c < g_.channels; ++c) {
-        const float* xc = xr + int64_t{c} * g_.height * g_.width;
-        for (int oh = 0; oh < g_.out_height; ++oh) {
-          const int h0 = oh * g_.stride_h - g_.pad_h;
-          const int hs = std::max(h0, 0), he = std::min(h0 + g_.kernel_h, g_.height);
-          for (int ow = 0; ow < g_.out_width; ++ow) {
-            const int w0 = ow * g_.stride_w - g_.pad_w;
-            const int ws = std::max(w0, 0), we = std::min(w0 + g_.kernel_w, g_.width);
-            const int64_t o = c * out_positions + int64_t{oh} * g_.out_width + ow;
-            if (max_) {
-              // PyTorch's rule: the first maximum, and NaN wins.
-              float best = -std::numeric_limits<float>::infinity();
-              int64_t best_i = int64_t{c} * g_.height * g_.width + int64_t{hs} * g_.width + ws;
-              for (int h = hs; h < he; ++h) {
-                const float* xh = xc + int64_t{h} * g_.width;
-                for (int w = ws; w < we; ++w) {
-                  const float v = xh[w];
-                  if (v > best || v != v) {
-                    best = v;
-                    best_i = int64_t{c} * g_.height * g_.width + int64_t{h} * g_.width + w;
-                  }
-                }
+      ForEachWindow(g_, [&](int c, int64_t o, int hs, int he, int ws, int we) {
+        const int64_t plane = int64_t{c} * g_.height * g_.width;
+        const float* xc = xr + plane;
+        if (max_) {
+          // PyTorch's rule: the first maximum, and NaN wins.
+          float best = -std::numeric_limits<float>::infinity();
+          int64_t best_i = plane + int64_t{hs} * g_.width + ws;
+          for (int h = hs; h < he; ++h) {
+            const float* xh = xc + int64_t{h} * g_.width;
+            for (int w = ws; w < we; ++w) {
+              const float v = xh[w];
+              if (v > best || v != v) {
+                best = v;
+                best_i = plane + int64_t{h} * g_.width + w;
               }
-              yr[o] = best;
-              if (ar) ar[o] = static_cast<float>(best_i);
-            } else {
-              float s = 0.0f;
-              for (int h = hs; h < he; ++h)
-                for (int w = ws; w < we; ++w) s += xc[int64_t{h} * g_.width + w];
-              yr[o] = s * inv_area;  // zeros of the padding count (count_include_pad)
             }
           }
+          yr[o] = best;
+          if (ar) ar[o] = static_cast<float>(best_i);
+        } else {
+          float s = 0.0f;
+          for (int h = hs; h < he; ++h)
+            for (int w = ws; w < we; ++w) s += xc[int64_t{h} * g_.width + w];
+          yr[o] = s * inv_area;  // zeros of the padding count (count_include_pad)
         }
-      }
+      });
     }
   });
 }
@@ -107,7 +121,6 @@ void Pool::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix>
                     Matrix* dx) const {
   if (!dx) return;
   const int64_t n = dy.rows();
-  const int64_t out_positions = g_.OutPositions();
   dx->setZero(n, g_.InputSize());
   const float inv_area = 1.0f / static_cast<float>(g_.kernel_h * g_.kernel_w);
   ParallelFor(n, cache.threads, [&](int64_t r0, int64_t r1) {
@@ -119,20 +132,12 @@ void Pool::Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix>
         for (int64_t o = 0; o < dy.cols(); ++o) dr[static_cast<int64_t>(ar[o])] += gr[o];
         continue;
       }
-      for (int c = 0; c < g_.channels; ++c) {
+      ForEachWindow(g_, [&](int c, int64_t o, int hs, int he, int ws, int we) {
         float* dc = dr + int64_t{c} * g_.height * g_.width;
-        for (int oh = 0; oh < g_.out_height; ++oh) {
-          const int h0 = oh * g_.stride_h - g_.pad_h;
-          const int hs = std::max(h0, 0), he = std::min(h0 + g_.kernel_h, g_.height);
-          for (int ow = 0; ow < g_.out_width; ++ow) {
-            const int w0 = ow * g_.stride_w - g_.pad_w;
-            const int ws = std::max(w0, 0), we = std::min(w0 + g_.kernel_w, g_.width);
-            const float v = gr[c * out_positions + int64_t{oh} * g_.out_width + ow] * inv_area;
-            for (int h = hs; h < he; ++h)
-              for (int w = ws; w < we; ++w) dc[int64_t{h} * g_.width + w] += v;
-          }
-        }
-      }
+        const float v = gr[o] * inv_area;
+        for (int h = hs; h < he; ++h)
+          for (int w = ws; w < we; ++w) dc[int64_t{h} * g_.width + w] += v;
+      });
     }
   });
 }

@@ -17,11 +17,9 @@ LayerPlan PlanPool(const LayerConfig& config, const Shape& input);
 
 // max_pool1d/max_pool2d/avg_pool1d/avg_pool2d (max_pool and avg_pool pick by input rank), and
 // global_avg_pool ({C, ...} -> {C}).
-class Pool : public Layer {
+class Pool : public LayerOf<Pool> {
  public:
   Pool(const LayerConfig& config, const Shape& input);
-  std::string Type() const override { return config_.type; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<Pool>(*this); }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,
                 Matrix* dx) const override;

@@ -127,7 +127,7 @@ LayerPlan PlanRecurrent(const LayerConfig& config, const Shape& input) {
 }
 
 Recurrent::Recurrent(const LayerConfig& config, const Shape& input, uint64_t init_seed)
-    : Layer(config, input), lstm_(config.type == "lstm") {
+    : LayerOf(config, input), lstm_(config.type == "lstm") {
   PlanRecurrent(config, input);
   steps_ = input.dims[0];
   features_ = input.dims[1];

@@ -28,11 +28,9 @@ namespace dropnet::engine {
 // Validates an lstm or gru configuration for `input`: its output shape and parameter count.
 LayerPlan PlanRecurrent(const LayerConfig& config, const Shape& input);
 
-class Recurrent : public Layer {
+class Recurrent : public LayerOf<Recurrent> {
  public:
   Recurrent(const LayerConfig& config, const Shape& input, uint64_t init_seed);
-  std::string Type() const override { return config_.type; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<Recurrent>(*this); }
   bool IsStochastic() const override;
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,

@@ -18,13 +18,7 @@ enum CacheSlot { kNoise = 0, kStd, kSlots };
 }  // namespace
 
 LayerPlan PlanSparseVd(const LayerConfig& config, const Shape& input) {
-  if (input.dims.size() != 1) {
-    throw InvalidArgument("sparse_vd expects flat input, got shape " + input.ToString() +
-                          "; add a flatten layer before it");
-  }
-  if (config.units <= 0) {
-    throw InvalidArgument("sparse_vd.units must be positive, got " + std::to_string(config.units));
-  }
+  CheckDenseInput("sparse_vd", config, input);
   if (!std::isfinite(config.log_sigma2_init)) {
     throw InvalidArgument("sparse_vd.log_sigma2_init must be finite, got " +
                           std::to_string(config.log_sigma2_init));
@@ -44,7 +38,7 @@ LayerPlan PlanSparseVd(const LayerConfig& config, const Shape& input) {
 }
 
 SparseVdDense::SparseVdDense(const LayerConfig& config, const Shape& input, uint64_t init_seed)
-    : Layer(config, input) {
+    : LayerOf(config, input) {
   output_shape_ = PlanSparseVd(config, input).output;
   Parameter w{"weight", {}, false, false};  // theta; the KL term is its prior
   InitializeWeights(config.init, input.Size(), config.units, init_seed, &w.value);

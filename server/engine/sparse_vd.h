@@ -20,11 +20,9 @@ namespace dropnet::engine {
 // Validates a sparse_vd configuration for `input`: its output shape and parameter count.
 LayerPlan PlanSparseVd(const LayerConfig& config, const Shape& input);
 
-class SparseVdDense : public Layer {
+class SparseVdDense : public LayerOf<SparseVdDense> {
  public:
   SparseVdDense(const LayerConfig& config, const Shape& input, uint64_t init_seed);
-  std::string Type() const override { return "sparse_vd"; }
-  std::unique_ptr<Layer> Clone() const override { return std::make_unique<SparseVdDense>(*this); }
   bool IsStochastic() const override { return true; }
   void Forward(const Matrix& x, const Context& ctx, LayerCache* cache, Matrix* y) const override;
   void Backward(const Matrix& dy, const LayerCache& cache, std::span<Matrix> grads,

@@ -6,6 +6,8 @@
 #ifndef DROPNET_ENGINE_TENSOR_H_
 #define DROPNET_ENGINE_TENSOR_H_
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -21,6 +23,13 @@ using MatrixMap = Eigen::Map<Matrix>;
 using ConstMatrixMap = Eigen::Map<const Matrix>;
 
 // a * b for sizes (a, b >= 0), or INT64_MAX when the product overflows.
+// The name of an enumerator, from its table of names in declaration order; "?" out of range.
+template <class Enum, size_t N>
+const char* EnumName(Enum value, const std::array<const char*, N>& names) {
+  const auto i = static_cast<size_t>(value);
+  return i < N ? names[i] : "?";
+}
+
 inline int64_t SaturatingMul(int64_t a, int64_t b) {
   int64_t p;
   return __builtin_mul_overflow(a, b, &p) ? INT64_MAX : p;

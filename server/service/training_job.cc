@@ -2,8 +2,10 @@
 
 #include <chrono>
 #include <cmath>
+#include <initializer_list>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "server/service/handler_common.h"
@@ -12,25 +14,29 @@ namespace dropnet::service {
 
 using grpc::StatusCode;
 
+namespace {
+// The engine's kind that `table` maps the proto enum `value` to; INVALID_ARGUMENT naming the field
+// for a value the table does not hold.
+template <typename Kind, typename Proto>
+Kind KindOf(Proto value, const char* field, std::initializer_list<std::pair<Proto, Kind>> table) {
+  for (const auto& [proto, kind] : table) {
+    if (proto == value) return kind;
+  }
+  Fail(StatusCode::INVALID_ARGUMENT,
+       std::string(field) + " " + std::to_string(value) + " is unknown");
+}
+}  // namespace
+
 engine::TrainOptions TrainOptionsFromRequest(const v1::TrainRequest& req, int threads) {
   engine::TrainOptions o;
   o.epochs = req.epochs() == 0 ? 10 : req.epochs();
   o.batch_size = req.batch_size() == 0 ? 128 : req.batch_size();
-  switch (req.optimizer()) {
-    case v1::OPTIMIZER_SGD:
-      o.optimizer.type = engine::OptimizerKind::kSgd;
-      break;
-    case v1::OPTIMIZER_ADAMW:
-      o.optimizer.type = engine::OptimizerKind::kAdamW;
-      break;
-    case v1::OPTIMIZER_UNSPECIFIED:
-    case v1::OPTIMIZER_ADAM:
-      o.optimizer.type = engine::OptimizerKind::kAdam;
-      break;
-    default:
-      Fail(StatusCode::INVALID_ARGUMENT,
-           "optimizer " + std::to_string(req.optimizer()) + " is unknown");
-  }
+  o.optimizer.type =
+      KindOf<engine::OptimizerKind>(req.optimizer(), "optimizer",
+                                    {{v1::OPTIMIZER_UNSPECIFIED, engine::OptimizerKind::kAdam},
+                                     {v1::OPTIMIZER_SGD, engine::OptimizerKind::kSgd},
+                                     {v1::OPTIMIZER_ADAM, engine::OptimizerKind::kAdam},
+                                     {v1::OPTIMIZER_ADAMW, engine::OptimizerKind::kAdamW}});
   o.optimizer.learning_rate = req.learning_rate() != 0
                                   ? req.learning_rate()
                                   : (o.optimizer.type == engine::OptimizerKind::kSgd ? 0.01 : 1e-3);
@@ -42,21 +48,13 @@ engine::TrainOptions TrainOptionsFromRequest(const v1::TrainRequest& req, int th
   o.early_stopping_patience = req.early_stopping_patience();
   o.seed = req.seed();
   o.threads = threads;
-  switch (req.schedule()) {
-    case v1::SCHEDULE_STEP:
-      o.schedule.type = engine::ScheduleKind::kStep;
-      break;
-    case v1::SCHEDULE_COSINE:
-      o.schedule.type = engine::ScheduleKind::kCosine;
-      break;
-    case v1::SCHEDULE_UNSPECIFIED:
-    case v1::SCHEDULE_CONSTANT:
-      o.schedule.type = engine::ScheduleKind::kConstant;
-      break;
-    default:
-      Fail(StatusCode::INVALID_ARGUMENT,
-           "schedule " + std::to_string(req.schedule()) + " is unknown");
-  }
+  o.schedule.type =
+      KindOf<engine::ScheduleKind>(req.schedule(), "schedule",
+                                   {{v1::SCHEDULE_UNSPECIFIED, engine::ScheduleKind::kConstant},
+                                    {v1::SCHEDULE_CONSTANT, engine::ScheduleKind::kConstant},
+                                    {v1::SCHEDULE_STEP, engine::ScheduleKind::kStep},
+                                    {v1::SCHEDULE_COSINE, engine::ScheduleKind::kCosine}});
+
   if (req.schedule_step_epochs() != 0) o.schedule.step_epochs = req.schedule_step_epochs();
   if (req.schedule_gamma() != 0) o.schedule.gamma = req.schedule_gamma();
   if (req.report_every_steps() < 0) {

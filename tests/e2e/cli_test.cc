@@ -15,9 +15,6 @@
 namespace dropnet::testing {
 namespace {
 
-namespace fs = std::filesystem;
-using json = nlohmann::json;
-
 class CliTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {

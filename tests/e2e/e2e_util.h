@@ -11,9 +11,15 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "tests/e2e/process.h"
 
 namespace dropnet::testing {
+
+// The end-to-end tests' names for the file system and for the CLI's JSON output.
+namespace fs = std::filesystem;
+using json = nlohmann::json;
 
 inline const std::string kServer = DROPNET_SERVER_BIN;
 inline const std::string kCli = DROPNET_CLI_BIN;

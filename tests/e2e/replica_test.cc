@@ -15,9 +15,6 @@
 
 namespace dropnet::testing {
 namespace {
-
-namespace fs = std::filesystem;
-using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 constexpr double kPollSeconds = 0.5;

@@ -24,9 +24,6 @@
 namespace dropnet::testing {
 namespace {
 
-namespace fs = std::filesystem;
-using json = nlohmann::json;
-
 // The load runs kDuration; its first kWarmUp fills the server's caches and allocator arenas.
 constexpr std::chrono::seconds kDuration{60}, kWarmUp{15};
 

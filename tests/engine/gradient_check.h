@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include "server/engine/layer.h"
 #include "server/engine/random.h"
 #include "server/engine/tensor.h"
@@ -128,6 +130,19 @@ inline GradCheckResult CheckLayerGradients(Layer* layer, Matrix x, const Context
                                   &result);
   }
   return result;
+}
+
+// CheckLayerGradients with ctx on 1 and then 2 threads (the same masks either way): each check
+// compares at least `min_checked` elements and finds no mismatch.
+inline void ExpectGradientsOnOneAndTwoThreads(Layer* layer, const Matrix& x, Context ctx,
+                                              const GradCheckOptions& opt, uint64_t w_seed,
+                                              int64_t min_checked) {
+  for (int threads : {1, 2}) {
+    ctx.threads = threads;
+    const GradCheckResult r = CheckLayerGradients(layer, x, ctx, opt, w_seed);
+    EXPECT_GT(r.checked, min_checked) << threads << " threads";
+    EXPECT_EQ(r.mismatches, 0) << threads << " threads: " << r.report;
+  }
 }
 
 }  // namespace dropnet::engine::test_support

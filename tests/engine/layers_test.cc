@@ -46,13 +46,9 @@ void ExpectGradientsMatch(const GradCheckResult& r, int64_t expected_checked) {
 // ---- The checker itself ----
 
 // A layer whose Backward is deliberately wrong (2*dy for y = x): the checker must notice.
-class WrongGradientLayer : public Layer {
+class WrongGradientLayer : public LayerOf<WrongGradientLayer> {
  public:
-  explicit WrongGradientLayer(const Shape& s) : Layer(Config("wrong"), s) {}
-  std::string Type() const override { return "wrong"; }
-  std::unique_ptr<Layer> Clone() const override {
-    return std::make_unique<WrongGradientLayer>(*this);
-  }
+  explicit WrongGradientLayer(const Shape& s) : LayerOf(Config("wrong"), s) {}
   void Forward(const Matrix& x, const Context&, LayerCache*, Matrix* y) const override { *y = x; }
   void Backward(const Matrix& dy, const LayerCache&, std::span<Matrix>, Matrix* dx) const override {
     *dx = 2.0f * dy;

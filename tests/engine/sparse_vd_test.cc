@@ -60,12 +60,7 @@ TEST(SparseVdTest, GradientsWithFrozenNoise) {
   layer->params()[2].value = UniformMatrix(1, 4, -1, 1, 6);
   const Matrix x = UniformMatrix(6, 5, -1, 1, 3);
   const GradCheckOptions opt{.eps = 1e-3, .rtol = 2e-2, .atol = 2e-3};
-  for (int threads : {1, 2}) {
-    auto r = CheckLayerGradients(layer.get(), x,
-                                 MakeContext(Mode::kTrain, 3, 1, kWholeBatch, threads), opt, 8);
-    EXPECT_GT(r.checked, 70);
-    EXPECT_EQ(r.mismatches, 0) << r.report;
-  }
+  ExpectGradientsOnOneAndTwoThreads(layer.get(), x, MakeContext(Mode::kTrain, 3, 1), opt, 8, 70);
 }
 
 TEST(SparseVdTest, KlApproximationValueAndGradient) {

@@ -112,6 +112,7 @@ using test_support::CompareWithCentralDifferences;
 using test_support::DenseLayer;
 using test_support::DropoutLayer;
 using test_support::ExpectBinomial;
+using test_support::ExpectGradientsOnOneAndTwoThreads;
 using test_support::ExpectInvalidArgumentContaining;
 using test_support::GradCheckOptions;
 using test_support::GradCheckResult;

@@ -8,6 +8,7 @@
 #include "client/client.h"
 #include "server/service/auth.h"
 #include "server/service/server.h"
+#include "tests/testing/spec_json.h"
 #include "tests/testing/temp_dir.h"
 
 namespace dropnet::service {
@@ -96,16 +97,9 @@ class SecureServerTest : public ::testing::Test {
     o.max_attempts = 2;
     return client::Client(o);
   }
-  static v1::ModelSpec SmallSpec() {
-    v1::ModelSpec spec;
-    spec.add_input_shape(3);
-    auto* drop = spec.add_layers();  // PredictUncertainty needs a stochastic layer
-    drop->set_type("dropout");
-    drop->set_rate(0.5);
-    auto* l = spec.add_layers();
-    l->set_type("dense");
-    l->set_units(2);
-    return spec;
+  static v1::ModelSpec SmallSpec() {  // PredictUncertainty needs a stochastic layer
+    return testing::SpecFromJson(R"({"inputShape": [3], "layers": [
+        {"type": "dropout", "rate": 0.5}, {"type": "dense", "units": 2}]})");
   }
   static grpc::StatusCode CodeOf(const std::function<void()>& call) {
     try {

@@ -20,6 +20,7 @@
 
 #include "dropnet/v1/service.grpc.pb.h"
 #include "server/service/server.h"
+#include "tests/testing/spec_json.h"
 
 namespace dropnet::service {
 namespace {
@@ -156,6 +157,15 @@ Case ImportCase(std::string n, StatusCode code, std::string sub,
           }};
 }
 
+// An import of the file `path` (with the IDX labels `label_path`, when not empty).
+Case ImportFileCase(std::string n, StatusCode code, std::string sub, std::string path,
+                    std::string label_path = "") {
+  return ImportCase(std::move(n), code, std::move(sub), [=](v1::ImportDatasetRequest* r) {
+    r->set_path(path);
+    r->set_label_path(label_path);
+  });
+}
+
 grpc::Status RunTrain(v1::Dropnet::Stub* st, const v1::TrainRequest& r,
                       std::chrono::milliseconds deadline = std::chrono::seconds(20)) {
   grpc::ClientContext c;
@@ -204,26 +214,15 @@ v1::LayerSpec* Add(v1::ModelSpec* s, const std::string& type, int units = 0) {
 
 // [1, 8, 8] -> conv2d(2 filters, 3x3) -> relu -> max_pool2d(2) -> flatten -> dense(3).
 v1::ModelSpec ConvSpec() {
-  v1::ModelSpec s;
-  for (int d : {1, 8, 8}) s.add_input_shape(d);
-  auto* c = Add(&s, "conv2d");
-  c->set_filters(2);
-  c->set_kernel_size(3);
-  Add(&s, "relu");
-  Add(&s, "max_pool2d")->set_pool_size(2);
-  Add(&s, "flatten");
-  Add(&s, "dense", 3);
-  return s;
+  return testing::SpecFromJson(R"({"inputShape": [1, 8, 8], "layers": [
+      {"type": "conv2d", "filters": 2, "kernelSize": 3}, {"type": "relu"},
+      {"type": "max_pool2d", "poolSize": 2}, {"type": "flatten"}, {"type": "dense", "units": 3}]})");
 }
 
 // [5, 3] -> lstm(4) -> dense(3).
 v1::ModelSpec RnnSpec() {
-  v1::ModelSpec s;
-  s.add_input_shape(5);
-  s.add_input_shape(3);
-  Add(&s, "lstm", 4);
-  Add(&s, "dense", 3);
-  return s;
+  return testing::SpecFromJson(R"({"inputShape": [5, 3], "layers": [
+      {"type": "lstm", "units": 4}, {"type": "dense", "units": 3}]})");
 }
 
 // [4] -> <layer under test> -> dense(3).
@@ -503,21 +502,15 @@ std::vector<Case> OptionsTable() {
                          [](v1::ImportDatasetRequest* r) { r->set_name(""); }));
   t.push_back(ImportCase("import name traversal", IA, "name",
                          [](v1::ImportDatasetRequest* r) { r->set_name("../x"); }));
-  t.push_back(ImportCase("import empty path", IA, "path",
-                         [](v1::ImportDatasetRequest* r) { r->set_path(""); }));
-  t.push_back(ImportCase("import absolute path", IA, "relative",
-                         [](v1::ImportDatasetRequest* r) { r->set_path("/etc/passwd"); }));
-  t.push_back(ImportCase("import parent path", PD, "",
-                         [](v1::ImportDatasetRequest* r) { r->set_path("../outside.csv"); }));
+  t.push_back(ImportFileCase("import empty path", IA, "path", ""));
+  t.push_back(ImportFileCase("import absolute path", IA, "relative", "/etc/passwd"));
+  t.push_back(ImportFileCase("import parent path", PD, "", "../outside.csv"));
   t.push_back(ImportCase("import parent inside path", PD, "", [](v1::ImportDatasetRequest* r) {
     r->set_path("sub/../../outside.csv");
   }));
-  t.push_back(ImportCase("import symlink out", PD, "",
-                         [](v1::ImportDatasetRequest* r) { r->set_path("link.csv"); }));
-  t.push_back(ImportCase("import missing file", NF, "",
-                         [](v1::ImportDatasetRequest* r) { r->set_path("nope.csv"); }));
-  t.push_back(ImportCase("import directory", NF, "",
-                         [](v1::ImportDatasetRequest* r) { r->set_path("sub"); }));
+  t.push_back(ImportFileCase("import symlink out", PD, "", "link.csv"));
+  t.push_back(ImportFileCase("import missing file", NF, "", "nope.csv"));
+  t.push_back(ImportFileCase("import directory", NF, "", "sub"));
   t.push_back(ImportCase("import NUL in path", IA, "path", [](v1::ImportDatasetRequest* r) {
     r->set_path(std::string("ok.csv\0/../../outside.csv", 25));
   }));
@@ -527,14 +520,10 @@ std::vector<Case> OptionsTable() {
     r->set_task(static_cast<v1::Task>(77));
   }));
   // ImportDataset: wrong formats.
-  t.push_back(ImportCase("import text feature", IA, "line 3",
-                         [](v1::ImportDatasetRequest* r) { r->set_path("words.csv"); }));
-  t.push_back(ImportCase("import empty csv", IA, "empty",
-                         [](v1::ImportDatasetRequest* r) { r->set_path("empty.csv"); }));
-  t.push_back(ImportCase("import header only", IA, "no data rows",
-                         [](v1::ImportDatasetRequest* r) { r->set_path("header.csv"); }));
-  t.push_back(ImportCase("import ragged csv", IA, "fields",
-                         [](v1::ImportDatasetRequest* r) { r->set_path("ragged.csv"); }));
+  t.push_back(ImportFileCase("import text feature", IA, "line 3", "words.csv"));
+  t.push_back(ImportFileCase("import empty csv", IA, "empty", "empty.csv"));
+  t.push_back(ImportFileCase("import header only", IA, "no data rows", "header.csv"));
+  t.push_back(ImportFileCase("import ragged csv", IA, "fields", "ragged.csv"));
   t.push_back(ImportCase("import unknown target", IA, "nope",
                          [](v1::ImportDatasetRequest* r) { r->set_target_column("nope"); }));
   t.push_back(
@@ -542,52 +531,30 @@ std::vector<Case> OptionsTable() {
         r->set_path("strings.csv");
         r->set_task(v1::TASK_REGRESSION);
       }));
-  t.push_back(ImportCase("import binary as csv", IA, "",
-                         [](v1::ImportDatasetRequest* r) { r->set_path("binary.csv"); }));
-  t.push_back(ImportCase("import idx without labels", IA, "label_path",
-                         [](v1::ImportDatasetRequest* r) { r->set_path("images-idx3-ubyte"); }));
-  t.push_back(ImportCase("import idx missing labels", NF, "", [](v1::ImportDatasetRequest* r) {
-    r->set_path("images-idx3-ubyte");
-    r->set_label_path("nope-idx1-ubyte");
-  }));
-  t.push_back(ImportCase("import idx labels outside", PD, "", [](v1::ImportDatasetRequest* r) {
-    r->set_path("images-idx3-ubyte");
-    r->set_label_path("../outside.csv");
-  }));
+  t.push_back(ImportFileCase("import binary as csv", IA, "", "binary.csv"));
+  t.push_back(ImportFileCase("import idx without labels", IA, "label_path", "images-idx3-ubyte"));
+  t.push_back(
+      ImportFileCase("import idx missing labels", NF, "", "images-idx3-ubyte", "nope-idx1-ubyte"));
+  t.push_back(
+      ImportFileCase("import idx labels outside", PD, "", "images-idx3-ubyte", "../outside.csv"));
   t.push_back(ImportCase("import idx control", OK, "", [](v1::ImportDatasetRequest* r) {
     r->set_name("imp-idx");
     r->set_path("images-idx3-ubyte");
     r->set_label_path("labels-idx1-ubyte");
   }));
+  t.push_back(ImportFileCase("import idx count mismatch", IA, "labels", "images-idx3-ubyte",
+                             "labels2-idx1-ubyte"));
   t.push_back(
-      ImportCase("import idx count mismatch", IA, "labels", [](v1::ImportDatasetRequest* r) {
-        r->set_path("images-idx3-ubyte");
-        r->set_label_path("labels2-idx1-ubyte");
-      }));
-  t.push_back(ImportCase("import idx swapped", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("labels-idx1-ubyte");
-    r->set_label_path("images-idx3-ubyte");
-  }));
-  t.push_back(ImportCase("import idx truncated gzip", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("cut-idx3-ubyte.gz");
-    r->set_label_path("labels-idx1-ubyte");
-  }));
-  t.push_back(ImportCase("import idx gzip bomb", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("bomb-idx3-ubyte.gz");
-    r->set_label_path("labels-idx1-ubyte");
-  }));
-  t.push_back(ImportCase("import idx text", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("ok.txt");
-    r->set_label_path("labels-idx1-ubyte");
-  }));
-  t.push_back(ImportCase("import idx labels are csv", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("images-idx3-ubyte");
-    r->set_label_path("ok.csv");
-  }));
-  t.push_back(ImportCase("import idx huge header", IA, "IDX", [](v1::ImportDatasetRequest* r) {
-    r->set_path("huge-idx3-ubyte");
-    r->set_label_path("labels-idx1-ubyte");
-  }));
+      ImportFileCase("import idx swapped", IA, "IDX", "labels-idx1-ubyte", "images-idx3-ubyte"));
+  t.push_back(ImportFileCase("import idx truncated gzip", IA, "IDX", "cut-idx3-ubyte.gz",
+                             "labels-idx1-ubyte"));
+  t.push_back(
+      ImportFileCase("import idx gzip bomb", IA, "IDX", "bomb-idx3-ubyte.gz", "labels-idx1-ubyte"));
+  t.push_back(ImportFileCase("import idx text", IA, "IDX", "ok.txt", "labels-idx1-ubyte"));
+  t.push_back(
+      ImportFileCase("import idx labels are csv", IA, "IDX", "images-idx3-ubyte", "ok.csv"));
+  t.push_back(
+      ImportFileCase("import idx huge header", IA, "IDX", "huge-idx3-ubyte", "labels-idx1-ubyte"));
   t.push_back({"upload unknown task", IA, "task", [](v1::Dropnet::Stub* st) {
                  return Upload(st, "up-task", static_cast<v1::Task>(77), 1, {1}, {0});
                }});

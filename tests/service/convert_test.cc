@@ -19,6 +19,7 @@
 #include "server/engine/mc.h"
 #include "server/engine/trainer.h"
 #include "server/service/status.h"
+#include "tests/testing/spec_json.h"
 
 namespace dropnet::service {
 namespace {
@@ -37,14 +38,9 @@ v1::LayerSpec* AddLayer(v1::ModelSpec* spec, const std::string& type, int units 
 
 // input [8] -> dense 16 -> relu -> dropout 0.3 -> dense 3.
 v1::ModelSpec ClassifierSpec() {
-  v1::ModelSpec spec;
-  spec.add_input_shape(8);
-  spec.set_seed(11);
-  AddLayer(&spec, "dense", 16);
-  AddLayer(&spec, "relu");
-  AddLayer(&spec, "dropout", 0, 0.3);
-  AddLayer(&spec, "dense", 3);
-  return spec;
+  return testing::SpecFromJson(R"({"inputShape": [8], "seed": 11, "layers": [
+      {"type": "dense", "units": 16}, {"type": "relu"}, {"type": "dropout", "rate": 0.3},
+      {"type": "dense", "units": 3}]})");
 }
 
 // The message of the InvalidArgument that ToNetworkSpec throws for `spec` ("" when none).
@@ -361,14 +357,9 @@ TEST(ToTensorTest, MatrixRoundTrip) {
 
 // A snapshot whose parameters, batch-norm statistics and standardisation are all non-trivial.
 std::shared_ptr<Snapshot> TrainedSnapshot() {
-  v1::ModelSpec spec;
-  spec.add_input_shape(4);
-  spec.set_seed(3);
-  AddLayer(&spec, "dense", 12);
-  AddLayer(&spec, "batch_norm");
-  AddLayer(&spec, "relu");
-  AddLayer(&spec, "dropout", 0, 0.3);
-  AddLayer(&spec, "dense", 3);
+  const v1::ModelSpec spec = testing::SpecFromJson(R"({"inputShape": [4], "seed": 3, "layers": [
+      {"type": "dense", "units": 12}, {"type": "batch_norm"}, {"type": "relu"},
+      {"type": "dropout", "rate": 0.3}, {"type": "dense", "units": 3}]})");
   auto snap = NewSnapshot("roundtrip", spec, SpecLimits{});
 
   engine::Dataset data;

@@ -10,6 +10,8 @@
 #include <functional>
 #include <thread>
 
+#include "tests/testing/spec_json.h"
+
 namespace dropnet::service {
 
 namespace fs = std::filesystem;
@@ -106,16 +108,9 @@ v1::ModelSpec RegressorSpec(int width, double tau) {
 }
 
 v1::ModelSpec SlowSpec() {
-  v1::ModelSpec spec;
-  spec.add_input_shape(8);
-  spec.set_seed(3);
-  AddLayer(&spec, "dense", 256);
-  AddLayer(&spec, "relu");
-  AddLayer(&spec, "dropout", 0, 0.3);
-  AddLayer(&spec, "dense", 256);
-  AddLayer(&spec, "relu");
-  AddLayer(&spec, "dense", 3);
-  return spec;
+  return testing::SpecFromJson(R"({"inputShape": [8], "seed": 3, "layers": [
+      {"type": "dense", "units": 256}, {"type": "relu"}, {"type": "dropout", "rate": 0.3},
+      {"type": "dense", "units": 256}, {"type": "relu"}, {"type": "dense", "units": 3}]})");
 }
 
 void WriteFile(const fs::path& p, const std::string& bytes) {

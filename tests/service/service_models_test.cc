@@ -21,6 +21,20 @@ using grpc::StatusCode;
 
 // ---- Models ----
 
+// Appends `rows` CSV rows of ClassificationData(rows, 4, 5) whose class is a name: emu, cat and
+// dog for classes 0, 1 and 2 (so the server's sorted indices are cat 0, dog 1, emu 2); gives the
+// rows.
+Data AppendNamedClassRows(int64_t rows, std::string* csv) {
+  const Data d = ClassificationData(rows, 4, 5);
+  const char* names[3] = {"emu", "cat", "dog"};
+  for (int64_t r = 0; r < d.rows; ++r) {
+    for (int c = 0; c < 4; ++c) *csv += std::to_string(d.x[r * 4 + c]) + ",";
+    *csv += names[static_cast<int>(d.y[r])];
+    *csv += "\n";
+  }
+  return d;
+}
+
 TEST_F(ServiceTest, CreateModelPublishesVersionOne) {
   StartServer();
   v1::CreateModelResponse resp;
@@ -95,13 +109,7 @@ TEST_F(ServiceTest, GetModelReportsRateRangesAndPrunedFractions) {
 TEST_F(ServiceTest, TrainingOnNamedClassesNamesThemInModelAndPredictions) {
   StartServer();
   std::string csv = "a,b,c,d,animal\n";
-  const Data d = ClassificationData(48, 4, 5);
-  const char* names[3] = {"emu", "cat", "dog"};
-  for (int64_t r = 0; r < d.rows; ++r) {
-    for (int c = 0; c < 4; ++c) csv += std::to_string(d.x[r * 4 + c]) + ",";
-    csv += names[static_cast<int>(d.y[r])];
-    csv += "\n";
-  }
+  const Data d = AppendNamedClassRows(48, &csv);
   v1::UploadDatasetResponse up;
   ASSERT_OK(UploadCsv("animals", csv, 4096, v1::DatasetHeader(), &up));
   ASSERT_OK(CreateModel("m", ClassifierSpec()));
@@ -191,13 +199,7 @@ TEST_F(ServiceTest, UploadDatasetRowsWithAnImageShapeAndRegressionTargets) {
 TEST_F(ServiceTest, UploadDatasetCsvInChunksThatEndMidLine) {
   StartServer();
   std::string csv = "alpha,beta,gamma,delta,animal\n";
-  const Data d = ClassificationData(40, 4, 5);
-  const char* names[3] = {"emu", "cat", "dog"};  // indices follow the sorted names
-  for (int64_t r = 0; r < d.rows; ++r) {
-    for (int c = 0; c < 4; ++c) csv += std::to_string(d.x[r * 4 + c]) + ",";
-    csv += names[static_cast<int>(d.y[r])];
-    csv += "\n";
-  }
+  const Data d = AppendNamedClassRows(40, &csv);
   // 13 bytes a chunk: chunks end inside numbers, names and line ends.
   v1::UploadDatasetResponse resp;
   ASSERT_OK(UploadCsv("csv", csv, 13, v1::DatasetHeader(), &resp));

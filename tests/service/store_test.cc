@@ -23,6 +23,7 @@
 #include "server/service/convert.h"
 #include "server/service/registry.h"
 #include "server/service/status.h"
+#include "tests/testing/spec_json.h"
 #include "tests/testing/temp_dir.h"
 
 namespace dropnet::service {
@@ -33,20 +34,9 @@ using google::protobuf::util::MessageDifferencer;
 using testing::TempDir;
 
 v1::ModelSpec SmallSpec() {
-  v1::ModelSpec spec;
-  spec.add_input_shape(4);
-  spec.set_seed(7);
-  auto* dense = spec.add_layers();
-  dense->set_type("dense");
-  dense->set_units(8);
-  spec.add_layers()->set_type("relu");
-  auto* drop = spec.add_layers();
-  drop->set_type("dropout");
-  drop->set_rate(0.3);
-  auto* out = spec.add_layers();
-  out->set_type("dense");
-  out->set_units(3);
-  return spec;
+  return testing::SpecFromJson(R"({"inputShape": [4], "seed": 7, "layers": [
+      {"type": "dense", "units": 8}, {"type": "relu"}, {"type": "dropout", "rate": 0.3},
+      {"type": "dense", "units": 3}]})");
 }
 
 v1::Checkpoint MakeCheckpoint(const std::string& model, int64_t version) {
