@@ -119,15 +119,54 @@ v1::ModelInfo Client::CreateModel(const std::string& name, const v1::ModelSpec& 
   return Unary(*stub_, &v1::Dropnet::Stub::CreateModel, req, call).model();
 }
 
+v1::ModelInfo Client::CreateModel(const v1::CreateModelRequest& request, CallOptions call) {
+  return Unary(*stub_, &v1::Dropnet::Stub::CreateModel, request, call).model();
+}
+
 v1::ModelInfo Client::GetModel(const std::string& name, CallOptions call) {
   v1::GetModelRequest req;
   req.set_name(name);
   return Unary(*stub_, &v1::Dropnet::Stub::GetModel, req, call).model();
 }
 
-std::vector<v1::ModelInfo> Client::ListModels(CallOptions call) {
-  const auto resp = Unary(*stub_, &v1::Dropnet::Stub::ListModels, v1::ListModelsRequest(), call);
-  return {resp.models().begin(), resp.models().end()};
+std::vector<v1::ModelInfo> Client::ListModels(CallOptions call, int page_size) {
+  std::vector<v1::ModelInfo> out;
+  std::string token;
+  do {
+    auto resp = ListModelsPage(page_size, token, call);
+    for (auto& m : *resp.mutable_models()) out.push_back(std::move(m));
+    token = resp.next_page_token();
+  } while (!token.empty());
+  return out;
+}
+
+v1::ListModelsResponse Client::ListModelsPage(int page_size, const std::string& page_token,
+                                              CallOptions call) {
+  v1::ListModelsRequest req;
+  req.set_page_size(page_size);
+  req.set_page_token(page_token);
+  return Unary(*stub_, &v1::Dropnet::Stub::ListModels, req, call);
+}
+
+v1::ModelInfo Client::SetVersionLabel(const std::string& model, const std::string& label,
+                                      int64_t version, CallOptions call) {
+  v1::SetVersionLabelRequest req;
+  req.set_model(model);
+  req.set_label(label);
+  req.set_version(version);
+  return Unary(*stub_, &v1::Dropnet::Stub::SetVersionLabel, req, call).model();
+}
+
+v1::ModelInfo Client::RemoveVersionLabel(const std::string& model, const std::string& label,
+                                         CallOptions call) {
+  v1::RemoveVersionLabelRequest req;
+  req.set_model(model);
+  req.set_label(label);
+  return Unary(*stub_, &v1::Dropnet::Stub::RemoveVersionLabel, req, call).model();
+}
+
+v1::ModelInfo Client::UpdateModel(const v1::UpdateModelRequest& request, CallOptions call) {
+  return Unary(*stub_, &v1::Dropnet::Stub::UpdateModel, request, call).model();
 }
 
 void Client::DeleteModel(const std::string& name, CallOptions call) {
@@ -232,8 +271,14 @@ v1::TrainEvent Client::Train(const v1::TrainRequest& request,
 
 v1::PredictResponse Client::Predict(const std::string& model, const Matrix& inputs,
                                     CallOptions call) {
+  return Predict(model, std::string(), inputs, call);
+}
+
+v1::PredictResponse Client::Predict(const std::string& model, const std::string& version,
+                                    const Matrix& inputs, CallOptions call) {
   v1::PredictRequest req;
   req.set_model(model);
+  req.set_version(version);
   ToTensor(inputs, req.mutable_inputs());
   return Predict(req, call);
 }
@@ -271,6 +316,7 @@ v1::PredictUncertaintyResponse Client::PredictUncertainty(const std::string& mod
   if (options.seed) req.set_seed(*options.seed);
   req.set_return_samples(options.return_samples);
   req.set_interval(options.interval);
+  req.set_version(options.version);
   return PredictUncertainty(req, call);
 }
 

@@ -62,6 +62,8 @@ struct UncertaintyOptions {
   std::optional<uint64_t> seed;
   bool return_samples = false;
   double interval = 0;  // 0: 0.95
+  // The version to use: a number ("12"), a label ("stable") or "" (the model's default).
+  std::string version;
 };
 
 class Client {
@@ -85,9 +87,22 @@ class Client {
 
   v1::ModelInfo CreateModel(const std::string& name, const v1::ModelSpec& spec,
                             CallOptions call = {});
+  // With the request's other settings (serving_label, keep_versions).
+  v1::ModelInfo CreateModel(const v1::CreateModelRequest& request, CallOptions call = {});
   v1::ModelInfo GetModel(const std::string& name, CallOptions call = {});
-  std::vector<v1::ModelInfo> ListModels(CallOptions call = {});
+  // Every model, reading the server's pages of `page_size` (0: the server's default) in turn.
+  std::vector<v1::ModelInfo> ListModels(CallOptions call = {}, int page_size = 0);
+  // One page: `page_token` "" for the first; the response's next_page_token is "" after the last.
+  v1::ListModelsResponse ListModelsPage(int page_size, const std::string& page_token,
+                                        CallOptions call = {});
   void DeleteModel(const std::string& name, CallOptions call = {});
+  // Points `label` at `version`; returns the model afterwards.
+  v1::ModelInfo SetVersionLabel(const std::string& model, const std::string& label, int64_t version,
+                                CallOptions call = {});
+  v1::ModelInfo RemoveVersionLabel(const std::string& model, const std::string& label,
+                                   CallOptions call = {});
+  // Changes the serving label and/or retention (the fields set in `request`).
+  v1::ModelInfo UpdateModel(const v1::UpdateModelRequest& request, CallOptions call = {});
 
   // Uploads CSV text in chunks of chunk_bytes.
   v1::DatasetInfo UploadCsv(const v1::DatasetHeader& header, const std::string& csv,
@@ -108,6 +123,9 @@ class Client {
 
   v1::PredictResponse Predict(const std::string& model, const Matrix& inputs,
                               CallOptions call = {});
+  // Predict with a version: a number ("12"), a label ("stable") or "" (the model's default).
+  v1::PredictResponse Predict(const std::string& model, const std::string& version,
+                              const Matrix& inputs, CallOptions call = {});
   v1::PredictUncertaintyResponse PredictUncertainty(const std::string& model, const Matrix& inputs,
                                                     const UncertaintyOptions& options = {},
                                                     CallOptions call = {});

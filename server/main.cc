@@ -16,6 +16,24 @@
 
 namespace {
 
+// The model store's retention and the uploads it accepts.
+void AddStoreOptions(CLI::App* app, dropnet::service::ServerConfig* c) {
+  app->add_option("--keep-versions", c->service.keep_versions,
+                  "newest versions a model keeps (labelled and best versions are kept too); a "
+                  "model's own keep_versions overrides it")
+      ->envname("DROPNET_KEEP_VERSIONS")
+      ->check(CLI::PositiveNumber);
+  app->add_option("--cached-versions", c->service.cached_versions,
+                  "older versions kept loaded for calls that name them")
+      ->envname("DROPNET_CACHED_VERSIONS")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--max-upload", c->service.max_dataset_bytes,
+                  "largest UploadDataset body in bytes (rows as float32, or CSV text); the body "
+                  "is streamed to a temporary file, not held in memory")
+      ->envname("DROPNET_MAX_UPLOAD")
+      ->check(CLI::PositiveNumber);
+}
+
 // Shutdown, TLS and token flags.
 void AddShutdownAndSecurityOptions(CLI::App* app_ptr, dropnet::service::ServerConfig* config) {
   CLI::App& app = *app_ptr;
@@ -151,6 +169,7 @@ int main(int argc, char** argv) {
   AddShutdownAndSecurityOptions(&app, &c);
   dropnet::http::HttpConfig http;
   AddHttpOptions(&app, &http);
+  AddStoreOptions(&app, &c);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->envname("DROPNET_LOG_LEVEL")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));

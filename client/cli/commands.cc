@@ -117,6 +117,10 @@ void PrintModel(const v1::ModelInfo& m, Format f) {
     }
     std::cout << "\n";
   }
+  if (m.version_details_size()) {
+    std::cout << "versions\n";
+    VersionsTable(m).Print(std::cout, Format::kTable);
+  }
   if (m.history_size()) {
     std::cout << "history\n";
     Table t;
@@ -129,6 +133,27 @@ void PrintModel(const v1::ModelInfo& m, Format f) {
     }
     t.Print(std::cout, Format::kTable);
   }
+}
+
+Table VersionsTable(const v1::ModelInfo& m) {
+  Table t;
+  t.header = {"  version", "labels",     "status", "epoch", "loss",
+              "metric",    "val_metric", "bytes",  "note"};
+  for (const auto& d : m.version_details()) {
+    std::string labels;
+    for (const auto& l : d.labels()) labels += (labels.empty() ? "" : ",") + l;
+    if (d.version() == m.version()) labels += labels.empty() ? "(served)" : " (served)";
+    if (d.best()) labels += labels.empty() ? "(best)" : " (best)";
+    const bool corrupt = d.status() == v1::VersionInfo::STATUS_CORRUPT;
+    t.rows.push_back({"  " + std::to_string(d.version()), labels.empty() ? "-" : labels,
+                      corrupt ? "corrupt" : "ok",
+                      d.has_epoch() ? std::to_string(d.epoch().epoch()) : "-",
+                      d.has_epoch() ? Fixed(d.epoch().loss()) : "-",
+                      d.has_epoch() ? Fixed(d.epoch().metric()) : "-",
+                      d.has_epoch() ? Fixed(d.epoch().val_metric()) : "-",
+                      std::to_string(d.size_bytes()), corrupt ? d.error() : d.note()});
+  }
+  return t;
 }
 
 Table DatasetsTable(const std::vector<v1::DatasetInfo>& ds) {
@@ -196,7 +221,7 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
                         << e.version() << "\n";
               break;
             case v1::TrainEvent::KIND_FINISHED:
-              std::cout << "done: model '" << req.model() << "' serves version " << e.version()
+              std::cout << "done: model '" << req.model() << "' published version " << e.version()
                         << (e.early_stopped() ? " (early stopping restored the best epoch)" : "")
                         << "\n";
               break;
@@ -226,21 +251,22 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
   return 0;
 }
 
-int PredictCommand(dc::Client& c, const std::string& model, const std::string& input,
-                   const std::string& target, Format f, const std::string& output, bool v2) {
+int PredictCommand(dc::Client& c, const std::string& model, const std::string& version,
+                   const std::string& input, const std::string& target, Format f,
+                   const std::string& output, bool v2) {
   dc::Matrix x = ReadInputs(c, model, input, target);
-  auto r = v2 ? PredictV2(c, model, x) : c.Predict(model, x);
+  auto r = v2 ? PredictV2(c, model, version, x) : c.Predict(model, version, x);
   dc::Matrix out = dc::ToMatrix(r.outputs());
   Table t;
-  t.header = {"row"};
+  t.header = {"row", "version"};
   const bool classify = r.task() != v1::TASK_REGRESSION;
   if (classify) t.header.push_back("class"), t.header.push_back("probability");
   for (int64_t j = 0; j < out.cols(); ++j) {
     t.header.push_back((classify ? "p" : "y") + std::to_string(j));
   }
   for (int64_t i = 0; i < out.rows(); ++i) {
-    std::vector<std::string> row = {std::to_string(i)};
-    json jr = {{"row", i}};
+    std::vector<std::string> row = {std::to_string(i), std::to_string(r.version())};
+    json jr = {{"row", i}, {"version", r.version()}};
     if (classify) {
       const int k = r.predicted_class(static_cast<int>(i));
       row.push_back(std::to_string(k));
@@ -263,26 +289,29 @@ int PredictCommand(dc::Client& c, const std::string& model, const std::string& i
   return 0;
 }
 
-int UncertaintyCommand(dc::Client& c, const std::string& model, const std::string& input,
-                       const std::string& target, int samples, std::optional<uint64_t> seed,
-                       Format f, const std::string& output, bool v2) {
+int UncertaintyCommand(dc::Client& c, const std::string& model, const std::string& version,
+                       const std::string& input, const std::string& target, int samples,
+                       std::optional<uint64_t> seed, Format f, const std::string& output, bool v2) {
   dc::Matrix x = ReadInputs(c, model, input, target);
   dc::UncertaintyOptions o;
   o.samples = samples;
   o.seed = seed;
-  auto r = v2 ? UncertaintyV2(c, model, x, samples, seed) : c.PredictUncertainty(model, x, o);
+  o.version = version;
+  auto r =
+      v2 ? UncertaintyV2(c, model, version, x, samples, seed) : c.PredictUncertainty(model, x, o);
   dc::Matrix mean = dc::ToMatrix(r.mean()), sd = dc::ToMatrix(r.stddev());
   Table t;
   if (r.task() != v1::TASK_REGRESSION) {
-    t.header = {"row",     "prediction",  "probability",    "std",
-                "entropy", "mutual_info", "variation_ratio"};
+    t.header = {"row", "version", "prediction",  "probability",
+                "std", "entropy", "mutual_info", "variation_ratio"};
     for (int64_t i = 0; i < mean.rows(); ++i) {
       const int k = r.predicted_class(static_cast<int>(i));
-      t.rows.push_back({std::to_string(i), std::to_string(k), Fixed(mean(i, k)), Fixed(sd(i, k)),
-                        Fixed(r.predictive_entropy(i)), Fixed(r.mutual_information(i)),
-                        Fixed(r.variation_ratio(i))});
+      t.rows.push_back({std::to_string(i), std::to_string(r.version()), std::to_string(k),
+                        Fixed(mean(i, k)), Fixed(sd(i, k)), Fixed(r.predictive_entropy(i)),
+                        Fixed(r.mutual_information(i)), Fixed(r.variation_ratio(i))});
       std::vector<float> probs(mean.row(i).data(), mean.row(i).data() + mean.cols());
       t.json_rows.push_back({{"row", i},
+                             {"version", r.version()},
                              {"prediction", k},
                              {"probability", mean(i, k)},
                              {"std", sd(i, k)},
@@ -295,12 +324,14 @@ int UncertaintyCommand(dc::Client& c, const std::string& model, const std::strin
   } else {
     dc::Matrix tv = dc::ToMatrix(r.total_variance()), lo = dc::ToMatrix(r.lower()),
                hi = dc::ToMatrix(r.upper());
-    t.header = {"row", "target", "mean", "std", "total_std", "lower", "upper"};
+    t.header = {"row", "version", "target", "mean", "std", "total_std", "lower", "upper"};
     for (int64_t i = 0; i < mean.rows(); ++i) {
       for (int64_t j = 0; j < mean.cols(); ++j) {
-        t.rows.push_back({std::to_string(i), std::to_string(j), Fixed(mean(i, j)), Fixed(sd(i, j)),
-                          Fixed(std::sqrt(tv(i, j))), Fixed(lo(i, j)), Fixed(hi(i, j))});
+        t.rows.push_back({std::to_string(i), std::to_string(r.version()), std::to_string(j),
+                          Fixed(mean(i, j)), Fixed(sd(i, j)), Fixed(std::sqrt(tv(i, j))),
+                          Fixed(lo(i, j)), Fixed(hi(i, j))});
         t.json_rows.push_back({{"row", i},
+                               {"version", r.version()},
                                {"target", j},
                                {"mean", mean(i, j)},
                                {"std", sd(i, j)},
@@ -316,10 +347,12 @@ int UncertaintyCommand(dc::Client& c, const std::string& model, const std::strin
   return 0;
 }
 
-int EvaluateCommand(dc::Client& c, const std::string& model, const std::string& data, int mc,
-                    std::optional<uint64_t> seed, int64_t limit, Format f) {
+int EvaluateCommand(dc::Client& c, const std::string& model, const std::string& version,
+                    const std::string& data, int mc, std::optional<uint64_t> seed, int64_t limit,
+                    Format f) {
   v1::EvaluateRequest req;
   req.set_model(model);
+  req.set_version(version);
   req.set_dataset(data);
   req.set_limit(limit);
   if (mc > 0) {

@@ -26,14 +26,21 @@ void PrintDataset(const v1::DatasetInfo& d);
 
 // Streams training progress (a live bar on a terminal); Ctrl-C cancels and returns 130.
 int TrainCommand(client::Client& c, v1::TrainRequest req, const std::string& metric_name);
-// `v2`: ask through the Open Inference Protocol's ModelInfer (oip_client.h) instead of dropnet.v1.
-int PredictCommand(client::Client& c, const std::string& model, const std::string& input,
-                   const std::string& target, Format f, const std::string& output, bool v2 = false);
-int UncertaintyCommand(client::Client& c, const std::string& model, const std::string& input,
-                       const std::string& target, int samples, std::optional<uint64_t> seed,
-                       Format f, const std::string& output, bool v2 = false);
-int EvaluateCommand(client::Client& c, const std::string& model, const std::string& data, int mc,
-                    std::optional<uint64_t> seed, int64_t limit, Format f);
+// `version`: a number, a label or "" (the model's default); every row of the output names the
+// version that answered. `v2`: ask through the Open Inference Protocol's ModelInfer
+// (oip_client.h) instead of dropnet.v1.
+int PredictCommand(client::Client& c, const std::string& model, const std::string& version,
+                   const std::string& input, const std::string& target, Format f,
+                   const std::string& output, bool v2 = false);
+int UncertaintyCommand(client::Client& c, const std::string& model, const std::string& version,
+                       const std::string& input, const std::string& target, int samples,
+                       std::optional<uint64_t> seed, Format f, const std::string& output,
+                       bool v2 = false);
+int EvaluateCommand(client::Client& c, const std::string& model, const std::string& version,
+                    const std::string& data, int mc, std::optional<uint64_t> seed, int64_t limit,
+                    Format f);
+// The versions of a model: labels, status, epoch metrics and sizes.
+Table VersionsTable(const v1::ModelInfo& m);
 
 }  // namespace dropnet::cli
 

@@ -77,7 +77,11 @@ struct Args {
   std::string shell;
   CLI::App *help = nullptr, *completion = nullptr;
   CLI::App *health = nullptr, *m_list = nullptr, *m_get = nullptr, *m_create = nullptr,
-           *m_delete = nullptr;
+           *m_delete = nullptr, *m_label = nullptr, *m_unlabel = nullptr, *m_set = nullptr;
+  // models: labels and settings; predict, uncertainty, evaluate: --model-version
+  std::string label, model_version, serving_label;
+  int64_t label_version = 0;
+  int keep_versions = 0;
   // data
   bool overwrite = false;
   int64_t limit = 0;
@@ -144,6 +148,22 @@ void AddModelCommands(CLI::App& app, Args& a) {
       ->check(CLI::ExistingFile);
   a.m_delete = models->add_subcommand("delete", "delete a model and all its versions");
   a.m_delete->add_option("name", a.name)->required();
+  a.m_label =
+      models->add_subcommand("label", "point a label at a version: models label m stable 12");
+  a.m_label->add_option("name", a.name)->required();
+  a.m_label->add_option("label", a.label, "e.g. stable, canary")->required();
+  a.m_label->add_option("version", a.label_version)->required()->check(CLI::PositiveNumber);
+  a.m_unlabel = models->add_subcommand("unlabel", "remove a label: models unlabel m canary");
+  a.m_unlabel->add_option("name", a.name)->required();
+  a.m_unlabel->add_option("label", a.label)->required();
+  a.m_set = models->add_subcommand("set", "change a model's serving label or retention");
+  a.m_set->add_option("name", a.name)->required();
+  for (auto* s : {a.m_create, a.m_set}) {
+    s->add_option("--serving-label", a.serving_label,
+                  "label that calls without a version get (\"\": the newest version)");
+    s->add_option("--keep-versions", a.keep_versions,
+                  "newest versions kept (0: the server's default)");
+  }
 }
 
 void AddDataCommands(CLI::App& app, Args& a) {
@@ -218,6 +238,11 @@ void AddPredictCommands(CLI::App& app, Args& a) {
                          "Monte-Carlo dropout with T passes (0: eval mode)");
   a.eval_seed = a.evaluate->add_option("--seed", a.seed, "Monte-Carlo seed");
   a.evaluate->add_option("--limit", a.limit, "only the first N rows");
+  // `--version` alone prints the program's version.
+  for (auto* s : {a.predict, a.unc, a.evaluate}) {
+    s->add_option("--model-version", a.model_version,
+                  "the model version: a number (12), a label (stable) or the model's default");
+  }
 }
 
 void AddBenchAndDemo(CLI::App& app, Args& a) {
@@ -298,13 +323,41 @@ v1::Task TaskOf(const std::string& task) {
   return task == "regression" ? v1::TASK_REGRESSION : v1::TASK_CLASSIFICATION;
 }
 
+// models label, unlabel and set. nullopt: not one of them.
+std::optional<int> RunLabelCommand(dc::Client& c, const Args& a, cli::Format f) {
+  std::optional<v1::ModelInfo> info;
+  if (*a.m_label) info = c.SetVersionLabel(a.name, a.label, a.label_version);
+  if (*a.m_unlabel) info = c.RemoveVersionLabel(a.name, a.label);
+  if (*a.m_set) {
+    v1::UpdateModelRequest req;
+    req.set_model(a.name);
+    // The options were added to create and set in turn: look them up on `set` by name.
+    if (a.m_set->get_option("--serving-label")->count()) req.set_serving_label(a.serving_label);
+    if (a.m_set->get_option("--keep-versions")->count()) req.set_keep_versions(a.keep_versions);
+    info = c.UpdateModel(req);
+  }
+  if (!info) return std::nullopt;
+  if (f == cli::Format::kJson) return cli::PrintModel(*info, f), 0;
+  std::cout << "model '" << info->name() << "' serves version " << info->version();
+  if (!info->serving_label().empty()) std::cout << " (label " << info->serving_label() << ")";
+  std::cout << "\n";
+  cli::VersionsTable(*info).Print(std::cout, cli::Format::kTable);
+  return 0;
+}
+
 // models and data: the commands that manage what the server stores. nullopt: not one of them.
 std::optional<int> RunStoreCommand(dc::Client& c, const Args& a, cli::Format f) {
   if (*a.health) return cli::Health(c, a.health_service);
   if (*a.m_list) return cli::ModelsTable(c.ListModels()).Print(std::cout, f), 0;
   if (*a.m_get) return cli::PrintModel(c.GetModel(a.name), f), 0;
+  if (auto rc = RunLabelCommand(c, a, f)) return *rc;
   if (*a.m_create) {
-    auto info = c.CreateModel(a.name, dc::ReadSpecFile(a.spec));
+    v1::CreateModelRequest req;
+    req.set_name(a.name);
+    *req.mutable_spec() = dc::ReadSpecFile(a.spec);
+    req.set_serving_label(a.serving_label);
+    req.set_keep_versions(a.keep_versions);
+    auto info = c.CreateModel(req);
     std::cout << "created model '" << info.name() << "': " << info.parameter_count()
               << " parameters, version " << info.version() << "\n";
     return 0;
@@ -372,15 +425,17 @@ int Run(const Args& a, const dc::ClientOptions& client_options) {
   if (auto rc = RunStoreCommand(c, a, f)) return *rc;
   if (*a.train) return RunTrain(c, a);
   const bool v2 = a.protocol == "v2";
-  if (*a.predict) return cli::PredictCommand(c, a.name, a.input, a.target, f, a.output, v2);
+  if (*a.predict) {
+    return cli::PredictCommand(c, a.name, a.model_version, a.input, a.target, f, a.output, v2);
+  }
   if (*a.unc) {
     return cli::UncertaintyCommand(
-        c, a.name, a.input, a.target, a.samples,
+        c, a.name, a.model_version, a.input, a.target, a.samples,
         a.seed_opt->count() ? std::optional<uint64_t>(a.seed) : std::nullopt, f, a.output, v2);
   }
   if (*a.evaluate) {
     return cli::EvaluateCommand(
-        c, a.name, a.data_name, a.mc_samples,
+        c, a.name, a.model_version, a.data_name, a.mc_samples,
         a.eval_seed->count() ? std::optional<uint64_t>(a.seed) : std::nullopt, a.limit, f);
   }
   if (*a.demo) return cli::Demo(c, a.demo_data);

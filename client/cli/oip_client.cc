@@ -38,9 +38,11 @@ ModelInferResponse Infer(const dc::Client& c, const ModelInferRequest& req) {
 }
 
 // A request for the rows of x, sent as raw little-endian floats.
-ModelInferRequest Request(const std::string& model, const dc::Matrix& x) {
+ModelInferRequest Request(const std::string& model, const std::string& version,
+                          const dc::Matrix& x) {
   ModelInferRequest req;
   req.set_model_name(model);
+  req.set_model_version(version);
   auto* in = req.add_inputs();
   in->set_name("input");
   in->set_datatype("FP32");
@@ -86,9 +88,10 @@ int64_t Version(const ModelInferResponse& resp) { return std::stoll(resp.model_v
 
 }  // namespace
 
-v1::PredictResponse PredictV2(const dc::Client& c, const std::string& model, const dc::Matrix& x) {
+v1::PredictResponse PredictV2(const dc::Client& c, const std::string& model,
+                              const std::string& version, const dc::Matrix& x) {
   const bool regression = IsRegression(Metadata(c, model));
-  ModelInferRequest req = Request(model, x);
+  ModelInferRequest req = Request(model, version, x);
   if (!regression) req.add_outputs()->set_name("predicted_class");
   req.add_outputs()->set_name(regression ? "mean" : "probabilities");
   const ModelInferResponse resp = Infer(c, req);
@@ -103,11 +106,11 @@ v1::PredictResponse PredictV2(const dc::Client& c, const std::string& model, con
 }
 
 v1::PredictUncertaintyResponse UncertaintyV2(const dc::Client& c, const std::string& model,
-                                             const dc::Matrix& x, int samples,
-                                             std::optional<uint64_t> seed) {
+                                             const std::string& version, const dc::Matrix& x,
+                                             int samples, std::optional<uint64_t> seed) {
   const auto meta = Metadata(c, model);
   const bool regression = IsRegression(meta);
-  ModelInferRequest req = Request(model, x);
+  ModelInferRequest req = Request(model, version, x);
   auto& params = *req.mutable_parameters();
   params["mc_samples"].set_int64_param(
       samples > 0 ? samples : meta.parameters().at("default_mc_samples").int64_param());

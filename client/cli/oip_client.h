@@ -13,15 +13,16 @@
 
 namespace dropnet::cli {
 
-// Eval mode: ModelInfer without parameters. Throws client::ClientError for a failed call.
+// Eval mode: ModelInfer without parameters, of `version` (a number, a label or "": the model's
+// default). Throws client::ClientError for a failed call.
 v1::PredictResponse PredictV2(const client::Client& c, const std::string& model,
-                              const client::Matrix& x);
+                              const std::string& version, const client::Matrix& x);
 
 // Monte-Carlo dropout: ModelInfer with mc_samples (0: the server's default T, from the model's
 // metadata) and seed.
 v1::PredictUncertaintyResponse UncertaintyV2(const client::Client& c, const std::string& model,
-                                             const client::Matrix& x, int samples,
-                                             std::optional<uint64_t> seed);
+                                             const std::string& version, const client::Matrix& x,
+                                             int samples, std::optional<uint64_t> seed);
 
 }  // namespace dropnet::cli
 

@@ -223,22 +223,64 @@ def train_request(model: str, data: str, epochs: int, batch_size: int,
     return req
 
 
+VersionArg = Optional[Union[int, str]]
+
+
+def version_text(version: VersionArg) -> str:
+    """A version argument as the request's string: a number (12 or "12"), a label ("stable"),
+    or None for the model's default."""
+    if version is None:
+        return ""
+    if isinstance(version, bool) or not isinstance(version, (int, str)):
+        raise InvalidArgument(f"version must be a number or a label, got {version!r}")
+    return str(version)
+
+
+def list_models_request(page_size: int, token: str) -> service_pb2.ListModelsRequest:
+    return service_pb2.ListModelsRequest(page_size=page_size, page_token=token)
+
+
+def create_request(name: str, spec: Any, serving_label: Optional[str],
+                   keep_versions: Optional[int]) -> service_pb2.CreateModelRequest:
+    return service_pb2.CreateModelRequest(
+        name=name, spec=_convert.read_spec(spec), serving_label=serving_label or "",
+        keep_versions=keep_versions or 0)
+
+
+def update_request(model: str, serving_label: Optional[str],
+                   keep_versions: Optional[int]) -> service_pb2.UpdateModelRequest:
+    req = service_pb2.UpdateModelRequest(model=model)
+    if serving_label is not None:
+        req.serving_label = serving_label
+    if keep_versions is not None:
+        req.keep_versions = keep_versions
+    return req
+
+
+def predict_request(model: str, rows: np.ndarray,
+                    version: VersionArg) -> service_pb2.PredictRequest:
+    return service_pb2.PredictRequest(model=model, inputs=_convert.to_tensor(rows),
+                                      version=version_text(version))
+
+
 def uncertainty_request(model: str, rows: np.ndarray, samples: Optional[int],
-                        seed: Optional[int], return_samples: bool, interval: Optional[float]
-                        ) -> service_pb2.PredictUncertaintyRequest:
+                        seed: Optional[int], return_samples: bool, interval: Optional[float],
+                        version: VersionArg = None) -> service_pb2.PredictUncertaintyRequest:
     req = service_pb2.PredictUncertaintyRequest(
         model=model, inputs=_convert.to_tensor(rows), samples=samples or 0,
-        return_samples=return_samples, interval=interval or 0.0)
+        return_samples=return_samples, interval=interval or 0.0, version=version_text(version))
     if seed is not None:
         req.seed = seed
     return req
 
 
 def evaluate_request(model: str, data: str, samples: Optional[int], seed: Optional[int],
-                     limit: Optional[int]) -> service_pb2.EvaluateRequest:
+                     limit: Optional[int], version: VersionArg = None
+                     ) -> service_pb2.EvaluateRequest:
     mc = samples is not None
     req = service_pb2.EvaluateRequest(
         model=model, dataset=data, samples=samples or 0, limit=limit or 0,
+        version=version_text(version),
         mode=service_pb2.EVAL_MODE_MONTE_CARLO if mc else service_pb2.EVAL_MODE_EVAL)
     if seed is not None:
         if not mc:

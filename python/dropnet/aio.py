@@ -121,8 +121,9 @@ class AsyncClient:
     async def health(self, service: str = "") -> bool:
         return await _call(self._health(service, **self._kw())) == _common.SERVING
 
-    async def create_model(self, name: str, spec: Spec) -> ModelInfo:
-        req = service_pb2.CreateModelRequest(name=name, spec=_convert.read_spec(spec))
+    async def create_model(self, name: str, spec: Spec, *, serving_label: Optional[str] = None,
+                           keep_versions: Optional[int] = None) -> ModelInfo:
+        req = _common.create_request(name, spec, serving_label, keep_versions)
         info = (await _call(self._stub.CreateModel(req, **self._kw()))).model
         self._meta[name] = _common.model_meta(info)
         return ModelInfo.from_proto(info)
@@ -130,9 +131,35 @@ class AsyncClient:
     async def get_model(self, name: str) -> ModelInfo:
         return ModelInfo.from_proto(await self._get_model(name))
 
-    async def list_models(self) -> List[ModelInfo]:
-        resp = await _call(self._stub.ListModels(service_pb2.ListModelsRequest(), **self._kw()))
-        return [ModelInfo.from_proto(m) for m in resp.models]
+    async def list_models(self, *, page_size: int = 0) -> List[ModelInfo]:
+        out: List[ModelInfo] = []
+        token = ""
+        while True:
+            req = _common.list_models_request(page_size, token)
+            resp = await _call(self._stub.ListModels(req, **self._kw()))
+            out.extend(ModelInfo.from_proto(m) for m in resp.models)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    async def set_label(self, model: str, label: str, version: int) -> ModelInfo:
+        req = service_pb2.SetVersionLabelRequest(model=model, label=label, version=version)
+        info = (await _call(self._stub.SetVersionLabel(req, **self._kw()))).model
+        self._meta[model] = _common.model_meta(info)
+        return ModelInfo.from_proto(info)
+
+    async def remove_label(self, model: str, label: str) -> ModelInfo:
+        req = service_pb2.RemoveVersionLabelRequest(model=model, label=label)
+        info = (await _call(self._stub.RemoveVersionLabel(req, **self._kw()))).model
+        self._meta[model] = _common.model_meta(info)
+        return ModelInfo.from_proto(info)
+
+    async def update_model(self, model: str, *, serving_label: Optional[str] = None,
+                           keep_versions: Optional[int] = None) -> ModelInfo:
+        req = _common.update_request(model, serving_label, keep_versions)
+        info = (await _call(self._stub.UpdateModel(req, **self._kw()))).model
+        self._meta[model] = _common.model_meta(info)
+        return ModelInfo.from_proto(info)
 
     async def versions(self, name: str) -> List[int]:
         return list((await self._get_model(name)).versions)
@@ -196,9 +223,10 @@ class AsyncClient:
         self._meta.pop(model, None)
         return AsyncTraining(call, model, bar)
 
-    async def predict(self, model: str, X: ArrayLike) -> Prediction:
+    async def predict(self, model: str, X: ArrayLike, *,
+                      version: Optional[Union[int, str]] = None) -> Prediction:
         rows = await self._rows(model, X)
-        req = service_pb2.PredictRequest(model=model, inputs=_convert.to_tensor(rows))
+        req = _common.predict_request(model, rows, version)
         resp = await _call(self._stub.Predict(req, **self._kw()))
         classify = resp.task != model_pb2.TASK_REGRESSION
         names = await self._names(model, resp.version) if classify else None
@@ -206,17 +234,20 @@ class AsyncClient:
 
     async def uncertainty(self, model: str, X: ArrayLike, *, samples: Optional[int] = None,
                           seed: Optional[int] = None, return_samples: bool = False,
-                          interval: Optional[float] = None) -> Uncertainty:
+                          interval: Optional[float] = None,
+                          version: Optional[Union[int, str]] = None) -> Uncertainty:
         rows = await self._rows(model, X)
-        req = _common.uncertainty_request(model, rows, samples, seed, return_samples, interval)
+        req = _common.uncertainty_request(model, rows, samples, seed, return_samples, interval,
+                                          version)
         resp = await _call(self._stub.PredictUncertainty(req, **self._kw()))
         classify = resp.task != model_pb2.TASK_REGRESSION
         names = await self._names(model, resp.version) if classify else None
         return _common.uncertainty(model, resp, names)
 
     async def evaluate(self, model: str, data: str, *, samples: Optional[int] = None,
-                       seed: Optional[int] = None, limit: Optional[int] = None) -> Evaluation:
-        req = _common.evaluate_request(model, data, samples, seed, limit)
+                       seed: Optional[int] = None, limit: Optional[int] = None,
+                       version: Optional[Union[int, str]] = None) -> Evaluation:
+        req = _common.evaluate_request(model, data, samples, seed, limit, version)
         resp = await _call(self._stub.Evaluate(req, **self._kw(None)))
         return Evaluation.from_proto(model, resp)
 

@@ -144,11 +144,16 @@ class Client:
 
     # ---- models ----
 
-    def create_model(self, name: str, spec: Spec) -> ModelInfo:
+    def create_model(self, name: str, spec: Spec, *, serving_label: Optional[str] = None,
+                     keep_versions: Optional[int] = None) -> ModelInfo:
         """Creates a model at version 1 from its spec: a dict in the JSON mapping of ModelSpec
         (``{"inputShape": [64], "layers": [{"type": "dense", "units": 128}, ...]}``; snake_case
-        keys work too), a JSON file such as ``examples/digits_mlp.json``, or a ModelSpec."""
-        req = service_pb2.CreateModelRequest(name=name, spec=_convert.read_spec(spec))
+        keys work too), a JSON file such as ``examples/digits_mlp.json``, or a ModelSpec.
+        ``serving_label`` (e.g. ``"stable"``, given to version 1): calls without a version are
+        answered by the version it names, so training changes nothing served until a version is
+        promoted with :meth:`set_label`. ``keep_versions``: newest versions kept (default: the
+        server's, 5; labelled versions and the best by validation metric are kept too)."""
+        req = _common.create_request(name, spec, serving_label, keep_versions)
         info = _call(lambda: self._stub.CreateModel(req, **self._kw())).model
         self._remember(info)
         return ModelInfo.from_proto(info)
@@ -157,14 +162,44 @@ class Client:
         """The model's spec, versions and training history."""
         return ModelInfo.from_proto(self._get_model(name))
 
-    def list_models(self) -> List[ModelInfo]:
-        """Every model, sorted by name."""
-        resp = _call(lambda: self._stub.ListModels(service_pb2.ListModelsRequest(), **self._kw()))
-        return [ModelInfo.from_proto(m) for m in resp.models]
+    def list_models(self, *, page_size: int = 0) -> List[ModelInfo]:
+        """Every model, sorted by name (read in pages of ``page_size``, default the server's)."""
+        out: List[ModelInfo] = []
+        token = ""
+        while True:
+            req = _common.list_models_request(page_size, token)
+            resp = _call(lambda: self._stub.ListModels(req, **self._kw()))
+            out.extend(ModelInfo.from_proto(m) for m in resp.models)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     def versions(self, name: str) -> List[int]:
-        """The model's stored versions, oldest first (the last is the one served)."""
+        """The model's stored versions, oldest first (the last is the newest)."""
         return list(self._get_model(name).versions)
+
+    def set_label(self, model: str, label: str, version: int) -> ModelInfo:
+        """Points ``label`` (``"stable"``, ``"canary"``, any name starting with a letter) at
+        ``version``; moving the serving label promotes or rolls back what the model serves."""
+        req = service_pb2.SetVersionLabelRequest(model=model, label=label, version=version)
+        info = _call(lambda: self._stub.SetVersionLabel(req, **self._kw())).model
+        self._remember(info)
+        return ModelInfo.from_proto(info)
+
+    def remove_label(self, model: str, label: str) -> ModelInfo:
+        """Removes a label (not the serving label: FailedPrecondition)."""
+        req = service_pb2.RemoveVersionLabelRequest(model=model, label=label)
+        info = _call(lambda: self._stub.RemoveVersionLabel(req, **self._kw())).model
+        self._remember(info)
+        return ModelInfo.from_proto(info)
+
+    def update_model(self, model: str, *, serving_label: Optional[str] = None,
+                     keep_versions: Optional[int] = None) -> ModelInfo:
+        """Changes the serving label (``""``: serve the newest) and/or the retention."""
+        req = _common.update_request(model, serving_label, keep_versions)
+        info = _call(lambda: self._stub.UpdateModel(req, **self._kw())).model
+        self._remember(info)
+        return ModelInfo.from_proto(info)
 
     def delete_model(self, name: str) -> None:
         """Deletes the model and all its versions (FailedPrecondition while it trains)."""
@@ -246,33 +281,41 @@ class Client:
 
     # ---- prediction ----
 
-    def predict(self, model: str, X: ArrayLike) -> Prediction:
+    def predict(self, model: str, X: ArrayLike, *,
+                version: Optional[Union[int, str]] = None) -> Prediction:
         """Eval-mode (deterministic) answers for a batch [rows, ...] or a single row, in any
-        shape whose per-row size matches the model's input (float64 and lists are converted)."""
+        shape whose per-row size matches the model's input (float64 and lists are converted).
+        ``version``: a number, a label (``"stable"``) or None for the model's default; the
+        answer's ``version`` says which computed it."""
         rows, _ = self._rows(model, X)
-        req = service_pb2.PredictRequest(model=model, inputs=_convert.to_tensor(rows))
+        req = _common.predict_request(model, rows, version)
         resp = _call(lambda: self._stub.Predict(req, **self._kw()))
         names = self._names(model, resp.version) if resp.task != model_pb2.TASK_REGRESSION else None
         return _common.prediction(model, resp, names)
 
     def uncertainty(self, model: str, X: ArrayLike, *, samples: Optional[int] = None,
                     seed: Optional[int] = None, return_samples: bool = False,
-                    interval: Optional[float] = None) -> Uncertainty:
+                    interval: Optional[float] = None,
+                    version: Optional[Union[int, str]] = None) -> Uncertainty:
         """Monte-Carlo dropout: ``samples`` stochastic passes (default the server's, 50) over
-        each row of ``X``; the same ``seed`` gives the same answer (none: the server picks one
-        and returns it). ``return_samples`` keeps every pass's outputs; ``interval`` is the mass
-        of the regression interval (default 0.95). See :class:`dropnet.Uncertainty`."""
+        each row of ``X``; the same ``seed`` and ``version`` give the same answer (no seed: the
+        server picks one and returns it). ``return_samples`` keeps every pass's outputs;
+        ``interval`` is the mass of the regression interval (default 0.95). See
+        :class:`dropnet.Uncertainty`."""
         rows, _ = self._rows(model, X)
-        req = _common.uncertainty_request(model, rows, samples, seed, return_samples, interval)
+        req = _common.uncertainty_request(model, rows, samples, seed, return_samples, interval,
+                                          version)
         resp = _call(lambda: self._stub.PredictUncertainty(req, **self._kw()))
         names = self._names(model, resp.version) if resp.task != model_pb2.TASK_REGRESSION else None
         return _common.uncertainty(model, resp, names)
 
     def evaluate(self, model: str, data: str, *, samples: Optional[int] = None,
-                 seed: Optional[int] = None, limit: Optional[int] = None) -> Evaluation:
+                 seed: Optional[int] = None, limit: Optional[int] = None,
+                 version: Optional[Union[int, str]] = None) -> Evaluation:
         """Scores ``model`` on the stored labelled data set ``data``: in eval mode, or with
-        Monte-Carlo dropout over ``samples`` passes when given. ``limit``: the first rows only."""
-        req = _common.evaluate_request(model, data, samples, seed, limit)
+        Monte-Carlo dropout over ``samples`` passes when given. ``limit``: the first rows only;
+        ``version``: as for :meth:`predict`."""
+        req = _common.evaluate_request(model, data, samples, seed, limit, version)
         resp = _call(lambda: self._stub.Evaluate(req, **self._kw(None)))
         return Evaluation.from_proto(model, resp)
 

@@ -55,7 +55,9 @@ class EpochRecord:
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
     """A model: its spec (the JSON mapping, as ``create_model`` takes it), the version served now
-    and every stored version, and the training history."""
+    (``version``: the serving label's, or the newest), every stored version (``proto`` holds
+    each one's labels, status, metrics and size in ``version_details``), its labels, and the
+    training history."""
 
     name: str
     task: str
@@ -75,6 +77,12 @@ class ModelInfo:
     pruned_fraction: Dict[int, float]
     # Classification: the training data set's class names, in label order (may be empty).
     class_names: Tuple[str, ...]
+    # Labels and the versions they name ({"stable": 12}); the label calls without a version
+    # are answered from ("": the newest); the newest version; newest versions kept.
+    labels: Dict[str, int]
+    serving_label: str
+    newest_version: int
+    keep_versions: int
     spec: Dict[str, Any] = _field()
     proto: service_pb2.ModelInfo = _field()
 
@@ -89,6 +97,8 @@ class ModelInfo:
             learned_rates=dict(m.learned_rates), created=_time(m.created_unix_ms),
             learned_rate_ranges={r.layer: (r.min, r.mean, r.max) for r in m.learned_rate_ranges},
             pruned_fraction=dict(m.pruned_fraction), class_names=tuple(m.class_names),
+            labels=dict(m.labels), serving_label=m.serving_label,
+            newest_version=m.newest_version, keep_versions=m.keep_versions,
             spec=_convert.message_dict(m.spec), proto=m)
 
 

@@ -2,9 +2,16 @@
 // DeleteDataset.
 #include "server/service/service.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -18,65 +25,159 @@ using grpc::StatusCode;
 
 namespace {
 
-// The data set of a row upload: `features` and `targets` as the header shapes them.
-engine::Dataset DatasetFromRows(const v1::DatasetHeader& header, engine::Task task,
-                                const std::vector<float>& features,
-                                const std::vector<float>& targets) {
-  engine::Dataset d;
+// A temporary file an upload streams into (in the store's data-set directory, where a restart
+// removes what a crash left, as it does any temporary that starts with '.'), removed when done.
+class SpoolFile {
+ public:
+  explicit SpoolFile(const fs::path& dir) {
+    static std::atomic<uint64_t> counter{0};
+    path_ = dir / (".upload-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd_ < 0) {
+      Fail(StatusCode::INTERNAL, "cannot create the upload's temporary file '" + path_.string() +
+                                     "': " + std::strerror(errno));
+    }
+  }
+  ~SpoolFile() {
+    ::close(fd_);
+    ::unlink(path_.c_str());
+  }
+  SpoolFile(const SpoolFile&) = delete;
+  SpoolFile& operator=(const SpoolFile&) = delete;
+
+  void Append(const void* data, size_t n) {
+    const char* p = static_cast<const char*>(data);
+    while (n > 0) {
+      const ssize_t w = ::write(fd_, p, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) {
+        Fail(errno == ENOSPC ? StatusCode::RESOURCE_EXHAUSTED : StatusCode::INTERNAL,
+             "cannot write the upload's temporary file: " + std::string(std::strerror(errno)));
+      }
+      p += w;
+      n -= static_cast<size_t>(w);
+      size_ += w;
+    }
+  }
+  // Reads `n` bytes from `offset` into `out`.
+  void Read(int64_t offset, void* out, size_t n) const {
+    char* p = static_cast<char*>(out);
+    while (n > 0) {
+      const ssize_t r = ::pread(fd_, p, n, offset);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) Fail(StatusCode::INTERNAL, "cannot read the upload's temporary file");
+      p += r;
+      n -= static_cast<size_t>(r);
+      offset += r;
+    }
+  }
+  int64_t size() const { return size_; }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+  int fd_ = -1;
+  int64_t size_ = 0;
+};
+
+constexpr size_t kSpoolChunkFloats = 1 << 18;  // 1 MiB read at a time
+
+// Calls `each(values, count, first_index)` on a spool file's floats, a chunk at a time.
+template <typename Each>
+void ForEachChunk(const SpoolFile& file, Each&& each) {
+  std::vector<float> chunk(kSpoolChunkFloats);
+  const int64_t total = file.size() / 4;
+  for (int64_t at = 0; at < total; at += static_cast<int64_t>(kSpoolChunkFloats)) {
+    const size_t n = static_cast<size_t>(std::min<int64_t>(total - at, kSpoolChunkFloats));
+    file.Read(at * 4, chunk.data(), n * sizeof(float));
+    each(chunk.data(), n, at);
+  }
+}
+
+// The spool file's bytes for the store, a chunk at a time.
+ModelStore::Producer SpoolProducer(const SpoolFile& file) {
+  return [&file](const ModelStore::Sink& sink) {
+    ForEachChunk(file, [&](const float* v, size_t n, int64_t) {
+      sink(reinterpret_cast<const char*>(v), n * sizeof(float));
+    });
+  };
+}
+
+// Checks every spooled value of `field` (`cols` a row) finite; for class labels, also a class
+// index, and returns the class count.
+int CheckSpooled(const SpoolFile& file, int64_t cols, const char* field, bool labels) {
+  float max_label = 0;
+  ForEachChunk(file, [&](const float* v, size_t n, int64_t first) {
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t at = first + static_cast<int64_t>(i);
+      if (!std::isfinite(v[i])) {
+        Fail(StatusCode::INVALID_ARGUMENT,
+             std::string(field) + " has a non-finite value (" + std::to_string(v[i]) + ") at row " +
+                 std::to_string(at / cols) + ", column " + std::to_string(at % cols));
+      }
+      if (labels && (v[i] < 0 || v[i] != std::floor(v[i]) || v[i] > 1e6)) {
+        Fail(StatusCode::INVALID_ARGUMENT, std::string(field) + "[" + std::to_string(at) +
+                                               "] must be a class index >= 0, got " +
+                                               std::to_string(v[i]));
+      }
+      max_label = std::max(max_label, v[i]);
+    }
+  });
+  return labels ? static_cast<int>(max_label) + 1 : 0;
+}
+
+// The stored form of a row upload, without its values (they stay in the spool files): checks
+// the header's shapes against what was spooled, and every value.
+v1::StoredDataset RowUploadMeta(const v1::DatasetHeader& header, engine::Task task,
+                                const SpoolFile& features, const SpoolFile& targets) {
   if (header.input_shape().empty()) {
     Fail(StatusCode::INVALID_ARGUMENT, "header.input_shape is required for row uploads");
   }
+  v1::StoredDataset meta;
+  int64_t width = 1;
   for (int i = 0; i < header.input_shape_size(); ++i) {
     if (header.input_shape(i) <= 0) {
       Fail(StatusCode::INVALID_ARGUMENT, "header.input_shape[" + std::to_string(i) +
                                              "] must be positive, got " +
                                              std::to_string(header.input_shape(i)));
     }
-    d.input_shape.dims.push_back(header.input_shape(i));
+    meta.add_input_shape(header.input_shape(i));
+    width = engine::SaturatingMul(width, header.input_shape(i));
   }
-  const int64_t width = d.input_shape.Size();
   const int64_t per_row = header.targets_per_row() == 0 ? 1 : header.targets_per_row();
   if (per_row < 0) Fail(StatusCode::INVALID_ARGUMENT, "header.targets_per_row must be positive");
-  if (task == engine::Task::kClassification && per_row != 1) {
+  const bool classify = task == engine::Task::kClassification;
+  if (classify && per_row != 1) {
     Fail(StatusCode::INVALID_ARGUMENT, "classification needs targets_per_row 1 (a class index)");
   }
-  if (features.empty()) Fail(StatusCode::INVALID_ARGUMENT, "the upload has no rows");
-  if (static_cast<int64_t>(features.size()) % width != 0) {
-    Fail(StatusCode::INVALID_ARGUMENT, std::to_string(features.size()) +
+  const int64_t feature_values = features.size() / 4, target_values = targets.size() / 4;
+  if (feature_values == 0) Fail(StatusCode::INVALID_ARGUMENT, "the upload has no rows");
+  if (feature_values % width != 0) {
+    Fail(StatusCode::INVALID_ARGUMENT, std::to_string(feature_values) +
                                            " feature values are not a whole number of rows of " +
                                            std::to_string(width));
   }
-  const int64_t rows = static_cast<int64_t>(features.size()) / width;
-  if (static_cast<int64_t>(targets.size()) != rows * per_row) {
+  const int64_t rows = feature_values / width;
+  if (target_values != rows * per_row) {
     Fail(StatusCode::INVALID_ARGUMENT, "the upload has " + std::to_string(rows) + " rows but " +
-                                           std::to_string(targets.size()) + " target values (" +
+                                           std::to_string(target_values) + " target values (" +
                                            std::to_string(per_row) + " a row expected)");
   }
-  d.task = task;
-  v1::Tensor t;
-  t.add_shape(rows);
-  t.add_shape(width);
-  t.mutable_values()->Add(features.begin(), features.end());
-  d.x = FromTensor(t, width, "rows.features");
-  t.Clear();
-  t.add_shape(rows);
-  t.add_shape(per_row);
-  t.mutable_values()->Add(targets.begin(), targets.end());
-  d.y = FromTensor(t, per_row, "rows.targets");
-  if (task == engine::Task::kClassification) {
-    float max_label = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float v = d.y(r, 0);
-      if (v < 0 || v != std::floor(v) || v > 1e6) {
-        Fail(StatusCode::INVALID_ARGUMENT, "rows.targets[" + std::to_string(r) +
-                                               "] must be a class index >= 0, got " +
-                                               std::to_string(v));
-      }
-      max_label = std::max(max_label, v);
-    }
-    d.num_classes = static_cast<int>(max_label) + 1;
-  }
-  return d;
+  CheckSpooled(features, width, "rows.features", false);
+  meta.set_num_classes(CheckSpooled(targets, per_row, "rows.targets", classify));
+  meta.set_name(header.name());
+  meta.set_task(ToProto(task));
+  meta.mutable_x()->add_shape(rows);
+  meta.mutable_x()->add_shape(width);
+  meta.mutable_y()->add_shape(rows);
+  meta.mutable_y()->add_shape(per_row);
+  meta.set_source("upload");
+  return meta;
+}
+
+// Appends a repeated float field's values to a spool file.
+void Spool(const google::protobuf::RepeatedField<float>& values, SpoolFile* file) {
+  if (!values.empty()) file->Append(values.data(), sizeof(float) * values.size());
 }
 
 }  // namespace
@@ -84,6 +185,7 @@ engine::Dataset DatasetFromRows(const v1::DatasetHeader& header, engine::Task ta
 grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
                                            grpc::ServerReader<v1::UploadDatasetRequest>* reader,
                                            v1::UploadDatasetResponse* resp) {
+  // The token is checked (Handle) before any of the body is read.
   return Handle("UploadDataset", ctx, Role::kAdmin, [&](CallLog& log) {
     ReleaseFreeMemoryOnExit release;
     v1::UploadDatasetRequest msg;
@@ -95,9 +197,9 @@ grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
     log.model = header.name();
     CheckTask("header.task", header.task());
     const engine::Task task = ToEngine(header.task());
-    std::vector<float> features, targets;
-    std::string csv;
-    int64_t bytes = 0;
+    // The body goes to temporary files as it arrives: one message in memory at a time.
+    const fs::path spool_dir = registry_->store()->root() / "datasets";
+    SpoolFile features(spool_dir), targets(spool_dir), csv(spool_dir);
     bool rows_mode = false, csv_mode = false;
     while (reader->Read(&msg)) {
       if (msg.has_header()) {
@@ -105,37 +207,38 @@ grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
       }
       if (msg.has_rows()) {
         rows_mode = true;
-        features.insert(features.end(), msg.rows().features().begin(), msg.rows().features().end());
-        targets.insert(targets.end(), msg.rows().targets().begin(), msg.rows().targets().end());
-        bytes += 4 * (msg.rows().features_size() + msg.rows().targets_size());
+        Spool(msg.rows().features(), &features);
+        Spool(msg.rows().targets(), &targets);
       } else if (msg.payload_case() == v1::UploadDatasetRequest::kCsvChunk) {
         csv_mode = true;
-        csv += msg.csv_chunk();
-        bytes += static_cast<int64_t>(msg.csv_chunk().size());
+        csv.Append(msg.csv_chunk().data(), msg.csv_chunk().size());
       }
       if (rows_mode && csv_mode) {
         Fail(StatusCode::INVALID_ARGUMENT, "an upload is either rows or CSV text, not both");
       }
-      if (bytes > config_.max_dataset_bytes) {
+      if (features.size() + targets.size() + csv.size() > config_.max_dataset_bytes) {
         Fail(StatusCode::RESOURCE_EXHAUSTED, "the upload exceeds the server limit of " +
                                                  std::to_string(config_.max_dataset_bytes) +
-                                                 " bytes");
+                                                 " bytes (--max-upload)");
       }
       if (ctx->IsCancelled()) Fail(StatusCode::CANCELLED, "the upload was cancelled");
     }
-    engine::Dataset d;
     if (csv_mode) {
-      std::istringstream in(csv);
       engine::CsvOptions options;
       options.target = header.target_column();
       options.task = task;
-      d = engine::ReadCsv(in, options);
-    } else {
-      d = DatasetFromRows(header, task, features, targets);
+      std::ifstream in(csv.path(), std::ios::binary);
+      engine::Dataset d = engine::ReadCsv(in, options);
+      log.rows = d.rows();
+      *resp->mutable_dataset() =
+          registry_->PutDataset(header.name(), std::move(d), "upload", header.overwrite());
+      return grpc::Status::OK;
     }
-    log.rows = d.rows();
-    *resp->mutable_dataset() =
-        registry_->PutDataset(header.name(), std::move(d), "upload", header.overwrite());
+    // Rows go from the spool files to the store a chunk at a time, never whole in memory.
+    v1::StoredDataset meta = RowUploadMeta(header, task, features, targets);
+    log.rows = meta.x().shape(0);
+    *resp->mutable_dataset() = registry_->PutDatasetStreamed(
+        std::move(meta), SpoolProducer(features), SpoolProducer(targets), header.overwrite());
     return grpc::Status::OK;
   });
 }

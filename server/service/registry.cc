@@ -1,7 +1,11 @@
 #include "server/service/registry.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
@@ -12,6 +16,8 @@
 namespace dropnet::service {
 
 namespace {
+
+constexpr size_t kMaxDescriptionBytes = 4096;
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -41,6 +47,14 @@ void CheckName(const char* field, const std::string& name) {
   }
 }
 
+void CheckLabel(const char* field, const std::string& label) {
+  CheckName(field, label);
+  if (!std::isalpha(static_cast<unsigned char>(label[0]))) {
+    Fail(grpc::StatusCode::INVALID_ARGUMENT,
+         std::string(field) + " '" + Printable(label) + "' must start with a letter");
+  }
+}
+
 v1::DatasetInfo DescribeDataset(const engine::Dataset& d, const std::string& name,
                                 const std::string& source, int64_t created_unix_ms) {
   v1::DatasetInfo info;
@@ -57,25 +71,72 @@ v1::DatasetInfo DescribeDataset(const engine::Dataset& d, const std::string& nam
   return info;
 }
 
-Registry::Registry(ModelStore* store, SpecLimits limits) : store_(store), limits_(limits) {}
+Registry::Registry(ModelStore* store, SpecLimits limits, int keep_versions, int cache_versions)
+    : store_(store),
+      limits_(limits),
+      keep_versions_(std::max(1, keep_versions)),
+      cache_versions_(static_cast<size_t>(std::max(0, cache_versions))) {}
+
+bool Registry::LoadModel(const std::string& name, Entry* entry) const {
+  entry->versions = store_->Versions(name);
+  entry->settings = store_->LoadSettings(name);
+  std::vector<v1::EpochRecord> embedded;
+  // Every version is checked (a corrupt one is reported by GetModel); the newest that loads is
+  // kept loaded.
+  for (auto it = entry->versions.rbegin(); it != entry->versions.rend(); ++it) {
+    VersionMeta& meta = entry->meta[*it];
+    meta.size_bytes = store_->VersionSize(name, *it);
+    try {
+      v1::Checkpoint c = store_->LoadCheckpoint(name, *it);
+      meta.created_unix_ms = c.created_unix_ms();
+      meta.note = c.note();
+      // Checkpoints written before the history file embed the history so far: the newest such
+      // one holds all of it.
+      if (embedded.empty()) embedded.assign(c.history().begin(), c.history().end());
+      if (entry->newest) continue;
+      auto snap = FromCheckpoint(c, limits_);
+      snap->history.clear();
+      entry->newest = std::move(snap);
+    } catch (const std::exception& e) {
+      meta.error = e.what();
+      StoreLog()->error("model {} version {} cannot be loaded: {}", name, *it, e.what());
+    }
+  }
+  if (!entry->newest) return false;
+  // The history: the embedded one, then the history file's records (a later record of the same
+  // epoch, written after a crash lost its version, replaces the earlier).
+  std::map<int32_t, v1::EpochRecord> by_epoch;
+  for (auto& r : store_->LoadHistory(name)) {
+    const int32_t epoch = r.epoch();
+    by_epoch[epoch] = std::move(r);
+  }
+  for (auto& r : embedded) {
+    const int32_t epoch = r.epoch();
+    if (by_epoch.count(epoch)) continue;
+    // Moved into the history file once (a writable store), so that retention may delete the
+    // checkpoints that held it.
+    if (store_->writable()) store_->AppendHistory(name, r);
+    by_epoch[epoch] = std::move(r);
+  }
+  entry->history.clear();
+  for (auto& [epoch, r] : by_epoch) entry->history.push_back(std::move(r));
+  return true;
+}
 
 std::string Registry::LoadAll() {
   int removed = store_->CleanTemporaries();
   int models = 0, datasets = 0;
   for (const auto& name : store_->ModelNames()) {
-    auto versions = store_->Versions(name);
-    // Newest loadable version; a corrupt one is reported and skipped.
-    for (auto it = versions.rbegin(); it != versions.rend(); ++it) {
-      try {
-        auto snap = FromCheckpoint(store_->LoadCheckpoint(name, *it), limits_);
-        std::lock_guard lock(mu_);
-        models_[name] = Entry{std::move(snap), versions, false, nullptr};
-        ++models;
-        break;
-      } catch (const std::exception& e) {
-        StoreLog()->error("model {} version {} cannot be loaded: {}", name, *it, e.what());
-      }
+    Entry entry;
+    try {
+      if (!LoadModel(name, &entry)) continue;
+    } catch (const std::exception& e) {
+      StoreLog()->error("model {} cannot be loaded: {}", name, e.what());
+      continue;
     }
+    std::lock_guard lock(mu_);
+    models_[name] = std::move(entry);
+    ++models;
   }
   for (const auto& name : store_->DatasetNames()) {
     try {
@@ -101,27 +162,44 @@ int Registry::Refresh() {
   for (const auto& name : names) {
     auto versions = store_->Versions(name);
     if (versions.empty()) continue;
+    v1::ModelSettings settings;
+    try {
+      settings = store_->LoadSettings(name);
+    } catch (const std::exception& e) {
+      StoreLog()->warn("model {} labels not read: {}", name, e.what());
+      continue;
+    }
     {
       std::lock_guard lock(mu_);
       auto it = models_.find(name);
-      // Up to date, unless the version served is gone (the model was deleted and created anew).
-      if (it != models_.end() && it->second.current->version >= versions.back() &&
-          std::binary_search(versions.begin(), versions.end(), it->second.current->version)) {
+      // Up to date, unless the newest is gone (the model was deleted and created anew), the
+      // versions or the labels changed.
+      if (it != models_.end() && it->second.versions == versions &&
+          it->second.settings.SerializeAsString() == settings.SerializeAsString()) {
         continue;
       }
     }
-    // Load the new version fully before switching; on failure keep serving the old one.
+    // Load the model fully before switching; on failure keep serving the old one.
+    Entry entry;
     try {
-      auto snap = FromCheckpoint(store_->LoadCheckpoint(name, versions.back()), limits_);
-      std::lock_guard lock(mu_);
-      auto& e = models_[name];
-      e.current = std::move(snap);
-      e.versions = versions;
-      ++changed;
+      if (!LoadModel(name, &entry)) continue;
     } catch (const std::exception& e) {
-      StoreLog()->warn("model {} version {} not loaded, still serving the previous one: {}", name,
-                       versions.back(), e.what());
+      StoreLog()->warn("model {} not reloaded, still serving the previous state: {}", name,
+                       e.what());
+      continue;
     }
+    if (const auto& m = entry.meta[entry.versions.back()]; !m.error.empty()) {
+      StoreLog()->warn(
+          "model {} version {} not loaded, still serving the previous one (version {}): {}", name,
+          entry.versions.back(), entry.newest->version, m.error);
+    }
+    std::lock_guard lock(mu_);
+    auto& e = models_[name];
+    entry.training = e.training;
+    entry.cancel = e.cancel;
+    e = std::move(entry);
+    cache_.remove_if([&](const SnapshotPtr& c) { return c->model == name; });
+    ++changed;
   }
   // Data sets, for Evaluate on a replica: describe the ones that appeared in the store, drop the
   // ones that went (the rows are read when used; the description of one replaced under the same
@@ -162,8 +240,19 @@ int Registry::Refresh() {
   return changed;
 }
 
-SnapshotPtr Registry::Create(const std::string& name, const v1::ModelSpec& spec) {
+SnapshotPtr Registry::Create(const std::string& name, const v1::ModelSpec& spec,
+                             const ModelOptions& options) {
   CheckName("name", name);
+  if (spec.description().size() > kMaxDescriptionBytes) {
+    Fail(grpc::StatusCode::INVALID_ARGUMENT,
+         "spec.description has " + std::to_string(spec.description().size()) +
+             " bytes, the limit is " + std::to_string(kMaxDescriptionBytes));
+  }
+  if (!options.serving_label.empty()) CheckLabel("serving_label", options.serving_label);
+  if (options.keep_versions < 0) {
+    Fail(grpc::StatusCode::INVALID_ARGUMENT,
+         "keep_versions must be >= 0, got " + std::to_string(options.keep_versions));
+  }
   std::lock_guard write(write_mu_);
   {
     std::lock_guard lock(mu_);
@@ -173,19 +262,129 @@ SnapshotPtr Registry::Create(const std::string& name, const v1::ModelSpec& spec)
   if (!store_->Versions(name).empty()) {
     Fail(grpc::StatusCode::ALREADY_EXISTS, "model '" + name + "' exists in the store");
   }
+  Entry entry;
+  entry.settings.set_serving_label(options.serving_label);
+  entry.settings.set_keep_versions(options.keep_versions);
+  if (!options.serving_label.empty()) {
+    (*entry.settings.mutable_labels())[options.serving_label] = snap->version;
+  }
+  // The settings first: a crash before the version leaves a directory without versions, which
+  // is no model and is overwritten by the next Create.
+  store_->SaveSettings(name, entry.settings);  // outside mu_: no reader waits for the disk
   v1::Checkpoint c;
   ToCheckpoint(*snap, &c);
-  store_->SaveCheckpoint(c);  // outside mu_: no reader waits for the disk
+  store_->SaveCheckpoint(c);
+  entry.versions = {snap->version};
+  entry.meta[snap->version] =
+      VersionMeta{snap->created_unix_ms, snap->note, store_->VersionSize(name, snap->version), ""};
+  entry.newest = snap;
   std::lock_guard lock(mu_);
-  models_[name] = Entry{snap, {snap->version}, false, nullptr};
+  models_[name] = std::move(entry);
   return snap;
 }
 
-SnapshotPtr Registry::Get(const std::string& name) const {
-  std::lock_guard lock(mu_);
+const Registry::Entry& Registry::Find(const std::string& name) const {
   auto it = models_.find(name);
   if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + name + "'");
-  return it->second.current;
+  return it->second;
+}
+
+Registry::Entry& Registry::Find(const std::string& name) {
+  auto it = models_.find(name);
+  if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + name + "'");
+  return it->second;
+}
+
+int64_t Registry::VersionNumber(const std::string& name, const Entry& e,
+                                const std::string& version) const {
+  if (version.empty()) {
+    const std::string& label = e.settings.serving_label();
+    if (label.empty()) return e.newest->version;
+    auto it = e.settings.labels().find(label);
+    if (it == e.settings.labels().end()) {
+      Fail(grpc::StatusCode::FAILED_PRECONDITION,
+           "model '" + name + "' serves label '" + label + "', which names no version");
+    }
+    return it->second;
+  }
+  if (std::all_of(version.begin(), version.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    errno = 0;
+    const long long v = std::strtoll(version.c_str(), nullptr, 10);
+    if (errno == ERANGE || v <= 0 || version.size() > 18) {
+      Fail(grpc::StatusCode::INVALID_ARGUMENT,
+           "version '" + version + "' is not a valid version number");
+    }
+    return v;
+  }
+  auto it = e.settings.labels().find(version);
+  if (it == e.settings.labels().end()) {
+    std::string known;
+    for (const auto& [l, v] : e.settings.labels()) known += (known.empty() ? "" : ", ") + l;
+    Fail(grpc::StatusCode::NOT_FOUND, "model '" + name + "' has no version label '" +
+                                          Printable(version) +
+                                          "' (labels: " + (known.empty() ? "none" : known) + ")");
+  }
+  return it->second;
+}
+
+SnapshotPtr Registry::Resolve(const std::string& name, const std::string& version) const {
+  int64_t number = 0;
+  {
+    std::lock_guard lock(mu_);
+    const Entry& e = Find(name);
+    number = VersionNumber(name, e, version);
+    if (number == e.newest->version) return e.newest;
+    if (e.served && e.served->version == number) return e.served;
+    if (!std::binary_search(e.versions.begin(), e.versions.end(), number)) {
+      Fail(grpc::StatusCode::NOT_FOUND, "model '" + name + "' has no version " +
+                                            std::to_string(number) + " (it keeps versions " +
+                                            std::to_string(e.versions.front()) + " to " +
+                                            std::to_string(e.versions.back()) + ", see GetModel)");
+    }
+    auto meta = e.meta.find(number);
+    if (meta != e.meta.end() && !meta->second.error.empty()) {
+      Fail(grpc::StatusCode::DATA_LOSS, "model '" + name + "' version " + std::to_string(number) +
+                                            " is corrupt: " + meta->second.error);
+    }
+    for (auto it = cache_.begin(); it != cache_.end(); ++it) {
+      if ((*it)->model == name && (*it)->version == number) {
+        SnapshotPtr hit = *it;
+        cache_.splice(cache_.begin(), cache_, it);  // most recently used first
+        return hit;
+      }
+    }
+  }
+  // Read from the store outside the lock; two calls for the same version may both read it.
+  std::shared_ptr<Snapshot> loaded;
+  try {
+    loaded = FromCheckpoint(store_->LoadCheckpoint(name, number), limits_);
+  } catch (const std::exception& e) {
+    Fail(grpc::StatusCode::DATA_LOSS, "model '" + name + "' version " + std::to_string(number) +
+                                          " cannot be loaded: " + e.what());
+  }
+  loaded->history.clear();
+  std::lock_guard lock(mu_);
+  if (version.empty()) {
+    auto it = models_.find(name);
+    if (it != models_.end()) it->second.served = loaded;
+  }
+  for (const auto& c : cache_) {
+    if (c->model == name && c->version == number) return c;
+  }
+  if (cache_versions_ == 0) return loaded;
+  cache_.push_front(loaded);
+  if (cache_.size() > cache_versions_) cache_.pop_back();
+  return loaded;
+}
+
+SnapshotPtr Registry::Newest(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  return Find(name).newest;
+}
+
+std::vector<v1::EpochRecord> Registry::History(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  return Find(name).history;
 }
 
 std::vector<std::string> Registry::ModelNames() const {
@@ -208,6 +407,7 @@ void Registry::Delete(const std::string& name) {
     }
     removed = std::move(it->second);
     models_.erase(it);
+    cache_.remove_if([&](const SnapshotPtr& c) { return c->model == name; });
   }
   // Gone for callers from here; the disk work runs outside mu_, and a failure brings it back.
   try {
@@ -219,6 +419,24 @@ void Registry::Delete(const std::string& name) {
   }
 }
 
+int64_t Registry::BestVersion(const Entry& e) {
+  const bool higher_better = e.newest->task == engine::Task::kClassification;
+  int64_t best = 0;
+  double best_metric = 0;
+  for (const auto& r : e.history) {
+    if (!std::isfinite(r.val_metric()) || r.version() == 0 ||
+        !std::binary_search(e.versions.begin(), e.versions.end(), r.version())) {
+      continue;
+    }
+    const bool better = higher_better ? r.val_metric() > best_metric : r.val_metric() < best_metric;
+    if (best == 0 || better) {
+      best = r.version();
+      best_metric = r.val_metric();
+    }
+  }
+  return best;
+}
+
 void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
   info->set_name(s.model);
   *info->mutable_spec() = s.spec;
@@ -226,7 +444,6 @@ void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
   info->set_version(s.version);
   info->set_output_size(s.net.output_shape().Size());
   info->set_steps(s.steps);
-  for (const auto& h : s.history) *info->add_history() = h;
   // Learned-rate layers (concrete dropout, sparse VD): the layer's mean learned drop rate.
   for (int i = 0; i < s.net.size(); ++i) {
     const std::vector<double> rates = s.net.layer(i).LearnedRates();
@@ -249,12 +466,122 @@ void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
   for (const auto& c : s.class_names) info->add_class_names(c);
   std::lock_guard lock(mu_);
   auto it = models_.find(s.model);
-  if (it != models_.end()) {
-    for (int64_t v : it->second.versions) info->add_versions(v);
-    info->set_training(it->second.training);
-    // The creation time of the model is that of its first version.
-    info->set_created_unix_ms(s.created_unix_ms);
+  if (it == models_.end()) return;
+  const Entry& e = it->second;
+  for (const auto& h : e.history) *info->add_history() = h;
+  for (int64_t v : e.versions) info->add_versions(v);
+  info->set_training(e.training);
+  info->set_created_unix_ms(s.created_unix_ms);
+  info->set_newest_version(e.newest->version);
+  try {
+    info->set_version(VersionNumber(s.model, e, ""));
+  } catch (const ServiceError&) {
+    // A serving label without a version: `s` is described.
   }
+  info->set_serving_label(e.settings.serving_label());
+  info->set_keep_versions(e.settings.keep_versions() > 0 ? e.settings.keep_versions()
+                                                         : keep_versions_);
+  for (const auto& [label, v] : e.settings.labels()) (*info->mutable_labels())[label] = v;
+  const int64_t best = BestVersion(e);
+  std::map<int64_t, const v1::EpochRecord*> epochs;
+  for (const auto& h : e.history) epochs[h.version()] = &h;
+  for (int64_t v : e.versions) {
+    auto* d = info->add_version_details();
+    d->set_version(v);
+    auto m = e.meta.find(v);
+    if (m != e.meta.end()) {
+      d->set_status(m->second.error.empty() ? v1::VersionInfo::STATUS_OK
+                                            : v1::VersionInfo::STATUS_CORRUPT);
+      d->set_error(m->second.error);
+      d->set_size_bytes(m->second.size_bytes);
+      d->set_created_unix_ms(m->second.created_unix_ms);
+      d->set_note(m->second.note);
+    } else {
+      d->set_status(v1::VersionInfo::STATUS_OK);
+    }
+    for (const auto& [label, lv] : e.settings.labels())
+      if (lv == v) d->add_labels(label);
+    auto ep = epochs.find(v);
+    if (ep != epochs.end()) {
+      *d->mutable_epoch() = *ep->second;
+    }
+    d->set_best(v == best);
+  }
+}
+
+void Registry::StoreSettings(const std::string& name, const v1::ModelSettings& settings) {
+  store_->SaveSettings(name, settings);  // outside mu_: no reader waits for the disk
+  std::lock_guard lock(mu_);
+  Find(name).settings = settings;
+}
+
+void Registry::SetLabel(const std::string& name, const std::string& label, int64_t version) {
+  CheckLabel("label", label);
+  std::lock_guard write(write_mu_);
+  v1::ModelSettings settings;
+  {
+    std::lock_guard lock(mu_);
+    const Entry& e = Find(name);
+    if (!std::binary_search(e.versions.begin(), e.versions.end(), version)) {
+      Fail(grpc::StatusCode::NOT_FOUND,
+           "model '" + name + "' has no version " + std::to_string(version));
+    }
+    auto m = e.meta.find(version);
+    if (m != e.meta.end() && !m->second.error.empty()) {
+      Fail(grpc::StatusCode::FAILED_PRECONDITION, "model '" + name + "' version " +
+                                                      std::to_string(version) +
+                                                      " is corrupt: " + m->second.error);
+    }
+    settings = e.settings;
+  }
+  (*settings.mutable_labels())[label] = version;
+  StoreSettings(name, settings);
+}
+
+void Registry::RemoveLabel(const std::string& name, const std::string& label) {
+  std::lock_guard write(write_mu_);
+  v1::ModelSettings settings;
+  {
+    std::lock_guard lock(mu_);
+    settings = Find(name).settings;
+  }
+  if (!settings.labels().count(label)) {
+    Fail(grpc::StatusCode::NOT_FOUND,
+         "model '" + name + "' has no label '" + Printable(label) + "'");
+  }
+  if (settings.serving_label() == label) {
+    Fail(grpc::StatusCode::FAILED_PRECONDITION,
+         "label '" + label + "' is model '" + name +
+             "''s serving label; move it, or change the serving label first");
+  }
+  settings.mutable_labels()->erase(label);
+  StoreSettings(name, settings);
+}
+
+void Registry::UpdateSettings(const std::string& name,
+                              const std::optional<std::string>& serving_label,
+                              const std::optional<int32_t>& keep_versions) {
+  if (serving_label && !serving_label->empty()) CheckLabel("serving_label", *serving_label);
+  if (keep_versions && *keep_versions < 0) {
+    Fail(grpc::StatusCode::INVALID_ARGUMENT,
+         "keep_versions must be >= 0, got " + std::to_string(*keep_versions));
+  }
+  std::lock_guard write(write_mu_);
+  v1::ModelSettings settings;
+  {
+    std::lock_guard lock(mu_);
+    settings = Find(name).settings;
+  }
+  if (serving_label) {
+    if (!serving_label->empty() && !settings.labels().count(*serving_label)) {
+      Fail(grpc::StatusCode::FAILED_PRECONDITION, "serving_label '" + *serving_label +
+                                                      "' names no version of model '" + name +
+                                                      "'; set it first (SetVersionLabel)");
+    }
+    settings.set_serving_label(*serving_label);
+  }
+  if (keep_versions) settings.set_keep_versions(*keep_versions);
+  StoreSettings(name, settings);
 }
 
 std::unique_ptr<Registry::TrainingLease> Registry::BeginTraining(const std::string& name,
@@ -287,12 +614,12 @@ Registry::TrainingLease::~TrainingLease() {
 }
 
 SnapshotPtr Registry::TrainingLease::Publish(std::shared_ptr<Snapshot> next,
-                                             const std::function<void(Snapshot&)>& stamp) {
-  return registry_->PublishVersion(name_, std::move(next), stamp);
+                                             v1::EpochRecord* epoch) {
+  return registry_->PublishVersion(name_, std::move(next), epoch);
 }
 
 SnapshotPtr Registry::PublishVersion(const std::string& name, std::shared_ptr<Snapshot> next,
-                                     const std::function<void(Snapshot&)>& stamp) {
+                                     v1::EpochRecord* epoch) {
   // Only the lease holder publishes a model, so the version number cannot race; the store write
   // happens outside the lock so that readers never wait for the disk.
   int64_t newest = 0;
@@ -305,16 +632,72 @@ SnapshotPtr Registry::PublishVersion(const std::string& name, std::shared_ptr<Sn
   for (int64_t v : store_->Versions(name)) newest = std::max(newest, v);
   next->version = newest + 1;
   next->created_unix_ms = NowMs();
-  if (stamp) stamp(*next);
+  next->history.clear();  // kept once, in the model's history file
   v1::Checkpoint c;
   ToCheckpoint(*next, &c);
   store_->SaveCheckpoint(c);  // on failure the old version stays current
-  std::lock_guard lock(mu_);
-  auto it = models_.find(name);
-  if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "model '" + name + "' was deleted");
-  it->second.versions.push_back(next->version);
-  it->second.current = std::move(next);
-  return it->second.current;
+  if (epoch) {
+    epoch->set_version(next->version);
+    store_->AppendHistory(name, *epoch);
+  }
+  const VersionMeta meta{next->created_unix_ms, next->note,
+                         store_->VersionSize(name, next->version), ""};
+  SnapshotPtr published;
+  {
+    std::lock_guard lock(mu_);
+    auto it = models_.find(name);
+    if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "model '" + name + "' was deleted");
+    it->second.versions.push_back(next->version);
+    it->second.meta[next->version] = meta;
+    if (epoch) it->second.history.push_back(*epoch);
+    it->second.newest = std::move(next);
+    published = it->second.newest;
+  }
+  ApplyRetention(name);
+  return published;
+}
+
+void Registry::ApplyRetention(const std::string& name) {
+  std::lock_guard write(write_mu_);
+  std::vector<int64_t> doomed;
+  {
+    std::lock_guard lock(mu_);
+    auto it = models_.find(name);
+    if (it == models_.end()) return;
+    Entry& e = it->second;
+    const size_t keep = static_cast<size_t>(
+        e.settings.keep_versions() > 0 ? e.settings.keep_versions() : keep_versions_);
+    const int64_t best = BestVersion(e);
+    std::vector<int64_t> kept;
+    for (size_t i = 0; i < e.versions.size(); ++i) {
+      const int64_t v = e.versions[i];
+      bool labelled = false;
+      for (const auto& [label, lv] : e.settings.labels()) labelled |= lv == v;
+      if (i + keep >= e.versions.size() || labelled || v == best || v == e.newest->version) {
+        kept.push_back(v);
+      } else {
+        doomed.push_back(v);
+        e.meta.erase(v);
+      }
+    }
+    if (doomed.empty()) return;
+    e.versions = std::move(kept);
+    if (e.served && !std::binary_search(e.versions.begin(), e.versions.end(), e.served->version)) {
+      e.served.reset();
+    }
+    cache_.remove_if([&](const SnapshotPtr& c) {
+      return c->model == name &&
+             !std::binary_search(e.versions.begin(), e.versions.end(), c->version);
+    });
+  }
+  // A call already holding one of them keeps its snapshot; the files go.
+  for (int64_t v : doomed) {
+    try {
+      store_->DeleteVersion(name, v);
+    } catch (const std::exception& ex) {
+      StoreLog()->warn("model {} version {} not deleted: {}", name, v, ex.what());
+    }
+  }
 }
 
 void Registry::CancelAllTraining() {
@@ -356,6 +739,38 @@ v1::DatasetInfo Registry::PutDataset(const std::string& name, engine::Dataset da
     }
   }
   store_->SaveDataset(stored);  // outside mu_: no reader waits for the disk
+  std::lock_guard lock(mu_);
+  datasets_[name] = slot;
+  return slot->info;
+}
+
+v1::DatasetInfo Registry::PutDatasetStreamed(v1::StoredDataset meta,
+                                             const ModelStore::Producer& x_values,
+                                             const ModelStore::Producer& y_values, bool overwrite) {
+  const std::string name = meta.name();
+  CheckName("name", name);
+  meta.set_created_unix_ms(NowMs());
+  auto slot = std::make_shared<DatasetSlot>();
+  v1::DatasetInfo& info = slot->info;
+  info.set_name(name);
+  info.set_task(meta.task());
+  info.set_rows(meta.x().shape(0));
+  info.mutable_input_shape()->CopyFrom(meta.input_shape());
+  info.set_targets(static_cast<int32_t>(meta.y().shape(1)));
+  info.set_num_classes(meta.num_classes());
+  info.mutable_feature_names()->CopyFrom(meta.feature_names());
+  info.mutable_class_names()->CopyFrom(meta.class_names());
+  info.set_source(meta.source());
+  info.set_created_unix_ms(meta.created_unix_ms());
+  std::lock_guard write(write_mu_);
+  {
+    std::lock_guard lock(mu_);
+    if (!overwrite && datasets_.count(name)) {
+      Fail(grpc::StatusCode::ALREADY_EXISTS,
+           "data set '" + name + "' exists; set overwrite to replace it");
+    }
+  }
+  store_->SaveDatasetStreamed(meta, x_values, y_values);  // outside mu_
   std::lock_guard lock(mu_);
   datasets_[name] = slot;
   return slot->info;

@@ -107,7 +107,8 @@ void Server::Start() {
     engine::SetWorkerSpin(std::chrono::microseconds(config_.service.spin_us));
   }
   store_ = std::make_unique<ModelStore>(config_.store, !config_.service.read_only);
-  registry_ = std::make_unique<Registry>(store_.get(), config_.limits);
+  registry_ = std::make_unique<Registry>(
+      store_.get(), config_.limits, config_.service.keep_versions, config_.service.cached_versions);
   const std::string loaded = registry_->LoadAll();
   Log()->info("model store {} ({}): {}", config_.store.string(),
               config_.service.read_only ? "read-only replica" : "read-write", loaded);

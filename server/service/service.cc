@@ -1,5 +1,6 @@
 #include "server/service/service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <future>
@@ -53,6 +54,17 @@ void AddReliability(const std::vector<engine::ReliabilityBin>& bins, v1::Evaluat
     out->set_count(b.count);
     out->set_confidence(b.confidence);
     out->set_accuracy(b.accuracy);
+  }
+}
+
+// The version GetModel and ListModels describe: the one served by default, or the newest when
+// that cannot be loaded (a corrupt labelled version), so that the model's state stays visible.
+SnapshotPtr SnapshotToDescribe(const Registry& registry, const std::string& name) {
+  try {
+    return registry.Get(name);
+  } catch (const ServiceError& e) {
+    if (e.code() == StatusCode::NOT_FOUND) throw;
+    return registry.Newest(name);
   }
 }
 
@@ -114,7 +126,9 @@ grpc::Status DropnetService::CreateModel(grpc::ServerContext* ctx,
   return Handle("CreateModel", ctx, Role::kAdmin, [&](CallLog& log) {
     log.model = req->name();
     if (!req->has_spec()) Fail(StatusCode::INVALID_ARGUMENT, "spec is required");
-    auto snap = registry_->Create(req->name(), req->spec());
+    auto snap = registry_->Create(req->name(), req->spec(),
+                                  ModelOptions{req->serving_label(), req->keep_versions()});
+    snap = registry_->Get(req->name());
     log.version = snap->version;
     registry_->Describe(*snap, resp->mutable_model());
     return grpc::Status::OK;
@@ -125,23 +139,75 @@ grpc::Status DropnetService::GetModel(grpc::ServerContext* ctx, const v1::GetMod
                                       v1::GetModelResponse* resp) {
   return Handle("GetModel", ctx, Role::kPredict, [&](CallLog& log) {
     log.model = req->name();
-    auto snap = registry_->Get(req->name());
+    auto snap = SnapshotToDescribe(*registry_, req->name());
     log.version = snap->version;
     registry_->Describe(*snap, resp->mutable_model());
     return grpc::Status::OK;
   });
 }
 
-grpc::Status DropnetService::ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest*,
+grpc::Status DropnetService::ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest* req,
                                         v1::ListModelsResponse* resp) {
   return Handle("ListModels", ctx, Role::kPredict, [&](CallLog&) {
-    for (const auto& name : registry_->ModelNames()) {
+    constexpr int kDefaultPage = 100, kMaxPage = 1000;
+    if (req->page_size() < 0 || req->page_size() > kMaxPage) {
+      Fail(StatusCode::INVALID_ARGUMENT, "page_size must be in [0, " + std::to_string(kMaxPage) +
+                                             "], got " + std::to_string(req->page_size()));
+    }
+    const int page = req->page_size() == 0 ? kDefaultPage : req->page_size();
+    // The token is the last name of the previous page: the next page starts after it, whatever
+    // was created or deleted meanwhile.
+    if (!req->page_token().empty()) CheckName("page_token", req->page_token());
+    const auto names = registry_->ModelNames();  // sorted
+    auto it = std::upper_bound(names.begin(), names.end(), req->page_token());
+    for (; it != names.end() && resp->models_size() < page; ++it) {
       try {
-        registry_->Describe(*registry_->Get(name), resp->add_models());
+        registry_->Describe(*SnapshotToDescribe(*registry_, *it), resp->add_models());
       } catch (const ServiceError&) {
         resp->mutable_models()->RemoveLast();  // deleted meanwhile
       }
     }
+    if (it != names.end() && resp->models_size() > 0) {
+      resp->set_next_page_token(resp->models(resp->models_size() - 1).name());
+    }
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status DropnetService::SetVersionLabel(grpc::ServerContext* ctx,
+                                             const v1::SetVersionLabelRequest* req,
+                                             v1::SetVersionLabelResponse* resp) {
+  return Handle("SetVersionLabel", ctx, Role::kAdmin, [&](CallLog& log) {
+    log.model = req->model();
+    log.version = req->version();
+    registry_->SetLabel(req->model(), req->label(), req->version());
+    registry_->Describe(*registry_->Get(req->model()), resp->mutable_model());
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status DropnetService::RemoveVersionLabel(grpc::ServerContext* ctx,
+                                                const v1::RemoveVersionLabelRequest* req,
+                                                v1::RemoveVersionLabelResponse* resp) {
+  return Handle("RemoveVersionLabel", ctx, Role::kAdmin, [&](CallLog& log) {
+    log.model = req->model();
+    if (req->label().empty()) Fail(StatusCode::INVALID_ARGUMENT, "label is required");
+    registry_->RemoveLabel(req->model(), req->label());
+    registry_->Describe(*registry_->Get(req->model()), resp->mutable_model());
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status DropnetService::UpdateModel(grpc::ServerContext* ctx,
+                                         const v1::UpdateModelRequest* req,
+                                         v1::UpdateModelResponse* resp) {
+  return Handle("UpdateModel", ctx, Role::kAdmin, [&](CallLog& log) {
+    log.model = req->model();
+    registry_->UpdateSettings(
+        req->model(),
+        req->has_serving_label() ? std::optional<std::string>(req->serving_label()) : std::nullopt,
+        req->has_keep_versions() ? std::optional<int32_t>(req->keep_versions()) : std::nullopt);
+    registry_->Describe(*registry_->Get(req->model()), resp->mutable_model());
     return grpc::Status::OK;
   });
 }
@@ -195,7 +261,7 @@ grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* c
     v1::PredictResponse* resp = &call->response;
     log.model = req->model();
     log.mode = "eval";
-    SnapshotPtr snap = registry_->Get(req->model());
+    SnapshotPtr snap = registry_->Resolve(req->model(), req->version());
     log.version = snap->version;
     const Prediction p =
         RunPrediction(*snap, call->inputs, PredictionQuery{}, config_, log.threads, nullptr);
@@ -234,7 +300,7 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
         v1::PredictUncertaintyResponse* resp = &call->response;
         log.model = req->model();
         log.mode = "monte_carlo";
-        SnapshotPtr snap = registry_->Get(req->model());
+        SnapshotPtr snap = registry_->Resolve(req->model(), req->version());
         log.version = snap->version;
         PredictionQuery q;
         q.monte_carlo = true;
@@ -291,7 +357,7 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
     ReleaseFreeMemoryOnExit release;  // the data set's rows and the outputs, once freed
     log.model = req->model();
     log.mode = ModeOf(req->mode());
-    SnapshotPtr snap = registry_->Get(req->model());
+    SnapshotPtr snap = registry_->Resolve(req->model(), req->version());
     log.version = snap->version;
     const auto entry = registry_->GetDataset(req->dataset());
     CheckDataFits(*snap, *entry.data, req->dataset());

@@ -33,6 +33,8 @@ struct ServiceConfig {
   int max_samples = 10000;          // PredictUncertainty, Evaluate: T limit
   int default_samples = 50;
   int max_concurrent_trainings = 2;
+  int keep_versions = 5;           // newest versions a model keeps unless it sets its own
+  int cached_versions = 8;         // older versions kept loaded for calls that name them
   int compute_threads = 1;         // threads one request computes on
   int workers = 1;                 // prediction calls computing at a time
   size_t max_queued_calls = 1024;  // prediction calls waiting for a worker
@@ -81,6 +83,12 @@ class DropnetService final : public DropnetServiceBase {
                           v1::ListModelsResponse*) override;
   grpc::Status DeleteModel(grpc::ServerContext*, const v1::DeleteModelRequest*,
                            v1::DeleteModelResponse*) override;
+  grpc::Status SetVersionLabel(grpc::ServerContext*, const v1::SetVersionLabelRequest*,
+                               v1::SetVersionLabelResponse*) override;
+  grpc::Status RemoveVersionLabel(grpc::ServerContext*, const v1::RemoveVersionLabelRequest*,
+                                  v1::RemoveVersionLabelResponse*) override;
+  grpc::Status UpdateModel(grpc::ServerContext*, const v1::UpdateModelRequest*,
+                           v1::UpdateModelResponse*) override;
   // Data sets (dataset_handlers.cc).
   grpc::Status UploadDataset(grpc::ServerContext*, grpc::ServerReader<v1::UploadDatasetRequest>*,
                              v1::UploadDatasetResponse*) override;

@@ -23,6 +23,8 @@ namespace {
 
 constexpr uint32_t kFormat = 1;
 constexpr char kWriterLock[] = "writer.lock";
+constexpr char kSettingsFile[] = "labels.pb";
+constexpr char kHistoryFile[] = "history.log";
 
 StoreStepHook& StepHook() {
   static StoreStepHook hook;
@@ -54,20 +56,26 @@ void FsyncPath(const fs::path& path, bool directory) {
   ::close(fd);
 }
 
-void WriteFile(const fs::path& path, const std::string& bytes) {
+// Writes what `produce` gives to a new file at `path` and fsyncs it.
+void WriteFile(const fs::path& path, const ModelStore::Producer& produce) {
   Step("write", path);
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) IoFail("create", path, errno);
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int err = errno;
-      ::close(fd);
-      IoFail("write", path, err);
-    }
-    done += static_cast<size_t>(n);
+  try {
+    produce([&](const char* data, size_t size) {
+      size_t done = 0;
+      while (done < size) {
+        ssize_t n = ::write(fd, data + done, size - done);
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          IoFail("write", path, errno);
+        }
+        done += static_cast<size_t>(n);
+      }
+    });
+  } catch (...) {
+    ::close(fd);
+    throw;
   }
   Step("fsync file", path);
   if (::fsync(fd) != 0) {
@@ -76,6 +84,18 @@ void WriteFile(const fs::path& path, const std::string& bytes) {
     IoFail("fsync", path, err);
   }
   if (::close(fd) != 0) IoFail("close", path, errno);
+}
+
+ModelStore::Producer BytesOf(const std::string& bytes) {
+  return [&bytes](const ModelStore::Sink& sink) { sink(bytes.data(), bytes.size()); };
+}
+
+void AppendVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
 }
 
 void Rename(const fs::path& from, const fs::path& to, const char* what) {
@@ -216,6 +236,12 @@ void ModelStore::WriteAtomically(const fs::path& dir, const std::string& file,
                                  const google::protobuf::Message& payload) {
   if (!writable_) Fail(grpc::StatusCode::FAILED_PRECONDITION, "the model store is read-only");
   const std::string out = SerializeBlob(payload);
+  WriteAtomically(dir, file, BytesOf(out));
+}
+
+void ModelStore::WriteAtomically(const fs::path& dir, const std::string& file,
+                                 const Producer& out) {
+  if (!writable_) Fail(grpc::StatusCode::FAILED_PRECONDITION, "the model store is read-only");
   // Replacing (a data set with overwrite): the directory stays, its file is replaced by one
   // rename, which leaves either file whole whatever moment a crash comes.
   if (fs::exists(dir / file)) return ReplaceFile(dir, file, out);
@@ -240,8 +266,7 @@ void ModelStore::WriteAtomically(const fs::path& dir, const std::string& file,
   }
 }
 
-void ModelStore::ReplaceFile(const fs::path& dir, const std::string& file,
-                             const std::string& bytes) {
+void ModelStore::ReplaceFile(const fs::path& dir, const std::string& file, const Producer& bytes) {
   const fs::path tmp = dir / TempName(file);
   try {
     WriteFile(tmp, bytes);
@@ -307,10 +332,175 @@ v1::Checkpoint ModelStore::LoadCheckpoint(const std::string& model, int64_t vers
 
 void ModelStore::DeleteModel(const std::string& model) { RemoveTree(root_ / "models" / model); }
 
+void ModelStore::DeleteVersion(const std::string& model, int64_t version) {
+  RemoveTree(root_ / "models" / model / std::to_string(version));
+}
+
+int64_t ModelStore::VersionSize(const std::string& model, int64_t version) const {
+  std::error_code ec;
+  const auto n =
+      fs::file_size(root_ / "models" / model / std::to_string(version) / "checkpoint.pb", ec);
+  return ec ? 0 : static_cast<int64_t>(n);
+}
+
+v1::ModelSettings ModelStore::LoadSettings(const std::string& model) const {
+  v1::ModelSettings settings;
+  const fs::path file = root_ / "models" / model / kSettingsFile;
+  if (fs::exists(file)) ReadBlob(file, &settings);
+  return settings;
+}
+
+void ModelStore::SaveSettings(const std::string& model, const v1::ModelSettings& settings) {
+  if (!writable_) Fail(grpc::StatusCode::FAILED_PRECONDITION, "the model store is read-only");
+  const fs::path dir = root_ / "models" / model;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) IoFail("create", dir, ec.value());
+  const std::string bytes = SerializeBlob(settings);
+  ReplaceFile(dir, kSettingsFile, BytesOf(bytes));
+}
+
+namespace {
+
+// The records of a history file and the length of its whole-record prefix.
+std::vector<v1::EpochRecord> ReadHistoryRecords(const fs::path& file, int64_t* valid_bytes) {
+  std::vector<v1::EpochRecord> out;
+  *valid_bytes = 0;
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return out;
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t at = 0;
+  while (at + 4 <= bytes.size()) {
+    uint32_t n = 0;
+    for (int i = 3; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[at + i]);
+    if (at + 4 + n > bytes.size()) break;
+    v1::HistoryRecord record;
+    try {
+      ParseBlob(bytes.substr(at + 4, n), file.string(), &record);
+    } catch (const ServiceError&) {
+      break;  // a torn or damaged record: everything from here is dropped
+    }
+    out.push_back(record.epoch());
+    at += 4 + n;
+  }
+  *valid_bytes = static_cast<int64_t>(at);
+  return out;
+}
+
+}  // namespace
+
+std::vector<v1::EpochRecord> ModelStore::LoadHistory(const std::string& model) const {
+  int64_t valid = 0;
+  return ReadHistoryRecords(root_ / "models" / model / kHistoryFile, &valid);
+}
+
+void ModelStore::AppendHistory(const std::string& model, const v1::EpochRecord& record) {
+  if (!writable_) Fail(grpc::StatusCode::FAILED_PRECONDITION, "the model store is read-only");
+  const fs::path file = root_ / "models" / model / kHistoryFile;
+  std::error_code ec;
+  fs::create_directories(file.parent_path(), ec);
+  if (ec) IoFail("create", file.parent_path(), ec.value());
+  int64_t valid = 0;
+  ReadHistoryRecords(file, &valid);
+  v1::HistoryRecord wrapped;
+  *wrapped.mutable_epoch() = record;
+  const std::string blob = SerializeBlob(wrapped);
+  std::string bytes(4, '\0');
+  for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>((blob.size() >> (8 * i)) & 0xff);
+  bytes += blob;
+  const bool created = !fs::exists(file);
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) IoFail("open", file, errno);
+  // A crash in a previous append may have left part of a record: cut it off.
+  if (::ftruncate(fd, valid) != 0 || ::lseek(fd, valid, SEEK_SET) < 0) {
+    const int err = errno;
+    ::close(fd);
+    IoFail("truncate", file, err);
+  }
+  Step("append", file);
+  for (size_t done = 0; done < bytes.size();) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      IoFail("write", file, err);
+    }
+    done += static_cast<size_t>(n);
+  }
+  Step("fsync file", file);
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    IoFail("fsync", file, err);
+  }
+  if (::close(fd) != 0) IoFail("close", file, errno);
+  if (created) FsyncPath(file.parent_path(), true);
+}
+
+int64_t ModelStore::ModelFilesSize(const std::string& model) const {
+  int64_t total = 0;
+  for (const char* name : {kSettingsFile, kHistoryFile}) {
+    std::error_code ec;
+    const auto n = fs::file_size(root_ / "models" / model / name, ec);
+    if (!ec) total += static_cast<int64_t>(n);
+  }
+  return total;
+}
+
 std::vector<std::string> ModelStore::DatasetNames() const { return ListDirs(root_ / "datasets"); }
 
 void ModelStore::SaveDataset(const v1::StoredDataset& d) {
   WriteAtomically(root_ / "datasets" / d.name(), "dataset.pb", d);
+}
+
+void ModelStore::SaveDatasetStreamed(const v1::StoredDataset& meta, const Producer& x_values,
+                                     const Producer& y_values) {
+  if (!writable_) Fail(grpc::StatusCode::FAILED_PRECONDITION, "the model store is read-only");
+  // The payload is `meta` serialised, then x and y again holding only their values: a parser
+  // merges a message field that appears twice, so it reads one StoredDataset with both.
+  const int64_t x_bytes = 4 * meta.x().shape(0) * meta.x().shape(1);
+  const int64_t y_bytes = 4 * meta.y().shape(0) * meta.y().shape(1);
+  auto tensor_header = [](int field, int64_t value_bytes) {
+    std::string values_tag;
+    values_tag.push_back(static_cast<char>((2 << 3) | 2));  // Tensor.values, packed
+    AppendVarint(static_cast<uint64_t>(value_bytes), &values_tag);
+    std::string h;
+    h.push_back(static_cast<char>((field << 3) | 2));
+    AppendVarint(values_tag.size() + static_cast<uint64_t>(value_bytes), &h);
+    return h + values_tag;
+  };
+  const std::string head = meta.SerializeAsString();
+  const std::string x_head = tensor_header(4, x_bytes), y_head = tensor_header(5, y_bytes);
+  const Producer payload = [&](const Sink& sink) {
+    sink(head.data(), head.size());
+    sink(x_head.data(), x_head.size());
+    x_values(sink);
+    sink(y_head.data(), y_head.size());
+    y_values(sink);
+  };
+  // A first pass for the checksum, which the envelope holds before the payload.
+  uLong crc = crc32(0L, Z_NULL, 0);
+  int64_t size = 0;
+  payload([&](const char* data, size_t n) {
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(data), static_cast<uInt>(n));
+    size += static_cast<int64_t>(n);
+  });
+  if (size !=
+      static_cast<int64_t>(head.size() + x_head.size() + y_head.size()) + x_bytes + y_bytes) {
+    Fail(grpc::StatusCode::INTERNAL, "model store: a data set's values do not match its shapes");
+  }
+  std::string envelope;
+  envelope.push_back(static_cast<char>((1 << 3) | 0));  // StoredBlob.format
+  AppendVarint(kFormat, &envelope);
+  envelope.push_back(static_cast<char>((2 << 3) | 5));  // StoredBlob.crc32, fixed32
+  for (int i = 0; i < 4; ++i) envelope.push_back(static_cast<char>((crc >> (8 * i)) & 0xff));
+  envelope.push_back(static_cast<char>((3 << 3) | 2));  // StoredBlob.payload
+  AppendVarint(static_cast<uint64_t>(size), &envelope);
+  WriteAtomically(root_ / "datasets" / meta.name(), "dataset.pb", [&](const Sink& sink) {
+    sink(envelope.data(), envelope.size());
+    payload(sink);
+  });
 }
 
 v1::StoredDataset ModelStore::LoadDataset(const std::string& name) const {

@@ -1,6 +1,10 @@
 // The model store: a directory that survives restarts and can be shared by several servers.
 //
 //   <root>/models/<name>/<version>/checkpoint.pb    a StoredBlob wrapping a Checkpoint
+//   <root>/models/<name>/labels.pb                  a StoredBlob wrapping ModelSettings (labels,
+//                                                   serving label, retention); replaced atomically
+//   <root>/models/<name>/history.log                the model's epochs, one record appended per
+//                                                   epoch (see HistoryRecord)
 //   <root>/datasets/<name>/dataset.pb               a StoredBlob wrapping a StoredDataset
 //
 // Every new version or data set goes to a temporary directory next to its target, is fsynced,
@@ -49,6 +53,11 @@ void SetStoreStepHookForTesting(StoreStepHook hook);
 
 class ModelStore {
  public:
+  // Bytes given in pieces: a Producer calls its Sink with each piece in order, and gives the same
+  // bytes each time it is called.
+  using Sink = std::function<void(const char* data, size_t size)>;
+  using Producer = std::function<void(const Sink&)>;
+
   // Creates the directories and takes the writer lock when `writable` (FAILED_PRECONDITION when
   // another process or store object holds it); a read-only store never writes.
   ModelStore(std::filesystem::path root, bool writable);
@@ -68,9 +77,30 @@ class ModelStore {
   // DATA_LOSS when the file is damaged or names another model or version than its directory.
   v1::Checkpoint LoadCheckpoint(const std::string& model, int64_t version) const;
   void DeleteModel(const std::string& model);
+  // Removes one version (retention). A missing version is not an error.
+  void DeleteVersion(const std::string& model, int64_t version);
+  // Bytes of a version's checkpoint file; 0 when it is missing.
+  int64_t VersionSize(const std::string& model, int64_t version) const;
+
+  // A model's labels and settings; empty settings when the model has none. DATA_LOSS when the
+  // file is damaged.
+  v1::ModelSettings LoadSettings(const std::string& model) const;
+  // Replaces them atomically (the model's directory is created when missing).
+  void SaveSettings(const std::string& model, const v1::ModelSettings& settings);
+  // The model's history file, in the order appended; a torn last record is ignored.
+  std::vector<v1::EpochRecord> LoadHistory(const std::string& model) const;
+  // Appends one record and fsyncs it; a torn record left by a crash is cut off first.
+  void AppendHistory(const std::string& model, const v1::EpochRecord& record);
+  // Bytes of the model's files outside its versions (labels and history).
+  int64_t ModelFilesSize(const std::string& model) const;
 
   std::vector<std::string> DatasetNames() const;
   void SaveDataset(const v1::StoredDataset& dataset);
+  // SaveDataset for a data set too large to hold twice: `meta` has everything but x's and y's
+  // values (their shapes set), which `x_values` and `y_values` give as little-endian floats,
+  // twice (once for the checksum, once for the file). The file is what SaveDataset writes.
+  void SaveDatasetStreamed(const v1::StoredDataset& meta, const Producer& x_values,
+                           const Producer& y_values);
   v1::StoredDataset LoadDataset(const std::string& name) const;
   void DeleteDataset(const std::string& name);
 
@@ -78,8 +108,10 @@ class ModelStore {
   void TakeWriterLock();
   void WriteAtomically(const std::filesystem::path& dir, const std::string& file,
                        const google::protobuf::Message& payload);
+  void WriteAtomically(const std::filesystem::path& dir, const std::string& file,
+                       const Producer& bytes);
   void ReplaceFile(const std::filesystem::path& dir, const std::string& file,
-                   const std::string& bytes);
+                   const Producer& bytes);
   void ReadBlob(const std::filesystem::path& file, google::protobuf::Message* payload) const;
   void RemoveTree(const std::filesystem::path& dir);
 

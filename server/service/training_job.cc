@@ -71,8 +71,8 @@ namespace {
 class TrainingJob {
  public:
   TrainingJob(const v1::TrainRequest& req, const engine::TrainOptions& options, SnapshotPtr base,
-              std::unique_ptr<Registry::TrainingLease> lease, const TrainSink& sink,
-              ServiceMetrics* metrics)
+              std::vector<v1::EpochRecord> history, std::unique_ptr<Registry::TrainingLease> lease,
+              const TrainSink& sink, ServiceMetrics* metrics)
       : req_(req),
         o_(options),
         base_(std::move(base)),
@@ -80,7 +80,7 @@ class TrainingJob {
         sink_(sink),
         standardizer_(base_->standardizer),
         class_names_(base_->class_names),
-        history_(base_->history),
+        history_(std::move(history)),
         published_version_(base_->version),
         log_(Logger("train")),
         metrics_(metrics) {}
@@ -183,17 +183,9 @@ int64_t TrainingJob::Publish(const engine::Network& n, int64_t run_steps, const 
   next->standardizer = standardizer_;
   next->class_names = class_names_;
   next->steps = base_->steps + run_steps;
-  next->history = history_;
   next->note = note;
-  published_version_ = lease_
-                           ->Publish(std::move(next),
-                                     [&](Snapshot& s) {
-                                       if (epoch_record) {
-                                         s.history.back().set_version(s.version);
-                                         history_.back().set_version(s.version);
-                                       }
-                                     })
-                           ->version;
+  published_version_ =
+      lease_->Publish(std::move(next), epoch_record ? &history_.back() : nullptr)->version;
   published_steps_ = run_steps;
   return published_version_;
 }
@@ -279,16 +271,18 @@ grpc::Status TrainingJob::Finish(const engine::Network& net, const engine::Train
 grpc::Status RunTraining(const TrainingEnvironment& env, const v1::TrainRequest& req,
                          const TrainSink& sink, const std::function<bool()>& stop) {
   ReleaseFreeMemoryOnExit release;  // the private network, optimizer state and rows, once freed
-  auto start_snap = env.registry->Get(req.model());
+  auto start_snap = env.registry->Newest(req.model());
   const auto data_entry = env.registry->GetDataset(req.dataset());
   CheckDataFits(*start_snap, *data_entry.data, req.dataset());
   engine::TrainOptions o = TrainOptionsFromRequest(req, env.threads);
 
   auto lease = env.registry->BeginTraining(req.model(), env.max_concurrent_trainings);
   // Take the model again under the lease: nothing can publish between here and the end.
-  SnapshotPtr base = env.registry->Get(req.model());
+  // Training continues from the newest version, whatever label is served.
+  SnapshotPtr base = env.registry->Newest(req.model());
   o.first_step = base->steps;
-  TrainingJob job(req, o, std::move(base), std::move(lease), sink, env.metrics);
+  TrainingJob job(req, o, std::move(base), env.registry->History(req.model()), std::move(lease),
+                  sink, env.metrics);
   return job.Run(data_entry.data, stop, *env.draining);
 }
 

@@ -156,7 +156,7 @@ TEST_F(CliTest, TrainPrintsPlainLinesWhenPiped) {
   EXPECT_NE(r.out.find("val_acc"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find('\r'), std::string::npos) << "no progress-bar control characters in a pipe";
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("serves version (\\d+)")));
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("published version (\\d+)")));
   auto g = json::parse(Run({"models", "get", "digits", "--format", "json"}).out);
   EXPECT_EQ(g["version"], m[1].str());
 }
@@ -169,18 +169,19 @@ TEST_F(CliTest, PredictCsvJsonAndFile) {
   std::istringstream lines(csv.out);
   std::string line;
   std::getline(lines, line);
-  EXPECT_EQ(line.rfind("row,class,probability,p0,p1", 0), 0u) << line;
+  EXPECT_EQ(line.rfind("row,version,class,probability,p0,p1", 0), 0u) << line;
   int rows = 0;
   while (std::getline(lines, line)) {
     std::vector<double> cells;
     std::stringstream ss(line);
     std::string cell;
     while (std::getline(ss, cell, ',')) cells.push_back(std::stod(cell));
-    ASSERT_EQ(cells.size(), 13u);
+    ASSERT_EQ(cells.size(), 14u);
+    EXPECT_GE(cells[1], 4);  // the version that answered: 1 + 3 epochs or more
     double sum = 0;
-    for (int k = 3; k < 13; ++k) sum += cells[k];
+    for (int k = 4; k < 14; ++k) sum += cells[k];
     EXPECT_NEAR(sum, 1.0, 2e-3);
-    EXPECT_DOUBLE_EQ(cells[2], cells[3 + static_cast<int>(cells[1])]);
+    EXPECT_DOUBLE_EQ(cells[3], cells[4 + static_cast<int>(cells[2])]);
     ++rows;
   }
   EXPECT_EQ(rows, 5);
@@ -221,10 +222,58 @@ TEST_F(CliTest, UncertaintyIsReproducibleWithASeed) {
     EXPECT_LE(r["variation_ratio"].get<double>(), 1.0);
   }
   auto table = Run({"uncertainty", "digits", "--input", in.string(), "-T", "10", "--seed", "1"});
-  EXPECT_EQ(table.out.rfind("row  prediction  probability  std", 0), 0u) << table.out;
+  EXPECT_EQ(table.out.rfind("row  version  prediction  probability  std", 0), 0u) << table.out;
 
   auto too_many = Run({"uncertainty", "digits", "--input", in.string(), "--samples", "501"});
   EXPECT_EQ(too_many.code, 10 + 8);  // RESOURCE_EXHAUSTED
+}
+
+// Labels from the command line, and --model-version on predict, uncertainty and evaluate: the
+// pinned version answers, and JSON and CSV name it.
+TEST_F(CliTest, LabelsAndModelVersion) {
+  ASSERT_EQ(Run({"models", "create", "pinned", "--spec",
+                 (kSource / "examples/digits_mlp.json").string(), "--serving-label", "stable"})
+                .code,
+            0);
+  auto up = Run({"data", "upload", "pinned-data", (kSource / "data/digits.csv").string()});
+  ASSERT_EQ(up.code, 0) << up.err;
+  auto tr = Run({"train", "pinned", "--data", "pinned-data", "--epochs", "2", "--seed", "1"});
+  ASSERT_EQ(tr.code, 0) << tr.err;
+  fs::path in = WriteInputs(3);
+  // The serving label (version 1) answers by default, whatever training published.
+  auto def = Run({"predict", "pinned", "--input", in.string(), "--format", "json"});
+  ASSERT_EQ(def.code, 0) << def.err;
+  EXPECT_EQ(json::parse(def.out)[0]["version"], 1);
+  auto label = Run({"models", "label", "pinned", "canary", "3"});
+  ASSERT_EQ(label.code, 0) << label.err;
+  EXPECT_NE(label.out.find("canary"), std::string::npos) << label.out;
+  auto pinned = Run({"predict", "pinned", "--input", in.string(), "--format", "csv",
+                     "--model-version", "canary"});
+  ASSERT_EQ(pinned.code, 0) << pinned.err;
+  EXPECT_NE(pinned.out.find("\n0,3,"), std::string::npos) << pinned.out;
+  auto unc = Run({"uncertainty", "pinned", "--input", in.string(), "-T", "5", "--seed", "1",
+                  "--model-version", "2", "--format", "json"});
+  ASSERT_EQ(unc.code, 0) << unc.err;
+  EXPECT_EQ(json::parse(unc.out)[0]["version"], 2);
+  auto ev = Run(
+      {"evaluate", "pinned", "--data", "pinned-data", "--model-version", "3", "--format", "json"});
+  ASSERT_EQ(ev.code, 0) << ev.err;
+  EXPECT_EQ(json::parse(ev.out)["version"], "3");
+  // Promotion, then the label's removal; the serving label stays.
+  ASSERT_EQ(Run({"models", "label", "pinned", "stable", "3"}).code, 0);
+  def = Run({"predict", "pinned", "--input", in.string(), "--format", "json"});
+  EXPECT_EQ(json::parse(def.out)[0]["version"], 3);
+  EXPECT_EQ(Run({"models", "unlabel", "pinned", "canary"}).code, 0);
+  EXPECT_EQ(Run({"models", "unlabel", "pinned", "stable"}).code, 10 + 9);  // FAILED_PRECONDITION
+  auto missing = Run({"predict", "pinned", "--input", in.string(), "--model-version", "canary"});
+  EXPECT_EQ(missing.code, 10 + 5);  // NOT_FOUND
+  auto get = Run({"models", "get", "pinned"});
+  ASSERT_EQ(get.code, 0) << get.err;
+  EXPECT_NE(get.out.find("versions"), std::string::npos) << get.out;
+  EXPECT_NE(get.out.find("stable (served)"), std::string::npos) << get.out;
+  auto set = Run({"models", "set", "pinned", "--serving-label", ""});
+  ASSERT_EQ(set.code, 0) << set.err;
+  EXPECT_NE(set.out.find("serves version 3"), std::string::npos) << set.out;
 }
 
 TEST_F(CliTest, EvaluateEvalAndMonteCarlo) {

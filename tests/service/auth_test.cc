@@ -122,6 +122,7 @@ TEST_F(SecureServerTest, TokensSeparateAdminFromPredict) {
   std::ofstream(tokens) << "admin " << kAdmin << "\npredict " << kPredict << "\n";
   ServerConfig c = Config();
   c.tokens_file = tokens;
+  c.service.max_dataset_bytes = 4096;
   server_ = std::make_unique<Server>(c);
   server_->Start();
 
@@ -159,6 +160,23 @@ TEST_F(SecureServerTest, TokensSeparateAdminFromPredict) {
   }
   EXPECT_EQ(CodeOf([&] { pre.Predict(bytes); }), grpc::StatusCode::OK);
   EXPECT_EQ(CodeOf([&] { anon.Predict(bytes); }), grpc::StatusCode::UNAUTHENTICATED);
+  // Labels change what is served: admin only.
+  EXPECT_EQ(CodeOf([&] { pre.SetVersionLabel("m", "stable", 1); }),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(CodeOf([&] { adm.SetVersionLabel("m", "stable", 1); }), grpc::StatusCode::OK);
+  EXPECT_EQ(CodeOf([&] { pre.Predict("m", "stable", x); }), grpc::StatusCode::OK);
+  // An upload's token is checked before its body is read: past the size limit, a caller without
+  // the admin token hears about the token, not the size.
+  v1::DatasetHeader header;
+  header.set_name("d");
+  header.add_input_shape(3);
+  const client::Matrix rows = client::Matrix::Ones(1000, 3), labels = client::Matrix::Zero(1000, 1);
+  EXPECT_EQ(CodeOf([&] { anon.UploadRows(header, rows, labels); }),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(CodeOf([&] { pre.UploadRows(header, rows, labels); }),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(CodeOf([&] { adm.UploadRows(header, rows, labels); }),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(CodeOf([&] { adm.DeleteModel("m"); }), grpc::StatusCode::OK);
   fs::remove(tokens);
 }

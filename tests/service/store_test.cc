@@ -343,6 +343,16 @@ TEST(ModelStoreCrashTest, EveryStepOfEveryWriteLeavesTheOldOrTheNewCopyWhole) {
   v1::StoredDataset d_old = MakeDataset("d"), d_new = MakeDataset("d");
   d_new.set_source("the new one");
   d_new.mutable_x()->set_values(0, 42.f);
+  v1::ModelSettings labels_old, labels_new;
+  (*labels_old.mutable_labels())["stable"] = 1;
+  (*labels_new.mutable_labels())["stable"] = 2;
+  labels_new.set_serving_label("stable");
+  v1::EpochRecord epoch1, epoch2;
+  epoch1.set_epoch(1);
+  epoch1.set_version(2);
+  epoch2.set_epoch(2);
+  epoch2.set_version(3);
+  epoch2.set_loss(0.25);
   struct Scenario {
     const char* name;
     std::function<void(ModelStore&)> before, op;
@@ -388,6 +398,38 @@ TEST(ModelStoreCrashTest, EveryStepOfEveryWriteLeavesTheOldOrTheNewCopyWhole) {
       {"data set delete", [&](ModelStore& s) { s.SaveDataset(d_old); },
        [](ModelStore& s) { s.DeleteDataset("d"); },
        [&](ModelStore& s) { return !s.DatasetNames().empty() && dataset_is(s, d_old); }},
+      {"labels", [&](ModelStore& s) { s.SaveCheckpoint(v1c), s.SaveSettings("m", labels_old); },
+       [&](ModelStore& s) { s.SaveSettings("m", labels_new); },
+       [&](ModelStore& s) {
+         const v1::ModelSettings now = s.LoadSettings("m");
+         if (SameMessage(now, labels_old)) return true;
+         EXPECT_TRUE(SameMessage(now, labels_new)) << "neither the old nor the new labels";
+         return false;
+       }},
+      {"first labels", [&](ModelStore& s) { s.SaveCheckpoint(v1c); },
+       [&](ModelStore& s) { s.SaveSettings("m", labels_new); },
+       [&](ModelStore& s) {
+         const v1::ModelSettings now = s.LoadSettings("m");
+         if (SameMessage(now, v1::ModelSettings())) return true;
+         EXPECT_TRUE(SameMessage(now, labels_new)) << "neither no labels nor the new ones";
+         return false;
+       }},
+      {"history append", [&](ModelStore& s) { s.AppendHistory("m", epoch1); },
+       [&](ModelStore& s) { s.AppendHistory("m", epoch2); },
+       [&](ModelStore& s) {
+         const auto h = s.LoadHistory("m");
+         EXPECT_TRUE(!h.empty() && SameMessage(h[0], epoch1)) << "the old record was lost";
+         if (h.size() == 1) return true;
+         EXPECT_EQ(h.size(), 2u);
+         EXPECT_TRUE(SameMessage(h.back(), epoch2));
+         return false;
+       }},
+      {"version delete", [&](ModelStore& s) { s.SaveCheckpoint(v1c), s.SaveCheckpoint(v2c); },
+       [](ModelStore& s) { s.DeleteVersion("m", 1); },
+       [&](ModelStore& s) {
+         EXPECT_TRUE(has_version(s, v2c));
+         return has_version(s, v1c);
+       }},
   };
   int crash_points = 0;
   for (const auto& sc : scenarios) {
@@ -503,6 +545,39 @@ TEST(RegistryTest, ReadersDoNotWaitForAStoreWrite) {
   SetStoreStepHookForTesting(nullptr);
   EXPECT_TRUE(answered) << "Get waited for a data set's fsync";
   EXPECT_EQ(registry.ListDatasets().size(), 1u);
+}
+
+}  // namespace
+}  // namespace dropnet::service
+
+namespace dropnet::service {
+namespace {
+
+// A record torn by a crash in the middle of an append is ignored, and the next append cuts it off
+// so that the records after it are read.
+TEST(ModelStoreTest, TornHistoryRecordIsDroppedAndOverwritten) {
+  TempDir dir;
+  ModelStore store(dir.path(), true);
+  store.SaveCheckpoint(MakeCheckpoint("m", 1));
+  v1::EpochRecord a, b;
+  a.set_epoch(1);
+  a.set_version(2);
+  b.set_epoch(2);
+  b.set_version(3);
+  store.AppendHistory("m", a);
+  const fs::path file = dir.path() / "models" / "m" / "history.log";
+  const std::string whole = ReadBytes(file);
+  store.AppendHistory("m", b);
+  const std::string both = ReadBytes(file);
+  WriteBytes(file, both.substr(0, whole.size() + (both.size() - whole.size()) / 2));
+  auto h = store.LoadHistory("m");
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_TRUE(SameMessage(h[0], a));
+  store.AppendHistory("m", b);
+  h = store.LoadHistory("m");
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_TRUE(SameMessage(h[1], b));
+  EXPECT_EQ(ReadBytes(file), both);
 }
 
 }  // namespace
