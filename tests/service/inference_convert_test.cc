@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -224,7 +225,9 @@ TEST(InferConvertTest, RegressorOutputs) {
 }
 
 TEST(InferConvertTest, ResolvesVersionStrings) {
-  ModelStore store(testing::TempDir() + "/infer-convert-store", true);
+  const std::string root = testing::TempDir() + "/infer-convert-store";
+  std::filesystem::remove_all(root);  // a store left by an earlier run
+  ModelStore store(root, true);
   Registry registry(&store, SpecLimits{});
   v1::ModelSpec spec;
   spec.add_input_shape(2);
