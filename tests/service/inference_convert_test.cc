@@ -5,6 +5,7 @@
 #include "server/service/inference_convert.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -225,7 +226,9 @@ TEST(InferConvertTest, RegressorOutputs) {
 }
 
 TEST(InferConvertTest, ResolvesVersionStrings) {
-  const std::string root = testing::TempDir() + "/infer-convert-store";
+  // A directory of this process's own (other checkouts may run the suite at the same time).
+  const std::string root =
+      testing::TempDir() + "/infer-convert-store-" + std::to_string(::getpid());
   std::filesystem::remove_all(root);  // a store left by an earlier run
   ModelStore store(root, true);
   Registry registry(&store, SpecLimits{});
