@@ -5,8 +5,10 @@
 #include "server/service/inference_convert.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -224,7 +226,11 @@ TEST(InferConvertTest, RegressorOutputs) {
 }
 
 TEST(InferConvertTest, ResolvesVersionStrings) {
-  ModelStore store(testing::TempDir() + "/infer-convert-store", true);
+  // A directory of this process's own (other checkouts may run the suite at the same time).
+  const std::string root =
+      testing::TempDir() + "/infer-convert-store-" + std::to_string(::getpid());
+  std::filesystem::remove_all(root);  // a store left by an earlier run
+  ModelStore store(root, true);
   Registry registry(&store, SpecLimits{});
   v1::ModelSpec spec;
   spec.add_input_shape(2);
