@@ -19,7 +19,7 @@ RUN apt-get update \
       build-essential cmake ninja-build pkg-config \
       libeigen3-dev librandom123-dev zlib1g-dev \
       libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto \
-      libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev \
+      libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libonnx-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -36,9 +36,9 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release \
 FROM debian:bookworm-slim
 ARG DEBIAN_FRONTEND=noninteractive
 # ldd + dpkg -S on the two binaries: libgrpc++1.51 (pulls libgrpc29, absl, c-ares, re2, ssl),
-# libprotobuf32, libspdlog1.10 (pulls libfmt9), zlib1g; libstdc++6/libgcc-s1/libc6 are in the base.
+# libprotobuf32, libspdlog1.10 (pulls libfmt9), zlib1g, libonnx1 (the ONNX schema); libstdc++6/libgcc-s1/libc6 are in the base.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgrpc++1.51 libprotobuf32 libspdlog1.10 libfmt9 zlib1g \
+ && apt-get install -y --no-install-recommends libgrpc++1.51 libprotobuf32 libspdlog1.10 libfmt9 zlib1g libonnx1 \
       python3 python3-grpcio python3-protobuf python3-numpy \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log \

@@ -136,6 +136,20 @@ void Client::DeleteModel(const std::string& name, CallOptions call) {
   Unary(*stub_, &v1::Dropnet::Stub::DeleteModel, req, call);
 }
 
+v1::ModelInfo Client::ImportModel(const std::string& name, const std::string& onnx_model,
+                                  v1::Task task, CallOptions call) {
+  v1::ImportModelRequest req;
+  req.set_name(name);
+  req.set_onnx_model(onnx_model);
+  req.set_task(task);
+  return Unary(*stub_, &v1::Dropnet::Stub::ImportModel, req, call).model();
+}
+
+v1::ExportModelResponse Client::ExportModel(const v1::ExportModelRequest& request,
+                                            CallOptions call) {
+  return Unary(*stub_, &v1::Dropnet::Stub::ExportModel, request, call);
+}
+
 v1::DatasetInfo Client::UploadCsv(const v1::DatasetHeader& header, const std::string& csv,
                                   size_t chunk_bytes, CallOptions call) {
   grpc::ClientContext ctx;

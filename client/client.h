@@ -81,6 +81,12 @@ class Client {
   v1::ModelInfo GetModel(const std::string& name, CallOptions call = {});
   std::vector<v1::ModelInfo> ListModels(CallOptions call = {});
   void DeleteModel(const std::string& name, CallOptions call = {});
+  // Creates a model from a serialized ONNX model (ImportModel; task TASK_UNSPECIFIED: from the
+  // file). Returns the new model.
+  v1::ModelInfo ImportModel(const std::string& name, const std::string& onnx_model,
+                            v1::Task task = v1::TASK_UNSPECIFIED, CallOptions call = {});
+  // A model version as an ONNX file (ExportModel), with the version written and any warnings.
+  v1::ExportModelResponse ExportModel(const v1::ExportModelRequest& request, CallOptions call = {});
 
   // Uploads CSV text in chunks of chunk_bytes.
   v1::DatasetInfo UploadCsv(const v1::DatasetHeader& header, const std::string& csv,

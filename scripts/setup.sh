@@ -11,6 +11,7 @@ packages=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libonnx-dev python3-onnx python3-torch libopenblas0-openmp
   dataset-fashion-mnist
   clang-14 libclang-rt-14-dev clang-format clang-tidy
   python3 python3-grpcio python3-protobuf python3-numpy python3-pytest python3-tqdm python3-pandas

@@ -164,12 +164,36 @@ int Registry::Refresh() {
 
 SnapshotPtr Registry::Create(const std::string& name, const v1::ModelSpec& spec) {
   CheckName("name", name);
+  return Insert(name, NewSnapshot(name, spec, limits_));
+}
+
+SnapshotPtr Registry::CreateFrom(const std::string& name, v1::Checkpoint initial,
+                                 const std::string& note) {
+  CheckName("name", name);
+  initial.set_model(name);
+  initial.set_version(1);
+  std::shared_ptr<Snapshot> snap = FromCheckpoint(initial, limits_);
+  snap->note = note;
+  return Insert(name, std::move(snap));
+}
+
+SnapshotPtr Registry::GetVersion(const std::string& name, int64_t version) const {
+  SnapshotPtr current = Get(name);
+  if (version == 0 || version == current->version) return current;
+  const std::vector<int64_t> versions = store_->Versions(name);
+  if (version < 0 || std::find(versions.begin(), versions.end(), version) == versions.end()) {
+    Fail(grpc::StatusCode::NOT_FOUND,
+         "model '" + name + "' has no version " + std::to_string(version));
+  }
+  return FromCheckpoint(store_->LoadCheckpoint(name, version), limits_);
+}
+
+SnapshotPtr Registry::Insert(const std::string& name, std::shared_ptr<Snapshot> snap) {
   std::lock_guard write(write_mu_);
   {
     std::lock_guard lock(mu_);
     if (models_.count(name)) Fail(grpc::StatusCode::ALREADY_EXISTS, "model '" + name + "' exists");
   }
-  std::shared_ptr<Snapshot> snap = NewSnapshot(name, spec, limits_);
   if (!store_->Versions(name).empty()) {
     Fail(grpc::StatusCode::ALREADY_EXISTS, "model '" + name + "' exists in the store");
   }
@@ -225,6 +249,7 @@ void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
   info->set_parameter_count(s.net.ParameterCount());
   info->set_version(s.version);
   info->set_output_size(s.net.output_shape().Size());
+  info->set_stochastic(s.net.FirstStochasticLayer() < s.net.size());
   info->set_steps(s.steps);
   for (const auto& h : s.history) *info->add_history() = h;
   // Learned-rate layers (concrete dropout, sparse VD): the layer's mean learned drop rate.

@@ -50,7 +50,13 @@ class Registry {
 
   // ---- Models ----
   SnapshotPtr Create(const std::string& name, const v1::ModelSpec& spec);
+  // A model with given weights: `initial`'s spec, parameters, buffers and standardisation
+  // (ImportModel), saved as version 1 with `note`.
+  SnapshotPtr CreateFrom(const std::string& name, v1::Checkpoint initial, const std::string& note);
   SnapshotPtr Get(const std::string& name) const;  // NOT_FOUND when unknown
+  // Version `version` of a model: 0 is the one Get serves; another is read from the store
+  // (NOT_FOUND when the model has no such version).
+  SnapshotPtr GetVersion(const std::string& name, int64_t version) const;
   std::vector<std::string> ModelNames() const;
   void Delete(const std::string& name);
   void Describe(const Snapshot& s, v1::ModelInfo* info) const;
@@ -97,6 +103,8 @@ class Registry {
     bool training = false;
     std::shared_ptr<std::atomic<bool>> cancel;
   };
+  // Saves `snap` as the first version of a new model `name`.
+  SnapshotPtr Insert(const std::string& name, std::shared_ptr<Snapshot> snap);
   SnapshotPtr PublishVersion(const std::string& name, std::shared_ptr<Snapshot> next,
                              const std::function<void(Snapshot&)>& stamp);
   // Reads a data set from the store to describe it.
