@@ -59,14 +59,13 @@ int ImportModelCommand(dc::Client& c, const std::string& name, const std::string
   std::ifstream in(path, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (!in.good() && !in.eof()) throw std::runtime_error("cannot read '" + path + "'");
-  const v1::Task t = task.empty()             ? v1::TASK_UNSPECIFIED
+  const v1::Task t = task.empty()           ? v1::TASK_UNSPECIFIED
                      : task == "regression" ? v1::TASK_REGRESSION
                                             : v1::TASK_CLASSIFICATION;
   const auto info = c.ImportModel(name, bytes, t, dc::CallOptions{std::chrono::minutes(5)});
   std::cout << "imported model '" << info.name() << "' from " << path << ": "
-            << info.spec().layers_size() << " layers, " << info.parameter_count()
-            << " parameters, " << TaskName(info.spec().task()) << ", "
-            << (info.stochastic() ? "with" : "without")
+            << info.spec().layers_size() << " layers, " << info.parameter_count() << " parameters, "
+            << TaskName(info.spec().task()) << ", " << (info.stochastic() ? "with" : "without")
             << " a stochastic layer (Monte-Carlo dropout "
             << (info.stochastic() ? "available" : "unavailable") << ")\n";
   return 0;
@@ -80,8 +79,8 @@ int ExportModelCommand(dc::Client& c, const v1::ExportModelRequest& request,
   out.write(resp.onnx_model().data(), static_cast<std::streamsize>(resp.onnx_model().size()));
   out.close();
   if (!out) throw std::runtime_error("cannot write '" + path + "'");
-  std::cout << "wrote model '" << request.name() << "' version " << resp.version() << " to "
-            << path << " (" << resp.onnx_model().size() << " bytes, ONNX)\n";
+  std::cout << "wrote model '" << request.name() << "' version " << resp.version() << " to " << path
+            << " (" << resp.onnx_model().size() << " bytes, ONNX)\n";
   return 0;
 }
 

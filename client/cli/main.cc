@@ -151,8 +151,10 @@ void AddModelCommands(CLI::App& app, Args& a) {
   a.m_import = models->add_subcommand("import", "create a model from an ONNX file");
   a.m_import->add_option("name", a.name)->required();
   a.m_import->add_option("file", a.path, "the .onnx file")->required()->check(CLI::ExistingFile);
-  a.m_import->add_option("--task", a.import_task, "classification or regression (default: from "
-                                                  "the file; a softmax head means classification)")
+  a.m_import
+      ->add_option("--task", a.import_task,
+                   "classification or regression (default: from "
+                   "the file; a softmax head means classification)")
       ->check(CLI::IsMember({"classification", "regression"}));
   a.m_export = models->add_subcommand("export", "write a model version as an ONNX file");
   a.m_export->add_option("name", a.name)->required();
@@ -161,8 +163,9 @@ void AddModelCommands(CLI::App& app, Args& a) {
       ->capture_default_str();
   a.m_export->add_option("--model-version", a.export_version, "version (default: the served one)")
       ->check(CLI::NonNegativeNumber);
-  a.m_export->add_option("--mode", a.export_mode,
-                         "eval (dropout off in ONNX Runtime) or train (dropout samples)")
+  a.m_export
+      ->add_option("--mode", a.export_mode,
+                   "eval (dropout off in ONNX Runtime) or train (dropout samples)")
       ->check(CLI::IsMember({"eval", "train"}))
       ->capture_default_str();
   a.m_export->add_option("-o,--output", a.export_file, "the .onnx file to write")->required();

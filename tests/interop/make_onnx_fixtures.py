@@ -10,15 +10,18 @@ the input rows, PyTorch's eval-mode outputs, the dropout rates of its modules, a
 models whose dropout PyTorch can export, the mean, variance and fourth central moment of T
 train-mode (Monte-Carlo dropout) samples of every output. An export PyTorch refuses is recorded
 in the JSON ("export_errors") instead of a file. The weights are seeded: running it again gives
-the same files.
+the same files. unsupported_elu_eval_op13.onnx holds an operator (Elu) that dropnet cannot map.
 """
+import copy
 import io
 import json
 import os
 import warnings
 
+import onnx
 import torch
 import torch.nn as nn
+from onnx import numpy_helper
 
 warnings.simplefilter("ignore")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -80,11 +83,20 @@ def export(model, x, name, mode, opset):
     training = torch.onnx.TrainingMode.TRAINING if mode == "train" else torch.onnx.TrainingMode.EVAL
     model.train(mode == "train")
     buf = io.BytesIO()
-    torch.onnx.export(model, x, buf, opset_version=opset, training=training,
-                      do_constant_folding=(mode == "eval"), input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    with open(os.path.join(OUT, f"{name}_{mode}_op{opset}.onnx"), "wb") as f:
-        f.write(buf.getvalue())
+    # Tracing runs the model, which in train mode updates BatchNorm's running statistics before
+    # they are written: the model is given back its state, and the file the statistics it had.
+    state = copy.deepcopy(model.state_dict())
+    try:
+        torch.onnx.export(model, x, buf, opset_version=opset, training=training,
+                          do_constant_folding=(mode == "eval"), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    finally:
+        model.load_state_dict(state)
+    proto = onnx.load_from_string(buf.getvalue())
+    for init in proto.graph.initializer:
+        if init.name.endswith(("running_mean", "running_var")) and init.name in state:
+            init.CopyFrom(numpy_helper.from_array(state[init.name].numpy(), init.name))
+    onnx.save(proto, os.path.join(OUT, f"{name}_{mode}_op{opset}.onnx"))
 
 
 def mc_moments(model, x):
@@ -138,6 +150,10 @@ def main():
     make("cnn1d", Cnn1d(), torch.randn(3, 2, 8), train_bn_stats=torch.randn(16, 2, 8) * 2 + 0.5)
     torch.manual_seed(0)
     make("lstm", LstmClassifier(), torch.randn(4, 5, 4))
+    # A model with an operator dropnet has no layer for (Elu), to be refused by name.
+    torch.manual_seed(0)
+    export(nn.Sequential(nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 2)), torch.randn(2, 3),
+           "unsupported_elu", "eval", 13)
 
 
 if __name__ == "__main__":

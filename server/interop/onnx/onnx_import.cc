@@ -45,7 +45,8 @@ class Importer {
   int64_t IntAttr(const onnx::NodeProto& node, const char* name, int64_t dflt) const;
   float FloatAttr(const onnx::NodeProto& node, const char* name, float dflt) const;
   std::vector<int64_t> IntsAttr(const onnx::NodeProto& node, const char* name) const;
-  void CheckNoOtherAttributes(const onnx::NodeProto& node, const std::set<std::string>& known) const;
+  void CheckNoOtherAttributes(const onnx::NodeProto& node,
+                              const std::set<std::string>& known) const;
   // Adds a layer and makes `out` the data value with per-row shape `shape`.
   v1::LayerSpec* AddLayer(const std::string& type, const std::vector<int64_t>& shape);
   void AddTensor(bool buffer, const std::string& name, int64_t rows, int64_t cols,
@@ -70,12 +71,12 @@ class Importer {
   std::set<std::string> dynamic_;  // computed from the input's shape
   std::set<std::string> zeros_;    // ConstantOfShape(dynamic) with value 0
   std::map<std::string, DataValue> data_;
-  std::string current_;       // the data tensor the next layer reads
-  DataValue cur_;             // its description
+  std::string current_;  // the data tensor the next layer reads
+  DataValue cur_;        // its description
   const onnx::NodeProto* node_ = nullptr;
   int node_index_ = 0;
-  int matmul_layer_ = -1;     // a MatMul dense layer whose output is current_, bias still free
-  int pending_pad_ = 0;       // zeros a Pad added before a pool
+  int matmul_layer_ = -1;  // a MatMul dense layer whose output is current_, bias still free
+  int pending_pad_ = 0;    // zeros a Pad added before a pool
   bool ends_with_softmax_ = false;
   bool any_layer_ = false;
   std::vector<float> std_mean_, std_scale_;
@@ -149,7 +150,8 @@ const ConstTensor* Importer::OptionalConst(const onnx::NodeProto& node, int inpu
 const ConstTensor& Importer::Const(const onnx::NodeProto& node, int input, const char* what) const {
   const ConstTensor* t = OptionalConst(node, input);
   if (!t) Fail(node, std::string("needs its ") + what + " input");
-  if (!t->is_float && std::string(what) != "shape") Fail(node, std::string(what) + " must be float");
+  if (!t->is_float && std::string(what) != "shape")
+    Fail(node, std::string(what) + " must be float");
   return *t;
 }
 
@@ -321,9 +323,8 @@ void Importer::Pool(const onnx::NodeProto& node, bool max) {
     if (o <= 0) Fail(node, "the window is larger than the padded input");
     shape.push_back(o);
   }
-  auto* l = AddLayer(std::string(max ? "max_pool" : "avg_pool") +
-                         (cur_.shape.size() == 2 ? "1d" : "2d"),
-                     shape);
+  auto* l = AddLayer(
+      std::string(max ? "max_pool" : "avg_pool") + (cur_.shape.size() == 2 ? "1d" : "2d"), shape);
   l->set_pool_size(static_cast<int>(kernel[0]));
   if (stride != kernel[0]) l->set_stride(static_cast<int>(stride));
   if (padding) l->set_padding(static_cast<int>(padding));
@@ -371,7 +372,8 @@ void Importer::Dropout(const onnx::NodeProto& node) {
     const ConstTensor* mode = OptionalConst(node, 2);
     if (mode->Size() != 1) Fail(node, "training_mode must be one bool");
   }
-  if (!(ratio >= 0 && ratio < 1)) Fail(node, "ratio must be in [0, 1), got " + std::to_string(ratio));
+  if (!(ratio >= 0 && ratio < 1))
+    Fail(node, "ratio must be in [0, 1), got " + std::to_string(ratio));
   for (const auto& n : model_.graph().node())
     for (const auto& i : n.input())
       if (node.output_size() > 1 && !node.output(1).empty() && i == node.output(1))
@@ -388,8 +390,9 @@ void Importer::Recurrent(const onnx::NodeProto& node, bool lstm) {
   CheckNoOtherAttributes(node, {"activations", "direction", "hidden_size", "layout",
                                 "linear_before_reset", "activation_alpha", "activation_beta"});
   if (!cur_.time_major || cur_.shape.size() != 2) {
-    Fail(node, "needs [steps, batch, features] input (a Transpose with perm [1, 0, 2] of "
-               "batch-first sequences)");
+    Fail(node,
+         "needs [steps, batch, features] input (a Transpose with perm [1, 0, 2] of "
+         "batch-first sequences)");
   }
   const auto* dir = FindAttribute(node, "direction");
   if (dir && dir->s() != "forward") Fail(node, "only direction 'forward' is supported");
@@ -517,8 +520,9 @@ void Importer::Standardize(const onnx::NodeProto& node, bool sub) {
   const int64_t width = Product(cur_.shape);
   if (any_layer_ || !c || c->Size() != width || (sub ? !std_mean_.empty() : !std_scale_.empty()) ||
       (!sub && std_mean_.empty())) {
-    Fail(node, "supported only as the input standardisation: Sub of per-feature means, then "
-               "Div by per-feature scales, before the first layer");
+    Fail(node,
+         "supported only as the input standardisation: Sub of per-feature means, then "
+         "Div by per-feature scales, before the first layer");
   }
   (sub ? std_mean_ : std_scale_) = c->f;
 }
@@ -613,8 +617,9 @@ void Importer::Visit(const onnx::NodeProto& node) {
       dynamic = true;
       all_const = false;
     } else if (!consts_.count(in)) {
-      Fail(node, "input '" + in + "' is neither the data tensor of a sequential graph nor a "
-                 "constant (a branching graph is not supported)");
+      Fail(node, "input '" + in +
+                     "' is neither the data tensor of a sequential graph nor a "
+                     "constant (a branching graph is not supported)");
     }
   }
   if (data_input < 0 && all_const) {
@@ -664,8 +669,9 @@ void Importer::Visit(const onnx::NodeProto& node) {
       layer->set_return_sequences(true);
       cur_ = DataValue{v.shape, true};
     } else {
-      Fail(node, "only the last state (Y_h, squeezed) or every step (Y, squeezed and transposed) "
-                 "of a recurrent layer is supported");
+      Fail(node,
+           "only the last state (Y_h, squeezed) or every step (Y, squeezed and transposed) "
+           "of a recurrent layer is supported");
     }
     data_.clear();
     current_ = node.output(0);

@@ -60,7 +60,8 @@ ConstTensor Gather(const ConstTensor& in, const std::vector<int64_t>& dims,
 
 std::vector<int64_t> Strides(const std::vector<int64_t>& dims) {
   std::vector<int64_t> s(dims.size(), 1);
-  for (int64_t d = static_cast<int64_t>(dims.size()) - 2; d >= 0; --d) s[d] = s[d + 1] * dims[d + 1];
+  for (int64_t d = static_cast<int64_t>(dims.size()) - 2; d >= 0; --d)
+    s[d] = s[d + 1] * dims[d + 1];
   return s;
 }
 
@@ -172,13 +173,13 @@ ConstTensor ReadTensor(const TensorProto& t) {
   const bool raw = t.has_raw_data();
   switch (t.data_type()) {
     case TensorProto::FLOAT:
-      out.f = raw ? FromRaw<float>(t.raw_data()) : std::vector<float>(t.float_data().begin(),
-                                                                       t.float_data().end());
+      out.f = raw ? FromRaw<float>(t.raw_data())
+                  : std::vector<float>(t.float_data().begin(), t.float_data().end());
       break;
     case TensorProto::DOUBLE: {
-      std::vector<double> d = raw ? FromRaw<double>(t.raw_data())
-                                  : std::vector<double>(t.double_data().begin(),
-                                                        t.double_data().end());
+      std::vector<double> d =
+          raw ? FromRaw<double>(t.raw_data())
+              : std::vector<double>(t.double_data().begin(), t.double_data().end());
       out.f.assign(d.begin(), d.end());
       break;
     }
@@ -203,8 +204,8 @@ ConstTensor ReadTensor(const TensorProto& t) {
       Bad("tensor '" + t.name() + "' has element type " + std::to_string(t.data_type()) +
           " (only float, double, int64, int32 and bool are read)");
   }
-  const int64_t count = out.is_float ? static_cast<int64_t>(out.f.size())
-                                     : static_cast<int64_t>(out.i.size());
+  const int64_t count =
+      out.is_float ? static_cast<int64_t>(out.f.size()) : static_cast<int64_t>(out.i.size());
   if (count != out.Size()) {
     Bad("tensor '" + t.name() + "' has " + std::to_string(count) + " values for " +
         std::to_string(out.Size()) + " elements");
@@ -249,7 +250,8 @@ ConstTensor FoldConstant(const onnx::NodeProto& node, const std::vector<const Co
     auto axes = AxesOf(node, in, opset);
     for (auto& a : axes) a = Axis(a, static_cast<int64_t>(dims.size()));
     for (size_t d = 0; d < dims.size(); ++d) {
-      const bool listed = std::find(axes.begin(), axes.end(), static_cast<int64_t>(d)) != axes.end();
+      const bool listed =
+          std::find(axes.begin(), axes.end(), static_cast<int64_t>(d)) != axes.end();
       if ((axes.empty() && dims[d] == 1) || listed) continue;
       kept.push_back(dims[d]);
     }
