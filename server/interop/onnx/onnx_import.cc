@@ -325,7 +325,7 @@ void Importer::Pool(const onnx::NodeProto& node, bool max) {
   }
   auto* l = AddLayer(
       std::string(max ? "max_pool" : "avg_pool") + (cur_.shape.size() == 2 ? "1d" : "2d"), shape);
-  l->set_pool_size(static_cast<int>(kernel[0]));
+  if (kernel[0] != 2) l->set_pool_size(static_cast<int>(kernel[0]));
   if (stride != kernel[0]) l->set_stride(static_cast<int>(stride));
   if (padding) l->set_padding(static_cast<int>(padding));
 }
@@ -678,7 +678,7 @@ void Importer::Visit(const onnx::NodeProto& node) {
     return;
   }
   VisitData(node);
-  current_ = node.output(0);
+  if (op != "LSTM" && op != "GRU") current_ = node.output(0);  // those leave their outputs in data_
 }
 
 void Importer::Finish() {
