@@ -39,7 +39,7 @@ class Exporter {
   std::string IntInit(const std::string& what, const Dims& dims, const std::vector<int64_t>& v);
   std::string BoolInit(const std::string& what, bool value);
   onnx::NodeProto* Node(const std::string& op, std::vector<std::string> inputs,
-                        const std::string& what = "out");
+                        const std::string& what = "");
   void Ints(onnx::NodeProto* n, const std::string& name, const Dims& v);
   void Int(onnx::NodeProto* n, const std::string& name, int64_t v);
   void Float(onnx::NodeProto* n, const std::string& name, float v);
@@ -97,9 +97,9 @@ onnx::NodeProto* Exporter::Node(const std::string& op, std::vector<std::string> 
                                 const std::string& what) {
   auto* n = g_->add_node();
   n->set_op_type(op);
-  n->set_name(Fresh(op));
+  n->set_name(Fresh(what.empty() ? op : op + "_" + what));
   for (auto& i : inputs) n->add_input(std::move(i));
-  n->add_output(Fresh(what));
+  n->add_output(Fresh(what.empty() ? op : what));
   cur_ = n->output(0);
   return n;
 }

@@ -40,8 +40,8 @@ struct OnnxExport {
   std::vector<std::string> warnings;  // layers written in their eval form, one line each
 };
 
-// Writes a checkpoint. train_mode: dropout nodes get training_mode = true (they sample in
-// ONNX Runtime too), and a layer whose randomness ONNX cannot express is refused
+// Writes a checkpoint. train_mode: dropout nodes get training_mode = true (for runtimes that
+// honour it; ONNX Runtime removes Dropout nodes at load), and a layer whose randomness ONNX cannot express is refused
 // (ExportRefused) instead of written in its eval form with a warning.
 OnnxExport ExportOnnx(const v1::Checkpoint& checkpoint, bool train_mode);
 
