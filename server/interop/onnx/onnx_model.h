@@ -41,8 +41,8 @@ struct OnnxExport {
 };
 
 // Writes a checkpoint. train_mode: dropout nodes get training_mode = true (for runtimes that
-// honour it; ONNX Runtime removes Dropout nodes at load), and a layer whose randomness ONNX cannot express is refused
-// (ExportRefused) instead of written in its eval form with a warning.
+// honour it; ONNX Runtime removes Dropout nodes at load), and a layer whose randomness ONNX cannot
+// express is refused (ExportRefused) instead of written in its eval form with a warning.
 OnnxExport ExportOnnx(const v1::Checkpoint& checkpoint, bool train_mode);
 
 }  // namespace dropnet::interop
