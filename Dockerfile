@@ -20,7 +20,7 @@ RUN apt-get update \
       build-essential cmake ninja-build pkg-config \
       libeigen3-dev librandom123-dev zlib1g-dev \
       libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto \
-      libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev \
+      libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev libonnx-dev \
       prometheus-cpp-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -40,11 +40,12 @@ ARG DEBIAN_FRONTEND=noninteractive
 # ldd + dpkg -S on the two binaries: libgrpc++1.51 (pulls libgrpc29, absl, c-ares, re2, ssl),
 # libprotobuf32, libspdlog1.10 (pulls libfmt9), zlib1g, libcpp-httplib0.11 (the HTTP port; Debian
 # builds cpp-httplib as a shared library with OpenSSL and brotli), libprometheus-cpp-core1.0 (the
-# metrics); libstdc++6/libgcc-s1/libc6 are in the base. libjs-chart.js: Chart.js for the
-# dashboard, which the server reads from /usr/share/javascript/chart.js at start.
+# metrics), libonnx1 (the ONNX schema); libstdc++6/libgcc-s1/libc6 are in the base.
+# libjs-chart.js: Chart.js for the dashboard, which the server reads from
+# /usr/share/javascript/chart.js at start.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgrpc++1.51 libprotobuf32 libspdlog1.10 libfmt9 zlib1g \
-      libcpp-httplib0.11 libprometheus-cpp-core1.0 libjs-chart.js \
+      libcpp-httplib0.11 libprometheus-cpp-core1.0 libjs-chart.js libonnx1 \
       python3 python3-grpcio python3-protobuf python3-numpy \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log \

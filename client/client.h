@@ -103,6 +103,12 @@ class Client {
                                    CallOptions call = {});
   // Changes the serving label and/or retention (the fields set in `request`).
   v1::ModelInfo UpdateModel(const v1::UpdateModelRequest& request, CallOptions call = {});
+  // Creates a model from a serialized ONNX model (ImportModel; task TASK_UNSPECIFIED: from the
+  // file). Returns the new model.
+  v1::ModelInfo ImportModel(const std::string& name, const std::string& onnx_model,
+                            v1::Task task = v1::TASK_UNSPECIFIED, CallOptions call = {});
+  // A model version as an ONNX file (ExportModel), with the version written and any warnings.
+  v1::ExportModelResponse ExportModel(const v1::ExportModelRequest& request, CallOptions call = {});
 
   // Uploads CSV text in chunks of chunk_bytes.
   v1::DatasetInfo UploadCsv(const v1::DatasetHeader& header, const std::string& csv,

@@ -11,6 +11,7 @@ packages=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev curl
   libgtest-dev libgmock-dev libbenchmark-dev
+  libonnx-dev python3-onnx python3-torch libopenblas0-openmp
   dataset-fashion-mnist
   prometheus-cpp-dev prometheus libjs-chart.js chromium chromium-driver python3-selenium
   clang-14 libclang-rt-14-dev clang-format clang-tidy

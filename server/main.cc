@@ -166,6 +166,9 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--max-parameters", c.limits.max_parameters, "largest model (parameters)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--max-model-bytes", c.service.max_model_bytes, "largest ImportModel file")
+      ->envname("DROPNET_MAX_MODEL_BYTES")
+      ->check(CLI::PositiveNumber);
   AddShutdownAndSecurityOptions(&app, &c);
   dropnet::http::HttpConfig http;
   AddHttpOptions(&app, &http);

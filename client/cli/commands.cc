@@ -7,8 +7,10 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <iterator>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -52,6 +54,36 @@ int Health(dc::Client& c, const std::string& service) {
   const bool ok = c.Healthy(service);
   std::cout << (ok ? "SERVING" : "NOT_SERVING") << "\n";
   return ok ? 0 : 1;
+}
+
+int ImportModelCommand(dc::Client& c, const std::string& name, const std::string& path,
+                       const std::string& task) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) throw std::runtime_error("cannot read '" + path + "'");
+  const v1::Task t = task.empty()           ? v1::TASK_UNSPECIFIED
+                     : task == "regression" ? v1::TASK_REGRESSION
+                                            : v1::TASK_CLASSIFICATION;
+  const auto info = c.ImportModel(name, bytes, t, dc::CallOptions{std::chrono::minutes(5)});
+  std::cout << "imported model '" << info.name() << "' from " << path << ": "
+            << info.spec().layers_size() << " layers, " << info.parameter_count() << " parameters, "
+            << TaskName(info.spec().task()) << ", " << (info.stochastic() ? "with" : "without")
+            << " a stochastic layer (Monte-Carlo dropout "
+            << (info.stochastic() ? "available" : "unavailable") << ")\n";
+  return 0;
+}
+
+int ExportModelCommand(dc::Client& c, const v1::ExportModelRequest& request,
+                       const std::string& path) {
+  const auto resp = c.ExportModel(request, dc::CallOptions{std::chrono::minutes(5)});
+  for (const auto& w : resp.warnings()) std::cerr << "warning: " << w << "\n";
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(resp.onnx_model().data(), static_cast<std::streamsize>(resp.onnx_model().size()));
+  out.close();
+  if (!out) throw std::runtime_error("cannot write '" + path + "'");
+  std::cout << "wrote model '" << request.name() << "' version " << resp.version() << " to " << path
+            << " (" << resp.onnx_model().size() << " bytes, ONNX)\n";
+  return 0;
 }
 
 Table ModelsTable(const std::vector<v1::ModelInfo>& models) {

@@ -19,6 +19,12 @@ client::Matrix ReadInputs(client::Client& client, const std::string& model, cons
                           const std::string& target);
 
 int Health(client::Client& c, const std::string& service);
+// models import: reads `path` and creates model `name` from it; task "" lets the server choose.
+int ImportModelCommand(client::Client& c, const std::string& name, const std::string& path,
+                       const std::string& task);
+// models export: writes the file and prints the server's warnings to stderr.
+int ExportModelCommand(client::Client& c, const v1::ExportModelRequest& request,
+                       const std::string& path);
 Table ModelsTable(const std::vector<v1::ModelInfo>& models);
 void PrintModel(const v1::ModelInfo& m, Format f);
 Table DatasetsTable(const std::vector<v1::DatasetInfo>& ds);

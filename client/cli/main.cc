@@ -2,6 +2,8 @@
 //
 //   dropnet health
 //   dropnet models list | get NAME | create NAME --spec FILE.json | delete NAME
+//   dropnet models import NAME FILE.onnx [--task T]
+//   dropnet models export NAME --format onnx [--model-version V] [--mode eval|train] -o FILE
 //   dropnet data upload NAME FILE.csv | import NAME PATH [LABELS] | list | delete NAME
 //   dropnet train MODEL --data NAME [--epochs N ...]
 //   dropnet predict MODEL --input FILE.csv [--format table|csv|json]
@@ -77,11 +79,15 @@ struct Args {
   std::string shell;
   CLI::App *help = nullptr, *completion = nullptr;
   CLI::App *health = nullptr, *m_list = nullptr, *m_get = nullptr, *m_create = nullptr,
-           *m_delete = nullptr, *m_label = nullptr, *m_unlabel = nullptr, *m_set = nullptr;
+           *m_delete = nullptr, *m_label = nullptr, *m_unlabel = nullptr, *m_set = nullptr,
+           *m_import = nullptr, *m_export = nullptr;
   // models: labels and settings; predict, uncertainty, evaluate: --model-version
   std::string label, model_version, serving_label;
   int64_t label_version = 0;
   int keep_versions = 0;
+  // models import / export
+  std::string import_task, export_format = "onnx", export_mode = "eval", export_file;
+  int64_t export_version = 0;
   // data
   bool overwrite = false;
   int64_t limit = 0;
@@ -164,6 +170,27 @@ void AddModelCommands(CLI::App& app, Args& a) {
     s->add_option("--keep-versions", a.keep_versions,
                   "newest versions kept (0: the server's default)");
   }
+  a.m_import = models->add_subcommand("import", "create a model from an ONNX file");
+  a.m_import->add_option("name", a.name)->required();
+  a.m_import->add_option("file", a.path, "the .onnx file")->required()->check(CLI::ExistingFile);
+  a.m_import
+      ->add_option("--task", a.import_task,
+                   "classification or regression (default: from "
+                   "the file; a softmax head means classification)")
+      ->check(CLI::IsMember({"classification", "regression"}));
+  a.m_export = models->add_subcommand("export", "write a model version as an ONNX file");
+  a.m_export->add_option("name", a.name)->required();
+  a.m_export->add_option("--format", a.export_format, "file format")
+      ->check(CLI::IsMember({"onnx"}))
+      ->capture_default_str();
+  a.m_export->add_option("--model-version", a.export_version, "version (default: the served one)")
+      ->check(CLI::NonNegativeNumber);
+  a.m_export
+      ->add_option("--mode", a.export_mode,
+                   "eval (dropout off in ONNX Runtime) or train (dropout samples)")
+      ->check(CLI::IsMember({"eval", "train"}))
+      ->capture_default_str();
+  a.m_export->add_option("-o,--output", a.export_file, "the .onnx file to write")->required();
 }
 
 void AddDataCommands(CLI::App& app, Args& a) {
@@ -361,6 +388,15 @@ std::optional<int> RunStoreCommand(dc::Client& c, const Args& a, cli::Format f) 
     std::cout << "created model '" << info.name() << "': " << info.parameter_count()
               << " parameters, version " << info.version() << "\n";
     return 0;
+  }
+  if (*a.m_import) return cli::ImportModelCommand(c, a.name, a.path, a.import_task);
+  if (*a.m_export) {
+    v1::ExportModelRequest r;
+    r.set_name(a.name);
+    r.set_version(a.export_version);
+    r.set_format(v1::MODEL_FORMAT_ONNX);
+    r.set_mode(a.export_mode == "train" ? v1::EXPORT_MODE_TRAIN : v1::EXPORT_MODE_EVAL);
+    return cli::ExportModelCommand(c, r, a.export_file);
   }
   if (*a.m_delete) {
     c.DeleteModel(a.name);

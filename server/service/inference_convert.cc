@@ -258,19 +258,7 @@ void SetInt(ModelInferResponse* resp, const char* name, int64_t value) {
 
 SnapshotPtr ResolveModelVersion(const Registry& registry, const std::string& model,
                                 const std::string& version) {
-  SnapshotPtr snap = registry.Get(model);
-  if (version.empty()) return snap;
-  int64_t number = 0;
-  auto [end, ec] = std::from_chars(version.data(), version.data() + version.size(), number);
-  if (ec != std::errc() || end != version.data() + version.size() || number <= 0) {
-    Invalid("model_version must be a version number (or empty for the served one), got '" +
-            Printable(version) + "'");
-  }
-  if (number != snap->version) {
-    Fail(StatusCode::NOT_FOUND, "model '" + Printable(model) + "' version " + version +
-                                    " is not loaded; available: " + std::to_string(snap->version));
-  }
-  return snap;
+  return registry.Resolve(model, version);
 }
 
 std::vector<std::string> AvailableOutputs(const Snapshot& snap, bool monte_carlo) {

@@ -32,10 +32,9 @@ inline constexpr char kOutSamples[] = "samples";                       // MC, as
 // The input's name in the metadata (a request may name its one input as it likes).
 inline constexpr char kInputName[] = "input";
 
-// The snapshot that answers for `model` at `version`: "" is the served (newest) version; a
-// number must be the version loaded. NOT_FOUND names the model, or the version asked and the
-// version available; INVALID_ARGUMENT for a version that is not a number. The one place a
-// version string is resolved (a label such as "stable" would be looked up here).
+// The snapshot that answers for `model` at `version` (ModelInfer's model_version, a REST path's
+// /versions/V): Registry::Resolve's, the resolver dropnet.v1 uses too, so "" is the model's
+// default, a number that version and anything else a label.
 SnapshotPtr ResolveModelVersion(const Registry& registry, const std::string& model,
                                 const std::string& version);
 

@@ -253,12 +253,30 @@ SnapshotPtr Registry::Create(const std::string& name, const v1::ModelSpec& spec,
     Fail(grpc::StatusCode::INVALID_ARGUMENT,
          "keep_versions must be >= 0, got " + std::to_string(options.keep_versions));
   }
+  return Insert(name, NewSnapshot(name, spec, limits_), options);
+}
+
+SnapshotPtr Registry::CreateFrom(const std::string& name, v1::Checkpoint initial,
+                                 const std::string& note) {
+  CheckName("name", name);
+  initial.set_model(name);
+  initial.set_version(1);
+  std::shared_ptr<Snapshot> snap = FromCheckpoint(initial, limits_);
+  snap->note = note;
+  return Insert(name, std::move(snap), ModelOptions{});
+}
+
+SnapshotPtr Registry::GetVersion(const std::string& name, int64_t version) const {
+  return Resolve(name, version == 0 ? "" : std::to_string(version));
+}
+
+SnapshotPtr Registry::Insert(const std::string& name, std::shared_ptr<Snapshot> snap,
+                             const ModelOptions& options) {
   std::lock_guard write(write_mu_);
   {
     std::lock_guard lock(mu_);
     if (models_.count(name)) Fail(grpc::StatusCode::ALREADY_EXISTS, "model '" + name + "' exists");
   }
-  std::shared_ptr<Snapshot> snap = NewSnapshot(name, spec, limits_);
   if (!store_->Versions(name).empty()) {
     Fail(grpc::StatusCode::ALREADY_EXISTS, "model '" + name + "' exists in the store");
   }
@@ -443,6 +461,7 @@ void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
   info->set_parameter_count(s.net.ParameterCount());
   info->set_version(s.version);
   info->set_output_size(s.net.output_shape().Size());
+  info->set_stochastic(s.net.FirstStochasticLayer() < s.net.size());
   info->set_steps(s.steps);
   // Learned-rate layers (concrete dropout, sparse VD): the layer's mean learned drop rate.
   for (int i = 0; i < s.net.size(); ++i) {

@@ -71,12 +71,17 @@ class Registry {
   // ---- Models ----
   SnapshotPtr Create(const std::string& name, const v1::ModelSpec& spec,
                      const ModelOptions& options = {});
+  // A model with given weights: `initial`'s spec, parameters, buffers and standardisation
+  // (ImportModel), saved as version 1 with `note`.
+  SnapshotPtr CreateFrom(const std::string& name, v1::Checkpoint initial, const std::string& note);
   // The snapshot a call asking for `version` gets: "" the model's default (its serving label's
   // version, or the newest), a number ("12") that version, anything else a label. NOT_FOUND for
   // an unknown model, version or label, DATA_LOSS for a corrupt version, INVALID_ARGUMENT for a
   // malformed one. The one resolver of every protocol.
   SnapshotPtr Resolve(const std::string& name, const std::string& version) const;
   SnapshotPtr Get(const std::string& name) const { return Resolve(name, ""); }
+  // Resolve with a version number: 0 is the model's default.
+  SnapshotPtr GetVersion(const std::string& name, int64_t version) const;
   // The newest version (training continues from it).
   SnapshotPtr Newest(const std::string& name) const;
   std::vector<std::string> ModelNames() const;
@@ -152,6 +157,9 @@ class Registry {
     bool training = false;
     std::shared_ptr<std::atomic<bool>> cancel;
   };
+  // Saves `snap` as the first version of a new model `name`.
+  SnapshotPtr Insert(const std::string& name, std::shared_ptr<Snapshot> snap,
+                     const ModelOptions& options);
   SnapshotPtr PublishVersion(const std::string& name, std::shared_ptr<Snapshot> next,
                              v1::EpochRecord* epoch);
   // Reads a model's versions, settings and history from the store into an entry; false when no

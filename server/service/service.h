@@ -40,6 +40,7 @@ struct ServiceConfig {
   size_t max_queued_calls = 1024;  // prediction calls waiting for a worker
   int64_t mc_memory_budget_bytes = 64ll << 20;
   int64_t max_dataset_bytes = 2ll << 30;    // UploadDataset: features + targets as float32
+  int64_t max_model_bytes = 64ll << 20;     // ImportModel: the ONNX file
   int64_t max_returned_samples = 16 << 20;  // PredictUncertainty return_samples: floats
   bool read_only = false;                   // a serving replica: no Train, create, delete, upload
   // How long idle engine threads spin for the next call's work (engine::SetWorkerSpin): a setting
@@ -89,6 +90,11 @@ class DropnetService final : public DropnetServiceBase {
                                   v1::RemoveVersionLabelResponse*) override;
   grpc::Status UpdateModel(grpc::ServerContext*, const v1::UpdateModelRequest*,
                            v1::UpdateModelResponse*) override;
+  // ONNX files (model_io_handlers.cc).
+  grpc::Status ImportModel(grpc::ServerContext*, const v1::ImportModelRequest*,
+                           v1::ImportModelResponse*) override;
+  grpc::Status ExportModel(grpc::ServerContext*, const v1::ExportModelRequest*,
+                           v1::ExportModelResponse*) override;
   // Data sets (dataset_handlers.cc).
   grpc::Status UploadDataset(grpc::ServerContext*, grpc::ServerReader<v1::UploadDatasetRequest>*,
                              v1::UploadDatasetResponse*) override;
