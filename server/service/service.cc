@@ -11,6 +11,7 @@
 #include "server/engine/random.h"
 #include "server/service/handler_common.h"
 #include "server/service/request_wire.h"
+#include "server/service/transform.h"
 
 namespace dropnet::service {
 
@@ -55,14 +56,14 @@ grpc::Status SerializeResponse(const google::protobuf::Message& response, grpc::
                                                                                     &own_buffer);
 }
 
-// Reads a request batch, checks its size and applies the model's standardisation.
+// Reads a request batch, checks its size and applies the model's input transform.
 Matrix ReadInputs(const Snapshot& s, const WireTensor& inputs, int64_t max_rows) {
   if (!inputs.shape.empty() && inputs.shape[0] > max_rows) {
     Fail(StatusCode::RESOURCE_EXHAUSTED, "inputs has " + std::to_string(inputs.shape[0]) +
                                              " rows, the limit is " + std::to_string(max_rows));
   }
   Matrix x = inputs.ToMatrix(s.net.input_shape().Size(), "inputs");
-  s.standardizer.Apply(&x);
+  ApplyInputTransform(s, &x);
   return x;
 }
 
@@ -253,6 +254,9 @@ grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* c
     Matrix var;
     Matrix out = engine::PredictEval(snap->net, snap->task, snap->loss, x, log.threads, nullptr,
                                      nullptr, &var);
+    if (snap->task == engine::Task::kRegression) {
+      UnstandardizeOutputs(snap->target_standardizer, &out, &var);
+    }
     ToTensor(out, resp->mutable_outputs());
     if (var.size()) ToTensor(var, resp->mutable_variances());
     resp->set_version(snap->version);
@@ -304,6 +308,7 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
         }
         mo.keep_samples = req->return_samples();
         auto r = engine::MonteCarloPredict(snap->net, snap->task, snap->loss, x, mo);
+        if (snap->task == engine::Task::kRegression) UnstandardizeMc(snap->target_standardizer, &r);
         ToTensor(r.mean, resp->mutable_mean());
         ToTensor(r.stddev, resp->mutable_stddev());
         if (snap->task == engine::Task::kClassification) {
@@ -348,6 +353,7 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
     log.mode = ModeOf(req->mode());
     SnapshotPtr snap = registry_->Get(req->model());
     log.version = snap->version;
+    const bool classify = snap->task == engine::Task::kClassification;
     const auto entry = registry_->GetDataset(req->dataset());
     CheckDataFits(*snap, *entry.data, req->dataset());
     if (req->limit() < 0) Fail(StatusCode::INVALID_ARGUMENT, "limit must be >= 0");
@@ -357,11 +363,14 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
     }
     const int64_t rows =
         req->limit() > 0 ? std::min(req->limit(), entry.data->rows()) : entry.data->rows();
-    Matrix x = entry.data->x.topRows(rows);
+    const Matrix x = DatasetInputs(*snap, *entry.data, rows);
     const Matrix y = entry.data->y.topRows(rows);
-    snap->standardizer.Apply(&x);
+    // A regression model with a target standardisation answers in the target's units; the MC
+    // log-likelihood is computed on standardised targets and gets the Jacobian term.
+    const engine::Standardizer& target = snap->target_standardizer;
+    Matrix y_net = y;
+    if (!classify) StandardizeTargets(target, &y_net);
     log.rows = rows;
-    const bool classify = snap->task == engine::Task::kClassification;
     Matrix mean, var;
     double ll_sum = 0;
     const bool mc = req->mode() == v1::EVAL_MODE_MONTE_CARLO;
@@ -397,10 +406,11 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
       for (int64_t r0 = 0; r0 < rows; r0 += kBatch) {
         stop_if_asked();
         const int64_t n = std::min(kBatch, rows - r0);
-        const Matrix yb = y.middleRows(r0, n);
+        const Matrix yb = y_net.middleRows(r0, n);
         mo.targets = want_ll ? &yb : nullptr;
         auto r =
             engine::MonteCarloPredict(snap->net, snap->task, snap->loss, x.middleRows(r0, n), mo);
+        if (!classify) UnstandardizeMc(target, &r);
         if (r0 == 0) mean.resize(rows, r.mean.cols());
         mean.middleRows(r0, n) = r.mean;
         if (want_ll) ll_sum += r.log_likelihood.sum();
@@ -419,7 +429,14 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
       resp->set_brier(m.brier);
       resp->set_ece(m.ece);
     } else {
-      auto m = engine::ScoreRegression(mean, y, var, snap->tau);
+      double tau = snap->tau;
+      if (!mc && !target.empty()) {
+        // Eval mode's variances (a Gaussian head's, or 1/tau) in the target's units.
+        if (var.size() == 0 && tau > 0) var = Matrix::Constant(rows, mean.cols(), 1.0f / tau);
+        UnstandardizeOutputs(target, &mean, &var);
+        tau = 0;
+      }
+      auto m = engine::ScoreRegression(mean, y, var, tau);
       resp->set_rmse(m.rmse);
       if (!mc) resp->set_log_likelihood(m.log_likelihood);
     }
