@@ -193,6 +193,12 @@ std::vector<v1::DatasetInfo> Client::ListDatasets(CallOptions call) {
   return {resp.datasets().begin(), resp.datasets().end()};
 }
 
+std::vector<v1::DatasetInfo> Client::SplitDataset(const v1::SplitDatasetRequest& request,
+                                                  CallOptions call) {
+  const auto r = Unary(*stub_, &v1::Dropnet::Stub::SplitDataset, request, call);
+  return {r.datasets().begin(), r.datasets().end()};
+}
+
 void Client::DeleteDataset(const std::string& name, CallOptions call) {
   v1::DeleteDatasetRequest req;
   req.set_name(name);
