@@ -189,208 +189,212 @@ v1::ExportModelResponse Client::ExportModel(const v1::ExportModelRequest& reques
   return Unary(*stub_, &v1::Dropnet::Stub::ExportModel, request, call);
 }
 
+v1::DatasetInfo Client::Upload(const v1::DatasetHeader& header, const CallOptions& call,
+                               const std::function<bool(v1::UploadDatasetRequest*)>& next) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, call);
+  v1::UploadDatasetResponse resp;
+  auto writer = stub_->UploadDataset(&ctx, &resp);
+  v1::UploadDatasetRequest msg;
+  *msg.mutable_header() = header;
+  bool ok = writer->Write(msg);
+  while (ok) {
+    msg.Clear();
+    if (!next(&msg)) break;
+    ok = writer->Write(msg);
+  }
+  writer->WritesDone();
+  Check(writer->Finish());
+  return resp.dataset();
+}
+
 v1::DatasetInfo Client::UploadCsv(const v1::DatasetHeader& header, const std::string& csv,
                                   size_t chunk_bytes, CallOptions call) {
-  v1::DatasetInfo Client::Upload(const v1::DatasetHeader& header, const CallOptions& call,
-                                 const std::function<bool(v1::UploadDatasetRequest*)>& next) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, call);
-    v1::UploadDatasetResponse resp;
-    auto writer = stub_->UploadDataset(&ctx, &resp);
-    v1::UploadDatasetRequest msg;
-    *msg.mutable_header() = header;
-    bool ok = writer->Write(msg);
-    while (ok) {
-      msg.Clear();
-      if (!next(&msg)) break;
-      ok = writer->Write(msg);
-    }
-    writer->WritesDone();
-    Check(writer->Finish());
-    return resp.dataset();
-  }
+  size_t off = 0;
+  return Upload(header, call, [&](v1::UploadDatasetRequest* msg) {
+    if (off >= csv.size()) return false;
+    msg->set_csv_chunk(csv.substr(off, chunk_bytes));
+    off += chunk_bytes;
+    return true;
+  });
+}
 
-  v1::DatasetInfo Client::UploadCsv(const v1::DatasetHeader& header, const std::string& csv,
-                                    size_t chunk_bytes, CallOptions call) {
-    size_t off = 0;
-    return Upload(header, call, [&](v1::UploadDatasetRequest* msg) {
-      if (off >= csv.size()) return false;
-      msg->set_csv_chunk(csv.substr(off, chunk_bytes));
-      off += chunk_bytes;
-      return true;
-    });
+v1::DatasetInfo Client::UploadRows(const v1::DatasetHeader& header, const Matrix& x,
+                                   const Matrix& y, int64_t rows_per_chunk, CallOptions call) {
+  if (x.rows() != y.rows()) {
+    throw ClientError(grpc::StatusCode::INVALID_ARGUMENT, "features and targets differ in rows");
   }
+  int64_t r0 = 0;
+  return Upload(header, call, [&](v1::UploadDatasetRequest* msg) {
+    if (r0 >= x.rows()) return false;
+    const int64_t n = std::min(rows_per_chunk, x.rows() - r0);
+    auto* rows = msg->mutable_rows();
+    rows->mutable_features()->Add(x.row(r0).data(), x.row(r0).data() + n * x.cols());
+    rows->mutable_targets()->Add(y.row(r0).data(), y.row(r0).data() + n * y.cols());
+    r0 += n;
+    return true;
+  });
+}
 
-  v1::DatasetInfo Client::UploadRows(const v1::DatasetHeader& header, const Matrix& x,
-                                     const Matrix& y, int64_t rows_per_chunk, CallOptions call) {
-    if (x.rows() != y.rows()) {
-      throw ClientError(grpc::StatusCode::INVALID_ARGUMENT, "features and targets differ in rows");
-    }
-    int64_t r0 = 0;
-    return Upload(header, call, [&](v1::UploadDatasetRequest* msg) {
-      if (r0 >= x.rows()) return false;
-      const int64_t n = std::min(rows_per_chunk, x.rows() - r0);
-      auto* rows = msg->mutable_rows();
-      rows->mutable_features()->Add(x.row(r0).data(), x.row(r0).data() + n * x.cols());
-      rows->mutable_targets()->Add(y.row(r0).data(), y.row(r0).data() + n * y.cols());
-      r0 += n;
-      return true;
-    });
-  }
+v1::DatasetInfo Client::ImportDataset(const v1::ImportDatasetRequest& request, CallOptions call) {
+  return Unary(*stub_, &v1::Dropnet::Stub::ImportDataset, request, call).dataset();
+}
 
-  v1::DatasetInfo Client::ImportDataset(const v1::ImportDatasetRequest& request, CallOptions call) {
-    return Unary(*stub_, &v1::Dropnet::Stub::ImportDataset, request, call).dataset();
-  }
+std::vector<v1::DatasetInfo> Client::ListDatasets(CallOptions call) {
+  const auto resp =
+      Unary(*stub_, &v1::Dropnet::Stub::ListDatasets, v1::ListDatasetsRequest(), call);
+  return {resp.datasets().begin(), resp.datasets().end()};
+}
 
-  std::vector<v1::DatasetInfo> Client::ListDatasets(CallOptions call) {
-    const auto resp =
-        Unary(*stub_, &v1::Dropnet::Stub::ListDatasets, v1::ListDatasetsRequest(), call);
-    return {resp.datasets().begin(), resp.datasets().end()};
-  }
+std::vector<v1::DatasetInfo> Client::SplitDataset(const v1::SplitDatasetRequest& request,
+                                                  CallOptions call) {
+  const auto r = Unary(*stub_, &v1::Dropnet::Stub::SplitDataset, request, call);
+  return {r.datasets().begin(), r.datasets().end()};
+}
 
-  void Client::DeleteDataset(const std::string& name, CallOptions call) {
-    v1::DeleteDatasetRequest req;
-    req.set_name(name);
-    Unary(*stub_, &v1::Dropnet::Stub::DeleteDataset, req, call);
-  }
+void Client::DeleteDataset(const std::string& name, CallOptions call) {
+  v1::DeleteDatasetRequest req;
+  req.set_name(name);
+  Unary(*stub_, &v1::Dropnet::Stub::DeleteDataset, req, call);
+}
 
-  v1::TrainEvent Client::Train(const v1::TrainRequest& request,
-                               const std::function<void(const v1::TrainEvent&)>& on_event,
-                               const std::function<bool()>& cancel, CallOptions call) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, call, /*streaming=*/true);
-    std::atomic<bool> done{false};
-    std::thread watcher;
-    if (cancel) {
-      watcher = std::thread([&] {
-        while (!done.load()) {
-          if (cancel()) {
-            ctx.TryCancel();
-            return;
-          }
-          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+v1::TrainEvent Client::Train(const v1::TrainRequest& request,
+                             const std::function<void(const v1::TrainEvent&)>& on_event,
+                             const std::function<bool()>& cancel, CallOptions call) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, call, /*streaming=*/true);
+  std::atomic<bool> done{false};
+  std::thread watcher;
+  if (cancel) {
+    watcher = std::thread([&] {
+      while (!done.load()) {
+        if (cancel()) {
+          ctx.TryCancel();
+          return;
         }
-      });
-    }
-    auto reader = stub_->Train(&ctx, request);
-    v1::TrainEvent event, last;
-    while (reader->Read(&event)) {
-      last = event;
-      if (on_event) on_event(event);
-    }
-    grpc::Status status = reader->Finish();
-    done = true;
-    if (watcher.joinable()) watcher.join();
-    Check(status);
-    return last;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    });
   }
-
-  v1::PredictResponse Client::Predict(const std::string& model, const Matrix& inputs,
-                                      CallOptions call) {
-    return Predict(model, std::string(), inputs, call);
+  auto reader = stub_->Train(&ctx, request);
+  v1::TrainEvent event, last;
+  while (reader->Read(&event)) {
+    last = event;
+    if (on_event) on_event(event);
   }
+  grpc::Status status = reader->Finish();
+  done = true;
+  if (watcher.joinable()) watcher.join();
+  Check(status);
+  return last;
+}
 
-  v1::PredictResponse Client::Predict(const std::string& model, const std::string& version,
-                                      const Matrix& inputs, CallOptions call) {
-    v1::PredictRequest req;
-    req.set_model(model);
-    req.set_version(version);
-    ToTensor(inputs, req.mutable_inputs());
-    return Predict(req, call);
+v1::PredictResponse Client::Predict(const std::string& model, const Matrix& inputs,
+                                    CallOptions call) {
+  return Predict(model, std::string(), inputs, call);
+}
+
+v1::PredictResponse Client::Predict(const std::string& model, const std::string& version,
+                                    const Matrix& inputs, CallOptions call) {
+  v1::PredictRequest req;
+  req.set_model(model);
+  req.set_version(version);
+  ToTensor(inputs, req.mutable_inputs());
+  return Predict(req, call);
+}
+
+v1::PredictResponse Client::Predict(const v1::PredictRequest& request, CallOptions call) {
+  return Unary(*stub_, &v1::Dropnet::Stub::Predict, request, call);
+}
+
+grpc::ByteBuffer Client::Serialize(const v1::PredictRequest& request) {
+  grpc::ByteBuffer buffer;
+  bool own_buffer = false;
+  grpc::Status s =
+      grpc::SerializationTraits<v1::PredictRequest>::Serialize(request, &buffer, &own_buffer);
+  if (!s.ok()) throw ClientError(s.error_code(), "serialising the request: " + s.error_message());
+  return buffer;
+}
+
+v1::PredictResponse Client::Predict(const grpc::ByteBuffer& serialized_request, CallOptions call) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, call);
+  v1::PredictResponse resp;
+  Check(grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, v1::PredictResponse>(
+      channel_.get(), raw_->predict, &ctx, serialized_request, &resp));
+  return resp;
+}
+
+v1::PredictUncertaintyResponse Client::PredictUncertainty(const std::string& model,
+                                                          const Matrix& inputs,
+                                                          const UncertaintyOptions& options,
+                                                          CallOptions call) {
+  v1::PredictUncertaintyRequest req;
+  req.set_model(model);
+  ToTensor(inputs, req.mutable_inputs());
+  req.set_samples(options.samples);
+  if (options.seed) req.set_seed(*options.seed);
+  req.set_return_samples(options.return_samples);
+  req.set_interval(options.interval);
+  req.set_version(options.version);
+  return PredictUncertainty(req, call);
+}
+
+v1::PredictUncertaintyResponse Client::PredictUncertainty(
+    const v1::PredictUncertaintyRequest& request, CallOptions call) {
+  return Unary(*stub_, &v1::Dropnet::Stub::PredictUncertainty, request, call);
+}
+
+v1::EvaluateResponse Client::Evaluate(const v1::EvaluateRequest& request, CallOptions call) {
+  return Unary(*stub_, &v1::Dropnet::Stub::Evaluate, request, call);
+}
+
+// ---- Conversions ----
+
+void ToTensor(const Matrix& m, v1::Tensor* out) {
+  out->Clear();
+  out->add_shape(m.rows());
+  out->add_shape(m.cols());
+  out->mutable_values()->Add(m.data(), m.data() + m.size());
+}
+
+Matrix ToMatrix(const v1::Tensor& t) {
+  if (t.shape().empty()) return Matrix();
+  int64_t rows = t.shape(0), cols = 1;
+  for (int i = 1; i < t.shape_size(); ++i) cols *= t.shape(i);
+  if (t.shape_size() == 1) cols = 1;
+  if (rows * cols != t.values_size()) {
+    throw std::runtime_error("tensor values do not match its shape");
   }
+  return Eigen::Map<const Matrix>(t.values().data(), rows, cols);
+}
 
-  v1::PredictResponse Client::Predict(const v1::PredictRequest& request, CallOptions call) {
-    return Unary(*stub_, &v1::Dropnet::Stub::Predict, request, call);
+CsvTable ReadCsvFile(const std::string& path, const std::string& drop_column) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot read CSV file '" + path + "'");
+  dataio::CsvOptions options;
+  options.label_column = drop_column;
+  dataio::CsvTable csv;
+  try {
+    csv = dataio::ReadCsv(in, options);
+  } catch (const dataio::DataError& e) {
+    throw std::runtime_error(path + ": " + e.what());
   }
+  CsvTable t;
+  t.header = std::move(csv.feature_names);
+  t.values =
+      Eigen::Map<const Matrix>(csv.values.data(), csv.rows, static_cast<int64_t>(t.header.size()));
+  return t;
+}
 
-  grpc::ByteBuffer Client::Serialize(const v1::PredictRequest& request) {
-    grpc::ByteBuffer buffer;
-    bool own_buffer = false;
-    grpc::Status s =
-        grpc::SerializationTraits<v1::PredictRequest>::Serialize(request, &buffer, &own_buffer);
-    if (!s.ok()) throw ClientError(s.error_code(), "serialising the request: " + s.error_message());
-    return buffer;
+v1::ModelSpec ReadSpecFile(const std::string& path) {
+  const std::string json = ReadFile(path, "model spec");
+  v1::ModelSpec spec;
+  auto status = google::protobuf::util::JsonStringToMessage(json, &spec);
+  if (!status.ok()) {
+    throw std::runtime_error("model spec '" + path + "' is not valid: " + status.ToString());
   }
-
-  v1::PredictResponse Client::Predict(const grpc::ByteBuffer& serialized_request,
-                                      CallOptions call) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, call);
-    v1::PredictResponse resp;
-    Check(grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, v1::PredictResponse>(
-        channel_.get(), raw_->predict, &ctx, serialized_request, &resp));
-    return resp;
-  }
-
-  v1::PredictUncertaintyResponse Client::PredictUncertainty(
-      const std::string& model, const Matrix& inputs, const UncertaintyOptions& options,
-      CallOptions call) {
-    v1::PredictUncertaintyRequest req;
-    req.set_model(model);
-    ToTensor(inputs, req.mutable_inputs());
-    req.set_samples(options.samples);
-    if (options.seed) req.set_seed(*options.seed);
-    req.set_return_samples(options.return_samples);
-    req.set_interval(options.interval);
-    req.set_version(options.version);
-    return PredictUncertainty(req, call);
-  }
-
-  v1::PredictUncertaintyResponse Client::PredictUncertainty(
-      const v1::PredictUncertaintyRequest& request, CallOptions call) {
-    return Unary(*stub_, &v1::Dropnet::Stub::PredictUncertainty, request, call);
-  }
-
-  v1::EvaluateResponse Client::Evaluate(const v1::EvaluateRequest& request, CallOptions call) {
-    return Unary(*stub_, &v1::Dropnet::Stub::Evaluate, request, call);
-  }
-
-  // ---- Conversions ----
-
-  void ToTensor(const Matrix& m, v1::Tensor* out) {
-    out->Clear();
-    out->add_shape(m.rows());
-    out->add_shape(m.cols());
-    out->mutable_values()->Add(m.data(), m.data() + m.size());
-  }
-
-  Matrix ToMatrix(const v1::Tensor& t) {
-    if (t.shape().empty()) return Matrix();
-    int64_t rows = t.shape(0), cols = 1;
-    for (int i = 1; i < t.shape_size(); ++i) cols *= t.shape(i);
-    if (t.shape_size() == 1) cols = 1;
-    if (rows * cols != t.values_size()) {
-      throw std::runtime_error("tensor values do not match its shape");
-    }
-    return Eigen::Map<const Matrix>(t.values().data(), rows, cols);
-  }
-
-  CsvTable ReadCsvFile(const std::string& path, const std::string& drop_column) {
-    std::ifstream in(path);
-    if (!in) throw std::runtime_error("cannot read CSV file '" + path + "'");
-    dataio::CsvOptions options;
-    options.label_column = drop_column;
-    dataio::CsvTable csv;
-    try {
-      csv = dataio::ReadCsv(in, options);
-    } catch (const dataio::DataError& e) {
-      throw std::runtime_error(path + ": " + e.what());
-    }
-    CsvTable t;
-    t.header = std::move(csv.feature_names);
-    t.values = Eigen::Map<const Matrix>(csv.values.data(), csv.rows,
-                                        static_cast<int64_t>(t.header.size()));
-    return t;
-  }
-
-  v1::ModelSpec ReadSpecFile(const std::string& path) {
-    const std::string json = ReadFile(path, "model spec");
-    v1::ModelSpec spec;
-    auto status = google::protobuf::util::JsonStringToMessage(json, &spec);
-    if (!status.ok()) {
-      throw std::runtime_error("model spec '" + path + "' is not valid: " + status.ToString());
-    }
-    return spec;
-  }
+  return spec;
+}
 
 }  // namespace dropnet::client

@@ -119,6 +119,9 @@ class Client {
   v1::DatasetInfo ImportDataset(const v1::ImportDatasetRequest& request, CallOptions call = {});
   std::vector<v1::DatasetInfo> ListDatasets(CallOptions call = {});
   void DeleteDataset(const std::string& name, CallOptions call = {});
+  // The new data sets, in the order of the request's fractions.
+  std::vector<v1::DatasetInfo> SplitDataset(const v1::SplitDatasetRequest& request,
+                                            CallOptions call = {});
 
   // Streams training events to on_event until the server ends the stream. `cancel` (polled from
   // a watcher thread) cancels the call; the server keeps the last published version. Returns the

@@ -103,6 +103,22 @@ Table ModelsTable(const std::vector<v1::ModelInfo>& models) {
   return t;
 }
 
+namespace {
+// How the model transforms a request's inputs, in one line.
+std::string InputTransformText(const v1::ModelInfo& m) {
+  std::string s;
+  if (m.input_scale() != 0 && m.input_scale() != 1.0f) {
+    s = "x * " + std::to_string(m.input_scale());
+    if (std::abs(m.input_scale() * 255.0f - 1.0f) < 1e-6f) s += " (1/255: send raw 0..255 pixels)";
+  }
+  if (m.input_standardization().mean_size() > 0) {
+    s += std::string(s.empty() ? "" : ", then ") + "standardised per feature (" +
+         std::to_string(m.input_standardization().mean_size()) + " means and scales)";
+  }
+  return s.empty() ? "as given" : s;
+}
+}  // namespace
+
 void PrintModel(const v1::ModelInfo& m, Format f) {
   if (f == Format::kJson) {
     std::cout << Json(m) << "\n";
@@ -126,6 +142,14 @@ void PrintModel(const v1::ModelInfo& m, Format f) {
     for (int i = 0; i < m.class_names_size(); ++i)
       std::cout << (i ? ", " : " ") << m.class_names(i);
     std::cout << "\n";
+  }
+  std::cout << "inputs      " << InputTransformText(m) << "\n";
+  if (m.target_standardization().mean_size() > 0) {
+    std::cout << "targets     standardised, answers in the target's units (mean";
+    for (float v : m.target_standardization().mean()) std::cout << " " << v;
+    std::cout << ", scale";
+    for (float v : m.target_standardization().scale()) std::cout << " " << v;
+    std::cout << ")\n";
   }
   std::cout << "layers\n";
   for (int i = 0; i < m.spec().layers_size(); ++i) {

@@ -62,7 +62,15 @@ int Demo(dc::Client& c, const std::string& data_dir) {
   }
   const int64_t n = std::min<int64_t>(300, test.count);
   dc::Matrix x(n, 28 * 28);
-  dataio::ScalePixels(test, n, x.data());
+  // The model's input is what the data set's file held: raw 0..255 pixels, which a model trained
+  // on an IDX import scales itself (GetModel's input_scale, 1/255). A model without a recorded
+  // scale (trained on pixels scaled beforehand) gets them scaled here.
+  if (info.input_scale() != 0 && info.input_scale() != 1.0f) {
+    const auto* p = reinterpret_cast<const unsigned char*>(test.pixels.data());
+    for (int64_t k = 0; k < x.size(); ++k) x.data()[k] = static_cast<float>(p[k]);
+  } else {
+    dataio::ScalePixels(test, n, x.data());
+  }
   dc::UncertaintyOptions o;
   o.samples = 100;
   o.seed = 7;

@@ -91,7 +91,11 @@ struct Args {
   // data
   bool overwrite = false;
   int64_t limit = 0;
-  CLI::App *d_upload = nullptr, *d_import = nullptr, *d_list = nullptr, *d_delete = nullptr;
+  CLI::App *d_upload = nullptr, *d_import = nullptr, *d_list = nullptr, *d_delete = nullptr,
+           *d_split = nullptr;
+  std::vector<double> fractions = {0.8, 0.2};
+  std::vector<std::string> split_names;
+  uint64_t split_seed = 0;
   // train
   std::string optimizer = "adam", data_name;
   int epochs = 10, batch = 128, patience = 0;
@@ -216,6 +220,16 @@ void AddDataCommands(CLI::App& app, Args& a) {
   a.d_list = data->add_subcommand("list", "all data sets");
   a.d_delete = data->add_subcommand("delete", "delete a data set");
   a.d_delete->add_option("name", a.name)->required();
+  a.d_split = data->add_subcommand(
+      "split", "cut a stored data set into new ones (default NAME-train and NAME-test)");
+  a.d_split->add_option("name", a.name)->required();
+  a.d_split->add_option("--fractions", a.fractions, "one per part, summing to 1")
+      ->delimiter(',')
+      ->capture_default_str();
+  a.d_split->add_option("--seed", a.split_seed, "row shuffle seed")->capture_default_str();
+  a.d_split->add_option("--names", a.split_names, "names of the parts, comma-separated")
+      ->delimiter(',');
+  a.d_split->add_flag("--overwrite", a.overwrite, "replace data sets of those names");
 }
 
 void AddTrainCommand(CLI::App& app, Args& a) {
@@ -427,6 +441,17 @@ std::optional<int> RunStoreCommand(dc::Client& c, const Args& a, cli::Format f) 
     return 0;
   }
   if (*a.d_list) return cli::DatasetsTable(c.ListDatasets()).Print(std::cout, f), 0;
+  if (*a.d_split) {
+    v1::SplitDatasetRequest r;
+    r.set_name(a.name);
+    for (double v : a.fractions) r.add_fractions(v);
+    for (const auto& n : a.split_names) r.add_output_names(n);
+    r.set_seed(a.split_seed);
+    r.set_overwrite(a.overwrite);
+    return cli::DatasetsTable(c.SplitDataset(r, dc::CallOptions{std::chrono::minutes(10)}))
+               .Print(std::cout, f),
+           0;
+  }
   if (*a.d_delete) {
     c.DeleteDataset(a.name);
     std::cout << "deleted data set '" << a.name << "'\n";

@@ -27,6 +27,9 @@ struct Dataset {
   std::vector<std::string> feature_names;  // CSV header, when read from CSV
   std::vector<std::string> class_names;    // string labels, in index order, when the CSV had them
   std::string target_name;
+  // The model's units are x * input_scale: x holds the values as the file had them (IDX images
+  // are read scaled, 1; the service keeps raw pixels with 1/255).
+  float input_scale = 1.0f;
 
   int64_t rows() const { return x.rows(); }
 };

@@ -337,6 +337,30 @@ engine::Matrix FromTensor(const v1::Tensor& t, int64_t row_size, const char* fie
   return m;
 }
 
+void ToStandardization(const engine::Standardizer& s, v1::Standardization* out) {
+  out->Clear();
+  if (s.empty()) return;
+  out->mutable_mean()->Add(s.mean.data(), s.mean.data() + s.mean.size());
+  out->mutable_scale()->Add(s.scale.data(), s.scale.data() + s.scale.size());
+}
+
+engine::Standardizer FromStandardization(const v1::Standardization& st, int64_t width,
+                                         const std::string& field) {
+  engine::Standardizer s;
+  if (st.mean_size() == 0 && st.scale_size() == 0) return s;
+  const int64_t n = st.mean_size();
+  if (st.scale_size() != n || (width >= 0 && n != width)) {
+    throw InvalidArgument("checkpoint " + field + " does not match the " +
+                          (width >= 0 ? "input" : "target") + " width");
+  }
+  s.mean = Eigen::Map<const engine::RowVector>(st.mean().data(), n);
+  s.scale = Eigen::Map<const engine::RowVector>(st.scale().data(), n);
+  if (!s.mean.allFinite() || !s.scale.allFinite() || !(s.scale.array() > 0).all()) {
+    throw InvalidArgument("checkpoint " + field + " needs finite means and positive scales");
+  }
+  return s;
+}
+
 void ToCheckpoint(const Snapshot& s, v1::Checkpoint* out) {
   out->Clear();
   out->set_model(s.model);
@@ -356,13 +380,9 @@ void ToCheckpoint(const Snapshot& s, v1::Checkpoint* out) {
       ToTensor(p.value, t->mutable_value());
     }
   }
-  if (!s.standardizer.empty()) {
-    auto* st = out->mutable_standardization();
-    st->mutable_mean()->Add(s.standardizer.mean.data(),
-                            s.standardizer.mean.data() + s.standardizer.mean.size());
-    st->mutable_scale()->Add(s.standardizer.scale.data(),
-                             s.standardizer.scale.data() + s.standardizer.scale.size());
-  }
+  ToStandardization(s.standardizer, out->mutable_standardization());
+  if (s.input_scale != 1.0f) out->set_input_scale(s.input_scale);
+  ToStandardization(s.target_standardizer, out->mutable_target_standardization());
   out->set_steps(s.steps);
   for (const auto& h : s.history) *out->add_history() = h;
   out->set_created_unix_ms(s.created_unix_ms);
@@ -418,18 +438,16 @@ std::shared_ptr<Snapshot> FromCheckpoint(const v1::Checkpoint& c, const SpecLimi
   LoadTensors(c.parameters(), &s->net, false);
   LoadTensors(c.buffers(), &s->net, true);
   s->version = c.version();
-  const auto& st = c.standardization();
-  if (st.mean_size() > 0) {
-    const int64_t n = s->net.input_shape().Size();
-    if (st.mean_size() != n || st.scale_size() != n) {
-      throw InvalidArgument("checkpoint standardization does not match the input width");
+  s->standardizer =
+      FromStandardization(c.standardization(), s->net.input_shape().Size(), "standardization");
+  s->target_standardizer =
+      FromStandardization(c.target_standardization(), -1, "target_standardization");
+  if (c.input_scale() != 0) {
+    if (!(std::isfinite(c.input_scale()) && c.input_scale() > 0)) {
+      throw InvalidArgument("checkpoint input_scale must be finite and positive, got " +
+                            std::to_string(c.input_scale()));
     }
-    s->standardizer.mean = Eigen::Map<const engine::RowVector>(st.mean().data(), n);
-    s->standardizer.scale = Eigen::Map<const engine::RowVector>(st.scale().data(), n);
-    if (!s->standardizer.mean.allFinite() || !s->standardizer.scale.allFinite() ||
-        !(s->standardizer.scale.array() > 0).all()) {
-      throw InvalidArgument("checkpoint standardization needs finite means and positive scales");
-    }
+    s->input_scale = c.input_scale();
   }
   s->steps = c.steps();
   s->history.assign(c.history().begin(), c.history().end());
@@ -449,6 +467,7 @@ void ToStored(const engine::Dataset& d, const std::string& name, v1::StoredDatas
   out->set_num_classes(d.num_classes);
   for (const auto& f : d.feature_names) out->add_feature_names(f);
   for (const auto& c : d.class_names) out->add_class_names(c);
+  if (d.input_scale != 1.0f) out->set_input_scale(d.input_scale);
 }
 
 engine::Dataset FromStored(const v1::StoredDataset& s) {
@@ -487,6 +506,10 @@ engine::Dataset FromStored(const v1::StoredDataset& s) {
   }
   d.feature_names.assign(s.feature_names().begin(), s.feature_names().end());
   d.class_names.assign(s.class_names().begin(), s.class_names().end());
+  if (s.input_scale() != 0) {
+    if (!(std::isfinite(s.input_scale()) && s.input_scale() > 0)) bad("has a bad input_scale");
+    d.input_scale = s.input_scale();
+  }
   return d;
 }
 

@@ -37,6 +37,12 @@ std::shared_ptr<Snapshot> NewSnapshot(const std::string& name, const v1::ModelSp
 void ToCheckpoint(const Snapshot& s, v1::Checkpoint* out);
 std::shared_ptr<Snapshot> FromCheckpoint(const v1::Checkpoint& c, const SpecLimits& limits);
 
+// Standardisation <-> its message (empty: none). FromStandardization checks the width (when
+// width >= 0), finite means and positive scales, naming `field`.
+void ToStandardization(const engine::Standardizer& s, v1::Standardization* out);
+engine::Standardizer FromStandardization(const v1::Standardization& st, int64_t width,
+                                         const std::string& field);
+
 // A batch tensor -> rows x row_size. Throws InvalidArgument naming `field` for an empty batch, a
 // shape whose per-row size differs from row_size, a value count that does not match the shape,
 // or a NaN/Inf value (with its row and column).

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "server/service/handler_common.h"
+#include "server/service/transform.h"
 
 namespace dropnet::service {
 
@@ -295,6 +296,7 @@ grpc::Status DropnetService::ImportDataset(grpc::ServerContext* ctx,
              "path '" + req->path() + "' is not a .csv file; an IDX import needs label_path");
       }
       d = engine::LoadIdx(file.string(), resolve(req->label_path(), "label_path").string());
+      KeepRawPixels(&d);
     }
     if (req->limit() > 0 && req->limit() < d.rows()) {
       std::vector<int64_t> rows(req->limit());

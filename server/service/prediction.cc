@@ -5,6 +5,7 @@
 
 #include "server/engine/random.h"
 #include "server/service/status.h"
+#include "server/service/transform.h"
 
 namespace dropnet::service {
 
@@ -13,7 +14,7 @@ using grpc::StatusCode;
 
 namespace {
 
-// Reads a request batch, checks its size and applies the model's standardisation.
+// Reads a request batch, checks its size and applies the model's input transform (transform.h).
 Matrix ReadInputs(const Snapshot& s, const WireTensor& inputs, int64_t max_rows,
                   const char* field) {
   if (!inputs.shape.empty() && inputs.shape[0] > max_rows) {
@@ -22,7 +23,7 @@ Matrix ReadInputs(const Snapshot& s, const WireTensor& inputs, int64_t max_rows,
                                              " rows, the limit is " + std::to_string(max_rows));
   }
   Matrix x = inputs.ToMatrix(s.net.input_shape().Size(), field);
-  s.standardizer.Apply(&x);
+  ApplyInputTransform(s, &x);
   return x;
 }
 
@@ -82,6 +83,9 @@ Prediction RunPrediction(const Snapshot& snap, const WireTensor& inputs, const P
     p.rows = x.rows();
     p.output = engine::PredictEval(snap.net, snap.task, snap.loss, x, threads, nullptr, nullptr,
                                    &p.variance);
+    if (snap.task == engine::Task::kRegression) {
+      UnstandardizeOutputs(snap.target_standardizer, &p.output, &p.variance);
+    }
     return p;
   }
   p.options = MonteCarloOptions(q, config, snap, threads, should_stop);
@@ -96,6 +100,7 @@ Prediction RunPrediction(const Snapshot& snap, const WireTensor& inputs, const P
   }
   p.options.keep_samples = q.keep_samples;
   p.mc = engine::MonteCarloPredict(snap.net, snap.task, snap.loss, x, p.options);
+  if (snap.task == engine::Task::kRegression) UnstandardizeMc(snap.target_standardizer, &p.mc);
   return p;
 }
 

@@ -483,6 +483,9 @@ void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
     if (pruned >= 0) (*info->mutable_pruned_fraction())[i] = pruned;
   }
   for (const auto& c : s.class_names) info->add_class_names(c);
+  info->set_input_scale(s.input_scale);
+  ToStandardization(s.standardizer, info->mutable_input_standardization());
+  ToStandardization(s.target_standardizer, info->mutable_target_standardization());
   std::lock_guard lock(mu_);
   auto it = models_.find(s.model);
   if (it == models_.end()) return;

@@ -15,6 +15,7 @@
 
 #include "server/engine/thread_pool.h"
 #include "server/service/status.h"
+#include "server/service/transform.h"
 
 namespace dropnet::service {
 
@@ -252,6 +253,8 @@ void Server::Bootstrap() {
         engine::LoadIdx(train_images.string(), (dir / "train-labels-idx1-ubyte.gz").string());
     auto test = engine::LoadIdx((dir / "t10k-images-idx3-ubyte.gz").string(),
                                 (dir / "t10k-labels-idx1-ubyte.gz").string());
+    KeepRawPixels(&train);
+    KeepRawPixels(&test);
     registry_->PutDataset("fashion-mnist-train", std::move(train), "example", true);
     registry_->PutDataset("fashion-mnist-test", std::move(test), "example", true);
     v1::ModelSpec spec;

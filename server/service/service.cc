@@ -13,6 +13,7 @@
 #include "server/service/handler_common.h"
 #include "server/service/prediction.h"
 #include "server/service/request_wire.h"
+#include "server/service/transform.h"
 
 namespace dropnet::service {
 
@@ -359,6 +360,7 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
     log.mode = ModeOf(req->mode());
     SnapshotPtr snap = registry_->Resolve(req->model(), req->version());
     log.version = snap->version;
+    const bool classify = snap->task == engine::Task::kClassification;
     const auto entry = registry_->GetDataset(req->dataset());
     CheckDataFits(*snap, *entry.data, req->dataset());
     if (req->limit() < 0) Fail(StatusCode::INVALID_ARGUMENT, "limit must be >= 0");
@@ -368,11 +370,14 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
     }
     const int64_t rows =
         req->limit() > 0 ? std::min(req->limit(), entry.data->rows()) : entry.data->rows();
-    Matrix x = entry.data->x.topRows(rows);
+    const Matrix x = DatasetInputs(*snap, *entry.data, rows);
     const Matrix y = entry.data->y.topRows(rows);
-    snap->standardizer.Apply(&x);
+    // A regression model with a target standardisation answers in the target's units; the MC
+    // log-likelihood is computed on standardised targets and gets the Jacobian term.
+    const engine::Standardizer& target = snap->target_standardizer;
+    Matrix y_net = y;
+    if (!classify) StandardizeTargets(target, &y_net);
     log.rows = rows;
-    const bool classify = snap->task == engine::Task::kClassification;
     Matrix mean, var;
     double ll_sum = 0;
     const bool mc = req->mode() == v1::EVAL_MODE_MONTE_CARLO;
@@ -415,10 +420,11 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
       for (int64_t r0 = 0; r0 < rows; r0 += kBatch) {
         stop_if_asked();
         const int64_t n = std::min(kBatch, rows - r0);
-        const Matrix yb = y.middleRows(r0, n);
+        const Matrix yb = y_net.middleRows(r0, n);
         mo.targets = want_ll ? &yb : nullptr;
         auto r =
             engine::MonteCarloPredict(snap->net, snap->task, snap->loss, x.middleRows(r0, n), mo);
+        if (!classify) UnstandardizeMc(target, &r);
         if (r0 == 0) mean.resize(rows, r.mean.cols());
         mean.middleRows(r0, n) = r.mean;
         if (want_ll) ll_sum += r.log_likelihood.sum();
@@ -438,7 +444,14 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
       resp->set_ece(m.ece);
       AddReliability(m.reliability, resp);
     } else {
-      auto m = engine::ScoreRegression(mean, y, var, snap->tau);
+      double tau = snap->tau;
+      if (!mc && !target.empty()) {
+        // Eval mode's variances (a Gaussian head's, or 1/tau) in the target's units.
+        if (var.size() == 0 && tau > 0) var = Matrix::Constant(rows, mean.cols(), 1.0f / tau);
+        UnstandardizeOutputs(target, &mean, &var);
+        tau = 0;
+      }
+      auto m = engine::ScoreRegression(mean, y, var, tau);
       resp->set_rmse(m.rmse);
       if (!mc) resp->set_log_likelihood(m.log_likelihood);
     }

@@ -104,6 +104,9 @@ class DropnetService final : public DropnetServiceBase {
                             v1::ListDatasetsResponse*) override;
   grpc::Status DeleteDataset(grpc::ServerContext*, const v1::DeleteDatasetRequest*,
                              v1::DeleteDatasetResponse*) override;
+  // dataset_split.cc.
+  grpc::Status SplitDataset(grpc::ServerContext*, const v1::SplitDatasetRequest*,
+                            v1::SplitDatasetResponse*) override;
   // Training and prediction.
   grpc::Status Train(grpc::ServerContext*, const v1::TrainRequest*,
                      grpc::ServerWriter<v1::TrainEvent>*) override;

@@ -24,7 +24,11 @@ struct Snapshot {
   engine::Task task = engine::Task::kClassification;
   engine::LossKind loss = engine::LossKind::kCrossEntropy;
   double tau = 0;
+  // Inputs: x' = standardizer(x * input_scale); regression outputs: target_standardizer's
+  // mean + scale * output (transform.h).
+  float input_scale = 1.0f;
   engine::Standardizer standardizer;
+  engine::Standardizer target_standardizer;
   int64_t steps = 0;
   std::vector<v1::EpochRecord> history;
   int64_t created_unix_ms = 0;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "server/service/handler_common.h"
+#include "server/service/transform.h"
 
 namespace dropnet::service {
 
@@ -78,7 +79,9 @@ class TrainingJob {
         base_(std::move(base)),
         lease_(std::move(lease)),
         sink_(sink),
+        input_scale_(base_->input_scale),
         standardizer_(base_->standardizer),
+        target_standardizer_(base_->target_standardizer),
         class_names_(base_->class_names),
         history_(std::move(history)),
         published_version_(base_->version),
@@ -108,7 +111,9 @@ class TrainingJob {
   const SnapshotPtr base_;
   const std::unique_ptr<Registry::TrainingLease> lease_;
   const TrainSink& sink_;
+  float input_scale_;
   engine::Standardizer standardizer_;
+  engine::Standardizer target_standardizer_;
   // The class names every version of this run carries: the data set's, when it names its classes.
   std::vector<std::string> class_names_;
   std::vector<v1::EpochRecord> history_;
@@ -161,14 +166,22 @@ grpc::Status TrainingJob::Run(const std::shared_ptr<const engine::Dataset>& data
 
 std::shared_ptr<const engine::Dataset> TrainingJob::TrainingRows(
     const std::shared_ptr<const engine::Dataset>& data) {
+  input_scale_ = data->input_scale;
+  const bool regression = base_->task == engine::Task::kRegression;
   if (req_.standardize()) {
     engine::Dataset fit_rows, unused;
     engine::TrainValidationSplit(*data, o_, &fit_rows, &unused);
+    if (input_scale_ != 1.0f) fit_rows.x *= input_scale_;
     standardizer_ = engine::Standardizer::Fit(fit_rows.x);
+    if (regression) target_standardizer_ = engine::Standardizer::Fit(fit_rows.y);
   }
-  if (standardizer_.empty()) return data;
+  const bool scale_targets = regression && !target_standardizer_.empty();
+  if (standardizer_.empty() && input_scale_ == 1.0f && !scale_targets) return data;
   auto copy = std::make_shared<engine::Dataset>(*data);
+  if (input_scale_ != 1.0f) copy->x *= input_scale_;
+  copy->input_scale = 1.0f;
   standardizer_.Apply(&copy->x);
+  if (scale_targets) StandardizeTargets(target_standardizer_, &copy->y);
   return copy;
 }
 
@@ -180,7 +193,9 @@ int64_t TrainingJob::Publish(const engine::Network& n, int64_t run_steps, const 
   next->task = base_->task;
   next->loss = base_->loss;
   next->tau = base_->tau;
+  next->input_scale = input_scale_;
   next->standardizer = standardizer_;
+  next->target_standardizer = target_standardizer_;
   next->class_names = class_names_;
   next->steps = base_->steps + run_steps;
   next->note = note;
@@ -213,8 +228,14 @@ v1::TrainEvent TrainingJob::Event(v1::TrainEvent::Kind kind, const engine::Train
   return e;
 }
 
-void TrainingJob::OnProgress(const engine::TrainProgress& p, const engine::Network& current) {
+void TrainingJob::OnProgress(const engine::TrainProgress& raw, const engine::Network& current) {
   std::atomic<bool>& cancel = lease_->cancel();
+  // RMSE in the target's units when the model learns one standardised target column.
+  engine::TrainProgress p = raw;
+  if (base_->task == engine::Task::kRegression && target_standardizer_.scale.size() == 1) {
+    p.metric *= target_standardizer_.scale(0);
+    p.val_metric *= target_standardizer_.scale(0);
+  }
   if (p.end_of_epoch) {
     v1::EpochRecord rec;
     rec.set_epoch(static_cast<int32_t>(history_.size()) + 1);

@@ -361,7 +361,9 @@ TEST_F(ServiceTest, ImportDatasetIdxGzipped) {
       (std::vector<int>{1, 2, 3}));
   EXPECT_EQ(resp.dataset().num_classes(), 4);
   const auto entry = server_->registry().GetDataset("idx");
-  EXPECT_FLOAT_EQ(entry.data->x(2, 5), static_cast<float>((2 * 6 + 5) * 7 % 256) / 255.0f);
+  // Stored as the file holds them, raw pixels, with the scale a model applies to them.
+  EXPECT_EQ(entry.data->x(2, 5), static_cast<float>((2 * 6 + 5) * 7 % 256));
+  EXPECT_EQ(entry.data->input_scale, 1.0f / 255.0f);
   EXPECT_EQ(entry.data->y(5, 0), 1.0f);
 
   // An image model trains on it and predicts [N, 1, 2, 3] batches.
