@@ -235,7 +235,7 @@ def test_errors_map_to_codes(server, oip):
         req = infer_request(pb2, ROWS)
         req.model_version = "999"
         stub.ModelInfer(req, metadata=AUTH)
-    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "available" in e.value.details()
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "no version 999" in e.value.details()
     with pytest.raises(grpc.RpcError) as e:
         stub.ModelInfer(infer_request(pb2, ROWS))  # no token
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -242,26 +242,20 @@ TEST(InferConvertTest, ResolvesVersionStrings) {
   EXPECT_EQ(ResolveModelVersion(registry, "m", "1")->version, 1);
   registry.SetLabel("m", "stable", 1);
   EXPECT_EQ(ResolveModelVersion(registry, "m", "stable")->version, 1);
-  try {
-    ResolveModelVersion(registry, "m", "7");
-    ADD_FAILURE();
-  } catch (const ServiceError& e) {
-    EXPECT_EQ(e.code(), grpc::StatusCode::NOT_FOUND);
-    EXPECT_NE(std::string(e.what()).find("has no version 7"), std::string::npos) << e.what();
-  }
-  try {
-    ResolveModelVersion(registry, "m", "latest");
-    ADD_FAILURE();
-  } catch (const ServiceError& e) {
-    EXPECT_EQ(e.code(), grpc::StatusCode::NOT_FOUND);
-    EXPECT_NE(std::string(e.what()).find("label 'latest'"), std::string::npos) << e.what();
-  }
-  try {
-    ResolveModelVersion(registry, "nope", "");
-    ADD_FAILURE();
-  } catch (const ServiceError& e) {
-    EXPECT_EQ(e.code(), grpc::StatusCode::NOT_FOUND);
-  }
+  // The code and a part of the message of resolving `version` of `model`.
+  const auto expect_error = [&](const std::string& model, const std::string& version,
+                                grpc::StatusCode code, const std::string& part) {
+    try {
+      ResolveModelVersion(registry, model, version);
+      ADD_FAILURE() << model << " '" << version << "' resolved";
+    } catch (const ServiceError& e) {
+      EXPECT_EQ(e.code(), code) << e.what();
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_error("m", "7", grpc::StatusCode::NOT_FOUND, "has no version 7");
+  expect_error("m", "latest", grpc::StatusCode::NOT_FOUND, "label 'latest'");
+  expect_error("nope", "", grpc::StatusCode::NOT_FOUND, "nope");
 }
 
 TEST(InferConvertTest, MetadataDescribesInputsOutputsAndStochasticLayers) {

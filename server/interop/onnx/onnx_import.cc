@@ -9,6 +9,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "server/engine/tensor.h"
@@ -47,6 +48,9 @@ class Importer {
   std::vector<int64_t> IntsAttr(const onnx::NodeProto& node, const char* name) const;
   void CheckNoOtherAttributes(const onnx::NodeProto& node,
                               const std::set<std::string>& known) const;
+  // The stride and padding of a Conv or pool node, which dropnet takes as one value for every
+  // dimension and side: auto_pad NOTSET, dilations 1, equal strides, equal pads.
+  std::pair<int64_t, int64_t> UniformStrideAndPad(const onnx::NodeProto& node) const;
   // Adds a layer and makes `out` the data value with per-row shape `shape`.
   v1::LayerSpec* AddLayer(const std::string& type, const std::vector<int64_t>& shape);
   void AddTensor(bool buffer, const std::string& name, int64_t rows, int64_t cols,
@@ -241,6 +245,22 @@ void Importer::Dense(const onnx::NodeProto& node, bool matmul) {
   if (matmul) matmul_layer_ = out_.spec().layers_size() - 1;
 }
 
+std::pair<int64_t, int64_t> Importer::UniformStrideAndPad(const onnx::NodeProto& node) const {
+  const auto* auto_pad = FindAttribute(node, "auto_pad");
+  if (auto_pad && auto_pad->s() != "NOTSET") Fail(node, "auto_pad must be NOTSET");
+  for (int64_t d : IntsAttr(node, "dilations"))
+    if (d != 1) Fail(node, "dilations other than 1 are not supported");
+  const std::vector<int64_t> strides = IntsAttr(node, "strides");
+  const std::vector<int64_t> pads = IntsAttr(node, "pads");
+  const int64_t stride = strides.empty() ? 1 : strides[0];
+  const int64_t pad = pads.empty() ? 0 : pads[0];
+  for (int64_t s : strides)
+    if (s != stride) Fail(node, "strides must be equal in every dimension");
+  for (int64_t p : pads)
+    if (p != pad) Fail(node, "pads must be equal on every side");
+  return {stride, pad};
+}
+
 void Importer::Conv(const onnx::NodeProto& node) {
   CheckNoOtherAttributes(node,
                          {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"});
@@ -252,22 +272,11 @@ void Importer::Conv(const onnx::NodeProto& node) {
   if (w.dims.size() != spatial + 2 || w.dims[1] != cur_.shape[0]) {
     Fail(node, "weight shape does not match " + std::to_string(cur_.shape[0]) + " input channels");
   }
-  const auto* auto_pad = FindAttribute(node, "auto_pad");
-  if (auto_pad && auto_pad->s() != "NOTSET") Fail(node, "auto_pad must be NOTSET");
   if (IntAttr(node, "group", 1) != 1) Fail(node, "grouped convolutions are not supported");
-  for (int64_t d : IntsAttr(node, "dilations"))
-    if (d != 1) Fail(node, "dilations other than 1 are not supported");
+  const auto [stride, pad] = UniformStrideAndPad(node);
   const int64_t k = w.dims[2];
   for (size_t d = 2; d < w.dims.size(); ++d)
     if (w.dims[d] != k) Fail(node, "only square kernels are supported");
-  auto strides = IntsAttr(node, "strides");
-  auto pads = IntsAttr(node, "pads");
-  const int64_t stride = strides.empty() ? 1 : strides[0];
-  const int64_t pad = pads.empty() ? 0 : pads[0];
-  for (int64_t s : strides)
-    if (s != stride) Fail(node, "strides must be equal in every dimension");
-  for (int64_t p : pads)
-    if (p != pad) Fail(node, "pads must be equal on every side");
   const int64_t filters = w.dims[0];
   const ConstTensor* bias = OptionalConst(node, 2);
   if (bias && bias->Size() != filters) Fail(node, "bias must have one value per filter");
@@ -293,24 +302,13 @@ void Importer::Pool(const onnx::NodeProto& node, bool max) {
   if (cur_.shape.size() != 2 && cur_.shape.size() != 3) {
     Fail(node, "needs [channels, length] or [channels, height, width] rows");
   }
-  const auto* auto_pad = FindAttribute(node, "auto_pad");
-  if (auto_pad && auto_pad->s() != "NOTSET") Fail(node, "auto_pad must be NOTSET");
   if (IntAttr(node, "ceil_mode", 0) != 0) Fail(node, "ceil_mode = 1 is not supported");
   if (IntAttr(node, "storage_order", 0) != 0) Fail(node, "storage_order = 1 is not supported");
-  for (int64_t d : IntsAttr(node, "dilations"))
-    if (d != 1) Fail(node, "dilations other than 1 are not supported");
+  const auto [stride, pad] = UniformStrideAndPad(node);
   auto kernel = IntsAttr(node, "kernel_shape");
   if (kernel.size() != cur_.shape.size() - 1) Fail(node, "kernel_shape does not match the input");
   for (int64_t v : kernel)
     if (v != kernel[0]) Fail(node, "only square windows are supported");
-  auto strides = IntsAttr(node, "strides");
-  auto pads = IntsAttr(node, "pads");
-  const int64_t stride = strides.empty() ? 1 : strides[0];
-  const int64_t pad = pads.empty() ? 0 : pads[0];
-  for (int64_t s : strides)
-    if (s != stride) Fail(node, "strides must be equal in every dimension");
-  for (int64_t p : pads)
-    if (p != pad) Fail(node, "pads must be equal on every side");
   if (pad && pending_pad_) Fail(node, "padding both in a Pad node and in the pool");
   if (pad && !max && IntAttr(node, "count_include_pad", 0) == 0) {
     Fail(node, "average pooling over padding must count the padding (count_include_pad = 1)");
