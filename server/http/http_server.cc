@@ -1,6 +1,7 @@
 #include "server/http/http_server.h"
 
 #include <chrono>
+#include <map>
 #include <stdexcept>
 #include <utility>
 
@@ -50,35 +51,17 @@ std::pair<std::string, int> SplitListenAddress(const std::string& listen) {
 }
 
 int HttpStatusOf(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return 200;
-    case grpc::StatusCode::INVALID_ARGUMENT:
-    case grpc::StatusCode::OUT_OF_RANGE:
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return 400;
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return 401;
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return 403;
-    case grpc::StatusCode::NOT_FOUND:
-      return 404;
-    case grpc::StatusCode::ALREADY_EXISTS:
-    case grpc::StatusCode::ABORTED:
-      return 409;
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return 429;
-    case grpc::StatusCode::CANCELLED:
-      return 499;
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return 501;
-    case grpc::StatusCode::UNAVAILABLE:
-      return 503;
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return 504;
-    default:
-      return 500;
-  }
+  using C = grpc::StatusCode;
+  // clang-format off
+  static const std::map<C, int> kStatus = {
+      {C::OK, 200}, {C::INVALID_ARGUMENT, 400}, {C::OUT_OF_RANGE, 400},
+      {C::FAILED_PRECONDITION, 400}, {C::UNAUTHENTICATED, 401}, {C::PERMISSION_DENIED, 403},
+      {C::NOT_FOUND, 404}, {C::ALREADY_EXISTS, 409}, {C::ABORTED, 409},
+      {C::RESOURCE_EXHAUSTED, 429}, {C::CANCELLED, 499}, {C::UNIMPLEMENTED, 501},
+      {C::UNAVAILABLE, 503}, {C::DEADLINE_EXCEEDED, 504}};
+  // clang-format on
+  const auto it = kStatus.find(code);
+  return it == kStatus.end() ? 500 : it->second;
 }
 
 void SendJson(httplib::Response& res, const nlohmann::json& body, int status) {

@@ -196,13 +196,13 @@ engine::NetworkSpec ToNetworkSpec(const v1::ModelSpec& spec, const SpecLimits& l
   return out;
 }
 
-namespace {
-
-int64_t NowMs() {
+int64_t UnixMillisNow() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+
+namespace {
 
 void CheckHeadFor(const v1::ModelSpec& spec, const engine::Network& net) {
   const engine::Task task = ToEngine(spec.task());
@@ -237,7 +237,7 @@ std::shared_ptr<Snapshot> NewSnapshot(const std::string& name, const v1::ModelSp
   s->task = ToEngine(spec.task());
   s->loss = ResolveLoss(spec);
   s->tau = spec.tau();
-  s->created_unix_ms = NowMs();
+  s->created_unix_ms = UnixMillisNow();
   s->note = "created";
   return s;
 }

@@ -2,6 +2,7 @@
 #ifndef DROPNET_SERVICE_CONVERT_H_
 #define DROPNET_SERVICE_CONVERT_H_
 
+#include <cstdint>
 #include <span>
 #include <string>
 
@@ -61,6 +62,9 @@ void ToTensor(const Eigen::VectorXf& v, v1::Tensor* out);
 
 void ToStored(const engine::Dataset& d, const std::string& name, v1::StoredDataset* out);
 engine::Dataset FromStored(const v1::StoredDataset& s);
+
+// Milliseconds since the Unix epoch: the created_unix_ms of versions and data sets.
+int64_t UnixMillisNow();
 
 }  // namespace dropnet::service
 

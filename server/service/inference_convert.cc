@@ -19,6 +19,15 @@ using inference::ModelInferResponse;
 
 namespace {
 
+// `s` read whole as a T (std::from_chars' format), or nothing.
+template <typename T>
+std::optional<T> WholeString(const std::string& s) {
+  T out{};
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  if (ec != std::errc() || end != s.data() + s.size() || s.empty()) return std::nullopt;
+  return out;
+}
+
 bool IsClassifier(const Snapshot& s) { return s.task == engine::Task::kClassification; }
 
 std::string Join(const std::vector<std::string>& names) {
@@ -81,9 +90,7 @@ uint64_t UnsignedParameter(const std::string& name, const InferParameter& v) {
               std::to_string(v.double_param()));
     case InferParameter::kStringParam: {
       const std::string& s = v.string_param();
-      uint64_t out = 0;
-      auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-      if (ec == std::errc() && end == s.data() + s.size() && !s.empty()) return out;
+      if (auto out = WholeString<uint64_t>(s)) return *out;
       Invalid("parameter " + name + " must be a whole number >= 0, got '" + Printable(s) + "'");
     }
     default:
@@ -97,9 +104,7 @@ double DoubleParameter(const std::string& name, const InferParameter& v) {
       return v.double_param();
     case InferParameter::kStringParam: {
       const std::string& s = v.string_param();
-      double out = 0;
-      auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-      if (ec == std::errc() && end == s.data() + s.size() && !s.empty()) return out;
+      if (auto out = WholeString<double>(s)) return *out;
       Invalid("parameter " + name + " must be a number, got '" + Printable(s) + "'");
     }
     default:

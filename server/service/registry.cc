@@ -19,12 +19,6 @@ namespace {
 
 constexpr size_t kMaxDescriptionBytes = 4096;
 
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 std::shared_ptr<spdlog::logger> StoreLog() {
   auto l = spdlog::get("store");
   return l ? l : spdlog::default_logger();
@@ -53,22 +47,6 @@ void CheckLabel(const char* field, const std::string& label) {
     Fail(grpc::StatusCode::INVALID_ARGUMENT,
          std::string(field) + " '" + Printable(label) + "' must start with a letter");
   }
-}
-
-v1::DatasetInfo DescribeDataset(const engine::Dataset& d, const std::string& name,
-                                const std::string& source, int64_t created_unix_ms) {
-  v1::DatasetInfo info;
-  info.set_name(name);
-  info.set_task(ToProto(d.task));
-  info.set_rows(d.rows());
-  for (int v : d.input_shape.dims) info.add_input_shape(v);
-  info.set_targets(static_cast<int32_t>(d.y.cols()));
-  info.set_num_classes(d.num_classes);
-  for (const auto& f : d.feature_names) info.add_feature_names(f);
-  for (const auto& c : d.class_names) info.add_class_names(c);
-  info.set_source(source);
-  info.set_created_unix_ms(created_unix_ms);
-  return info;
 }
 
 Registry::Registry(ModelStore* store, SpecLimits limits, int keep_versions, int cache_versions)
@@ -531,81 +509,6 @@ void Registry::Describe(const Snapshot& s, v1::ModelInfo* info) const {
   }
 }
 
-void Registry::StoreSettings(const std::string& name, const v1::ModelSettings& settings) {
-  store_->SaveSettings(name, settings);  // outside mu_: no reader waits for the disk
-  std::lock_guard lock(mu_);
-  Find(name).settings = settings;
-}
-
-void Registry::SetLabel(const std::string& name, const std::string& label, int64_t version) {
-  CheckLabel("label", label);
-  std::lock_guard write(write_mu_);
-  v1::ModelSettings settings;
-  {
-    std::lock_guard lock(mu_);
-    const Entry& e = Find(name);
-    if (!std::binary_search(e.versions.begin(), e.versions.end(), version)) {
-      Fail(grpc::StatusCode::NOT_FOUND,
-           "model '" + name + "' has no version " + std::to_string(version));
-    }
-    auto m = e.meta.find(version);
-    if (m != e.meta.end() && !m->second.error.empty()) {
-      Fail(grpc::StatusCode::FAILED_PRECONDITION, "model '" + name + "' version " +
-                                                      std::to_string(version) +
-                                                      " is corrupt: " + m->second.error);
-    }
-    settings = e.settings;
-  }
-  (*settings.mutable_labels())[label] = version;
-  StoreSettings(name, settings);
-}
-
-void Registry::RemoveLabel(const std::string& name, const std::string& label) {
-  std::lock_guard write(write_mu_);
-  v1::ModelSettings settings;
-  {
-    std::lock_guard lock(mu_);
-    settings = Find(name).settings;
-  }
-  if (!settings.labels().count(label)) {
-    Fail(grpc::StatusCode::NOT_FOUND,
-         "model '" + name + "' has no label '" + Printable(label) + "'");
-  }
-  if (settings.serving_label() == label) {
-    Fail(grpc::StatusCode::FAILED_PRECONDITION,
-         "label '" + label + "' is model '" + name +
-             "''s serving label; move it, or change the serving label first");
-  }
-  settings.mutable_labels()->erase(label);
-  StoreSettings(name, settings);
-}
-
-void Registry::UpdateSettings(const std::string& name,
-                              const std::optional<std::string>& serving_label,
-                              const std::optional<int32_t>& keep_versions) {
-  if (serving_label && !serving_label->empty()) CheckLabel("serving_label", *serving_label);
-  if (keep_versions && *keep_versions < 0) {
-    Fail(grpc::StatusCode::INVALID_ARGUMENT,
-         "keep_versions must be >= 0, got " + std::to_string(*keep_versions));
-  }
-  std::lock_guard write(write_mu_);
-  v1::ModelSettings settings;
-  {
-    std::lock_guard lock(mu_);
-    settings = Find(name).settings;
-  }
-  if (serving_label) {
-    if (!serving_label->empty() && !settings.labels().count(*serving_label)) {
-      Fail(grpc::StatusCode::FAILED_PRECONDITION, "serving_label '" + *serving_label +
-                                                      "' names no version of model '" + name +
-                                                      "'; set it first (SetVersionLabel)");
-    }
-    settings.set_serving_label(*serving_label);
-  }
-  if (keep_versions) settings.set_keep_versions(*keep_versions);
-  StoreSettings(name, settings);
-}
-
 std::unique_ptr<Registry::TrainingLease> Registry::BeginTraining(const std::string& name,
                                                                  int max_concurrent) {
   std::lock_guard lock(mu_);
@@ -653,7 +556,7 @@ SnapshotPtr Registry::PublishVersion(const std::string& name, std::shared_ptr<Sn
   }
   for (int64_t v : store_->Versions(name)) newest = std::max(newest, v);
   next->version = newest + 1;
-  next->created_unix_ms = NowMs();
+  next->created_unix_ms = UnixMillisNow();
   next->history.clear();  // kept once, in the model's history file
   v1::Checkpoint c;
   ToCheckpoint(*next, &c);
@@ -733,134 +636,6 @@ int Registry::ActiveTrainings() const {
   int n = 0;
   for (const auto& [name, e] : models_) n += e.training;
   return n;
-}
-
-v1::DatasetInfo Registry::PutDataset(const std::string& name, engine::Dataset data,
-                                     const std::string& source, bool overwrite) {
-  CheckName("name", name);
-  {
-    std::lock_guard lock(mu_);
-    if (!overwrite && datasets_.count(name)) {
-      Fail(grpc::StatusCode::ALREADY_EXISTS,
-           "data set '" + name + "' exists; set overwrite to replace it");
-    }
-  }
-  v1::StoredDataset stored;
-  ToStored(data, name, &stored);
-  stored.set_source(source);
-  stored.set_created_unix_ms(NowMs());
-  auto slot = std::make_shared<DatasetSlot>();
-  slot->info = DescribeDataset(data, name, source, stored.created_unix_ms());
-  data = engine::Dataset();  // the stored copy is enough from here on
-  std::lock_guard write(write_mu_);
-  {
-    std::lock_guard lock(mu_);
-    if (!overwrite && datasets_.count(name)) {
-      Fail(grpc::StatusCode::ALREADY_EXISTS,
-           "data set '" + name + "' exists; set overwrite to replace it");
-    }
-  }
-  store_->SaveDataset(stored);  // outside mu_: no reader waits for the disk
-  std::lock_guard lock(mu_);
-  datasets_[name] = slot;
-  return slot->info;
-}
-
-v1::DatasetInfo Registry::PutDatasetStreamed(v1::StoredDataset meta,
-                                             const ModelStore::Producer& x_values,
-                                             const ModelStore::Producer& y_values, bool overwrite) {
-  const std::string name = meta.name();
-  CheckName("name", name);
-  meta.set_created_unix_ms(NowMs());
-  auto slot = std::make_shared<DatasetSlot>();
-  v1::DatasetInfo& info = slot->info;
-  info.set_name(name);
-  info.set_task(meta.task());
-  info.set_rows(meta.x().shape(0));
-  info.mutable_input_shape()->CopyFrom(meta.input_shape());
-  info.set_targets(static_cast<int32_t>(meta.y().shape(1)));
-  info.set_num_classes(meta.num_classes());
-  info.mutable_feature_names()->CopyFrom(meta.feature_names());
-  info.mutable_class_names()->CopyFrom(meta.class_names());
-  info.set_source(meta.source());
-  info.set_created_unix_ms(meta.created_unix_ms());
-  std::lock_guard write(write_mu_);
-  {
-    std::lock_guard lock(mu_);
-    if (!overwrite && datasets_.count(name)) {
-      Fail(grpc::StatusCode::ALREADY_EXISTS,
-           "data set '" + name + "' exists; set overwrite to replace it");
-    }
-  }
-  store_->SaveDatasetStreamed(meta, x_values, y_values);  // outside mu_
-  std::lock_guard lock(mu_);
-  datasets_[name] = slot;
-  return slot->info;
-}
-
-v1::DatasetInfo Registry::DescribeStoredDataset(const std::string& name) const {
-  const auto stored = store_->LoadDataset(name);
-  return DescribeDataset(FromStored(stored), name, stored.source(), stored.created_unix_ms());
-}
-
-StoredDatasetEntry Registry::GetDataset(const std::string& name) const {
-  std::shared_ptr<DatasetSlot> slot;
-  {
-    std::lock_guard lock(mu_);
-    auto it = datasets_.find(name);
-    if (it == datasets_.end())
-      Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
-    slot = it->second;
-  }
-  std::lock_guard load(slot->load_mu);
-  if (!slot->rows) {
-    try {
-      slot->rows = std::make_shared<const engine::Dataset>(FromStored(store_->LoadDataset(name)));
-    } catch (const ServiceError&) {
-      throw;
-    } catch (const std::exception& e) {
-      Fail(grpc::StatusCode::DATA_LOSS, "data set '" + name + "' cannot be read: " + e.what());
-    }
-  }
-  ++slot->users;
-  // A handle on the slot's rows; the last one to go frees them.
-  std::shared_ptr<const engine::Dataset> handle(slot->rows.get(), [slot](const engine::Dataset*) {
-    std::shared_ptr<const engine::Dataset> last;
-    {
-      std::lock_guard lock(slot->load_mu);
-      if (--slot->users == 0) last = std::move(slot->rows);
-    }
-    // `last` frees the rows here, outside the lock.
-  });
-  return StoredDatasetEntry{std::move(handle), slot->info};
-}
-
-std::vector<v1::DatasetInfo> Registry::ListDatasets() const {
-  std::lock_guard lock(mu_);
-  std::vector<v1::DatasetInfo> out;
-  for (const auto& [name, slot] : datasets_) out.push_back(slot->info);
-  return out;
-}
-
-void Registry::DeleteDataset(const std::string& name) {
-  std::lock_guard write(write_mu_);
-  std::shared_ptr<DatasetSlot> removed;
-  {
-    std::lock_guard lock(mu_);
-    auto it = datasets_.find(name);
-    if (it == datasets_.end()) {
-      Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
-    }
-    removed = std::move(it->second);
-    datasets_.erase(it);
-  }
-  try {
-    store_->DeleteDataset(name);
-  } catch (...) {
-    std::lock_guard lock(mu_);
-    datasets_[name] = std::move(removed);
-    throw;
-  }
 }
 
 }  // namespace dropnet::service

@@ -32,12 +32,12 @@ engine::TrainOptions TrainOptionsFromRequest(const v1::TrainRequest& req, int th
   engine::TrainOptions o;
   o.epochs = req.epochs() == 0 ? 10 : req.epochs();
   o.batch_size = req.batch_size() == 0 ? 128 : req.batch_size();
-  o.optimizer.type =
-      KindOf<engine::OptimizerKind>(req.optimizer(), "optimizer",
-                                    {{v1::OPTIMIZER_UNSPECIFIED, engine::OptimizerKind::kAdam},
-                                     {v1::OPTIMIZER_SGD, engine::OptimizerKind::kSgd},
-                                     {v1::OPTIMIZER_ADAM, engine::OptimizerKind::kAdam},
-                                     {v1::OPTIMIZER_ADAMW, engine::OptimizerKind::kAdamW}});
+  using Opt = engine::OptimizerKind;
+  o.optimizer.type = KindOf<Opt>(req.optimizer(), "optimizer",
+                                 {{v1::OPTIMIZER_UNSPECIFIED, Opt::kAdam},
+                                  {v1::OPTIMIZER_SGD, Opt::kSgd},
+                                  {v1::OPTIMIZER_ADAM, Opt::kAdam},
+                                  {v1::OPTIMIZER_ADAMW, Opt::kAdamW}});
   o.optimizer.learning_rate = req.learning_rate() != 0
                                   ? req.learning_rate()
                                   : (o.optimizer.type == engine::OptimizerKind::kSgd ? 0.01 : 1e-3);
@@ -49,12 +49,12 @@ engine::TrainOptions TrainOptionsFromRequest(const v1::TrainRequest& req, int th
   o.early_stopping_patience = req.early_stopping_patience();
   o.seed = req.seed();
   o.threads = threads;
-  o.schedule.type =
-      KindOf<engine::ScheduleKind>(req.schedule(), "schedule",
-                                   {{v1::SCHEDULE_UNSPECIFIED, engine::ScheduleKind::kConstant},
-                                    {v1::SCHEDULE_CONSTANT, engine::ScheduleKind::kConstant},
-                                    {v1::SCHEDULE_STEP, engine::ScheduleKind::kStep},
-                                    {v1::SCHEDULE_COSINE, engine::ScheduleKind::kCosine}});
+  using Schedule = engine::ScheduleKind;
+  o.schedule.type = KindOf<Schedule>(req.schedule(), "schedule",
+                                     {{v1::SCHEDULE_UNSPECIFIED, Schedule::kConstant},
+                                      {v1::SCHEDULE_CONSTANT, Schedule::kConstant},
+                                      {v1::SCHEDULE_STEP, Schedule::kStep},
+                                      {v1::SCHEDULE_COSINE, Schedule::kCosine}});
 
   if (req.schedule_step_epochs() != 0) o.schedule.step_epochs = req.schedule_step_epochs();
   if (req.schedule_gamma() != 0) o.schedule.gamma = req.schedule_gamma();

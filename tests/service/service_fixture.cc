@@ -326,18 +326,12 @@ grpc::Status ServiceTest::ImportDataset(const v1::ImportDatasetRequest& req,
 }
 
 std::vector<v1::DatasetInfo> ServiceTest::ListDatasets() {
-  v1::ListDatasetsResponse resp;
-  Ctx ctx;
-  const grpc::Status s = stub_->ListDatasets(&ctx, {}, &resp);
-  EXPECT_TRUE(s.ok()) << Describe(s);
+  const auto resp = CallOk(&v1::Dropnet::Stub::ListDatasets, v1::ListDatasetsRequest());
   return {resp.datasets().begin(), resp.datasets().end()};
 }
 
 std::vector<v1::ModelInfo> ServiceTest::ListModels() {
-  v1::ListModelsResponse resp;
-  Ctx ctx;
-  const grpc::Status s = stub_->ListModels(&ctx, {}, &resp);
-  EXPECT_TRUE(s.ok()) << Describe(s);
+  const auto resp = CallOk(&v1::Dropnet::Stub::ListModels, v1::ListModelsRequest());
   return {resp.models().begin(), resp.models().end()};
 }
 

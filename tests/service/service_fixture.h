@@ -157,6 +157,17 @@ class ServiceTest : public ::testing::Test {
   testing::TempDir dir_{"dropnet-service-test-"};
   std::unique_ptr<Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
+  // One unary call of `method` with a fresh context; a failed call fails the test.
+  template <typename Request, typename Response>
+  Response CallOk(grpc::Status (v1::Dropnet::Stub::*method)(grpc::ClientContext*, const Request&,
+                                                            Response*),
+                  const Request& request) {
+    Response resp;
+    Ctx ctx;
+    const grpc::Status s = (stub_.get()->*method)(&ctx, request, &resp);
+    EXPECT_TRUE(s.ok()) << Describe(s);
+    return resp;
+  }
   std::unique_ptr<v1::Dropnet::Stub> stub_;
 };
 

@@ -21,10 +21,11 @@ using grpc::StatusCode;
 
 // ---- Models ----
 
-// Appends `rows` CSV rows of ClassificationData(rows, 4, 5) whose class is a name: emu, cat and
-// dog for classes 0, 1 and 2 (so the server's sorted indices are cat 0, dog 1, emu 2); gives the
-// rows.
-Data AppendNamedClassRows(int64_t rows, std::string* csv) {
+// `header`, then `rows` CSV rows of ClassificationData(rows, 4, 5) whose class is a name: emu, cat
+// and dog for classes 0, 1 and 2 (so the server's sorted indices are cat 0, dog 1, emu 2); gives
+// the rows.
+Data NamedClassCsv(const std::string& header, int64_t rows, std::string* csv) {
+  *csv = header + "\n";
   const Data d = ClassificationData(rows, 4, 5);
   const char* names[3] = {"emu", "cat", "dog"};
   for (int64_t r = 0; r < d.rows; ++r) {
@@ -108,8 +109,8 @@ TEST_F(ServiceTest, GetModelReportsRateRangesAndPrunedFractions) {
 
 TEST_F(ServiceTest, TrainingOnNamedClassesNamesThemInModelAndPredictions) {
   StartServer();
-  std::string csv = "a,b,c,d,animal\n";
-  const Data d = AppendNamedClassRows(48, &csv);
+  std::string csv;
+  const Data d = NamedClassCsv("a,b,c,d,animal", 48, &csv);
   v1::UploadDatasetResponse up;
   ASSERT_OK(UploadCsv("animals", csv, 4096, v1::DatasetHeader(), &up));
   ASSERT_OK(CreateModel("m", ClassifierSpec()));
@@ -198,8 +199,8 @@ TEST_F(ServiceTest, UploadDatasetRowsWithAnImageShapeAndRegressionTargets) {
 
 TEST_F(ServiceTest, UploadDatasetCsvInChunksThatEndMidLine) {
   StartServer();
-  std::string csv = "alpha,beta,gamma,delta,animal\n";
-  const Data d = AppendNamedClassRows(40, &csv);
+  std::string csv;
+  const Data d = NamedClassCsv("alpha,beta,gamma,delta,animal", 40, &csv);
   // 13 bytes a chunk: chunks end inside numbers, names and line ends.
   v1::UploadDatasetResponse resp;
   ASSERT_OK(UploadCsv("csv", csv, 13, v1::DatasetHeader(), &resp));
