@@ -143,7 +143,7 @@ client "$port" data upload digits /usr/share/dropnet/data/digits.csv || fail "da
 step "dropnet train digits --data digits --epochs 20 --validation-split 0.2 --standardize --seed 1"
 client "$port" train digits --data digits --epochs 20 --validation-split 0.2 --standardize --seed 1 \
   | tee "$tmp/train.out" || fail "train"
-grep -q "serves version 21" "$tmp/train.out" || fail "train did not end on version 21"
+grep -q "published version 21" "$tmp/train.out" || fail "train did not end on version 21"
 step "dropnet predict digits --input five.csv"
 client "$port" predict digits --input /smoke/five.csv --format json > "$tmp/predict.json" || fail "predict"
 client "$port" predict digits --input /smoke/five.csv || fail "predict (table)"
@@ -166,7 +166,7 @@ PY
 py_out=$(timeout 120 $engine run --rm "${engine_flags[@]}" $client_flags --network=host -v "$tmp:/smoke:ro" \
   --entrypoint python3 "$image" /smoke/smoke.py "127.0.0.1:$port") || fail "the Python client"
 echo "$py_out"
-cli_classes=$(awk 'NR > 1 {printf "%s%s", sep, $2; sep=" "}' "$tmp/unc.out")
+cli_classes=$(awk 'NR > 1 {printf "%s%s", sep, $3; sep=" "}' "$tmp/unc.out")
 [ "$py_out" = "digits 21 1 $cli_classes" ] \
   || fail "the Python client answered '$py_out', the command line 'digits 21 1 $cli_classes'"
 ok "the Python client agrees with the command line"
