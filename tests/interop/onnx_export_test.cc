@@ -116,14 +116,6 @@ class OnnxExportTest : public ServiceTest {
     Ctx ctx;
     return stub_->ExportModel(&ctx, req, resp);
   }
-  grpc::Status Import(const std::string& name, const std::string& bytes) {
-    v1::ImportModelRequest req;
-    req.set_name(name);
-    req.set_onnx_model(bytes);
-    v1::ImportModelResponse resp;
-    Ctx ctx;
-    return stub_->ImportModel(&ctx, req, &resp);
-  }
 };
 
 // The model without what names it (its model name, the graph's name): what must survive a trip.
@@ -148,7 +140,7 @@ TEST_F(OnnxExportTest, ExportedModelsImportBackBitIdentically) {
       ASSERT_OK(Export(c.name, mode, &exported));
       EXPECT_EQ(exported.version(), 1);
       EXPECT_TRUE(exported.warnings().empty()) << tag << ": " << exported.warnings(0);
-      ASSERT_OK(Import(tag, exported.onnx_model()));
+      ASSERT_OK(ImportModel(tag, exported.onnx_model()));
       const v1::ModelInfo back = GetModel(tag);
       v1::ModelSpec want = c.spec;
       want.clear_seed();  // the initialisation seed is not part of a trained model
@@ -194,7 +186,7 @@ TEST_F(OnnxExportTest, LayersWithoutOnnxFormWarnInEvalAndAreRefusedInTrain) {
   EXPECT_NE(eval.warnings(0).find("layers[1] (gaussian_dropout)"), std::string::npos);
   EXPECT_NE(eval.warnings(1).find("layers[2] (drop_connect)"), std::string::npos);
   // The eval form computes what Predict does.
-  ASSERT_OK(Import("exotic-eval", eval.onnx_model()));
+  ASSERT_OK(ImportModel("exotic-eval", eval.onnx_model()));
   v1::PredictResponse a, b;
   ASSERT_OK(Predict("exotic", InputsFor(s, 3), &a));
   ASSERT_OK(Predict("exotic-eval", InputsFor(s, 3), &b));

@@ -45,21 +45,11 @@ class OnnxImportTest : public ServiceTest {
     StartServer(c);
   }
 
-  grpc::Status Import(const std::string& name, const std::string& bytes,
-                      v1::ImportModelResponse* resp, v1::Task task = v1::TASK_UNSPECIFIED) {
-    v1::ImportModelRequest req;
-    req.set_name(name);
-    req.set_onnx_model(bytes);
-    req.set_task(task);
-    Ctx ctx;
-    return stub_->ImportModel(&ctx, req, resp);
-  }
-
   // Imports fixtures/<file>.onnx as model `file` and checks Predict against PyTorch's eval
   // outputs to 1e-5 relative.
   v1::ModelInfo ImportAndCheckEval(const std::string& model, const std::string& file) {
     v1::ImportModelResponse resp;
-    EXPECT_TRUE(Import(file, ReadBytes(kFixtures + "/" + file + ".onnx"), &resp).ok());
+    EXPECT_TRUE(ImportModel(file, ReadBytes(kFixtures + "/" + file + ".onnx"), &resp).ok());
     const json ref = Reference(model);
     v1::PredictResponse out;
     EXPECT_TRUE(Predict(file, Inputs(ref), &out).ok()) << file;
@@ -164,7 +154,7 @@ TEST_F(OnnxImportTest, LstmClassifierMatchesPyTorch) {
 TEST_F(OnnxImportTest, UnsupportedNodeIsRefusedByNameAndNothingIsCreated) {
   v1::ImportModelResponse resp;
   const grpc::Status s =
-      Import("elu", ReadBytes(kFixtures + "/unsupported_elu_eval_op13.onnx"), &resp);
+      ImportModel("elu", ReadBytes(kFixtures + "/unsupported_elu_eval_op13.onnx"), &resp);
   EXPECT_CODE(s, grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("node '/1/Elu' (Elu)"), std::string::npos) << s.error_message();
   EXPECT_CODE(LookUpModel("elu"), grpc::StatusCode::NOT_FOUND);
@@ -172,16 +162,16 @@ TEST_F(OnnxImportTest, UnsupportedNodeIsRefusedByNameAndNothingIsCreated) {
 
 TEST_F(OnnxImportTest, BadFilesNamesAndSizesAreRefused) {
   v1::ImportModelResponse resp;
-  EXPECT_CODE(Import("junk", "not an onnx file", &resp), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_CODE(Import("empty", "", &resp), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(ImportModel("junk", "not an onnx file", &resp), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(ImportModel("empty", "", &resp), grpc::StatusCode::INVALID_ARGUMENT);
   const std::string mlp = ReadBytes(kFixtures + "/mlp_train_op13.onnx");
-  EXPECT_CODE(Import("bad name!", mlp, &resp), grpc::StatusCode::INVALID_ARGUMENT);
-  ASSERT_OK(Import("mlp", mlp, &resp));
-  EXPECT_CODE(Import("mlp", mlp, &resp), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_CODE(ImportModel("bad name!", mlp, &resp), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_OK(ImportModel("mlp", mlp, &resp));
+  EXPECT_CODE(ImportModel("mlp", mlp, &resp), grpc::StatusCode::ALREADY_EXISTS);
   ServerConfig c = Config();
   c.service.max_model_bytes = 1000;
   StartServer(c);
-  EXPECT_CODE(Import("big", mlp, &resp), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_CODE(ImportModel("big", mlp, &resp), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
 }  // namespace

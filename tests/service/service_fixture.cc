@@ -197,6 +197,17 @@ grpc::Status ServiceTest::CreateModel(const std::string& name, const v1::ModelSp
   return stub_->CreateModel(&ctx, req, resp ? resp : &local);
 }
 
+grpc::Status ServiceTest::ImportModel(const std::string& name, const std::string& bytes,
+                                      v1::ImportModelResponse* resp, v1::Task task) {
+  v1::ImportModelRequest req;
+  req.set_name(name);
+  req.set_onnx_model(bytes);
+  req.set_task(task);
+  v1::ImportModelResponse local;
+  Ctx ctx;
+  return stub_->ImportModel(&ctx, req, resp ? resp : &local);
+}
+
 v1::ModelInfo ServiceTest::GetModel(const std::string& name) {
   v1::GetModelResponse resp;
   const grpc::Status s = CallNaming(stub_.get(), &v1::Dropnet::Stub::GetModel, name, &resp);

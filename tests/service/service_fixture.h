@@ -118,6 +118,10 @@ class ServiceTest : public ::testing::Test {
 
   grpc::Status CreateModel(const std::string& name, const v1::ModelSpec& spec,
                            v1::CreateModelResponse* resp = nullptr);
+  // ImportModel of the ONNX file `bytes` as model `name`.
+  grpc::Status ImportModel(const std::string& name, const std::string& bytes,
+                           v1::ImportModelResponse* resp = nullptr,
+                           v1::Task task = v1::TASK_UNSPECIFIED);
   // The model `name`, expecting GetModel to succeed.
   v1::ModelInfo GetModel(const std::string& name);
   // The status of GetModel for `name`.
