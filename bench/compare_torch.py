@@ -80,18 +80,6 @@ def timed(fn, min_time):
             return elapsed / n
 
 
-def timed(fn, min_time):
-    """Mean seconds per call of fn over at least min_time seconds, after a warm-up."""
-    fn()
-    n, start = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return elapsed / n
-
-
 def openblas_core():
     """openblas_get_corename() of the libopenblas this process loaded (through torch)."""
     import ctypes

@@ -17,7 +17,6 @@ packages=(
   clang-14 libclang-rt-14-dev clang-format clang-tidy
   python3 python3-grpcio python3-protobuf python3-numpy python3-pytest python3-tqdm python3-pandas
   python3-setuptools python3-pip python3-venv
-  python3-torch libopenblas0-openmp python3-onnx
 )
 # kubectl renders deploy/k8s in a test (`kubectl kustomize`): Debian's kubernetes-client, unless a
 # kubectl is already installed (another package's /usr/bin/kubectl would conflict with it).
