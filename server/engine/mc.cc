@@ -239,7 +239,7 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
       Context ctx;
       ctx.mode = Mode::kMonteCarlo;
       ctx.threads = inner_threads;
-      ctx.rng = RandomStream{options.seed, static_cast<uint64_t>(t0), b};
+      ctx.rng = RandomStream{options.seed, static_cast<uint64_t>(t0), b, /*shared_rows=*/true};
       if (t1 - t0 == 1) {
         raw = net.Forward(prefix, ctx, nullptr, first, -1);  // one sample: no copy of the prefix
       } else {

@@ -17,10 +17,16 @@ namespace dropnet::engine {
 // stream is the step and rows_per_stream the batch size; for Monte Carlo the stream is the sample
 // index t and rows_per_stream the batch B, so sample t of input b draws the same numbers however
 // the T x B rows are chunked.
+//
+// With shared_rows every row of a stream draws the numbers of row 0: Monte Carlo uses it so that
+// sample t is one network drawn from the dropout distribution and applied to every input, and an
+// input's answer depends on the seed, the sample count, the weights and the input itself, not on
+// its position in the request or on the other inputs beside it.
 struct RandomStream {
   uint64_t seed = 0;
   uint64_t stream_base = 0;
   int64_t rows_per_stream = 1 << 30;
+  bool shared_rows = false;
 };
 
 // A generator for one (stream, layer, row): Uniform/Normal draws indexed by element.
@@ -48,7 +54,7 @@ class CounterRng {
 // Returns the generator for row `row` of a pass over `stream`, at layer `layer`.
 inline CounterRng RowRng(const RandomStream& s, uint32_t layer, int64_t row) {
   return CounterRng(s.seed, s.stream_base + static_cast<uint64_t>(row / s.rows_per_stream), layer,
-                    static_cast<uint32_t>(row % s.rows_per_stream));
+                    s.shared_rows ? 0u : static_cast<uint32_t>(row % s.rows_per_stream));
 }
 
 // A small counter-based generator for host-side shuffles and initialisation (SplitMix64).

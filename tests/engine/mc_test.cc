@@ -1,5 +1,6 @@
 // Tests for the Monte-Carlo dropout estimator against a naive reference computed here: T full
-// forward passes in kMonteCarlo, each at RandomStream{seed, t, B}, reduced by hand in double.
+// forward passes in kMonteCarlo, each at RandomStream{seed, t, B, shared_rows}, reduced by hand in
+// double.
 #include "server/engine/mc.h"
 
 #include <gtest/gtest.h>
@@ -35,7 +36,7 @@ std::vector<Eigen::MatrixXd> NaiveRawSamples(const Network& net, const Matrix& x
   for (int t = 0; t < samples; ++t) {
     Context ctx;
     ctx.mode = Mode::kMonteCarlo;
-    ctx.rng = RandomStream{seed, static_cast<uint64_t>(t), x.rows()};
+    ctx.rng = RandomStream{seed, static_cast<uint64_t>(t), x.rows(), /*shared_rows=*/true};
     out.push_back(net.Forward(x, ctx).cast<double>());
   }
   return out;
@@ -263,6 +264,32 @@ TEST(McTest, SameSeedSameAnswerDifferentSeedDifferent) {
   ExpectBitIdentical(a, b);
   EXPECT_GT((a.mean - c.mean).cwiseAbs().maxCoeff(), 1e-4);
   EXPECT_GT((a.stddev - c.stddev).cwiseAbs().maxCoeff(), 1e-4);
+}
+
+// Sample t is one network drawn from the dropout distribution and applied to every input: a row
+// gets the same answer at any position of a request, beside any other rows (DropConnect per
+// example included: in Monte Carlo its mask belongs to the sample, not to the row).
+TEST(McTest, RowAnswerDoesNotDependOnItsPositionOrNeighbours) {
+  LayerConfig drop_connect = DenseLayer(8);
+  drop_connect.type = "drop_connect";
+  drop_connect.rate = 0.3;
+  const Network nets[] = {ClassifierWithPrefix(),
+                          MakeNet(6, {DenseLayer(16), Simple("relu"), drop_connect, Simple("relu"),
+                                      DropoutLayer(0.2), DenseLayer(4)})};
+  const Matrix a = RandomMatrix(4, 6, 7);
+  Matrix b = RandomMatrix(5, 6, 8);
+  b.row(2) = a.row(0);  // row 0 of `a` at position 2 of `b`, among other rows
+  for (const Network& net : nets) {
+    const McResult ra =
+        MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, a, Options(30, 9));
+    const McResult rb =
+        MonteCarloPredict(net, Task::kClassification, LossKind::kCrossEntropy, b, Options(30, 9));
+    EXPECT_TRUE(BitEqual(Matrix(ra.mean.row(0)), Matrix(rb.mean.row(2))));
+    EXPECT_TRUE(BitEqual(Matrix(ra.stddev.row(0)), Matrix(rb.stddev.row(2))));
+    EXPECT_EQ(ra.mutual_information(0), rb.mutual_information(2));
+    EXPECT_EQ(ra.variation_ratio(0), rb.variation_ratio(2));
+    EXPECT_GT(ra.mutual_information(0), 0.0f);  // the samples differ: there is something to compare
+  }
 }
 
 struct NaiveRegression {

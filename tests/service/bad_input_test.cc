@@ -49,6 +49,29 @@ std::unique_ptr<grpc::ClientContext> Ctx() {
   return c;
 }
 
+// One unary call of `method` with `r` and a fresh context; the answer is dropped.
+template <typename Req, typename Resp>
+grpc::Status Unary(v1::Dropnet::Stub* st,
+                   grpc::Status (v1::Dropnet::Stub::*method)(grpc::ClientContext*, const Req&,
+                                                             Resp*),
+                   const Req& r) {
+  Resp resp;
+  auto c = Ctx();
+  return (st->*method)(c.get(), r, &resp);
+}
+
+// A case that calls `method` with a request filled by `fill`.
+template <typename Req, typename Resp, typename Fill>
+Case UnaryCase(std::string n, StatusCode code,
+               grpc::Status (v1::Dropnet::Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+               Fill fill) {
+  return {std::move(n), code, "", [=](v1::Dropnet::Stub* st) {
+            Req r;
+            fill(&r);
+            return Unary(st, method, r);
+          }};
+}
+
 v1::ModelSpec Spec(int width = 4) {
   v1::ModelSpec s;
   s.add_input_shape(width);
@@ -69,9 +92,7 @@ grpc::Status Create(v1::Dropnet::Stub* st, const std::string& name, const v1::Mo
   v1::CreateModelRequest r;
   r.set_name(name);
   *r.mutable_spec() = spec;
-  v1::CreateModelResponse resp;
-  auto c = Ctx();
-  return st->CreateModel(c.get(), r, &resp);
+  return Unary(st, &v1::Dropnet::Stub::CreateModel, r);
 }
 
 Case CreateCase(std::string n, StatusCode code, std::string sub,
@@ -83,18 +104,21 @@ Case CreateCase(std::string n, StatusCode code, std::string sub,
           }};
 }
 
+// One row of four features 0.5: a valid input of model "good".
+void OneRowOfFour(v1::Tensor* t) {
+  t->add_shape(1);
+  t->add_shape(4);
+  for (int i = 0; i < 4; ++i) t->add_values(0.5f);
+}
+
 Case PredictCase(std::string n, StatusCode code, std::string sub,
                  std::function<void(v1::PredictRequest*)> mut) {
   return {n, code, sub, [=](v1::Dropnet::Stub* st) {
             v1::PredictRequest r;
             r.set_model("good");
-            r.mutable_inputs()->add_shape(1);
-            r.mutable_inputs()->add_shape(4);
-            for (int i = 0; i < 4; ++i) r.mutable_inputs()->add_values(0.5f);
+            OneRowOfFour(r.mutable_inputs());
             mut(&r);
-            v1::PredictResponse resp;
-            auto c = Ctx();
-            return st->Predict(c.get(), r, &resp);
+            return Unary(st, &v1::Dropnet::Stub::Predict, r);
           }};
 }
 
@@ -103,14 +127,10 @@ Case UncCase(std::string n, StatusCode code, std::string sub,
   return {n, code, sub, [=](v1::Dropnet::Stub* st) {
             v1::PredictUncertaintyRequest r;
             r.set_model("good");
-            r.mutable_inputs()->add_shape(1);
-            r.mutable_inputs()->add_shape(4);
-            for (int i = 0; i < 4; ++i) r.mutable_inputs()->add_values(0.5f);
+            OneRowOfFour(r.mutable_inputs());
             r.set_samples(8);
             mut(&r);
-            v1::PredictUncertaintyResponse resp;
-            auto c = Ctx();
-            return st->PredictUncertainty(c.get(), r, &resp);
+            return Unary(st, &v1::Dropnet::Stub::PredictUncertainty, r);
           }};
 }
 
@@ -151,9 +171,7 @@ Case ImportCase(std::string n, StatusCode code, std::string sub,
             r.set_name("imp");
             r.set_path("ok.csv");
             mut(&r);
-            v1::ImportDatasetResponse resp;
-            auto c = Ctx();
-            return st->ImportDataset(c.get(), r, &resp);
+            return Unary(st, &v1::Dropnet::Stub::ImportDataset, r);
           }};
 }
 
@@ -199,9 +217,7 @@ Case EvalCase(std::string n, StatusCode code, std::string sub,
             r.set_model("good");
             r.set_dataset("cls4");
             mut(&r);
-            v1::EvaluateResponse resp;
-            auto c = Ctx();
-            return st->Evaluate(c.get(), r, &resp);
+            return Unary(st, &v1::Dropnet::Stub::Evaluate, r);
           }};
 }
 
@@ -244,9 +260,7 @@ Case SpecCase(std::string n, StatusCode code, std::string sub, std::function<v1:
             if (status.ok()) {
               v1::DeleteModelRequest d;
               d.set_name("family");
-              v1::DeleteModelResponse resp;
-              auto c = Ctx();
-              st->DeleteModel(c.get(), d, &resp);
+              Unary(st, &v1::Dropnet::Stub::DeleteModel, d);
             }
             return status;
           }};
@@ -397,21 +411,12 @@ std::vector<Case> Table() {
   }));
   t.push_back(CreateCase("tau Inf", IA, "tau", [](v1::ModelSpec* s) { s->set_tau(kInf); }));
   // Dataset and training lookups.
-  t.push_back({"delete unknown dataset", NF, "", [](v1::Dropnet::Stub* st) {
-                 v1::DeleteDatasetRequest r;
-                 r.set_name("nope");
-                 v1::DeleteDatasetResponse resp;
-                 auto c = Ctx();
-                 return st->DeleteDataset(c.get(), r, &resp);
-               }});
-  t.push_back({"evaluate unknown model", NF, "", [](v1::Dropnet::Stub* st) {
-                 v1::EvaluateRequest r;
-                 r.set_model("nope");
-                 r.set_dataset("nope");
-                 v1::EvaluateResponse resp;
-                 auto c = Ctx();
-                 return st->Evaluate(c.get(), r, &resp);
-               }});
+  t.push_back(UnaryCase("delete unknown dataset", NF, &v1::Dropnet::Stub::DeleteDataset,
+                        [](v1::DeleteDatasetRequest* r) { r->set_name("nope"); }));
+  t.push_back(EvalCase("evaluate unknown model", NF, "", [](v1::EvaluateRequest* r) {
+    r->set_model("nope");
+    r->set_dataset("nope");
+  }));
   t.push_back({"upload no header", IA, "", [](v1::Dropnet::Stub* st) {
                  v1::UploadDatasetResponse resp;
                  auto c = Ctx();
@@ -445,21 +450,10 @@ std::vector<Case> Table() {
     r->mutable_inputs()->set_shape(0, 0);
     r->mutable_inputs()->clear_values();
   }));
-  t.push_back({"get unknown model", NF, "", [](v1::Dropnet::Stub* st) {
-                 v1::GetModelRequest r;
-                 r.set_name("nope");
-                 v1::GetModelResponse resp;
-                 auto c = Ctx();
-                 return st->GetModel(c.get(), r, &resp);
-               }});
-  t.push_back({"evaluate unknown dataset", NF, "", [](v1::Dropnet::Stub* st) {
-                 v1::EvaluateRequest r;
-                 r.set_model("good");
-                 r.set_dataset("nope");
-                 v1::EvaluateResponse resp;
-                 auto c = Ctx();
-                 return st->Evaluate(c.get(), r, &resp);
-               }});
+  t.push_back(UnaryCase("get unknown model", NF, &v1::Dropnet::Stub::GetModel,
+                        [](v1::GetModelRequest* r) { r->set_name("nope"); }));
+  t.push_back(EvalCase("evaluate unknown dataset", NF, "",
+                       [](v1::EvaluateRequest* r) { r->set_dataset("nope"); }));
   for (const char* m : {"nope", "good"})
     t.push_back({std::string("train unknown ") + m, NF, "", [m](v1::Dropnet::Stub* st) {
                    v1::TrainRequest r;
@@ -479,13 +473,8 @@ std::vector<Case> Table() {
           "unc nonfinite at " + std::to_string(pos) + " " + std::to_string(v), IA, "",
           [pos, v](v1::PredictUncertaintyRequest* r) { r->mutable_inputs()->set_values(pos, v); }));
   // Deletes and lookups.
-  t.push_back({"delete unknown model", NF, "", [](v1::Dropnet::Stub* st) {
-                 v1::DeleteModelRequest r;
-                 r.set_name("nope");
-                 v1::DeleteModelResponse resp;
-                 auto c = Ctx();
-                 return st->DeleteModel(c.get(), r, &resp);
-               }});
+  t.push_back(UnaryCase("delete unknown model", NF, &v1::Dropnet::Stub::DeleteModel,
+                        [](v1::DeleteModelRequest* r) { r->set_name("nope"); }));
   return t;
 }
 

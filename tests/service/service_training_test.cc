@@ -221,6 +221,34 @@ TEST_F(ServiceTest, PredictUncertaintyIsReproducibleBySeed) {
   EXPECT_EQ(def.num_samples(), kDefaultSamples);
 }
 
+// A row's Monte-Carlo answer depends on the seed, T, the version and the row: the rows of `x` in
+// reverse order, alone or beside others, get the same bits.
+TEST_F(ServiceTest, PredictUncertaintyRowAnswerDoesNotDependOnItsPosition) {
+  StartServer();
+  TrainedClassifier();
+  const Data d = ClassificationData(5, 4, 77);
+  const int64_t width = d.width;
+  std::vector<float> reversed;
+  for (int r = 4; r >= 0; --r)
+    reversed.insert(reversed.end(), d.x.begin() + r * width, d.x.begin() + (r + 1) * width);
+  v1::PredictUncertaintyResponse forward, backward, alone;
+  ASSERT_OK(Uncertainty(UncertaintyRequest("clf", RowsOf(d, 5), 40, 99), &forward));
+  ASSERT_OK(Uncertainty(UncertaintyRequest("clf", Batch(reversed, {5, width}), 40, 99), &backward));
+  ASSERT_OK(Uncertainty(UncertaintyRequest("clf", RowsOf(d, 1), 40, 99), &alone));
+  const int classes = forward.mean().shape(1);
+  for (int r = 0; r < 5; ++r) {
+    EXPECT_EQ(forward.mutual_information(r), backward.mutual_information(4 - r)) << r;
+    for (int k = 0; k < classes; ++k) {
+      EXPECT_EQ(forward.mean().values(r * classes + k),
+                backward.mean().values((4 - r) * classes + k));
+      EXPECT_EQ(forward.stddev().values(r * classes + k),
+                backward.stddev().values((4 - r) * classes + k));
+    }
+  }
+  EXPECT_EQ(alone.mutual_information(0), forward.mutual_information(0));
+  EXPECT_GT(forward.mutual_information(0), 0.0f);
+}
+
 TEST_F(ServiceTest, PredictUncertaintyClassificationFields) {
   StartServer();
   TrainedClassifier();
