@@ -292,6 +292,11 @@ TEST(McTest, RowAnswerDoesNotDependOnItsPositionOrNeighbours) {
   }
 }
 
+// 3 inputs, Dense(16), the activation, dropout at `rate`, Dense(outputs).
+Network RegressionNet(const std::string& activation, double rate, int outputs) {
+  return MakeNet(3, {DenseLayer(16), Simple(activation), DropoutLayer(rate), DenseLayer(outputs)});
+}
+
 struct NaiveRegression {
   std::vector<Eigen::MatrixXd> means, variances;
   Eigen::MatrixXd mean, sample_var, mean_aleatoric;
@@ -328,16 +333,15 @@ TEST(McTest, NormalQuantile) {
 }
 
 TEST(McTest, RegressionWithTauAddsObservationNoise) {
-  const Network net =
-      MakeNet(3, {DenseLayer(16), Simple("relu"), DropoutLayer(0.3), DenseLayer(2)});
+  const Network net = RegressionNet("relu", 0.3, 2);
   const Matrix x = RandomMatrix(7, 3, 31);
   const int samples = 50;
   const double tau = 4.0;
   const NaiveRegression want = NaiveRegress(net, x, samples, 5, false);
+  McOptions o = Options(samples, 5);
+  o.tau = tau;
   for (double interval : {0.95, 0.5}) {
     SCOPED_TRACE(interval);
-    McOptions o = Options(samples, 5);
-    o.tau = tau;
     o.interval = interval;
     const McResult got = MonteCarloPredict(net, Task::kRegression, LossKind::kMse, x, o);
     const double z = interval == 0.95 ? 1.959963984540054 : 0.6744897501960817;
@@ -374,8 +378,7 @@ TEST(McTest, RegressionWithTauAddsObservationNoise) {
 
 TEST(McTest, GaussianHeadAddsMeanPredictedVariance) {
   // Two targets: four outputs, means then log-variances.
-  const Network net =
-      MakeNet(3, {DenseLayer(16), Simple("tanh"), DropoutLayer(0.3), DenseLayer(4)});
+  const Network net = RegressionNet("tanh", 0.3, 4);
   const Matrix x = RandomMatrix(5, 3, 41);
   const int samples = 30;
   const NaiveRegression want = NaiveRegress(net, x, samples, 8, true);
@@ -409,8 +412,7 @@ double LogMeanExp(const std::vector<double>& a) {
 }
 
 TEST(McTest, TestLogLikelihoodMatchesNaiveLogSumExp) {
-  const Network net =
-      MakeNet(3, {DenseLayer(16), Simple("relu"), DropoutLayer(0.4), DenseLayer(2)});
+  const Network net = RegressionNet("relu", 0.4, 2);
   const Matrix x = RandomMatrix(6, 3, 51);
   const Matrix y = RandomMatrix(6, 2, 52, 3.0);  // far enough that the log-sum-exp matters
   const int samples = 25;
@@ -457,8 +459,7 @@ TEST(McTest, TestLogLikelihoodMatchesNaiveLogSumExp) {
 }
 
 TEST(McTest, GaussianHeadLogLikelihoodUsesPredictedVariances) {
-  const Network net =
-      MakeNet(3, {DenseLayer(16), Simple("tanh"), DropoutLayer(0.3), DenseLayer(2)});
+  const Network net = RegressionNet("tanh", 0.3, 2);
   const Matrix x = RandomMatrix(4, 3, 61);
   const Matrix y = RandomMatrix(4, 1, 62);
   const int samples = 20;

@@ -1,5 +1,6 @@
 // Table-driven malformed / hostile requests against the real in-process server: each case
 // expects a status code (and, for INVALID_ARGUMENT, a substring of the message).
+#include <google/protobuf/text_format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -60,6 +61,26 @@ grpc::Status Unary(v1::Dropnet::Stub* st,
   return (st->*method)(c.get(), r, &resp);
 }
 
+// The message written in protobuf's text format.
+template <typename Message>
+Message TextProto(const std::string& text) {
+  Message m;
+  if (!google::protobuf::TextFormat::ParseFromString(text, &m)) ADD_FAILURE() << text;
+  return m;
+}
+
+// A case that calls `method` with `base` changed by `mut`.
+template <typename Req, typename Resp>
+Case CallCase(std::string n, StatusCode code, std::string sub,
+              grpc::Status (v1::Dropnet::Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+              Req base, std::function<void(Req*)> mut) {
+  return {std::move(n), code, std::move(sub), [=](v1::Dropnet::Stub* st) {
+            Req r = base;
+            mut(&r);
+            return Unary(st, method, r);
+          }};
+}
+
 // A case that calls `method` with a request filled by `fill`.
 template <typename Req, typename Resp, typename Fill>
 Case UnaryCase(std::string n, StatusCode code,
@@ -111,27 +132,28 @@ void OneRowOfFour(v1::Tensor* t) {
   for (int i = 0; i < 4; ++i) t->add_values(0.5f);
 }
 
-Case PredictCase(std::string n, StatusCode code, std::string sub,
-                 std::function<void(v1::PredictRequest*)> mut) {
-  return {n, code, sub, [=](v1::Dropnet::Stub* st) {
-            v1::PredictRequest r;
-            r.set_model("good");
-            OneRowOfFour(r.mutable_inputs());
-            mut(&r);
-            return Unary(st, &v1::Dropnet::Stub::Predict, r);
-          }};
+// A request for model "good" with one valid row.
+template <typename Req>
+Req ForGood() {
+  Req r;
+  r.set_model("good");
+  OneRowOfFour(r.mutable_inputs());
+  return r;
 }
 
+Case PredictCase(std::string n, StatusCode code, std::string sub,
+                 std::function<void(v1::PredictRequest*)> mut) {
+  return CallCase(std::move(n), code, std::move(sub), &v1::Dropnet::Stub::Predict,
+                  ForGood<v1::PredictRequest>(), mut);
+}
+
+// Eight samples of one valid row of model "good", changed by `mut`.
 Case UncCase(std::string n, StatusCode code, std::string sub,
              std::function<void(v1::PredictUncertaintyRequest*)> mut) {
-  return {n, code, sub, [=](v1::Dropnet::Stub* st) {
-            v1::PredictUncertaintyRequest r;
-            r.set_model("good");
-            OneRowOfFour(r.mutable_inputs());
-            r.set_samples(8);
-            mut(&r);
-            return Unary(st, &v1::Dropnet::Stub::PredictUncertainty, r);
-          }};
+  auto base = ForGood<v1::PredictUncertaintyRequest>();
+  base.set_samples(8);
+  return CallCase(std::move(n), code, std::move(sub), &v1::Dropnet::Stub::PredictUncertainty, base,
+                  mut);
 }
 
 grpc::Status Upload(v1::Dropnet::Stub* st, const std::string& name, v1::Task task, int width,
@@ -164,15 +186,11 @@ grpc::Status UploadTable(v1::Dropnet::Stub* st, const std::string& name, v1::Tas
   return Upload(st, name, task, width, x, y);
 }
 
+// An import named "imp" of ok.csv, changed by `mut`.
 Case ImportCase(std::string n, StatusCode code, std::string sub,
                 std::function<void(v1::ImportDatasetRequest*)> mut) {
-  return {n, code, sub, [=](v1::Dropnet::Stub* st) {
-            v1::ImportDatasetRequest r;
-            r.set_name("imp");
-            r.set_path("ok.csv");
-            mut(&r);
-            return Unary(st, &v1::Dropnet::Stub::ImportDataset, r);
-          }};
+  return CallCase(std::move(n), code, std::move(sub), &v1::Dropnet::Stub::ImportDataset,
+                  TextProto<v1::ImportDatasetRequest>(R"(name: "imp" path: "ok.csv")"), mut);
 }
 
 // An import of the file `path` (with the IDX labels `label_path`, when not empty).
@@ -210,15 +228,11 @@ Case TrainCase(std::string n, StatusCode code, std::string sub,
           }};
 }
 
+// Model "good" on data set "cls4", changed by `mut`.
 Case EvalCase(std::string n, StatusCode code, std::string sub,
               std::function<void(v1::EvaluateRequest*)> mut) {
-  return {n, code, sub, [=](v1::Dropnet::Stub* st) {
-            v1::EvaluateRequest r;
-            r.set_model("good");
-            r.set_dataset("cls4");
-            mut(&r);
-            return Unary(st, &v1::Dropnet::Stub::Evaluate, r);
-          }};
+  return CallCase(std::move(n), code, std::move(sub), &v1::Dropnet::Stub::Evaluate,
+                  TextProto<v1::EvaluateRequest>(R"(model: "good" dataset: "cls4")"), mut);
 }
 
 v1::LayerSpec* Add(v1::ModelSpec* s, const std::string& type, int units = 0) {
@@ -264,6 +278,20 @@ Case SpecCase(std::string n, StatusCode code, std::string sub, std::function<v1:
             }
             return status;
           }};
+}
+
+// The cases of a layer's width field (`field`, set by `set`): each of `non_positive` is
+// INVALID_ARGUMENT, INT_MAX passes the width limit and `too_many` the parameter limit.
+void AddWidthCases(std::vector<Case>* t, const std::string& what, const std::string& field,
+                   std::function<v1::ModelSpec()> make, std::initializer_list<int> non_positive,
+                   int too_many, std::function<void(v1::ModelSpec*, int)> set) {
+  for (int v : non_positive)
+    t->push_back(SpecCase(what + " " + std::to_string(v), IA, field, make,
+                          [=](v1::ModelSpec* s) { set(s, v); }));
+  t->push_back(SpecCase(what + " past the width limit", RE, field, make,
+                        [=](v1::ModelSpec* s) { set(s, std::numeric_limits<int>::max()); }));
+  t->push_back(SpecCase(what + " past the parameter limit", RE, "parameters", make,
+                        [=](v1::ModelSpec* s) { set(s, too_many); }));
 }
 
 class BadInputTest : public ::testing::Test {
@@ -635,12 +663,17 @@ std::vector<Case> OptionsTable() {
                         [](v1::TrainRequest* r) { r->set_dataset("nope"); }));
   t.push_back(
       TrainCase("train empty model name", NF, "", [](v1::TrainRequest* r) { r->set_model(""); }));
-  t.push_back(TrainCase("train feature count mismatch", IA, "features",
-                        [](v1::TrainRequest* r) { r->set_dataset("cls5"); }));
-  t.push_back(TrainCase("train regression data", IA, "regression",
-                        [](v1::TrainRequest* r) { r->set_dataset("reg4"); }));
-  t.push_back(TrainCase("train more classes than outputs", IA, "classes",
-                        [](v1::TrainRequest* r) { r->set_dataset("cls4x6"); }));
+  // Data sets that do not fit model "good", for Train and Evaluate alike.
+  for (const auto& [what, dataset, sub] :
+       {std::tuple{"feature count mismatch", "cls5", "features"},
+        std::tuple{"regression data", "reg4", "regression"},
+        std::tuple{"more classes than outputs", "cls4x6", "classes"}}) {
+    const std::string d = dataset;
+    t.push_back(TrainCase(std::string("train ") + what, IA, sub,
+                          [d](v1::TrainRequest* r) { r->set_dataset(d); }));
+    t.push_back(EvalCase(std::string("evaluate ") + what, IA, sub,
+                         [d](v1::EvaluateRequest* r) { r->set_dataset(d); }));
+  }
   t.push_back(TrainCase("train image data on a flat model", IA, "features",
                         [](v1::TrainRequest* r) { r->set_dataset("imp-idx"); }));
 
@@ -668,12 +701,6 @@ std::vector<Case> OptionsTable() {
     r->set_mode(v1::EVAL_MODE_MONTE_CARLO);
     r->set_samples(101);
   }));
-  t.push_back(EvalCase("evaluate feature count mismatch", IA, "features",
-                       [](v1::EvaluateRequest* r) { r->set_dataset("cls5"); }));
-  t.push_back(EvalCase("evaluate regression data", IA, "regression",
-                       [](v1::EvaluateRequest* r) { r->set_dataset("reg4"); }));
-  t.push_back(EvalCase("evaluate more classes than outputs", IA, "classes",
-                       [](v1::EvaluateRequest* r) { r->set_dataset("cls4x6"); }));
   t.push_back(EvalCase("evaluate empty dataset name", NF, "",
                        [](v1::EvaluateRequest* r) { r->set_dataset(""); }));
   return t;
@@ -723,13 +750,8 @@ std::vector<Case> FamilyTable() {
                          conv(s)->set_kernel_size(1 << 20);
                          conv(s)->set_stride(1);
                        }));
-  for (int f : {0, -3})
-    t.push_back(SpecCase("conv filters " + std::to_string(f), IA, "filters", ConvSpec,
-                         [=](v1::ModelSpec* s) { conv(s)->set_filters(f); }));
-  t.push_back(SpecCase("conv filters past the width limit", RE, "filters", ConvSpec,
-                       [=](v1::ModelSpec* s) { conv(s)->set_filters(kIntMax); }));
-  t.push_back(SpecCase("conv filters past the parameter limit", RE, "parameters", ConvSpec,
-                       [=](v1::ModelSpec* s) { conv(s)->set_filters(5000); }));
+  AddWidthCases(&t, "conv filters", "filters", ConvSpec, {0, -3}, 5000,
+                [=](v1::ModelSpec* s, int v) { conv(s)->set_filters(v); });
   t.push_back(SpecCase("conv2d on flat input", IA, "conv2d", ConvSpec, [](v1::ModelSpec* s) {
     s->clear_input_shape();
     s->add_input_shape(64);
@@ -806,13 +828,8 @@ std::vector<Case> FamilyTable() {
   t.push_back(SpecCase("lstm control", OK, "", RnnSpec, [](v1::ModelSpec*) {}));
   t.push_back(
       SpecCase("gru control", OK, "", RnnSpec, [=](v1::ModelSpec* s) { rnn(s)->set_type("gru"); }));
-  for (int u : {0, -1})
-    t.push_back(SpecCase("lstm units " + std::to_string(u), IA, "units", RnnSpec,
-                         [=](v1::ModelSpec* s) { rnn(s)->set_units(u); }));
-  t.push_back(SpecCase("lstm units past the width limit", RE, "units", RnnSpec,
-                       [=](v1::ModelSpec* s) { rnn(s)->set_units(kIntMax); }));
-  t.push_back(SpecCase("lstm units past the parameter limit", RE, "parameters", RnnSpec,
-                       [=](v1::ModelSpec* s) { rnn(s)->set_units(100000); }));
+  AddWidthCases(&t, "lstm units", "units", RnnSpec, {0, -1}, 100000,
+                [=](v1::ModelSpec* s, int v) { rnn(s)->set_units(v); });
   t.push_back(SpecCase("lstm on flat input", IA, "steps", RnnSpec, [](v1::ModelSpec* s) {
     s->clear_input_shape();
     s->add_input_shape(15);
@@ -952,14 +969,7 @@ TEST_F(BadInputTest, EveryCaseAnswersWithItsCode) {
   auto table = Table();
   RunTable(stub_.get(), table);
   std::cout << "cases: " << table.size() << "\n";
-  v1::PredictRequest r;
-  r.set_model("good");
-  r.mutable_inputs()->add_shape(1);
-  r.mutable_inputs()->add_shape(4);
-  for (int i = 0; i < 4; ++i) r.mutable_inputs()->add_values(0.1f);
-  v1::PredictResponse resp;
-  auto ctx = Ctx();
-  EXPECT_TRUE(stub_->Predict(ctx.get(), r, &resp).ok());
+  EXPECT_TRUE(Unary(stub_.get(), &v1::Dropnet::Stub::Predict, ForGood<v1::PredictRequest>()).ok());
 }
 
 // Sends `bytes` as the request of `method` ("Predict", "PredictUncertainty").
@@ -1092,14 +1102,7 @@ TEST_F(BadInputTest, ImportTrainEvaluateAndLayerFamilies) {
   std::cout << "cases: " << options.size() << " options, " << families.size()
             << " layer families\n";
   // The server still answers.
-  v1::PredictRequest r;
-  r.set_model("good");
-  r.mutable_inputs()->add_shape(1);
-  r.mutable_inputs()->add_shape(4);
-  for (int i = 0; i < 4; ++i) r.mutable_inputs()->add_values(0.1f);
-  v1::PredictResponse resp;
-  auto ctx = Ctx();
-  EXPECT_TRUE(stub_->Predict(ctx.get(), r, &resp).ok());
+  EXPECT_TRUE(Unary(stub_.get(), &v1::Dropnet::Stub::Predict, ForGood<v1::PredictRequest>()).ok());
 }
 
 }  // namespace
