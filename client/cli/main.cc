@@ -10,7 +10,7 @@
 //   dropnet uncertainty MODEL --input FILE.csv --samples T [--seed N] [--return-samples]
 //   dropnet evaluate MODEL --data NAME [--mc-samples T]
 //   dropnet bench MODEL [--concurrency 1,2,4,8 --duration S --count N --json ...]
-//   dropnet demo
+//   dropnet demo [--wait SECONDS]
 //   dropnet help [COMMAND...] | completion bash | --version
 //
 // Global options (--server, --timeout, --tls, --ca, --cert, --key, --token-file, -o/--format) go
@@ -235,7 +235,9 @@ void AddDataCommands(CLI::App& app, Args& a) {
 }
 
 void AddTrainCommand(CLI::App& app, Args& a) {
-  a.train = app.add_subcommand("train", "train a model, with live progress; Ctrl-C cancels");
+  a.train = app.add_subcommand(
+      "train",
+      "train a model, with live progress (-o json|csv: a record per event); Ctrl-C cancels");
   auto* train = a.train;
   train->add_option("model", a.name)->required();
   train->add_option("--data", a.data_name, "data set to train on")->required();

@@ -286,8 +286,10 @@ TEST_F(CliTest, CsvAndJsonCarryExactFloats) {
   auto urows = json::parse(ujs.out);
   ASSERT_EQ(ucells.size(), 7u);
   EXPECT_EQ(ucsv.out.rfind("row,version,prediction,probability,std,entropy,mutual_info,", 0), 0u);
+  ASSERT_EQ(urows.size(), 6u);
   for (size_t i = 0; i < urows.size(); ++i) {
     const auto& c = ucells[i + 1];
+    ASSERT_EQ(c.size(), 8u) << ucsv.out;
     EXPECT_EQ(c[1], std::to_string(urows[i]["version"].get<int64_t>()));
     EXPECT_EQ(F(c[3]), F(urows[i]["probability"])) << c[3];
     EXPECT_EQ(F(c[4]), F(urows[i]["std"])) << c[4];
@@ -328,6 +330,7 @@ TEST_F(CliTest, RegressionVariancesInEveryFormat) {
   ASSERT_EQ(cells.size(), 4u) << csv.out;
   EXPECT_EQ(cells[0], (std::vector<std::string>{"row", "version", "y0", "var0"})) << csv.out;
   for (size_t i = 0; i < 3; ++i) {
+    ASSERT_EQ(cells[i + 1].size(), 4u) << csv.out;
     EXPECT_EQ(cells[i + 1][1], "3");
     EXPECT_GT(F(cells[i + 1][3]), 0.0f) << csv.out;
     EXPECT_EQ(F(cells[i + 1][2]), F(rows[i]["values"][0]));
@@ -348,6 +351,7 @@ TEST_F(CliTest, RegressionVariancesInEveryFormat) {
   EXPECT_EQ(uc[0], (std::vector<std::string>{"row", "version", "target", "mean", "std",
                                              "total_variance", "lower", "upper"}));
   for (size_t i = 0; i < 3; ++i) {
+    ASSERT_EQ(uc[i + 1].size(), 8u) << ucsv.out;
     const float mean = F(uc[i + 1][3]), sd = F(uc[i + 1][4]), tv = F(uc[i + 1][5]);
     // The head's own variance comes on top of the spread of the samples.
     EXPECT_GT(tv, sd * sd) << ucsv.out;
@@ -398,6 +402,7 @@ TEST_F(CliTest, UncertaintyReturnsTheSamples) {
   EXPECT_EQ(csv.out.rfind("sample,row,out0,out1,", 0), 0u) << csv.out;
   EXPECT_EQ(cells[0].size(), 12u);
   for (size_t n = 1; n < cells.size(); ++n) {
+    ASSERT_EQ(cells[n].size(), 12u) << csv.out;
     const int t = std::stoi(cells[n][0]), i = std::stoi(cells[n][1]);
     EXPECT_EQ(t, static_cast<int>((n - 1) / 3));
     EXPECT_EQ(i, static_cast<int>((n - 1) % 3));
@@ -458,7 +463,7 @@ TEST_F(CliTest, TrainEventsAsJsonLinesAndCsv) {
   EXPECT_EQ(cells[1][0], "started");
   EXPECT_EQ(cells[2][0], "epoch");
   EXPECT_EQ(cells[3][0], "finished");
-  for (const auto& c : cells) EXPECT_EQ(c.size(), 14u);
+  for (const auto& c : cells) ASSERT_EQ(c.size(), 14u) << csv.out;
   EXPECT_GT(F(cells[2][8]), 0.0f) << csv.out;  // val_acc
   EXPECT_EQ(cells[3][12], std::to_string(events[3]["version"].get<int64_t>() + 1));
 }
@@ -628,6 +633,7 @@ TEST_F(CliTest, BenchReportsLatencyAndThroughputPerWorkloadAndLevel) {
   EXPECT_EQ(cells[1][0], "health");
   EXPECT_EQ(cells[2][0], "predict");
   for (size_t n = 1; n < 3; ++n) {
+    ASSERT_GE(cells[n].size(), 16u) << csv.out;
     EXPECT_EQ(cells[n][5], "5") << csv.out;  // calls
     EXPECT_EQ(cells[n][6], "0") << csv.out;  // errors
     EXPECT_GT(std::stod(cells[n][8]), 0.0) << csv.out;
