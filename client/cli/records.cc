@@ -167,12 +167,12 @@ void PrintTrainEventRecord(const v1::TrainEvent& e, const std::string& kind,
       e.loss(),          e.metric(),     e.val_loss(), e.val_metric(), e.samples_per_second(),
       e.learning_rate(), e.eta_seconds()};
   if (f == Format::kJson) {
-    json j = {{"kind", kind},
-              {"epoch", e.epoch()},
-              {"epochs", e.epochs()},
-              {"step", e.step()},
-              {"total_steps", e.total_steps()}};
-    // nlohmann writes NaN (no validation split) as null.
+    nlohmann::ordered_json j = {{"kind", kind},
+                                {"epoch", e.epoch()},
+                                {"epochs", e.epochs()},
+                                {"step", e.step()},
+                                {"total_steps", e.total_steps()}};
+    // In the order of TrainEventColumns; nlohmann writes NaN (no validation split) as null.
     for (size_t i = 0; i < numbers.size(); ++i) j[keys[5 + i]] = numbers[i];
     j["version"] = e.version();
     j["early_stopped"] = e.early_stopped();
