@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <iomanip>
+#include <iterator>
 #include <limits>
 #include <ostream>
 #include <random>
@@ -393,6 +394,32 @@ void BenchReport::PrintTable(std::ostream& out) const {
     ratios.push_back(row);
   }
   PrintAligned(out, ratios);
+}
+
+void BenchReport::PrintCsv(std::ostream& out) const {
+  static const char* kColumns[] = {
+      "workload",   "name",       "rows",    "samples",          "concurrency",
+      "calls",      "errors",     "seconds", "p50_ms",           "p90_ms",
+      "p99_ms",     "mean_ms",    "max_ms",  "calls_per_second", "rows_per_second",
+      "client_cpu", "first_error"};
+  for (size_t i = 0; i < std::size(kColumns); ++i) out << (i ? "," : "") << kColumns[i];
+  out << "\n";
+  // The cells of ToJson's results, numbers in the same digits; a text with a comma or a quote is
+  // quoted (RFC 4180).
+  const json report = ToJson();
+  for (const auto& r : report["results"]) {
+    for (size_t i = 0; i < std::size(kColumns); ++i) {
+      const json v = r.value(kColumns[i], json());
+      std::string cell = v.is_string() ? v.get<std::string>() : v.is_null() ? "" : v.dump();
+      if (cell.find_first_of(",\"\n") != std::string::npos) {
+        std::string quoted = "\"";
+        for (char ch : cell) quoted += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+        cell = quoted + "\"";
+      }
+      out << (i ? "," : "") << cell;
+    }
+    out << "\n";
+  }
 }
 
 namespace {

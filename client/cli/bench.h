@@ -79,6 +79,9 @@ struct BenchReport {
   double RatioToFloor(Workload w, int concurrency) const;
   nlohmann::json ToJson() const;
   void PrintTable(std::ostream& out) const;
+  // The results as CSV: a header, then a row per workload and level with the fields of ToJson's
+  // results (first_error empty when there was none).
+  void PrintCsv(std::ostream& out) const;
 };
 
 // Runs every workload at every level against the server of `client_options`; progress lines go

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "client/cli/oip_client.h"
+#include "client/cli/records.h"
 
 namespace dropnet::cli {
 namespace {
@@ -235,62 +236,30 @@ void PrintDataset(const v1::DatasetInfo& d) {
   std::cout << "\n";
 }
 
-int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_name) {
+int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_name, Format f) {
   const bool tty = ::isatty(STDOUT_FILENO);
   if (tty && req.report_every_steps() == 0) req.set_report_every_steps(10);
   std::signal(SIGINT, OnSigint);
-  int64_t kept = 0;
+  if (f == Format::kCsv) {
+    const auto columns = TrainEventColumns(metric_name);
+    for (size_t i = 0; i < columns.size(); ++i) std::cout << (i ? "," : "") << columns[i];
+    std::cout << "\n";
+  }
   try {
-    auto last = c.Train(
+    c.Train(
         req,
         [&](const v1::TrainEvent& e) {
-          kept = e.version() ? e.version() : kept;
-          switch (e.kind()) {
-            case v1::TrainEvent::KIND_STARTED:
-              std::cout << "training '" << req.model() << "' on '" << req.dataset()
-                        << "': " << e.epochs() << " epochs, " << e.total_steps()
-                        << " steps, from version " << e.version() << "\n";
-              break;
-            case v1::TrainEvent::KIND_STEP:
-              if (tty) {
-                const double frac =
-                    static_cast<double>(e.step()) / std::max<int64_t>(1, e.total_steps());
-                std::cout << "\r\033[K epoch " << e.epoch() << "/" << e.epochs() << " ["
-                          << Bar(frac, 30) << "] " << std::setw(3) << static_cast<int>(frac * 100)
-                          << "%  loss " << Fixed(e.loss()) << "  " << metric_name << " "
-                          << Fixed(e.metric()) << "  " << Fixed(e.samples_per_second(), 0)
-                          << " samples/s  ETA " << Duration(e.eta_seconds()) << std::flush;
-              } else {
-                std::cout << "step " << e.step() << "/" << e.total_steps() << " loss "
-                          << Fixed(e.loss()) << "\n";
-              }
-              break;
-            case v1::TrainEvent::KIND_EPOCH:
-              if (tty) std::cout << "\r\033[K";
-              std::cout << "epoch " << e.epoch() << "/" << e.epochs() << "  loss "
-                        << Fixed(e.loss()) << "  " << metric_name << " " << Fixed(e.metric());
-              if (!std::isnan(e.val_loss())) {
-                std::cout << "  val_loss " << Fixed(e.val_loss()) << "  val_" << metric_name << " "
-                          << Fixed(e.val_metric());
-              }
-              std::cout << "  " << Fixed(e.samples_per_second(), 0) << " samples/s  -> version "
-                        << e.version() << "\n";
-              break;
-            case v1::TrainEvent::KIND_FINISHED:
-              std::cout << "done: model '" << req.model() << "' published version " << e.version()
-                        << (e.early_stopped() ? " (early stopping restored the best epoch)" : "")
-                        << "\n";
-              break;
-            default:
-              break;
+          if (f == Format::kTable) {
+            PrintTrainEventText(e, req, metric_name, tty);
+          } else {
+            PrintTrainEventRecord(e, TrainEventKind(e.kind()), metric_name, f);
           }
           std::cout << std::flush;
         },
         [] { return interrupted.load(); });
-    (void)last;
   } catch (const dc::ClientError& e) {
     if (interrupted) {
-      if (tty) std::cout << "\r\033[K";
+      if (tty && f == Format::kTable) std::cout << "\r\033[K";
       // The server stops between steps; wait until it has let go of the model, so that the
       // version reported is the one it keeps.
       auto info = c.GetModel(req.model());
@@ -298,8 +267,16 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
         info = c.GetModel(req.model());
       }
-      std::cout << "cancelled: model '" << req.model() << "' keeps version " << info.version()
-                << "\n";
+      if (f == Format::kTable) {
+        std::cout << "cancelled: model '" << req.model() << "' keeps version " << info.version()
+                  << "\n";
+      } else {
+        v1::TrainEvent kept;
+        kept.set_version(info.version());
+        kept.set_val_loss(std::nan(""));
+        kept.set_val_metric(std::nan(""));
+        PrintTrainEventRecord(kept, "cancelled", metric_name, f);
+      }
       return 130;
     }
     throw;
@@ -307,12 +284,24 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
   return 0;
 }
 
+namespace {
+// Row i of m as a JSON array of exact numbers.
+json JsonRow(const dc::Matrix& m, int64_t i) {
+  json a = json::array();
+  for (int64_t j = 0; j < m.cols(); ++j) a.push_back(JsonNumber(m(i, j)));
+  return a;
+}
+}  // namespace
+
 int PredictCommand(dc::Client& c, const std::string& model, const std::string& version,
                    const std::string& input, const std::string& target, Format f,
                    const std::string& output, bool v2) {
   dc::Matrix x = ReadInputs(c, model, input, target);
   auto r = v2 ? PredictV2(c, model, version, x) : c.Predict(model, version, x);
   dc::Matrix out = dc::ToMatrix(r.outputs());
+  // Gaussian NLL heads: the predicted (aleatoric) variance of each target.
+  const bool has_var = r.variances().values_size() > 0;
+  dc::Matrix var = has_var ? dc::ToMatrix(r.variances()) : dc::Matrix();
   Table t;
   t.header = {"row", "version"};
   const bool classify = r.task() != v1::TASK_REGRESSION;
@@ -320,22 +309,23 @@ int PredictCommand(dc::Client& c, const std::string& model, const std::string& v
   for (int64_t j = 0; j < out.cols(); ++j) {
     t.header.push_back((classify ? "p" : "y") + std::to_string(j));
   }
+  for (int64_t j = 0; has_var && j < var.cols(); ++j) t.header.push_back("var" + std::to_string(j));
   for (int64_t i = 0; i < out.rows(); ++i) {
     std::vector<std::string> row = {std::to_string(i), std::to_string(r.version())};
     json jr = {{"row", i}, {"version", r.version()}};
     if (classify) {
       const int k = r.predicted_class(static_cast<int>(i));
       row.push_back(std::to_string(k));
-      row.push_back(Fixed(out(i, k)));
+      row.push_back(Cell(out(i, k), f));
       jr["class"] = k;
-      jr["probability"] = out(i, k);
-      std::vector<float> probs(out.row(i).data(), out.row(i).data() + out.cols());
-      jr["probabilities"] = probs;
+      jr["probability"] = JsonNumber(out(i, k));
+      jr["probabilities"] = JsonRow(out, i);
     } else {
-      std::vector<float> ys(out.row(i).data(), out.row(i).data() + out.cols());
-      jr["values"] = ys;
+      jr["values"] = JsonRow(out, i);
     }
-    for (int64_t j = 0; j < out.cols(); ++j) row.push_back(Fixed(out(i, j)));
+    if (has_var) jr["variances"] = JsonRow(var, i);
+    for (int64_t j = 0; j < out.cols(); ++j) row.push_back(Cell(out(i, j), f));
+    for (int64_t j = 0; has_var && j < var.cols(); ++j) row.push_back(Cell(var(i, j), f));
     t.rows.push_back(row);
     t.json_rows.push_back(jr);
   }
@@ -347,14 +337,27 @@ int PredictCommand(dc::Client& c, const std::string& model, const std::string& v
 
 int UncertaintyCommand(dc::Client& c, const std::string& model, const std::string& version,
                        const std::string& input, const std::string& target, int samples,
-                       std::optional<uint64_t> seed, Format f, const std::string& output, bool v2) {
+                       std::optional<uint64_t> seed, Format f, const std::string& output, bool v2,
+                       bool return_samples) {
+  if (v2 && return_samples) {
+    throw std::runtime_error("--return-samples needs --protocol v1 (dropnet.v1)");
+  }
   dc::Matrix x = ReadInputs(c, model, input, target);
   dc::UncertaintyOptions o;
   o.samples = samples;
   o.seed = seed;
   o.version = version;
+  o.return_samples = return_samples;
   auto r =
       v2 ? UncertaintyV2(c, model, version, x, samples, seed) : c.PredictUncertainty(model, x, o);
+  if (return_samples) {
+    Emit(SamplesTable(r, f), f, output);
+    std::cerr << "model '" << model << "' version " << r.version() << ", Monte-Carlo dropout, the "
+              << r.num_samples() << " samples of " << x.rows() << " rows, seed " << r.seed()
+              << (f == Format::kTable ? " (every sample's outputs: -o csv or -o json)" : "")
+              << "\n";
+    return 0;
+  }
   dc::Matrix mean = dc::ToMatrix(r.mean()), sd = dc::ToMatrix(r.stddev());
   Table t;
   if (r.task() != v1::TASK_REGRESSION) {
@@ -362,38 +365,38 @@ int UncertaintyCommand(dc::Client& c, const std::string& model, const std::strin
                 "std", "entropy", "mutual_info", "variation_ratio"};
     for (int64_t i = 0; i < mean.rows(); ++i) {
       const int k = r.predicted_class(static_cast<int>(i));
+      const int n = static_cast<int>(i);
       t.rows.push_back({std::to_string(i), std::to_string(r.version()), std::to_string(k),
-                        Fixed(mean(i, k)), Fixed(sd(i, k)), Fixed(r.predictive_entropy(i)),
-                        Fixed(r.mutual_information(i)), Fixed(r.variation_ratio(i))});
-      std::vector<float> probs(mean.row(i).data(), mean.row(i).data() + mean.cols());
+                        Cell(mean(i, k), f), Cell(sd(i, k), f), Cell(r.predictive_entropy(n), f),
+                        Cell(r.mutual_information(n), f), Cell(r.variation_ratio(n), f)});
       t.json_rows.push_back({{"row", i},
                              {"version", r.version()},
                              {"prediction", k},
-                             {"probability", mean(i, k)},
-                             {"std", sd(i, k)},
-                             {"entropy", r.predictive_entropy(i)},
-                             {"expected_entropy", r.expected_entropy(i)},
-                             {"mutual_information", r.mutual_information(i)},
-                             {"variation_ratio", r.variation_ratio(i)},
-                             {"probabilities", probs}});
+                             {"probability", JsonNumber(mean(i, k))},
+                             {"std", JsonNumber(sd(i, k))},
+                             {"entropy", JsonNumber(r.predictive_entropy(n))},
+                             {"expected_entropy", JsonNumber(r.expected_entropy(n))},
+                             {"mutual_information", JsonNumber(r.mutual_information(n))},
+                             {"variation_ratio", JsonNumber(r.variation_ratio(n))},
+                             {"probabilities", JsonRow(mean, i)}});
     }
   } else {
     dc::Matrix tv = dc::ToMatrix(r.total_variance()), lo = dc::ToMatrix(r.lower()),
                hi = dc::ToMatrix(r.upper());
-    t.header = {"row", "version", "target", "mean", "std", "total_std", "lower", "upper"};
+    t.header = {"row", "version", "target", "mean", "std", "total_variance", "lower", "upper"};
     for (int64_t i = 0; i < mean.rows(); ++i) {
       for (int64_t j = 0; j < mean.cols(); ++j) {
         t.rows.push_back({std::to_string(i), std::to_string(r.version()), std::to_string(j),
-                          Fixed(mean(i, j)), Fixed(sd(i, j)), Fixed(std::sqrt(tv(i, j))),
-                          Fixed(lo(i, j)), Fixed(hi(i, j))});
+                          Cell(mean(i, j), f), Cell(sd(i, j), f), Cell(tv(i, j), f),
+                          Cell(lo(i, j), f), Cell(hi(i, j), f)});
         t.json_rows.push_back({{"row", i},
                                {"version", r.version()},
                                {"target", j},
-                               {"mean", mean(i, j)},
-                               {"std", sd(i, j)},
-                               {"total_variance", tv(i, j)},
-                               {"lower", lo(i, j)},
-                               {"upper", hi(i, j)}});
+                               {"mean", JsonNumber(mean(i, j))},
+                               {"std", JsonNumber(sd(i, j))},
+                               {"total_variance", JsonNumber(tv(i, j))},
+                               {"lower", JsonNumber(lo(i, j))},
+                               {"upper", JsonNumber(hi(i, j))}});
       }
     }
   }

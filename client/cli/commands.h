@@ -30,18 +30,24 @@ void PrintModel(const v1::ModelInfo& m, Format f);
 Table DatasetsTable(const std::vector<v1::DatasetInfo>& ds);
 void PrintDataset(const v1::DatasetInfo& d);
 
-// Streams training progress (a live bar on a terminal); Ctrl-C cancels and returns 130.
-int TrainCommand(client::Client& c, v1::TrainRequest req, const std::string& metric_name);
+// Streams training progress: with Format::kTable a live bar on a terminal (plain lines in a pipe);
+// with kJson one JSON object per event and line, with kCsv a header and a row per event. Their
+// fields: kind (started, step, epoch, finished; cancelled after Ctrl-C), epoch, epochs, step,
+// total_steps, loss, acc or rmse, val_loss, val_acc or val_rmse, samples_per_second,
+// learning_rate, eta_seconds, version, early_stopped. Ctrl-C cancels and returns 130.
+int TrainCommand(client::Client& c, v1::TrainRequest req, const std::string& metric_name,
+                 Format f = Format::kTable);
 // `version`: a number, a label or "" (the model's default); every row of the output names the
 // version that answered. `v2`: ask through the Open Inference Protocol's ModelInfer
 // (oip_client.h) instead of dropnet.v1.
 int PredictCommand(client::Client& c, const std::string& model, const std::string& version,
                    const std::string& input, const std::string& target, Format f,
                    const std::string& output, bool v2 = false);
+// return_samples: prints the T samples instead (records.h, SamplesTable).
 int UncertaintyCommand(client::Client& c, const std::string& model, const std::string& version,
                        const std::string& input, const std::string& target, int samples,
                        std::optional<uint64_t> seed, Format f, const std::string& output,
-                       bool v2 = false);
+                       bool v2 = false, bool return_samples = false);
 int EvaluateCommand(client::Client& c, const std::string& model, const std::string& version,
                     const std::string& data, int mc, std::optional<uint64_t> seed, int64_t limit,
                     Format f);

@@ -10,8 +10,10 @@
 
 namespace dropnet::cli {
 
-// Reads the test images from data_dir (Fashion-MNIST's IDX files); returns the exit status.
-int Demo(client::Client& c, const std::string& data_dir);
+// Reads the test images from data_dir (Fashion-MNIST's IDX files); returns the exit status. When
+// the model serves an untrained version (as created, random weights) it waits up to
+// `wait_seconds` for a trained one, then says so and returns 1.
+int Demo(client::Client& c, const std::string& data_dir, double wait_seconds = 60);
 
 }  // namespace dropnet::cli
 

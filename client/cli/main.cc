@@ -7,10 +7,10 @@
 //   dropnet data upload NAME FILE.csv | import NAME PATH [LABELS] | list | delete NAME
 //   dropnet train MODEL --data NAME [--epochs N ...]
 //   dropnet predict MODEL --input FILE.csv [--format table|csv|json]
-//   dropnet uncertainty MODEL --input FILE.csv --samples T [--seed N]
+//   dropnet uncertainty MODEL --input FILE.csv --samples T [--seed N] [--return-samples]
 //   dropnet evaluate MODEL --data NAME [--mc-samples T]
 //   dropnet bench MODEL [--concurrency 1,2,4,8 --duration S --count N --json ...]
-//   dropnet demo
+//   dropnet demo [--wait SECONDS]
 //   dropnet help [COMMAND...] | completion bash | --version
 //
 // Global options (--server, --timeout, --tls, --ca, --cert, --key, --token-file, -o/--format) go
@@ -107,6 +107,7 @@ struct Args {
   std::string input;
   int samples = 50, mc_samples = 0;
   uint64_t seed = 0;
+  bool return_samples = false;
   CLI::App *predict = nullptr, *unc = nullptr, *evaluate = nullptr;
   CLI::Option *seed_opt = nullptr, *eval_seed = nullptr;
   std::string protocol = "v1";
@@ -117,6 +118,7 @@ struct Args {
   CLI::App* bench = nullptr;
   // demo
   std::string demo_data = "/usr/share/datasets/fashion-mnist";
+  double demo_wait = 60;
   CLI::App* demo = nullptr;
 };
 
@@ -233,7 +235,9 @@ void AddDataCommands(CLI::App& app, Args& a) {
 }
 
 void AddTrainCommand(CLI::App& app, Args& a) {
-  a.train = app.add_subcommand("train", "train a model, with live progress; Ctrl-C cancels");
+  a.train = app.add_subcommand(
+      "train",
+      "train a model, with live progress (-o json|csv: a record per event); Ctrl-C cancels");
   auto* train = a.train;
   train->add_option("model", a.name)->required();
   train->add_option("--data", a.data_name, "data set to train on")->required();
@@ -260,6 +264,9 @@ void AddPredictCommands(CLI::App& app, Args& a) {
   a.unc->add_option("model", a.name)->required();
   a.unc->add_option("--samples,-T", a.samples, "stochastic passes T")->capture_default_str();
   a.seed_opt = a.unc->add_option("--seed", a.seed, "mask seed (default: the server picks; echoed)");
+  a.unc->add_flag("--return-samples", a.return_samples,
+                  "print the T samples' outputs instead (-o json: [T][rows][outputs]; -o csv: "
+                  "sample,row,out0,...; table: the votes or range per row)");
   for (auto* s : {a.predict, a.unc}) {
     s->add_option("--input", a.input, "CSV file with a header row")
         ->required()
@@ -341,6 +348,9 @@ void AddBenchAndDemo(CLI::App& app, Args& a) {
   a.demo = app.add_subcommand("demo", "a tour: a confident and an ambiguous item side by side");
   a.demo->add_option("--data-dir", a.demo_data, "Fashion-MNIST IDX directory")
       ->capture_default_str();
+  a.demo->add_option("--wait", a.demo_wait, "seconds to wait for a trained version of the model")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
 }
 
 int RunBench(const dc::ClientOptions& client_options, Args& a) {
@@ -353,6 +363,8 @@ int RunBench(const dc::ClientOptions& client_options, Args& a) {
       cli::RunBench(client_options, a.bench_options, a.bench_quiet ? nullptr : &std::cerr);
   if (a.bench_json || a.format == "json")
     std::cout << report.ToJson().dump(2) << "\n";
+  else if (a.format == "csv")
+    report.PrintCsv(std::cout);
   else
     report.PrintTable(std::cout);
   int64_t errors = 0;
@@ -460,7 +472,7 @@ std::optional<int> RunStoreCommand(dc::Client& c, const Args& a, cli::Format f) 
   return std::nullopt;
 }
 
-int RunTrain(dc::Client& c, const Args& a) {
+int RunTrain(dc::Client& c, const Args& a, cli::Format f) {
   v1::TrainRequest treq;
   treq.set_model(a.name);
   treq.set_dataset(a.data_name);
@@ -477,14 +489,14 @@ int RunTrain(dc::Client& c, const Args& a) {
   treq.set_seed(a.tseed);
   treq.set_standardize(a.standardize);
   const auto info = c.GetModel(a.name);
-  return cli::TrainCommand(c, treq, info.spec().task() == v1::TASK_REGRESSION ? "rmse" : "acc");
+  return cli::TrainCommand(c, treq, info.spec().task() == v1::TASK_REGRESSION ? "rmse" : "acc", f);
 }
 
 int Run(const Args& a, const dc::ClientOptions& client_options) {
   dc::Client c(client_options);
   const cli::Format f = cli::ParseFormat(a.format);
   if (auto rc = RunStoreCommand(c, a, f)) return *rc;
-  if (*a.train) return RunTrain(c, a);
+  if (*a.train) return RunTrain(c, a, f);
   const bool v2 = a.protocol == "v2";
   if (*a.predict) {
     return cli::PredictCommand(c, a.name, a.model_version, a.input, a.target, f, a.output, v2);
@@ -492,14 +504,15 @@ int Run(const Args& a, const dc::ClientOptions& client_options) {
   if (*a.unc) {
     return cli::UncertaintyCommand(
         c, a.name, a.model_version, a.input, a.target, a.samples,
-        a.seed_opt->count() ? std::optional<uint64_t>(a.seed) : std::nullopt, f, a.output, v2);
+        a.seed_opt->count() ? std::optional<uint64_t>(a.seed) : std::nullopt, f, a.output, v2,
+        a.return_samples);
   }
   if (*a.evaluate) {
     return cli::EvaluateCommand(
         c, a.name, a.model_version, a.data_name, a.mc_samples,
         a.eval_seed->count() ? std::optional<uint64_t>(a.seed) : std::nullopt, a.limit, f);
   }
-  if (*a.demo) return cli::Demo(c, a.demo_data);
+  if (*a.demo) return cli::Demo(c, a.demo_data, a.demo_wait);
   return 0;
 }
 

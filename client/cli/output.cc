@@ -1,6 +1,7 @@
 #include "client/cli/output.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <fstream>
 #include <iomanip>
@@ -25,7 +26,38 @@ std::string Fixed(double v, int digits) {
   return s.str();
 }
 
+namespace {
+template <typename T>
+std::string ShortestText(T v) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, r.ptr);
+}
+}  // namespace
+
+std::string Exact(float v) { return ShortestText(v); }
+std::string Exact(double v) { return ShortestText(v); }
+
+nlohmann::json JsonNumber(float v) {
+  if (!std::isfinite(v)) return nullptr;
+  // The double nearest the float's shortest decimal: nlohmann prints a double in its shortest
+  // form, which is then that decimal, and it reads back as the float.
+  const std::string text = ShortestText(v);
+  double d = 0;
+  std::from_chars(text.data(), text.data() + text.size(), d);
+  return d;
+}
+
+std::string Cell(float v, Format f) { return f == Format::kTable ? Fixed(v) : Exact(v); }
+
 void Table::Print(std::ostream& out, Format f) const {
+  if (f == Format::kJson && json_row_per_line) {
+    out << "[";
+    for (size_t i = 0; i < json_rows.size(); ++i)
+      out << (i ? ",\n " : "\n ") << json_rows[i].dump();
+    out << "\n]\n";
+    return;
+  }
   if (f == Format::kJson) {
     out << nlohmann::json(json_rows).dump(2) << "\n";
     return;

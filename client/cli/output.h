@@ -24,11 +24,25 @@ Format ParseFormat(const std::string& f);
 // v with `digits` decimals; "-" for NaN.
 std::string Fixed(double v, int digits = 4);
 
+// v in the fewest digits that read back as exactly the same float (or double): "0.1", "1e-05",
+// "nan", "inf". What CSV output prints, so that a parser gets the very value the server sent.
+std::string Exact(float v);
+std::string Exact(double v);
+
+// v as a JSON number that reads back as exactly the same float, in its fewest digits (0.1 rather
+// than 0.10000000149011612); null for NaN and infinities, which JSON cannot hold.
+nlohmann::json JsonNumber(float v);
+
+// A cell of a table: Fixed(v) for people (Format::kTable), Exact(v) for CSV.
+std::string Cell(float v, Format f);
+
 // Rows of cells printed as an aligned table, CSV, or JSON objects keyed by the header.
 struct Table {
   std::vector<std::string> header;
   std::vector<std::vector<std::string>> rows;
   std::vector<nlohmann::json> json_rows;  // typed values for --format json
+  // --format json: each element of the array on a line of its own, not indented inside.
+  bool json_row_per_line = false;
 
   void Print(std::ostream& out, Format f) const;
 };

@@ -16,8 +16,8 @@ from dropnet._common import TLSArg
 from dropnet._progress import Progress
 from dropnet.client import ArrayLike, Spec
 from dropnet.errors import DropnetError, from_rpc_error
-from dropnet.types import (DatasetInfo, Evaluation, ModelInfo, Prediction, TrainEvent,
-                           TrainFinished, Uncertainty)
+from dropnet.types import (DatasetInfo, DatasetSplit, Evaluation, ModelInfo, Prediction,
+                           TrainEvent, TrainFinished, Uncertainty)
 from dropnet.v1 import model_pb2, service_pb2, service_pb2_grpc
 
 __all__ = ["AsyncClient", "AsyncTraining"]
@@ -194,6 +194,17 @@ class AsyncClient:
 
     async def list_datasets(self) -> List[DatasetInfo]:
         return [DatasetInfo.from_proto(d) for d in await self._datasets()]
+
+    async def split_dataset(self, name: str, fractions: Sequence[float] = (0.8, 0.2), *,
+                            seed: int = 0, names: Optional[Sequence[str]] = None,
+                            overwrite: bool = False,
+                            timeout: Optional[float] = None) -> DatasetSplit:
+        """As :meth:`dropnet.Client.split_dataset`."""
+        req = service_pb2.SplitDatasetRequest(
+            name=name, fractions=[float(f) for f in fractions], seed=seed,
+            output_names=list(names or ()), overwrite=overwrite)
+        resp = await _call(self._stub.SplitDataset(req, **self._kw(timeout)))
+        return DatasetSplit.from_proto(resp)
 
     async def delete_dataset(self, name: str) -> None:
         await _call(self._stub.DeleteDataset(service_pb2.DeleteDatasetRequest(name=name),

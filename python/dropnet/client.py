@@ -13,8 +13,8 @@ from dropnet import _common, _convert
 from dropnet._common import TLS, TLSArg
 from dropnet._progress import Progress
 from dropnet.errors import DropnetError, from_rpc_error
-from dropnet.types import (DatasetInfo, Evaluation, ModelInfo, Prediction, TrainEvent,
-                           TrainFinished, Uncertainty)
+from dropnet.types import (DatasetInfo, DatasetSplit, Evaluation, ModelInfo, Prediction,
+                           TrainEvent, TrainFinished, Uncertainty)
 from dropnet.v1 import model_pb2, service_pb2, service_pb2_grpc
 
 __all__ = ["Client", "Training", "TLS"]
@@ -244,6 +244,21 @@ class Client:
     def list_datasets(self) -> List[DatasetInfo]:
         """Every stored data set, sorted by name."""
         return [DatasetInfo.from_proto(d) for d in self._datasets()]
+
+    def split_dataset(self, name: str, fractions: Sequence[float] = (0.8, 0.2), *,
+                      seed: int = 0, names: Optional[Sequence[str]] = None,
+                      overwrite: bool = False, timeout: Optional[float] = None) -> DatasetSplit:
+        """Cuts the stored data set ``name`` into new ones, one per fraction (two or more, summing
+        to 1): part i gets about ``fractions[i]`` of the rows, shuffled by ``seed`` (the same
+        seed gives the same parts), classification rows stratified. ``names`` default to
+        NAME-train and NAME-test for two fractions (NAME-train, NAME-validation, NAME-test for
+        three; NAME-1 ... NAME-k for more); ``overwrite`` replaces data sets of those names (else
+        AlreadyExists, nothing written). Bad fractions are InvalidArgument."""
+        req = service_pb2.SplitDatasetRequest(
+            name=name, fractions=[float(f) for f in fractions], seed=seed,
+            output_names=list(names or ()), overwrite=overwrite)
+        resp = _call(lambda: self._stub.SplitDataset(req, **self._kw(timeout)))
+        return DatasetSplit.from_proto(resp)
 
     def delete_dataset(self, name: str) -> None:
         _call(lambda: self._stub.DeleteDataset(service_pb2.DeleteDatasetRequest(name=name),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -17,8 +17,8 @@ from dropnet import _convert
 from dropnet.v1 import model_pb2, service_pb2
 
 __all__ = [
-    "EpochRecord", "ModelInfo", "DatasetInfo", "TrainEvent", "TrainStarted", "TrainStep",
-    "TrainEpoch", "TrainFinished", "Prediction", "Uncertainty", "Evaluation",
+    "EpochRecord", "ModelInfo", "DatasetInfo", "DatasetSplit", "TrainEvent", "TrainStarted",
+    "TrainStep", "TrainEpoch", "TrainFinished", "Prediction", "Uncertainty", "Evaluation",
 ]
 
 
@@ -125,6 +125,47 @@ class DatasetInfo:
             input_shape=tuple(d.input_shape), targets=d.targets, num_classes=d.num_classes,
             class_names=tuple(d.class_names), source=d.source, created=_time(d.created_unix_ms),
             feature_names=tuple(d.feature_names), proto=d)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSplit:
+    """The data sets a split made (SplitDataset), in the order of its fractions.
+
+    Iterate over it or index it by position or by name: ``split["digits-test"].rows``."""
+
+    datasets: Tuple[DatasetInfo, ...]
+    proto: service_pb2.SplitDatasetResponse = _field()
+
+    @classmethod
+    def from_proto(cls, r: service_pb2.SplitDatasetResponse) -> "DatasetSplit":
+        return cls(datasets=tuple(DatasetInfo.from_proto(d) for d in r.datasets), proto=r)
+
+    @property
+    def names(self) -> Tuple[str, ...]:
+        return tuple(d.name for d in self.datasets)
+
+    @property
+    def rows(self) -> Tuple[int, ...]:
+        return tuple(d.rows for d in self.datasets)
+
+    def __len__(self) -> int:
+        return len(self.datasets)
+
+    def __iter__(self) -> Iterator[DatasetInfo]:
+        return iter(self.datasets)
+
+    def __getitem__(self, key: Union[int, str]) -> DatasetInfo:
+        if isinstance(key, str):
+            for d in self.datasets:
+                if d.name == key:
+                    return d
+            raise KeyError(f"no data set named {key!r} in this split (it made "
+                           f"{', '.join(self.names)})")
+        return self.datasets[key]
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{d.name} ({d.rows} rows)" for d in self.datasets)
+        return f"DatasetSplit({parts})"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,14 @@ def test_async_client(server, client, digits):
             e = await c.evaluate("async-model", "async-data", samples=5, seed=1)
             assert e.rows == 100 and e.mode == "monte_carlo"
             assert "async-data" in [d.name for d in await c.list_datasets()]
+            parts = await c.split_dataset("async-data", [0.5, 0.5], seed=2)
+            assert isinstance(parts, dropnet.DatasetSplit)
+            assert parts.names == ("async-data-train", "async-data-test")
+            assert parts.rows == (50, 50)
+            with pytest.raises(dropnet.InvalidArgument):
+                await c.split_dataset("async-data", [1.0])
+            for part in parts:
+                await c.delete_dataset(part.name)
             await c.delete_model("async-model")
             await c.delete_dataset("async-data")
             with pytest.raises(dropnet.NotFound):

@@ -99,6 +99,39 @@ def test_import_dataset(client):
     client.delete_dataset("imported")
 
 
+def test_split_dataset(client, server):
+    client.import_dataset("to-split", "digits.csv")
+    split = client.split_dataset("to-split", [0.8, 0.2], seed=3)
+    assert isinstance(split, dropnet.DatasetSplit)
+    assert split.names == ("to-split-train", "to-split-test")
+    assert len(split) == 2 and [d.name for d in split] == list(split.names)
+    assert sum(split.rows) == 1797 and abs(split.rows[1] - 0.2 * 1797) <= 10
+    assert split["to-split-test"] is split[1]
+    assert all(d.task == "classification" and d.num_classes == 10 for d in split)
+    assert "to-split-test (" in repr(split)
+    listed = {d.name: d.rows for d in client.list_datasets()}
+    assert (listed["to-split-train"], listed["to-split-test"]) == split.rows
+    with pytest.raises(KeyError, match="to-split-train"):
+        split["nope"]
+    # The command line's `data split` asks the same of the server.
+    cli = run_cli(server, "data", "split", "to-split", "--fractions", "0.8,0.2", "--seed", "3",
+                  "--names", "cli-a,cli-b", "-o", "json")
+    assert cli.returncode == 0, cli.stderr
+    assert tuple(d["rows"] for d in json.loads(cli.stdout)) == split.rows
+    three = client.split_dataset("to-split", (0.5, 0.25, 0.25), seed=1, names=["a", "b", "c"])
+    assert three.names == ("a", "b", "c") and sum(three.rows) == 1797
+    with pytest.raises(dropnet.AlreadyExists):
+        client.split_dataset("to-split", [0.8, 0.2], seed=3)
+    again = client.split_dataset("to-split", [0.8, 0.2], seed=3, overwrite=True)
+    assert again.rows == split.rows
+    with pytest.raises(dropnet.InvalidArgument, match="fractions .* got '0.7,0.2'"):
+        client.split_dataset("to-split", [0.7, 0.2])
+    with pytest.raises(dropnet.NotFound):
+        client.split_dataset("no-such-data", [0.5, 0.5])
+    for name in ("to-split", *split.names, "cli-a", "cli-b", *three.names):
+        client.delete_dataset(name)
+
+
 def test_train_events(client, digits):
     client.create_model("trainee", SMALL_SPEC)
     run = client.train("trainee", "digits", epochs=2, batch_size=64, report_every_steps=5,

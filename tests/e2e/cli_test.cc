@@ -3,11 +3,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "tests/e2e/e2e_util.h"
 #include "tests/testing/temp_dir.h"
@@ -228,6 +232,278 @@ TEST_F(CliTest, UncertaintyIsReproducibleWithASeed) {
   EXPECT_EQ(too_many.code, 10 + 8);  // RESOURCE_EXHAUSTED
 }
 
+// CSV lines as cells, the header first.
+std::vector<std::vector<std::string>> CsvCells(const std::string& text) {
+  std::vector<std::vector<std::string>> out;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::vector<std::string> cells;
+    std::stringstream ss(line);
+    std::string cell;
+    while (std::getline(ss, cell, ',')) cells.push_back(cell);
+    out.push_back(cells);
+  }
+  return out;
+}
+
+// The float a CSV cell or a JSON number reads back as.
+float F(const std::string& cell) { return std::strtof(cell.c_str(), nullptr); }
+float F(const json& number) { return std::strtof(number.dump().c_str(), nullptr); }
+
+// CSV and JSON print the server's float32 numbers exactly: both read back as the same floats,
+// and the table still rounds them for people.
+TEST_F(CliTest, CsvAndJsonCarryExactFloats) {
+  EnsureDigitsModel();
+  fs::path in = WriteInputs(6);
+  auto csv = Run({"predict", "digits", "--input", in.string(), "-o", "csv"});
+  auto js = Run({"predict", "digits", "--input", in.string(), "-o", "json"});
+  ASSERT_EQ(csv.code, 0) << csv.err;
+  ASSERT_EQ(js.code, 0) << js.err;
+  auto cells = CsvCells(csv.out);
+  auto rows = json::parse(js.out);
+  ASSERT_EQ(cells.size(), 7u);
+  ASSERT_EQ(rows.size(), 6u);
+  int long_cells = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    ASSERT_EQ(cells[i + 1].size(), 14u);
+    EXPECT_EQ(cells[i + 1][1], std::to_string(rows[i]["version"].get<int64_t>()));
+    EXPECT_EQ(F(cells[i + 1][3]), F(rows[i]["probability"])) << cells[i + 1][3];
+    for (int k = 0; k < 10; ++k) {
+      const std::string& cell = cells[i + 1][4 + k];
+      EXPECT_EQ(F(cell), F(rows[i]["probabilities"][k])) << "row " << i << " p" << k << " " << cell;
+      long_cells += cell.size() > 6;
+    }
+  }
+  EXPECT_GT(long_cells, 0) << "every probability fits in 4 decimals? " << csv.out;
+
+  auto ucsv = Run(
+      {"uncertainty", "digits", "--input", in.string(), "-T", "20", "--seed", "4", "-o", "csv"});
+  auto ujs = Run(
+      {"uncertainty", "digits", "--input", in.string(), "-T", "20", "--seed", "4", "-o", "json"});
+  ASSERT_EQ(ucsv.code, 0) << ucsv.err;
+  auto ucells = CsvCells(ucsv.out);
+  auto urows = json::parse(ujs.out);
+  ASSERT_EQ(ucells.size(), 7u);
+  EXPECT_EQ(ucsv.out.rfind("row,version,prediction,probability,std,entropy,mutual_info,", 0), 0u);
+  ASSERT_EQ(urows.size(), 6u);
+  for (size_t i = 0; i < urows.size(); ++i) {
+    const auto& c = ucells[i + 1];
+    ASSERT_EQ(c.size(), 8u) << ucsv.out;
+    EXPECT_EQ(c[1], std::to_string(urows[i]["version"].get<int64_t>()));
+    EXPECT_EQ(F(c[3]), F(urows[i]["probability"])) << c[3];
+    EXPECT_EQ(F(c[4]), F(urows[i]["std"])) << c[4];
+    EXPECT_EQ(F(c[5]), F(urows[i]["entropy"])) << c[5];
+    EXPECT_EQ(F(c[6]), F(urows[i]["mutual_information"])) << c[6];
+    EXPECT_EQ(F(c[7]), F(urows[i]["variation_ratio"])) << c[7];
+  }
+  auto table = Run({"predict", "digits", "--input", in.string()});
+  EXPECT_NE(table.out.find(" 0.0"), std::string::npos) << table.out;
+  EXPECT_EQ(table.out.find("e-"), std::string::npos) << "the table rounds: " << table.out;
+}
+
+// A regression model with a Gaussian NLL head: predict shows the predicted variances, uncertainty
+// the total variance and the interval, in the table, CSV and JSON.
+TEST_F(CliTest, RegressionVariancesInEveryFormat) {
+  ASSERT_EQ(Run({"models", "create", "diab", "--spec",
+                 (kSource / "examples/diabetes_regression.json").string()})
+                .code,
+            0);
+  auto up = Run(
+      {"data", "upload", "diab", (kSource / "data/diabetes.csv").string(), "--task", "regression"});
+  ASSERT_EQ(up.code, 0) << up.err;
+  auto tr =
+      Run({"train", "diab", "--data", "diab", "--epochs", "2", "--standardize", "--seed", "1"});
+  ASSERT_EQ(tr.code, 0) << tr.err;
+  fs::path in = dir_ / "diab3.csv";
+  {
+    std::ifstream src(kSource / "data/diabetes.csv");
+    std::ofstream dst(in);
+    std::string line;
+    for (int i = 0; i < 4 && std::getline(src, line); ++i) dst << line << "\n";
+  }
+  auto csv = Run({"predict", "diab", "--input", in.string(), "-o", "csv"});
+  ASSERT_EQ(csv.code, 0) << csv.err;
+  auto js = Run({"predict", "diab", "--input", in.string(), "-o", "json"});
+  auto cells = CsvCells(csv.out);
+  auto rows = json::parse(js.out);
+  ASSERT_EQ(cells.size(), 4u) << csv.out;
+  EXPECT_EQ(cells[0], (std::vector<std::string>{"row", "version", "y0", "var0"})) << csv.out;
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_EQ(cells[i + 1].size(), 4u) << csv.out;
+    EXPECT_EQ(cells[i + 1][1], "3");
+    EXPECT_GT(F(cells[i + 1][3]), 0.0f) << csv.out;
+    EXPECT_EQ(F(cells[i + 1][2]), F(rows[i]["values"][0]));
+    EXPECT_EQ(F(cells[i + 1][3]), F(rows[i]["variances"][0]));
+  }
+  auto table = Run({"predict", "diab", "--input", in.string()});
+  EXPECT_EQ(table.out.rfind("row  version  y0", 0), 0u) << table.out;
+  EXPECT_NE(table.out.find("var0"), std::string::npos) << table.out;
+
+  auto ucsv =
+      Run({"uncertainty", "diab", "--input", in.string(), "-T", "30", "--seed", "1", "-o", "csv"});
+  ASSERT_EQ(ucsv.code, 0) << ucsv.err;
+  auto ujs =
+      Run({"uncertainty", "diab", "--input", in.string(), "-T", "30", "--seed", "1", "-o", "json"});
+  auto uc = CsvCells(ucsv.out);
+  auto uj = json::parse(ujs.out);
+  ASSERT_EQ(uc.size(), 4u) << ucsv.out;
+  EXPECT_EQ(uc[0], (std::vector<std::string>{"row", "version", "target", "mean", "std",
+                                             "total_variance", "lower", "upper"}));
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_EQ(uc[i + 1].size(), 8u) << ucsv.out;
+    const float mean = F(uc[i + 1][3]), sd = F(uc[i + 1][4]), tv = F(uc[i + 1][5]);
+    // The head's own variance comes on top of the spread of the samples.
+    EXPECT_GT(tv, sd * sd) << ucsv.out;
+    EXPECT_LT(F(uc[i + 1][6]), mean);
+    EXPECT_GT(F(uc[i + 1][7]), mean);
+    EXPECT_EQ(tv, F(uj[i]["total_variance"]));
+    EXPECT_EQ(F(uc[i + 1][6]), F(uj[i]["lower"]));
+    EXPECT_EQ(F(uc[i + 1][7]), F(uj[i]["upper"]));
+  }
+  auto ut = Run({"uncertainty", "diab", "--input", in.string(), "-T", "30", "--seed", "1"});
+  EXPECT_EQ(ut.out.rfind("row  version  target  mean", 0), 0u) << ut.out;
+  EXPECT_NE(ut.out.find("total_variance  lower"), std::string::npos) << ut.out;
+}
+
+// --return-samples: the T samples as JSON [T][rows][outputs], as CSV (sample, row, outputs), and a
+// table of how the samples voted; their mean is the summary's mean.
+TEST_F(CliTest, UncertaintyReturnsTheSamples) {
+  EnsureDigitsModel();
+  fs::path in = WriteInputs(3);
+  const std::vector<std::string> base = {"uncertainty", "digits", "--input", in.string(),
+                                         "-T",          "7",      "--seed",  "9"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return Run(args);
+  };
+  auto summary = with({"-o", "json"});
+  auto js = with({"--return-samples", "-o", "json"});
+  ASSERT_EQ(js.code, 0) << js.err;
+  auto samples = json::parse(js.out);
+  ASSERT_EQ(samples.size(), 7u);
+  auto mean = json::parse(summary.out);
+  for (int i = 0; i < 3; ++i) {
+    for (int k = 0; k < 10; ++k) {
+      double sum = 0;
+      for (int t = 0; t < 7; ++t) {
+        ASSERT_EQ(samples[t].size(), 3u);
+        ASSERT_EQ(samples[t][i].size(), 10u);
+        sum += samples[t][i][k].get<double>();
+      }
+      EXPECT_NEAR(sum / 7, mean[i]["probabilities"][k].get<double>(), 1e-5) << i << " " << k;
+    }
+  }
+  auto csv = with({"--return-samples", "-o", "csv"});
+  ASSERT_EQ(csv.code, 0) << csv.err;
+  auto cells = CsvCells(csv.out);
+  ASSERT_EQ(cells.size(), 1u + 7 * 3);
+  EXPECT_EQ(csv.out.rfind("sample,row,out0,out1,", 0), 0u) << csv.out;
+  EXPECT_EQ(cells[0].size(), 12u);
+  for (size_t n = 1; n < cells.size(); ++n) {
+    ASSERT_EQ(cells[n].size(), 12u) << csv.out;
+    const int t = std::stoi(cells[n][0]), i = std::stoi(cells[n][1]);
+    EXPECT_EQ(t, static_cast<int>((n - 1) / 3));
+    EXPECT_EQ(i, static_cast<int>((n - 1) % 3));
+    for (int k = 0; k < 10; ++k) EXPECT_EQ(F(cells[n][2 + k]), F(samples[t][i][k]));
+  }
+  auto table = with({"--return-samples"});
+  ASSERT_EQ(table.code, 0) << table.err;
+  EXPECT_NE(table.err.find("-o csv or -o json"), std::string::npos) << table.err;
+  std::istringstream lines(table.out);
+  std::string line;
+  std::getline(lines, line);
+  EXPECT_EQ(line.rfind("row  version  votes", 0), 0u) << table.out;
+  int rows = 0;
+  while (std::getline(lines, line)) {
+    int votes = 0;
+    std::smatch m;
+    for (std::string rest = line; std::regex_search(rest, m, std::regex("(\\d+):(\\d+)"));
+         rest = m.suffix()) {
+      votes += std::stoi(m[2]);
+    }
+    EXPECT_EQ(votes, 7) << line;
+    ++rows;
+  }
+  EXPECT_EQ(rows, 3);
+}
+
+// train -o json prints one JSON object per event and line; -o csv a header and a row per event.
+TEST_F(CliTest, TrainEventsAsJsonLinesAndCsv) {
+  EnsureDigitsModel();
+  auto js =
+      Run({"train", "digits", "--data", "digits", "--epochs", "2", "--seed", "4", "-o", "json"});
+  ASSERT_EQ(js.code, 0) << js.err;
+  std::istringstream lines(js.out);
+  std::string line;
+  std::vector<json> events;
+  while (std::getline(lines, line)) events.push_back(json::parse(line));
+  ASSERT_EQ(events.size(), 4u) << js.out;
+  EXPECT_EQ(events[0]["kind"], "started");
+  EXPECT_EQ(events[0]["epochs"], 2);
+  EXPECT_EQ(events[1]["kind"], "epoch");
+  EXPECT_EQ(events[2]["kind"], "epoch");
+  EXPECT_EQ(events[3]["kind"], "finished");
+  EXPECT_EQ(events[2]["version"].get<int64_t>(), events[1]["version"].get<int64_t>() + 1);
+  EXPECT_GT(events[1]["acc"].get<double>(), 0.0);
+  EXPECT_TRUE(events[1]["val_loss"].is_null()) << "no validation split";
+  auto g = json::parse(Run({"models", "get", "digits", "--format", "json"}).out);
+  EXPECT_EQ(g["version"], std::to_string(events[3]["version"].get<int64_t>()));
+
+  auto csv = Run({"train", "digits", "--data", "digits", "--epochs", "1", "--seed", "4",
+                  "--validation-split", "0.2", "-o", "csv"});
+  ASSERT_EQ(csv.code, 0) << csv.err;
+  auto cells = CsvCells(csv.out);
+  ASSERT_EQ(cells.size(), 4u) << csv.out;
+  EXPECT_EQ(cells[0],
+            (std::vector<std::string>{"kind", "epoch", "epochs", "step", "total_steps", "loss",
+                                      "acc", "val_loss", "val_acc", "samples_per_second",
+                                      "learning_rate", "eta_seconds", "version", "early_stopped"}));
+  EXPECT_EQ(cells[1][0], "started");
+  EXPECT_EQ(cells[2][0], "epoch");
+  EXPECT_EQ(cells[3][0], "finished");
+  for (const auto& c : cells) ASSERT_EQ(c.size(), 14u) << csv.out;
+  EXPECT_GT(F(cells[2][8]), 0.0f) << csv.out;  // val_acc
+  EXPECT_EQ(cells[3][12], std::to_string(events[3]["version"].get<int64_t>() + 1));
+}
+
+// demo on a model that has no trained version says so instead of reading noise; with --wait it
+// waits for the first epoch, then shows two different items.
+TEST_F(CliTest, DemoWaitsForATrainedVersion) {
+  const fs::path fashion = "/usr/share/datasets/fashion-mnist";
+  if (!fs::exists(fashion / "t10k-images-idx3-ubyte.gz")) GTEST_SKIP() << "no " << fashion;
+  for (const char* f : {"t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}) {
+    fs::copy_file(fashion / f, dir_ / "root" / f, fs::copy_options::overwrite_existing);
+  }
+  ASSERT_EQ(Run({"models", "create", "fashion-mlp", "--spec",
+                 (kSource / "examples/fashion_mlp.json").string()})
+                .code,
+            0);
+  auto now = Run({"demo", "--data-dir", fashion.string(), "--wait", "0"});
+  EXPECT_EQ(now.code, 1) << now.out << now.err;
+  EXPECT_NE(now.out.find("has no trained version yet"), std::string::npos) << now.out;
+  EXPECT_EQ(now.out.find("a confident item"), std::string::npos) << now.out;
+
+  Process demo({kCli, "demo", "--data-dir", fashion.string(), "--wait", "120"}, dir_,
+               {{"DROPNET_SERVER", address_}});
+  ASSERT_FALSE(demo.WaitFor("waiting|Waiting", false).empty()) << demo.out() << demo.err();
+  auto im = Run({"data", "import", "fashion-small", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz", "--limit", "1000"});
+  ASSERT_EQ(im.code, 0) << im.err;
+  auto tr = Run({"train", "fashion-mlp", "--data", "fashion-small", "--epochs", "1"});
+  ASSERT_EQ(tr.code, 0) << tr.err;
+  ASSERT_EQ(demo.Wait(std::chrono::seconds(120)), 0) << demo.out() << demo.err();
+  const std::string out = demo.out();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(
+      out, m, std::regex(R"(a confident item \(#(\d+)\) +an ambiguous item \(#(\d+)\))")))
+      << out;
+  EXPECT_NE(m[1].str(), m[2].str()) << out;
+  EXPECT_NE(out.find("Version 2 is trained"), std::string::npos) << out;
+  EXPECT_EQ(Run({"models", "delete", "fashion-mlp"}).code, 0);
+}
+
 // Labels from the command line, and --model-version on predict, uncertainty and evaluate: the
 // pinned version answers, and JSON and CSV name it.
 TEST_F(CliTest, LabelsAndModelVersion) {
@@ -344,6 +620,24 @@ TEST_F(CliTest, BenchReportsLatencyAndThroughputPerWorkloadAndLevel) {
   EXPECT_NE(t.out.find("predict b1  1            20     0"), std::string::npos) << t.out;
   EXPECT_NE(t.out.find("p50 over the health-check p50"), std::string::npos) << t.out;
   EXPECT_TRUE(t.err.empty()) << t.err;
+
+  // -o csv: the result table, a row per workload and level.
+  auto csv = Run({"bench", "digits", "-c", "1", "--count", "5", "--warmup", "0", "--workloads",
+                  "health,predict", "--quiet", "-o", "csv"});
+  ASSERT_EQ(csv.code, 0) << csv.err;
+  auto cells = CsvCells(csv.out);
+  ASSERT_EQ(cells.size(), 3u) << csv.out;
+  EXPECT_EQ(csv.out.rfind("workload,name,rows,samples,concurrency,calls,errors,seconds,p50_ms,", 0),
+            0u)
+      << csv.out;
+  EXPECT_EQ(cells[1][0], "health");
+  EXPECT_EQ(cells[2][0], "predict");
+  for (size_t n = 1; n < 3; ++n) {
+    ASSERT_GE(cells[n].size(), 16u) << csv.out;
+    EXPECT_EQ(cells[n][5], "5") << csv.out;  // calls
+    EXPECT_EQ(cells[n][6], "0") << csv.out;  // errors
+    EXPECT_GT(std::stod(cells[n][8]), 0.0) << csv.out;
+  }
 
   EXPECT_EQ(Run({"bench", "digits", "--workloads", "nothing"}).code, 2);
   EXPECT_EQ(Run({"bench", "no-such-model", "--count", "1", "--warmup", "0"}).code, 10 + 5);
