@@ -7,7 +7,7 @@
 # 1.5 x parameter bytes + 60 MB (MB: 10^6 bytes).
 #
 # With --csv-mb N it measures a CSV upload instead: it writes a CSV of about N MB (32 numeric
-# columns and a class label, about 128 bytes a row), uploads it with `dropnet data upload`, and
+# columns and a class label, about 151 bytes a row), uploads it with `dropnet data upload`, and
 # reports the server's VmHWM before and after next to the parsed size (rows x 33 x 4 bytes).
 #
 #   bench/memory_bench.sh [--rows N] [--epochs N] [--models N] [--threads N] [--json FILE]
@@ -67,7 +67,7 @@ rss_start=$(status_kb VmRSS)
 echo "server pid $server_pid on $DROPNET_SERVER: VmRSS $(mb "$rss_start") MB at start" >&2
 
 if [[ -n "$csv_mb" ]]; then
-  csv_rows=$((csv_mb * 1000000 / 128))
+  csv_rows=$((csv_mb * 1000000 / 151))
   awk -v rows="$csv_rows" 'BEGIN {
     split("0.5 1.25 -2 3.75 0.125", v, " "); split("dog cat eel", k, " ")
     for (c = 0; c < 32; ++c) printf "f%d,", c; print "kind"
