@@ -6,7 +6,12 @@
 # now) and VmHWM (the peak) from /proc/<pid>/status and compares VmRSS with the target
 # 1.5 x parameter bytes + 60 MB (MB: 10^6 bytes).
 #
+# With --csv-mb N it measures a CSV upload instead: it writes a CSV of about N MB (32 numeric
+# columns and a class label, about 151 bytes a row), uploads it with `dropnet data upload`, and
+# reports the server's VmHWM before and after next to the parsed size (rows x 33 x 4 bytes).
+#
 #   bench/memory_bench.sh [--rows N] [--epochs N] [--models N] [--threads N] [--json FILE]
+#   bench/memory_bench.sh --csv-mb N [--json FILE]
 #
 # Defaults: 10 models, 10,000 rows, 1 epoch, the server's default threads. Take the lock the
 # machine's benchmarks share so that nothing else runs meanwhile:
@@ -14,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rows=10000 epochs=1 models=10 threads="" json=""
+rows=10000 epochs=1 models=10 threads="" json="" csv_mb=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rows) rows="$2"; shift 2 ;;
@@ -22,7 +27,8 @@ while [[ $# -gt 0 ]]; do
     --models) models="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --json) json="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --csv-mb) csv_mb="$2"; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "memory_bench.sh: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
 done
@@ -30,7 +36,7 @@ done
 bin="${DROPNET_BUILD_DIR:-build}/bin"
 data_root=/usr/share/datasets
 [[ -x "$bin/dropnet-server" && -x "$bin/dropnet" ]] || { echo "build first: cmake --build build" >&2; exit 1; }
-[[ -f "$data_root/fashion-mnist/train-images-idx3-ubyte.gz" ]] ||
+[[ -n "$csv_mb" ]] || [[ -f "$data_root/fashion-mnist/train-images-idx3-ubyte.gz" ]] ||
   { echo "Fashion-MNIST is missing: apt-get install dataset-fashion-mnist" >&2; exit 1; }
 
 tmp=$(mktemp -d)
@@ -59,6 +65,37 @@ mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb * 1024 / 1e6 }'; }  # kB (KiB) 
 
 rss_start=$(status_kb VmRSS)
 echo "server pid $server_pid on $DROPNET_SERVER: VmRSS $(mb "$rss_start") MB at start" >&2
+
+if [[ -n "$csv_mb" ]]; then
+  csv_rows=$((csv_mb * 1000000 / 151))
+  awk -v rows="$csv_rows" 'BEGIN {
+    split("0.5 1.25 -2 3.75 0.125", v, " "); split("dog cat eel", k, " ")
+    for (c = 0; c < 32; ++c) printf "f%d,", c; print "kind"
+    for (r = 0; r < rows; ++r) {
+      line = ""
+      for (c = 0; c < 32; ++c) line = line v[(r + c) % 5 + 1] ","
+      print line k[r % 3 + 1]
+    }
+  }' > "$tmp/upload.csv"
+  csv_bytes=$(stat -c %s "$tmp/upload.csv")
+  parsed_bytes=$((csv_rows * 33 * 4))
+  hwm_before=$(status_kb VmHWM)
+  start_ns=$(date +%s%N)
+  "$bin/dropnet" --timeout 600 data upload csv-bench "$tmp/upload.csv" >&2
+  seconds=$(awk -v ns=$(($(date +%s%N) - start_ns)) 'BEGIN { printf "%.1f", ns / 1e9 }')
+  hwm_after=$(status_kb VmHWM)
+  printf '| CSV | rows | parsed (rows x 33 x 4) | upload | VmHWM before | VmHWM after | growth |\n'
+  printf '|---|---|---|---|---|---|---|\n'
+  printf '| %s MB | %d | %s MB | %s s | %s MB | %s MB | %s MB |\n' \
+    "$(awk -v b="$csv_bytes" 'BEGIN { printf "%.1f", b / 1e6 }')" "$csv_rows" \
+    "$(awk -v b="$parsed_bytes" 'BEGIN { printf "%.1f", b / 1e6 }')" "$seconds" \
+    "$(mb "$hwm_before")" "$(mb "$hwm_after")" "$(mb $((hwm_after - hwm_before)))"
+  if [[ -n "$json" ]]; then
+    printf '{"csv_bytes": %d, "rows": %d, "parsed_bytes": %d, "seconds": %s, "vm_hwm_before_kb": %d, "vm_hwm_after_kb": %d}\n' \
+      "$csv_bytes" "$csv_rows" "$parsed_bytes" "$seconds" "$hwm_before" "$hwm_after" > "$json"
+  fi
+  exit 0
+fi
 
 "$bin/dropnet" data import fashion-train fashion-mnist/train-images-idx3-ubyte.gz \
   fashion-mnist/train-labels-idx1-ubyte.gz --limit "$rows" >&2

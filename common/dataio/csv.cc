@@ -80,10 +80,12 @@ bool ParseFloat(std::string_view text, float* value) {
   return r.ec == std::errc() && r.ptr == end;
 }
 
-CsvTable ReadCsv(std::istream& in, const CsvOptions& options) {
+void ReadCsvRows(std::istream& in, const CsvOptions& options, const CsvRowFn& row,
+                 CsvTable* table) {
+  CsvTable& t = *table;
+  t = CsvTable();
   std::string line;
   if (!std::getline(in, line)) throw DataError("CSV is empty: a header row is required");
-  CsvTable t;
   t.header = SplitCsvLine(line);
   const bool has_label = !options.label_column.empty() || options.last_is_label;
   if (has_label && t.header.size() < 2) {
@@ -93,32 +95,48 @@ CsvTable ReadCsv(std::istream& in, const CsvOptions& options) {
   for (size_t c = 0; c < t.header.size(); ++c) {
     if (c != t.label_index) t.feature_names.push_back(t.header[c]);
   }
+  std::vector<float> values(t.feature_names.size());
+  std::string label;
   int64_t line_no = 1;
   while (std::getline(in, line)) {
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::vector<std::string> fields = SplitCsvLine(line);
+    std::vector<std::string> fields = SplitCsvLine(line);
     if (fields.size() != t.header.size()) {
       std::ostringstream msg;
       msg << "CSV line " << line_no << " has " << fields.size() << " fields, the header has "
           << t.header.size();
       throw DataError(msg.str());
     }
+    size_t kept = 0;
     for (size_t c = 0; c < fields.size(); ++c) {
       if (c == t.label_index) {
         CheckLabel(fields[c], options.label_rule, line_no, c, t.header[c]);
-        t.labels.push_back(fields[c]);
-        continue;
-      }
-      float v;
-      if (!IsFinite(fields[c], &v)) {
+        label = std::move(fields[c]);
+      } else if (!IsFinite(fields[c], &values[kept++])) {
         throw DataError("CSV value '" + fields[c] + "' at " + Where(line_no, c, t.header[c]) +
                         " is not a finite number");
       }
-      t.values.push_back(v);
     }
     ++t.rows;
+    row(values.data(), label);
   }
+}
+
+CsvTable ReadCsv(std::istream& in, const CsvOptions& options) {
+  CsvTable t;
+  std::vector<float> values;
+  std::vector<std::string> labels;
+  const bool has_label = !options.label_column.empty() || options.last_is_label;
+  ReadCsvRows(
+      in, options,
+      [&](const float* v, const std::string& label) {
+        values.insert(values.end(), v, v + t.feature_names.size());
+        if (has_label) labels.push_back(label);
+      },
+      &t);
+  t.values = std::move(values);
+  t.labels = std::move(labels);
   return t;
 }
 

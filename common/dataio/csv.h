@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <istream>
 #include <string>
 #include <string_view>
@@ -55,6 +56,15 @@ struct CsvTable {
 // is line 1), or the label column that is not in the header. A file with only a header row gives
 // a table of 0 rows; a table with a label column has at least one other column.
 CsvTable ReadCsv(std::istream& in, const CsvOptions& options);
+
+// One data row of ReadCsvRows: its numbers (feature_names.size() of them, in file order) and its
+// label field (empty without a label column).
+using CsvRowFn = std::function<void(const float* values, const std::string& label)>;
+
+// ReadCsv a row at a time, for text too large to hold parsed twice: `table` gets the header,
+// feature names, label index and the number of rows read (its values and labels stay empty), and
+// `row` each data row as it is read, with the same checks and errors as ReadCsv.
+void ReadCsvRows(std::istream& in, const CsvOptions& options, const CsvRowFn& row, CsvTable* table);
 
 }  // namespace dropnet::dataio
 

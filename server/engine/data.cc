@@ -4,7 +4,7 @@
 #include <cmath>
 #include <fstream>
 #include <map>
-#include <set>
+#include <unordered_map>
 #include <utility>
 
 #include "common/dataio/csv.h"
@@ -24,45 +24,26 @@ auto Reading(Fn fn) {
   }
 }
 
-Dataset FromCsv(dataio::CsvTable t, Task task) {
-  if (t.rows == 0) throw InvalidArgument("CSV has a header but no data rows");
-  const int64_t rows = t.rows, features = static_cast<int64_t>(t.feature_names.size());
-  Dataset d;
-  d.task = task;
-  d.target_name = t.header[t.label_index];
-  d.feature_names = std::move(t.feature_names);
-  d.input_shape = Shape{{static_cast<int>(features)}};
-  d.x = ConstMatrixMap(t.values.data(), rows, features);
-  d.y.resize(rows, 1);
-  const std::vector<std::string>& labels = t.labels;
-  if (task == Task::kRegression) {
-    // The reader has checked that every target is a finite number.
-    for (int64_t r = 0; r < rows; ++r) dataio::ParseFloat(labels[r], &d.y(r, 0));
-    return d;
-  }
-  // Classification: integer labels, or strings mapped to indices in sorted order.
+// The class of each distinct classification label text: integer labels stand for themselves;
+// otherwise the texts, sorted, are classes 0, 1, ... and `names` gets them in that order.
+std::vector<float> ClassesOf(const std::vector<const std::string*>& texts,
+                             std::vector<std::string>* names) {
+  std::vector<float> classes(texts.size());
   bool numeric = true;
-  std::vector<int64_t> ids(rows);
-  for (int64_t r = 0; r < rows && numeric; ++r) {
+  for (size_t i = 0; i < texts.size() && numeric; ++i) {
     float v;
-    numeric = dataio::ParseFloat(labels[r], &v) && v >= 0 && v == std::floor(v) && v < 1e6;
-    if (numeric) ids[r] = static_cast<int64_t>(v);
+    numeric = dataio::ParseFloat(*texts[i], &v) && v >= 0 && v == std::floor(v) && v < 1e6;
+    classes[i] = v;
   }
-  if (!numeric) {
-    std::set<std::string> names(labels.begin(), labels.end());
-    d.class_names.assign(names.begin(), names.end());
-    std::map<std::string, int64_t> index;
-    for (size_t i = 0; i < d.class_names.size(); ++i)
-      index[d.class_names[i]] = static_cast<int64_t>(i);
-    for (int64_t r = 0; r < rows; ++r) ids[r] = index[labels[r]];
+  if (numeric) return classes;
+  names->clear();
+  for (const std::string* t : texts) names->push_back(*t);
+  std::sort(names->begin(), names->end());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    classes[i] = static_cast<float>(std::lower_bound(names->begin(), names->end(), *texts[i]) -
+                                    names->begin());
   }
-  int64_t max_id = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    d.y(r, 0) = static_cast<float>(ids[r]);
-    max_id = std::max(max_id, ids[r]);
-  }
-  d.num_classes = static_cast<int>(max_id + 1);
-  return d;
+  return classes;
 }
 
 Dataset FromIdx(const dataio::IdxImages& idx) {
@@ -81,13 +62,74 @@ Dataset FromIdx(const dataio::IdxImages& idx) {
 
 }  // namespace
 
-Dataset ReadCsv(std::istream& in, const CsvOptions& options) {
+CsvStream StreamCsv(std::istream& in, const CsvOptions& options, const CsvRowSink& row,
+                    const std::function<bool()>& should_stop) {
   dataio::CsvOptions o;
   o.label_column = options.target;
   o.last_is_label = true;
-  o.label_rule = options.task == Task::kRegression ? dataio::LabelRule::kFiniteNumber
-                                                   : dataio::LabelRule::kPresent;
-  return FromCsv(Reading([&] { return dataio::ReadCsv(in, o); }), options.task);
+  const bool classify = options.task == Task::kClassification;
+  o.label_rule = classify ? dataio::LabelRule::kPresent : dataio::LabelRule::kFiniteNumber;
+  // A target is a float: class texts are counted exactly up to 2^24.
+  constexpr size_t kMaxLabelTexts = size_t{1} << 24;
+  std::unordered_map<std::string, float> seen;
+  std::vector<const std::string*> texts;  // the keys of `seen`, by first appearance
+  dataio::CsvTable t;
+  int64_t rows = 0;
+  const auto each = [&](const float* v, const std::string& label) {
+    if (should_stop && rows % 4096 == 0 && should_stop()) {
+      throw Cancelled("reading the CSV stopped: the call was cancelled or its deadline passed");
+    }
+    ++rows;
+    float target = 0;
+    if (!classify) {
+      dataio::ParseFloat(label, &target);  // the reader has checked that it is a finite number
+    } else {
+      auto [it, added] = seen.try_emplace(label, static_cast<float>(texts.size()));
+      if (added && texts.size() == kMaxLabelTexts) {
+        throw InvalidArgument("CSV has more than " + std::to_string(kMaxLabelTexts) +
+                              " distinct class labels");
+      }
+      if (added) texts.push_back(&it->first);
+      target = it->second;
+    }
+    row(v, t.feature_names.size(), target);
+  };
+  Reading([&] {
+    dataio::ReadCsvRows(in, o, each, &t);
+    return 0;
+  });
+  if (rows == 0) throw InvalidArgument("CSV has a header but no data rows");
+  CsvStream s;
+  s.rows = rows;
+  s.target_name = t.header[t.label_index];
+  s.feature_names = std::move(t.feature_names);
+  if (classify) {
+    s.class_of = ClassesOf(texts, &s.class_names);
+    s.num_classes = static_cast<int>(*std::max_element(s.class_of.begin(), s.class_of.end())) + 1;
+  }
+  return s;
+}
+
+Dataset ReadCsv(std::istream& in, const CsvOptions& options) {
+  std::vector<float> x, y;
+  const CsvStream s = StreamCsv(in, options, [&](const float* f, size_t width, float target) {
+    x.insert(x.end(), f, f + width);
+    y.push_back(target);
+  });
+  const int64_t rows = s.rows, features = static_cast<int64_t>(s.feature_names.size());
+  Dataset d;
+  d.task = options.task;
+  d.target_name = s.target_name;
+  d.feature_names = s.feature_names;
+  d.class_names = s.class_names;
+  d.num_classes = s.num_classes;
+  d.input_shape = Shape{{static_cast<int>(features)}};
+  d.x = ConstMatrixMap(x.data(), rows, features);
+  d.y.resize(rows, 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    d.y(r, 0) = s.class_of.empty() ? y[r] : s.class_of[static_cast<size_t>(y[r])];
+  }
+  return d;
 }
 
 Dataset LoadCsv(const std::string& path, const CsvOptions& options) {

@@ -8,6 +8,8 @@
 #ifndef DROPNET_ENGINE_DATA_H_
 #define DROPNET_ENGINE_DATA_H_
 
+#include <cstdint>
+#include <functional>
 #include <istream>
 #include <string>
 #include <string_view>
@@ -41,6 +43,29 @@ struct CsvOptions {
 
 // Parses CSV text. Throws InvalidArgument with the line and column of the first bad value.
 Dataset ReadCsv(std::istream& in, const CsvOptions& options);
+
+// What StreamCsv tells of a CSV data set besides its rows.
+struct CsvStream {
+  int64_t rows = 0;
+  std::vector<std::string> feature_names;
+  std::string target_name;
+  // Classification: the class of each distinct label text, in the order the texts first
+  // appear (the row sink's target is that order's index); num_classes and class_names as in
+  // Dataset.
+  std::vector<float> class_of;
+  int num_classes = 0;
+  std::vector<std::string> class_names;
+};
+
+// One row of StreamCsv: `width` features and the target (regression: the number; classification:
+// the index of the row's label text among the distinct ones, see CsvStream::class_of).
+using CsvRowSink = std::function<void(const float* features, size_t width, float target)>;
+
+// ReadCsv for a data set too large to hold twice: hands each row to `row` instead of keeping it,
+// with the same checks and errors. Polls `should_stop` (when set) every few thousand rows and
+// throws Cancelled when it answers true.
+CsvStream StreamCsv(std::istream& in, const CsvOptions& options, const CsvRowSink& row,
+                    const std::function<bool()>& should_stop = nullptr);
 Dataset LoadCsv(const std::string& path, const CsvOptions& options);
 
 // Reads an IDX image file and its label file (either may be gzipped).

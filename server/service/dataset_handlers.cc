@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -181,6 +182,76 @@ void Spool(const google::protobuf::RepeatedField<float>& values, SpoolFile* file
   if (!values.empty()) file->Append(values.data(), sizeof(float) * values.size());
 }
 
+// Floats appended to a spool file through a buffer, not a write a row.
+class SpoolWriter {
+ public:
+  explicit SpoolWriter(SpoolFile* file) : file_(file) { buffer_.reserve(kSpoolChunkFloats); }
+  void Add(const float* values, size_t n) {
+    if (buffer_.size() + n > kSpoolChunkFloats) Flush();
+    buffer_.insert(buffer_.end(), values, values + n);
+  }
+  void Flush() {
+    file_->Append(buffer_.data(), buffer_.size() * sizeof(float));
+    buffer_.clear();
+  }
+
+ private:
+  SpoolFile* file_;
+  std::vector<float> buffer_;
+};
+
+// Stores the CSV data set in `in` (as engine::ReadCsv reads it) as `meta` names it, keeping at
+// most the first `limit` rows when `limit` > 0. The rows go to the spool files `features` and
+// `targets` as they are read and from there to the store a chunk at a time: only a row, the
+// buffers and the distinct class labels are in memory, never the data set.
+v1::DatasetInfo PutCsvStreamed(Registry* registry, std::istream& in,
+                               const engine::CsvOptions& options, v1::StoredDataset meta,
+                               int64_t limit, bool overwrite, SpoolFile* features,
+                               SpoolFile* targets, const std::function<bool()>& should_stop) {
+  SpoolWriter x(features), y(targets);
+  int64_t kept = 0;
+  const engine::CsvStream csv = engine::StreamCsv(
+      in, options,
+      [&](const float* f, size_t width, float target) {
+        if (limit > 0 && kept == limit) return;
+        ++kept;
+        x.Add(f, width);
+        y.Add(&target, 1);
+      },
+      should_stop);
+  x.Flush();
+  y.Flush();
+  const auto width = static_cast<int64_t>(csv.feature_names.size());
+  meta.set_task(ToProto(options.task));
+  meta.add_input_shape(static_cast<int32_t>(width));
+  meta.mutable_x()->add_shape(kept);
+  meta.mutable_x()->add_shape(width);
+  meta.mutable_y()->add_shape(kept);
+  meta.mutable_y()->add_shape(1);
+  meta.set_num_classes(csv.num_classes);
+  for (const auto& f : csv.feature_names) meta.add_feature_names(f);
+  for (const auto& c : csv.class_names) meta.add_class_names(c);
+  // Classification targets are label texts' indices until here: their classes go to the store.
+  const ModelStore::Producer y_values = [&](const ModelStore::Sink& sink) {
+    std::vector<float> classes;
+    ForEachChunk(*targets, [&](const float* v, size_t n, int64_t) {
+      if (!csv.class_of.empty()) {
+        classes.resize(n);
+        for (size_t i = 0; i < n; ++i) classes[i] = csv.class_of[static_cast<size_t>(v[i])];
+        v = classes.data();
+      }
+      sink(reinterpret_cast<const char*>(v), n * sizeof(float));
+    });
+  };
+  return registry->PutDatasetStreamed(std::move(meta), SpoolProducer(*features), y_values,
+                                      overwrite);
+}
+
+// True when the call behind `ctx` was cancelled or its deadline passed.
+std::function<bool()> CallEnded(const grpc::ServerContext* ctx) {
+  return [ctx] { return ctx->IsCancelled() || DeadlinePassed(ctx); };
+}
+
 }  // namespace
 
 grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
@@ -229,10 +300,13 @@ grpc::Status DropnetService::UploadDataset(grpc::ServerContext* ctx,
       options.target = header.target_column();
       options.task = task;
       std::ifstream in(csv.path(), std::ios::binary);
-      engine::Dataset d = engine::ReadCsv(in, options);
-      log.rows = d.rows();
+      v1::StoredDataset meta;
+      meta.set_name(header.name());
+      meta.set_source("upload");
       *resp->mutable_dataset() =
-          registry_->PutDataset(header.name(), std::move(d), "upload", header.overwrite());
+          PutCsvStreamed(registry_, in, options, std::move(meta), 0, header.overwrite(), &features,
+                         &targets, CallEnded(ctx));
+      log.rows = resp->dataset().rows();
       return grpc::Status::OK;
     }
     // Rows go from the spool files to the store a chunk at a time, never whole in memory.
@@ -283,21 +357,32 @@ grpc::Status DropnetService::ImportDataset(grpc::ServerContext* ctx,
       return full;
     };
     const fs::path file = resolve(req->path(), "path");
-    engine::Dataset d;
     const std::string name = file.filename().string();
     if (name.size() >= 4 && name.substr(name.size() - 4) == ".csv") {
       engine::CsvOptions options;
       options.target = req->target_column();
       options.task = ToEngine(req->task());
-      d = engine::LoadCsv(file.string(), options);
-    } else {
-      if (req->label_path().empty()) {
-        Fail(StatusCode::INVALID_ARGUMENT,
-             "path '" + req->path() + "' is not a .csv file; an IDX import needs label_path");
-      }
-      d = engine::LoadIdx(file.string(), resolve(req->label_path(), "label_path").string());
-      KeepRawPixels(&d);
+      std::ifstream in(file, std::ios::binary);
+      if (!in) Fail(StatusCode::NOT_FOUND, "path '" + req->path() + "' cannot be opened");
+      // Rows go through temporary files to the store, as an upload's do.
+      const fs::path spool_dir = registry_->store()->root() / "datasets";
+      SpoolFile features(spool_dir), targets(spool_dir);
+      v1::StoredDataset meta;
+      meta.set_name(req->name());
+      meta.set_source(req->path());
+      *resp->mutable_dataset() =
+          PutCsvStreamed(registry_, in, options, std::move(meta), req->limit(), req->overwrite(),
+                         &features, &targets, CallEnded(ctx));
+      log.rows = resp->dataset().rows();
+      return grpc::Status::OK;
     }
+    if (req->label_path().empty()) {
+      Fail(StatusCode::INVALID_ARGUMENT,
+           "path '" + req->path() + "' is not a .csv file; an IDX import needs label_path");
+    }
+    engine::Dataset d =
+        engine::LoadIdx(file.string(), resolve(req->label_path(), "label_path").string());
+    KeepRawPixels(&d);
     if (req->limit() > 0 && req->limit() < d.rows()) {
       std::vector<int64_t> rows(req->limit());
       for (int64_t i = 0; i < req->limit(); ++i) rows[i] = i;

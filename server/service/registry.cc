@@ -281,13 +281,15 @@ SnapshotPtr Registry::Insert(const std::string& name, std::shared_ptr<Snapshot> 
 
 const Registry::Entry& Registry::Find(const std::string& name) const {
   auto it = models_.find(name);
-  if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + name + "'");
+  if (it == models_.end())
+    Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + Printable(name) + "'");
   return it->second;
 }
 
 Registry::Entry& Registry::Find(const std::string& name) {
   auto it = models_.find(name);
-  if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + name + "'");
+  if (it == models_.end())
+    Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + Printable(name) + "'");
   return it->second;
 }
 
@@ -396,7 +398,8 @@ void Registry::Delete(const std::string& name) {
   {
     std::lock_guard lock(mu_);
     auto it = models_.find(name);
-    if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + name + "'");
+    if (it == models_.end())
+      Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + Printable(name) + "'");
     if (it->second.training) {
       Fail(grpc::StatusCode::FAILED_PRECONDITION,
            "model '" + name + "' is training; cancel the Train call first");
@@ -513,7 +516,8 @@ std::unique_ptr<Registry::TrainingLease> Registry::BeginTraining(const std::stri
                                                                  int max_concurrent) {
   std::lock_guard lock(mu_);
   auto it = models_.find(name);
-  if (it == models_.end()) Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + name + "'");
+  if (it == models_.end())
+    Fail(grpc::StatusCode::NOT_FOUND, "no model named '" + Printable(name) + "'");
   if (it->second.training) {
     Fail(grpc::StatusCode::FAILED_PRECONDITION, "model '" + name + "' is already training");
   }

@@ -100,7 +100,7 @@ StoredDatasetEntry Registry::GetDataset(const std::string& name) const {
     std::lock_guard lock(mu_);
     auto it = datasets_.find(name);
     if (it == datasets_.end())
-      Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
+      Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + Printable(name) + "'");
     slot = it->second;
   }
   std::lock_guard load(slot->load_mu);
@@ -140,7 +140,7 @@ void Registry::DeleteDataset(const std::string& name) {
     std::lock_guard lock(mu_);
     auto it = datasets_.find(name);
     if (it == datasets_.end()) {
-      Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + name + "'");
+      Fail(grpc::StatusCode::NOT_FOUND, "no data set named '" + Printable(name) + "'");
     }
     removed = std::move(it->second);
     datasets_.erase(it);

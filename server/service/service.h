@@ -39,7 +39,7 @@ struct ServiceConfig {
   int workers = 1;                 // prediction calls computing at a time
   size_t max_queued_calls = 1024;  // prediction calls waiting for a worker
   int64_t mc_memory_budget_bytes = 64ll << 20;
-  int64_t max_dataset_bytes = 2ll << 30;    // UploadDataset: features + targets as float32
+  int64_t max_dataset_bytes = 2ll << 30;    // UploadDataset: rows as float32, or CSV text
   int64_t max_model_bytes = 64ll << 20;     // ImportModel: the ONNX file
   int64_t max_returned_samples = 16 << 20;  // PredictUncertainty return_samples: floats
   bool read_only = false;                   // a serving replica: no Train, create, delete, upload

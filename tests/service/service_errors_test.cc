@@ -3,6 +3,7 @@
 // roots, read-only replicas and data sets that do not fit a model.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <future>
@@ -88,11 +89,14 @@ TEST_F(ServiceTest, BadNamesAreInvalidArgument) {
 
 TEST_F(ServiceTest, NamesAreBoundedAndEscapedWhereEchoedOrLogged) {
   StartServer();
+  // The server's call log at info level (the fixture's logging is off), captured.
   std::ostringstream logged;
   auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(logged);
   auto rpc_log = spdlog::get("rpc");
   ASSERT_NE(rpc_log, nullptr);
   rpc_log->sinks().push_back(sink);
+  const spdlog::level::level_enum level = rpc_log->level();
+  rpc_log->set_level(spdlog::level::info);
   // A megabyte-long name: the error stays short (within gRPC's metadata limit) and says which
   // field it is about.
   const std::string huge(1 << 20, 'n');
@@ -100,7 +104,8 @@ TEST_F(ServiceTest, NamesAreBoundedAndEscapedWhereEchoedOrLogged) {
   EXPECT_CODE(s, StatusCode::INVALID_ARGUMENT);
   EXPECT_LT(s.error_message().size(), 300u) << s.error_message().size();
   EXPECT_NE(s.error_message().find(std::string(64, 'n') + "..."), std::string::npos);
-  // GetModel writes its log line before it answers, so the line is there to look at below.
+  // GetModel and DeleteDataset write their log line before they answer, so the lines are there
+  // to look at below.
   auto get_model = [&](const std::string& name) {
     v1::GetModelRequest req;
     req.set_name(name);
@@ -108,18 +113,46 @@ TEST_F(ServiceTest, NamesAreBoundedAndEscapedWhereEchoedOrLogged) {
     Ctx ctx;
     return stub_->GetModel(&ctx, req, &resp);
   };
+  auto delete_dataset = [&](const std::string& name) {
+    v1::DeleteDatasetRequest req;
+    req.set_name(name);
+    v1::DeleteDatasetResponse resp;
+    Ctx ctx;
+    return stub_->DeleteDataset(&ctx, req, &resp);
+  };
   const grpc::Status missing = get_model(huge);
   EXPECT_CODE(missing, StatusCode::NOT_FOUND);
-  EXPECT_LE(missing.error_message().size(), kMaxErrorMessageChars + 3);
-  // A name with a line break cannot forge a log line: it is logged escaped.
-  EXPECT_CODE(get_model("m\n2030-01-01 FORGED"), StatusCode::NOT_FOUND);
+  EXPECT_LT(missing.error_message().size(), 300u);
+  EXPECT_CODE(delete_dataset(huge), StatusCode::NOT_FOUND);
+  // A name with a line break and control characters cannot forge a log line: it is logged
+  // escaped, and so is the error message that repeats it.
+  const std::string forged = "m\n[forged] line\x1b[2J\r";
+  const grpc::Status forged_model = get_model(forged);
+  EXPECT_CODE(forged_model, StatusCode::NOT_FOUND);
+  EXPECT_EQ(forged_model.error_message().find('\n'), std::string::npos)
+      << forged_model.error_message();
+  EXPECT_CODE(delete_dataset(forged), StatusCode::NOT_FOUND);
+  EXPECT_CODE(UploadRows(forged, ClassificationData(4, 4, 1)), StatusCode::INVALID_ARGUMENT);
   rpc_log->flush();
   rpc_log->sinks().pop_back();
+  rpc_log->set_level(level);
   const std::string text = logged.str();
-  EXPECT_EQ(text.find("\n2030-01-01 FORGED"), std::string::npos) << text.substr(0, 2000);
-  // No line carries the megabyte name.
-  std::istringstream lines(text);
-  for (std::string line; std::getline(lines, line);) EXPECT_LT(line.size(), 4096u);
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  // One line per call: CreateModel, GetModel, DeleteDataset, GetModel, DeleteDataset,
+  // UploadDataset; none starts with the forged text, none holds a raw control character.
+  EXPECT_EQ(lines.size(), 6u) << text.substr(0, 2000);
+  EXPECT_NE(text.find("model=m\\x0a[forged] line\\x1b[2J\\x0d"), std::string::npos)
+      << text.substr(0, 2000);
+  for (const std::string& line : lines) {
+    EXPECT_NE(line.rfind("[forged]", 0), 0u) << line;
+    EXPECT_TRUE(std::none_of(line.begin(), line.end(), [](char c) {
+      return static_cast<unsigned char>(c) < 0x20;
+    })) << line;
+    // No line carries the megabyte name.
+    EXPECT_LT(line.size(), 2048u) << line.substr(0, 200);
+  }
 }
 
 TEST_F(ServiceTest, EvaluateStopsAtItsDeadline) {
