@@ -20,16 +20,16 @@ from dropnet.errors import (Aborted, AlreadyExists, Cancelled, DataLoss, Deadlin
                             DropnetError, FailedPrecondition, Internal, InvalidArgument, NotFound,
                             OutOfRange, PermissionDenied, ResourceExhausted, Unauthenticated,
                             Unavailable, Unimplemented, Unknown)
-from dropnet.types import (DatasetInfo, EpochRecord, Evaluation, ModelInfo, Prediction,
-                           TrainEpoch, TrainEvent, TrainFinished, TrainStarted, TrainStep,
-                           Uncertainty)
+from dropnet.types import (DatasetInfo, EpochRecord, Evaluation, ExportedModel, ModelInfo,
+                           Prediction, TrainEpoch, TrainEvent, TrainFinished, TrainStarted,
+                           TrainStep, Uncertainty)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Client", "AsyncClient", "Training", "AsyncTraining", "TLS",
     "ModelInfo", "DatasetInfo", "EpochRecord", "TrainEvent", "TrainStarted", "TrainStep",
-    "TrainEpoch", "TrainFinished", "Prediction", "Uncertainty", "Evaluation",
+    "TrainEpoch", "TrainFinished", "Prediction", "Uncertainty", "Evaluation", "ExportedModel",
     "DropnetError", "Cancelled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
     "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
     "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",

@@ -7,10 +7,12 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "client/client.h"
 #include "onnx/onnx_pb.h"
 #include "tests/service/service_fixture.h"
 
@@ -246,7 +248,65 @@ TEST_F(OnnxImportTest, BadFilesNamesAndSizesAreRefused) {
   ServerConfig c = Config();
   c.service.max_model_bytes = 1000;
   StartServer(c);
-  EXPECT_CODE(ImportModel("big", mlp, &resp), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  const grpc::Status big = ImportModel("big", mlp, &resp);
+  EXPECT_CODE(big, grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(big.error_message().find("onnx_model has " + std::to_string(mlp.size()) +
+                                     " bytes, over the server's limit of 1000"),
+            std::string::npos)
+      << big.error_message();
+  EXPECT_NE(big.error_message().find("--max-model-bytes"), std::string::npos);
+  EXPECT_CODE(LookUpModel("big"), grpc::StatusCode::NOT_FOUND);
+  c.service.max_model_bytes = static_cast<int64_t>(mlp.size());  // exactly at the limit
+  StartServer(c);
+  ASSERT_OK(ImportModel("big", mlp, &resp));
+}
+
+TEST_F(OnnxImportTest, FileOverTheMessageLimitNamesTheFlags) {
+  // gRPC itself refuses a request over the server's --max-message-bytes: the client says which
+  // flags raise the limits.
+  const std::string mlp = ReadBytes(kFixtures + "/mlp_train_op13.onnx");
+  ServerConfig c = Config();
+  c.max_message_bytes = 1500;
+  StartServer(c);
+  client::ClientOptions o;
+  o.target = "127.0.0.1:" + std::to_string(server_->port());
+  o.max_attempts = 2;
+  client::Client cl(o);
+  try {
+    cl.ImportModel("big", mlp, v1::TASK_UNSPECIFIED);
+    ADD_FAILURE() << "a file over the message limit was imported";
+  } catch (const client::ClientError& e) {
+    EXPECT_EQ(e.code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    const std::string what = e.what();
+    EXPECT_NE(what.find("the ONNX file (" + std::to_string(mlp.size()) + " bytes)"),
+              std::string::npos)
+        << what;
+    EXPECT_NE(what.find("--max-message-bytes"), std::string::npos) << what;
+  }
+  EXPECT_CODE(LookUpModel("big"), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(OnnxImportTest, ExternalDataIsRefusedByTensorName) {
+  onnx::ModelProto m;
+  ASSERT_TRUE(m.ParseFromString(ReadBytes(kFixtures + "/mlp_train_op13.onnx")));
+  auto* w = m.mutable_graph()->mutable_initializer(0);
+  const std::string name = w->name();
+  w->clear_raw_data();
+  w->clear_float_data();
+  w->set_data_location(onnx::TensorProto::EXTERNAL);
+  for (const auto& [key, value] :
+       {std::pair<std::string, std::string>{"location", "weights.bin"}, {"offset", "0"}}) {
+    auto* e = w->add_external_data();
+    e->set_key(key);
+    e->set_value(value);
+  }
+  v1::ImportModelResponse resp;
+  const grpc::Status s = ImportModel("external", m.SerializeAsString(), &resp);
+  EXPECT_CODE(s, grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("tensor '" + name + "' keeps its data in an external file"),
+            std::string::npos)
+      << s.error_message();
+  EXPECT_CODE(LookUpModel("external"), grpc::StatusCode::NOT_FOUND);
 }
 
 }  // namespace
