@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -106,3 +108,24 @@ def test_async_import_and_export(server):
     proto = onnx.load_from_string(exported.onnx_model)
     assert [n.op_type for n in proto.graph.node].count("LSTM") == 1
     assert [n.op_type for n in proto.graph.node].count("Dropout") == 1
+
+
+def test_readme_pytorch_example(client, tmp_path):
+    """README's "Serve your PyTorch model with uncertainty": examples/pytorch_digits.py trains
+    and exports a GELU + dropout MLP with Debian's PyTorch; dropnet serves it with MC dropout."""
+    probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("PyTorch (python3-torch) is not installed")
+    out = tmp_path / "digits.onnx"
+    run = subprocess.run([sys.executable, str(SOURCE / "examples" / "pytorch_digits.py"),
+                          str(out)], cwd=SOURCE, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"wrote {out}" in run.stdout
+    info = client.import_model("readme-torch-digits", out)
+    assert info.stochastic and info.task == "classification"
+    assert layer_types(info) == ["dense", "gelu", "dropout", "dense", "softmax"]
+    data = np.loadtxt(SOURCE / "data" / "digits.csv", delimiter=",", skiprows=1)
+    x, y = data[:200, :-1], data[:200, -1]
+    assert np.mean(client.predict("readme-torch-digits", x).predicted_class == y) > 0.95
+    u = client.uncertainty("readme-torch-digits", x[:5], samples=100, seed=1)
+    assert u.mutual_information.max() > 0
