@@ -181,7 +181,20 @@ v1::ModelInfo Client::ImportModel(const std::string& name, const std::string& on
   req.set_name(name);
   req.set_onnx_model(onnx_model);
   req.set_task(task);
-  return Unary(*stub_, &v1::Dropnet::Stub::ImportModel, req, call).model();
+  try {
+    return Unary(*stub_, &v1::Dropnet::Stub::ImportModel, req, call).model();
+  } catch (const ClientError& e) {
+    // gRPC refuses a message over either side's limit before the server's handler sees it.
+    if (e.code() != grpc::StatusCode::RESOURCE_EXHAUSTED ||
+        std::string(e.what()).find("larger than max") == std::string::npos) {
+      throw;
+    }
+    throw ClientError(e.code(), "the ONNX file (" + std::to_string(onnx_model.size()) +
+                                    " bytes) is larger than one gRPC message may be (" + e.what() +
+                                    "): the server's --max-message-bytes and --max-model-bytes "
+                                    "raise its limits, ClientOptions::max_message_bytes the "
+                                    "client's");
+  }
 }
 
 v1::ExportModelResponse Client::ExportModel(const v1::ExportModelRequest& request,

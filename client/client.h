@@ -104,7 +104,8 @@ class Client {
   // Changes the serving label and/or retention (the fields set in `request`).
   v1::ModelInfo UpdateModel(const v1::UpdateModelRequest& request, CallOptions call = {});
   // Creates a model from a serialized ONNX model (ImportModel; task TASK_UNSPECIFIED: from the
-  // file). Returns the new model.
+  // file). Returns the new model. A file over a gRPC message limit (either side's) throws
+  // RESOURCE_EXHAUSTED naming the options that raise the limits.
   v1::ModelInfo ImportModel(const std::string& name, const std::string& onnx_model,
                             v1::Task task = v1::TASK_UNSPECIFIED, CallOptions call = {});
   // A model version as an ONNX file (ExportModel), with the version written and any warnings.

@@ -20,8 +20,8 @@ from dropnet.errors import (Aborted, AlreadyExists, Cancelled, DataLoss, Deadlin
                             DropnetError, FailedPrecondition, Internal, InvalidArgument, NotFound,
                             OutOfRange, PermissionDenied, ResourceExhausted, Unauthenticated,
                             Unavailable, Unimplemented, Unknown)
-from dropnet.types import (DatasetInfo, DatasetSplit, EpochRecord, Evaluation, ModelInfo,
-                           Prediction, TrainEpoch, TrainEvent, TrainFinished, TrainStarted,
+from dropnet.types import (DatasetInfo, DatasetSplit, EpochRecord, Evaluation, ExportedModel,
+                           ModelInfo, Prediction, TrainEpoch, TrainEvent, TrainFinished, TrainStarted,
                            TrainStep, Uncertainty)
 
 __version__ = "0.1.0"
@@ -30,6 +30,7 @@ __all__ = [
     "Client", "AsyncClient", "Training", "AsyncTraining", "TLS",
     "ModelInfo", "DatasetInfo", "DatasetSplit", "EpochRecord", "TrainEvent", "TrainStarted",
     "TrainStep", "TrainEpoch", "TrainFinished", "Prediction", "Uncertainty", "Evaluation",
+    "ExportedModel",
     "DropnetError", "Cancelled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
     "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
     "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",

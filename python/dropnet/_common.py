@@ -14,7 +14,7 @@ import numpy as np
 
 from dropnet import _convert
 from dropnet.errors import InvalidArgument
-from dropnet.types import Prediction, Uncertainty
+from dropnet.types import ExportedModel, Prediction, Uncertainty
 from dropnet.v1 import model_pb2, service_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -255,6 +255,49 @@ def update_request(model: str, serving_label: Optional[str],
     if keep_versions is not None:
         req.keep_versions = keep_versions
     return req
+
+
+EXPORT_MODES = {"eval": service_pb2.EXPORT_MODE_EVAL, "train": service_pb2.EXPORT_MODE_TRAIN}
+
+
+def onnx_bytes(model: Any) -> bytes:
+    """An ONNX model as bytes: bytes themselves, a file's path, or an object with
+    ``SerializeToString`` (an ``onnx.ModelProto``)."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model)
+    if isinstance(model, (str, os.PathLike)):
+        with open(model, "rb") as f:
+            return f.read()
+    if hasattr(model, "SerializeToString"):
+        return model.SerializeToString()
+    raise InvalidArgument("onnx_model must be bytes, a file's path or an onnx.ModelProto, got "
+                          f"{type(model).__name__}")
+
+
+def import_request(name: str, model: Any, task: Optional[str],
+                   description: str) -> service_pb2.ImportModelRequest:
+    return service_pb2.ImportModelRequest(
+        name=name, onnx_model=onnx_bytes(model), description=description,
+        task=_convert.choose(_convert.TASKS, task, "task") if task else model_pb2.TASK_UNSPECIFIED)
+
+
+def export_request(name: str, version: Optional[int],
+                   mode: str) -> service_pb2.ExportModelRequest:
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise InvalidArgument(f"version must be a version number, got {version!r}")
+    return service_pb2.ExportModelRequest(
+        name=name, version=version or 0, format=service_pb2.MODEL_FORMAT_ONNX,
+        mode=_convert.choose(EXPORT_MODES, mode, "mode"))
+
+
+def exported(req: service_pb2.ExportModelRequest, resp: service_pb2.ExportModelResponse,
+             path: Optional[Union[str, "os.PathLike[str]"]]) -> ExportedModel:
+    """The typed answer of ExportModel, its file written to ``path`` when one is given."""
+    mode = "train" if req.mode == service_pb2.EXPORT_MODE_TRAIN else "eval"
+    out = ExportedModel.from_proto(req.name, mode, resp)
+    if path is not None:
+        out.save(path)
+    return out
 
 
 def predict_request(model: str, rows: np.ndarray,

@@ -14,10 +14,10 @@ import numpy as np
 from dropnet import _common, _convert
 from dropnet._common import TLSArg
 from dropnet._progress import Progress
-from dropnet.client import ArrayLike, Spec
+from dropnet.client import ArrayLike, OnnxArg, Spec
 from dropnet.errors import DropnetError, from_rpc_error
-from dropnet.types import (DatasetInfo, DatasetSplit, Evaluation, ModelInfo, Prediction,
-                           TrainEvent, TrainFinished, Uncertainty)
+from dropnet.types import (DatasetInfo, DatasetSplit, Evaluation, ExportedModel, ModelInfo,
+                           Prediction, TrainEvent, TrainFinished, Uncertainty)
 from dropnet.v1 import model_pb2, service_pb2, service_pb2_grpc
 
 __all__ = ["AsyncClient", "AsyncTraining"]
@@ -170,6 +170,22 @@ class AsyncClient:
         self._meta.pop(name, None)
         for key in [k for k in self._class_names if k[0] == name]:
             del self._class_names[key]
+
+    async def import_model(self, name: str, onnx_model: OnnxArg, *,
+                           task: Optional[str] = None, description: str = "") -> ModelInfo:
+        """See :meth:`dropnet.Client.import_model`."""
+        req = _common.import_request(name, onnx_model, task, description)
+        info = (await _call(self._stub.ImportModel(req, **self._kw()))).model
+        self._meta[name] = _common.model_meta(info)
+        return ModelInfo.from_proto(info)
+
+    async def export_model(self, name: str,
+                           path: Optional[Union[str, "os.PathLike[str]"]] = None, *,
+                           version: Optional[int] = None, mode: str = "eval") -> ExportedModel:
+        """See :meth:`dropnet.Client.export_model`."""
+        req = _common.export_request(name, version, mode)
+        resp = await _call(self._stub.ExportModel(req, **self._kw()))
+        return _common.exported(req, resp, path)
 
     async def upload(self, name: str, X: Union[ArrayLike, str, "os.PathLike[str]"],
                      y: Optional[Union[ArrayLike, str]] = None, *, task: str = "classification",

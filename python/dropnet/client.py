@@ -13,8 +13,8 @@ from dropnet import _common, _convert
 from dropnet._common import TLS, TLSArg
 from dropnet._progress import Progress
 from dropnet.errors import DropnetError, from_rpc_error
-from dropnet.types import (DatasetInfo, DatasetSplit, Evaluation, ModelInfo, Prediction,
-                           TrainEvent, TrainFinished, Uncertainty)
+from dropnet.types import (DatasetInfo, DatasetSplit, Evaluation, ExportedModel, ModelInfo,
+                           Prediction, TrainEvent, TrainFinished, Uncertainty)
 from dropnet.v1 import model_pb2, service_pb2, service_pb2_grpc
 
 __all__ = ["Client", "Training", "TLS"]
@@ -22,6 +22,7 @@ __all__ = ["Client", "Training", "TLS"]
 T = TypeVar("T")
 ArrayLike = Any  # numpy array, nested lists, pandas DataFrame
 Spec = Union[Mapping[str, Any], str, "os.PathLike[str]", model_pb2.ModelSpec]
+OnnxArg = Any  # bytes, a file's path, or an onnx.ModelProto
 
 
 def _call(fn: Callable[[], T]) -> T:
@@ -206,6 +207,30 @@ class Client:
         _call(lambda: self._stub.DeleteModel(service_pb2.DeleteModelRequest(name=name),
                                              **self._kw()))
         self._forget(name)
+
+    def import_model(self, name: str, onnx_model: OnnxArg, *, task: Optional[str] = None,
+                     description: str = "") -> ModelInfo:
+        """Creates model ``name`` (version 1) from an ONNX file: its bytes, its path or an
+        ``onnx.ModelProto``. A sequential graph as ``torch.onnx.export`` writes it (export in
+        ``TrainingMode.TRAINING`` without constant folding to keep the Dropout nodes, which
+        become dropout layers: the model's ``stochastic`` is then True). ``task``: "classification"
+        or "regression" (default: what the file says, else classification when it ends in a
+        softmax). A node dropnet cannot map raises InvalidArgument naming it; a file over the
+        server's ``--max-model-bytes`` ResourceExhausted."""
+        req = _common.import_request(name, onnx_model, task, description)
+        info = _call(lambda: self._stub.ImportModel(req, **self._kw())).model
+        self._remember(info)
+        return ModelInfo.from_proto(info)
+
+    def export_model(self, name: str, path: Optional[Union[str, "os.PathLike[str]"]] = None, *,
+                     version: Optional[int] = None, mode: str = "eval") -> ExportedModel:
+        """A version (default: the one served) as an ONNX file (opset 13), also written to
+        ``path`` when given. ``mode="train"`` gives its Dropout nodes ``training_mode = true``
+        and raises FailedPrecondition for a layer whose randomness ONNX cannot express; "eval"
+        writes such layers in their eval form and lists them in ``warnings``."""
+        req = _common.export_request(name, version, mode)
+        resp = _call(lambda: self._stub.ExportModel(req, **self._kw()))
+        return _common.exported(req, resp, path)
 
     # ---- data sets ----
 

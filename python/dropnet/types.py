@@ -19,6 +19,7 @@ from dropnet.v1 import model_pb2, service_pb2
 __all__ = [
     "EpochRecord", "ModelInfo", "DatasetInfo", "DatasetSplit", "TrainEvent", "TrainStarted",
     "TrainStep", "TrainEpoch", "TrainFinished", "Prediction", "Uncertainty", "Evaluation",
+    "ExportedModel",
 ]
 
 
@@ -83,6 +84,9 @@ class ModelInfo:
     serving_label: str
     newest_version: int
     keep_versions: int
+    # Whether it has a stochastic layer (a dropout of any kind): without one, uncertainty() and
+    # Monte-Carlo evaluation answer FailedPrecondition.
+    stochastic: bool
     spec: Dict[str, Any] = _field()
     proto: service_pb2.ModelInfo = _field()
 
@@ -99,7 +103,7 @@ class ModelInfo:
             pruned_fraction=dict(m.pruned_fraction), class_names=tuple(m.class_names),
             labels=dict(m.labels), serving_label=m.serving_label,
             newest_version=m.newest_version, keep_versions=m.keep_versions,
-            spec=_convert.message_dict(m.spec), proto=m)
+            stochastic=m.stochastic, spec=_convert.message_dict(m.spec), proto=m)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,3 +419,28 @@ class Evaluation:
         mode = "monte_carlo" if r.mode == service_pb2.EVAL_MODE_MONTE_CARLO else "eval"
         return cls(model, r.version, _convert.task_name(r.task), mode, r.rows, r.accuracy, r.nll,
                    r.brier, r.ece, r.rmse, r.log_likelihood, r.samples, r.seed, r)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedModel:
+    """A model version written as ONNX (opset 13): ``onnx_model`` the file's bytes (load it with
+    ``onnx.load_from_string``, run it in ONNX Runtime, or give it back to ``import_model``),
+    ``mode`` "eval" or "train" (the ``training_mode`` of its Dropout nodes), and ``warnings``:
+    the layers written in their eval form, one line each."""
+
+    model: str
+    version: int
+    mode: str
+    warnings: Tuple[str, ...]
+    onnx_model: bytes = _field()
+    proto: service_pb2.ExportModelResponse = _field()
+
+    @classmethod
+    def from_proto(cls, model: str, mode: str,
+                   r: service_pb2.ExportModelResponse) -> "ExportedModel":
+        return cls(model, r.version, mode, tuple(r.warnings), r.onnx_model, r)
+
+    def save(self, path: Any) -> None:
+        """Writes the file."""
+        with open(path, "wb") as f:
+            f.write(self.onnx_model)

@@ -22,7 +22,8 @@ grpc::Status DropnetService::ImportModel(grpc::ServerContext* ctx,
     if (static_cast<int64_t>(req->onnx_model().size()) > config_.max_model_bytes) {
       Fail(StatusCode::RESOURCE_EXHAUSTED,
            "onnx_model has " + std::to_string(req->onnx_model().size()) +
-               " bytes, the server limit is " + std::to_string(config_.max_model_bytes));
+               " bytes, over the server's limit of " + std::to_string(config_.max_model_bytes) +
+               " (--max-model-bytes or DROPNET_MAX_MODEL_BYTES raises it)");
     }
     v1::Checkpoint c = interop::ImportOnnx(req->onnx_model(), req->task());
     if (!req->description().empty()) c.mutable_spec()->set_description(req->description());

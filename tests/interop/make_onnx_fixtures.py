@@ -2,7 +2,7 @@
 """Makes the ONNX fixtures of the interop tests with PyTorch (Debian's python3-torch 1.13).
 
 Run with /usr/bin/python3 from the repository root: python3 tests/interop/make_onnx_fixtures.py.
-Writes into tests/interop/fixtures/: for each model (mlp, cnn, cnn1d, lstm), opset (13, 17) and export
+Writes into tests/interop/fixtures/: for each model (mlp, cnn, cnn1d, lstm, gelu_mlp), opset (13, 17) and export
 mode (eval: TrainingMode.EVAL with constant folding, where PyTorch leaves dropout out and folds
 BatchNorm into the convolution before it; train: TrainingMode.TRAINING without constant folding,
 which keeps Dropout and BatchNormalization nodes), <model>_<mode>_op<opset>.onnx, and <model>.json with the reference data:
@@ -34,6 +34,19 @@ class Mlp(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 8),
                                  nn.Tanh(), nn.Dropout(0.2), nn.Linear(8, 3), nn.Softmax(dim=1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class GeluMlp(nn.Module):
+    """nn.GELU (exact, erf form), which PyTorch writes below opset 20 as
+    Div(x, sqrt 2) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 12), nn.GELU(), nn.Dropout(0.25), nn.Linear(12, 8),
+                                 nn.GELU(), nn.Dropout(0.1), nn.Linear(8, 2))
 
     def forward(self, x):
         return self.net(x)
@@ -150,6 +163,8 @@ def main():
     make("cnn1d", Cnn1d(), torch.randn(3, 2, 8), train_bn_stats=torch.randn(16, 2, 8) * 2 + 0.5)
     torch.manual_seed(0)
     make("lstm", LstmClassifier(), torch.randn(4, 5, 4))
+    torch.manual_seed(0)
+    make("gelu_mlp", GeluMlp(), torch.randn(6, 5) * 2)
     # A model with an operator dropnet has no layer for (Elu), to be refused by name.
     torch.manual_seed(0)
     export(nn.Sequential(nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 2)), torch.randn(2, 3),

@@ -86,6 +86,14 @@ std::vector<Case> Cases() {
     AddLayer(&s, "dense", 3);
     cases.push_back({"rnn", s});
   }
+  {
+    v1::ModelSpec s = Spec({5}, v1::TASK_REGRESSION);
+    AddLayer(&s, "dense", 8);
+    AddLayer(&s, "gelu");
+    AddLayer(&s, "dropout", 0, 0.2);
+    AddLayer(&s, "dense", 2);
+    cases.push_back({"gelu", s});
+  }
   return cases;
 }
 

@@ -7,10 +7,13 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "client/client.h"
+#include "onnx/onnx_pb.h"
 #include "tests/service/service_fixture.h"
 
 namespace dropnet::service {
@@ -60,6 +63,13 @@ class OnnxImportTest : public ServiceTest {
           << file << " output " << k;
     }
     return resp.model();
+  }
+
+  // The layer types of a model, in order.
+  static std::vector<std::string> Types(const v1::ModelInfo& m) {
+    std::vector<std::string> types;
+    for (const auto& l : m.spec().layers()) types.push_back(l.type());
+    return types;
   }
 
   // The drop rates of the model's dropout layers, in order.
@@ -131,10 +141,8 @@ TEST_F(OnnxImportTest, ConvolutionsBatchNormAndPoolsMatchPyTorch) {
   const json ref = Reference("cnn1d");
   for (const std::string opset : {"13", "17"}) {
     const v1::ModelInfo m = ImportAndCheckEval("cnn1d", "cnn1d_train_op" + opset);
-    std::vector<std::string> types;
-    for (const auto& l : m.spec().layers()) types.push_back(l.type());
-    EXPECT_EQ(types, (std::vector<std::string>{"conv1d", "batch_norm", "leaky_relu", "avg_pool1d",
-                                               "flatten", "dropout", "dense"}));
+    EXPECT_EQ(Types(m), (std::vector<std::string>{"conv1d", "batch_norm", "leaky_relu",
+                                                  "avg_pool1d", "flatten", "dropout", "dense"}));
     EXPECT_EQ(m.spec().task(), v1::TASK_REGRESSION);  // no softmax head
     EXPECT_EQ(Rates(m), ref["rates"].get<std::vector<double>>());
     CheckMonteCarlo("cnn1d", "cnn1d_train_op" + opset);
@@ -149,6 +157,75 @@ TEST_F(OnnxImportTest, LstmClassifierMatchesPyTorch) {
     EXPECT_EQ(Rates(m), ref["rates"].get<std::vector<double>>());
     CheckMonteCarlo("lstm", "lstm_train_op" + opset);
   }
+}
+
+TEST_F(OnnxImportTest, GeluMlpMatchesPyTorchInEvalAndMonteCarlo) {
+  // nn.GELU is written by PyTorch as Div(x, sqrt 2) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5).
+  const json ref = Reference("gelu_mlp");
+  for (const std::string opset : {"13", "17"}) {
+    const v1::ModelInfo train = ImportAndCheckEval("gelu_mlp", "gelu_mlp_train_op" + opset);
+    EXPECT_EQ(Types(train), (std::vector<std::string>{"dense", "gelu", "dropout", "dense", "gelu",
+                                                      "dropout", "dense"}));
+    EXPECT_TRUE(train.stochastic());
+    EXPECT_EQ(train.spec().task(), v1::TASK_REGRESSION);
+    EXPECT_EQ(Rates(train), ref["rates"].get<std::vector<double>>());
+    CheckMonteCarlo("gelu_mlp", "gelu_mlp_train_op" + opset);
+    const v1::ModelInfo eval = ImportAndCheckEval("gelu_mlp", "gelu_mlp_eval_op" + opset);
+    EXPECT_EQ(Types(eval), (std::vector<std::string>{"dense", "gelu", "dense", "gelu", "dense"}));
+    EXPECT_FALSE(eval.stochastic());
+  }
+}
+
+// A Constant node's value replaced by one float.
+void SetConstant(onnx::GraphProto* g, const std::string& node, float value) {
+  for (auto& n : *g->mutable_node()) {
+    if (n.name() != node) continue;
+    auto* t = n.mutable_attribute(0)->mutable_t();
+    t->clear_raw_data();
+    t->clear_float_data();
+    t->add_float_data(value);
+    return;
+  }
+  ADD_FAILURE() << "no node " << node;
+}
+
+TEST_F(OnnxImportTest, GeluPatternIsMatchedStrictly) {
+  onnx::ModelProto original;
+  ASSERT_TRUE(original.ParseFromString(ReadBytes(kFixtures + "/gelu_mlp_eval_op13.onnx")));
+  struct Broken {
+    std::string what, node;  // the change, and the node the error must name
+    void (*change)(onnx::GraphProto*);
+  };
+  const std::vector<Broken> cases = {
+      {"divides by 2", "'/net/net.1/Div' (Div)",
+       [](onnx::GraphProto* g) { SetConstant(g, "/net/net.1/Constant", 2.0f); }},
+      {"adds 1.5", "'/net/net.1/Add' (Add)",
+       [](onnx::GraphProto* g) { SetConstant(g, "/net/net.1/Constant_1", 1.5f); }},
+      {"halves to 0.6", "'/net/net.4/Mul_1' (Mul)",
+       [](onnx::GraphProto* g) { SetConstant(g, "/net/net.4/Constant_2", 0.6f); }},
+      {"multiplies the Erf, not the input", "'/net/net.1/Mul' (Mul)",
+       [](onnx::GraphProto* g) {
+         for (auto& n : *g->mutable_node())
+           if (n.name() == "/net/net.1/Mul") n.set_input(0, "/net/net.1/Erf_output_0");
+       }},
+      {"has Tanh for Erf", "'/net/net.1/Div' (Div)",
+       [](onnx::GraphProto* g) {
+         for (auto& n : *g->mutable_node())
+           if (n.name() == "/net/net.1/Erf") n.set_op_type("Tanh");
+       }},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    onnx::ModelProto m = original;
+    c.change(m.mutable_graph());
+    v1::ImportModelResponse resp;
+    const grpc::Status s = ImportModel("gelu", m.SerializeAsString(), &resp);
+    EXPECT_CODE(s, grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("node " + c.node), std::string::npos) << s.error_message();
+    EXPECT_CODE(LookUpModel("gelu"), grpc::StatusCode::NOT_FOUND);
+  }
+  v1::ImportModelResponse resp;
+  ASSERT_OK(ImportModel("gelu", original.SerializeAsString(), &resp));  // the file itself is fine
 }
 
 TEST_F(OnnxImportTest, UnsupportedNodeIsRefusedByNameAndNothingIsCreated) {
@@ -171,7 +248,65 @@ TEST_F(OnnxImportTest, BadFilesNamesAndSizesAreRefused) {
   ServerConfig c = Config();
   c.service.max_model_bytes = 1000;
   StartServer(c);
-  EXPECT_CODE(ImportModel("big", mlp, &resp), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  const grpc::Status big = ImportModel("big", mlp, &resp);
+  EXPECT_CODE(big, grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(big.error_message().find("onnx_model has " + std::to_string(mlp.size()) +
+                                     " bytes, over the server's limit of 1000"),
+            std::string::npos)
+      << big.error_message();
+  EXPECT_NE(big.error_message().find("--max-model-bytes"), std::string::npos);
+  EXPECT_CODE(LookUpModel("big"), grpc::StatusCode::NOT_FOUND);
+  c.service.max_model_bytes = static_cast<int64_t>(mlp.size());  // exactly at the limit
+  StartServer(c);
+  ASSERT_OK(ImportModel("big", mlp, &resp));
+}
+
+TEST_F(OnnxImportTest, FileOverTheMessageLimitNamesTheFlags) {
+  // gRPC itself refuses a request over the server's --max-message-bytes: the client says which
+  // flags raise the limits.
+  const std::string mlp = ReadBytes(kFixtures + "/mlp_train_op13.onnx");
+  ServerConfig c = Config();
+  c.max_message_bytes = 1500;
+  StartServer(c);
+  client::ClientOptions o;
+  o.target = "127.0.0.1:" + std::to_string(server_->port());
+  o.max_attempts = 2;
+  client::Client cl(o);
+  try {
+    cl.ImportModel("big", mlp, v1::TASK_UNSPECIFIED);
+    ADD_FAILURE() << "a file over the message limit was imported";
+  } catch (const client::ClientError& e) {
+    EXPECT_EQ(e.code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    const std::string what = e.what();
+    EXPECT_NE(what.find("the ONNX file (" + std::to_string(mlp.size()) + " bytes)"),
+              std::string::npos)
+        << what;
+    EXPECT_NE(what.find("--max-message-bytes"), std::string::npos) << what;
+  }
+  EXPECT_CODE(LookUpModel("big"), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(OnnxImportTest, ExternalDataIsRefusedByTensorName) {
+  onnx::ModelProto m;
+  ASSERT_TRUE(m.ParseFromString(ReadBytes(kFixtures + "/mlp_train_op13.onnx")));
+  auto* w = m.mutable_graph()->mutable_initializer(0);
+  const std::string name = w->name();
+  w->clear_raw_data();
+  w->clear_float_data();
+  w->set_data_location(onnx::TensorProto::EXTERNAL);
+  for (const auto& [key, value] :
+       {std::pair<std::string, std::string>{"location", "weights.bin"}, {"offset", "0"}}) {
+    auto* e = w->add_external_data();
+    e->set_key(key);
+    e->set_value(value);
+  }
+  v1::ImportModelResponse resp;
+  const grpc::Status s = ImportModel("external", m.SerializeAsString(), &resp);
+  EXPECT_CODE(s, grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("tensor '" + name + "' keeps its data in an external file"),
+            std::string::npos)
+      << s.error_message();
+  EXPECT_CODE(LookUpModel("external"), grpc::StatusCode::NOT_FOUND);
 }
 
 }  // namespace

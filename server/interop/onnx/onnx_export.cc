@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <numbers>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,6 +52,7 @@ class Exporter {
   void Pool(const v1::LayerSpec& l, bool max);
   void BatchNorm(const v1::LayerSpec& l);
   void Dropout(const v1::LayerSpec& l);
+  void Gelu();
   void Recurrent(const v1::LayerSpec& l, bool lstm);
   void Standardize();
 
@@ -206,6 +208,18 @@ void Exporter::Dropout(const v1::LayerSpec& l) {
   Node("Dropout", {cur_, Init("ratio", {}, &rate), BoolInit("training_mode", train_)});
 }
 
+// GELU as torch.onnx.export writes nn.GELU below opset 20 (the Gelu operator is opset 20's):
+// x * 0.5 * (1 + erf(x / sqrt(2))) in five nodes, which ImportOnnx reads back as a gelu layer.
+void Exporter::Gelu() {
+  const std::string x = cur_;
+  const float sqrt2 = std::numbers::sqrt2_v<float>, one = 1.0f, half = 0.5f;
+  Node("Div", {x, Init("sqrt2", {}, &sqrt2)});
+  Node("Erf", {cur_});
+  Node("Add", {cur_, Init("one", {}, &one)});
+  Node("Mul", {x, cur_}, "x_cdf");
+  Node("Mul", {cur_, Init("half", {}, &half)}, "gelu");
+}
+
 // dropnet keeps gates i, f, g, o (LSTM) and r, z, n (GRU), weights transposed; ONNX i, o, f, c
 // and z, r, h. kOnnxBlock[lstm][g]: the ONNX block of dropnet gate g.
 constexpr int kOnnxBlock[2][4] = {{1, 0, 2, 0}, {0, 2, 3, 1}};
@@ -259,6 +273,8 @@ void Exporter::Layer(const v1::LayerSpec& l) {
     Dense(l, "");
   } else if (t == "relu" || t == "tanh" || t == "sigmoid" || t == "selu") {
     Node(t == "relu" ? "Relu" : t == "tanh" ? "Tanh" : t == "sigmoid" ? "Sigmoid" : "Selu", {cur_});
+  } else if (t == "gelu") {
+    Gelu();
   } else if (t == "leaky_relu") {
     Float(Node("LeakyRelu", {cur_}), "alpha",
           static_cast<float>(l.has_negative_slope() ? l.negative_slope() : 0.01));

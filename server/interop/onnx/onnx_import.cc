@@ -166,6 +166,10 @@ void Importer::Activation(const onnx::NodeProto& node) {
     }
     AddLayer("softmax", cur_.shape);
     ends_with_softmax_ = true;
+  } else if (op == "Erf") {
+    Fail(node,
+         "an Erf is read only inside a GELU: Div(x, sqrt(2)) -> Erf -> Add(1) -> Mul(x) -> "
+         "Mul(0.5)");
   } else {
     Fail(node, "this operator has no dropnet layer");
   }
@@ -263,6 +267,8 @@ void Importer::VisitData(const onnx::NodeProto& node) {
   } else if (op == "Transpose") {
     Transpose(node);
   } else if (op == "Identity") {
+  } else if (op == "Div" && OpensGelu(node)) {
+    GeluStart(node);
   } else if (op == "Sub" || op == "Div") {
     Standardize(node, op == "Sub");
   } else {
@@ -284,6 +290,10 @@ void Importer::Visit(const onnx::NodeProto& node) {
     } catch (const std::invalid_argument& e) {
       Fail(node, e.what());
     }
+    return;
+  }
+  if (gelu_.step > 0) {
+    GeluStep(node);
     return;
   }
   // Which inputs are what.
@@ -375,6 +385,10 @@ void Importer::Finish() {
   if (cur_.time_major) throw InvalidArgument("the graph output is a time-major sequence");
   if (!any_layer_) throw InvalidArgument("the graph has no layer");
   if (pending_pad_) throw InvalidArgument("a Pad node is not followed by a pool");
+  if (gelu_.step > 0) {
+    throw InvalidArgument("the GELU that starts at node " + gelu_.start +
+                          " ends before its last Mul");
+  }
   if (!std_mean_.empty()) {
     if (std_scale_.empty()) throw InvalidArgument("a Sub of means without a Div by scales");
     auto* st = out_.mutable_standardization();

@@ -1,6 +1,7 @@
 // The ONNX nodes that become dropnet layers with parameters or a rate: Gemm and MatMul (+ Add),
-// Conv, the pools, BatchNormalization, Dropout, LSTM and GRU.
+// Conv, the pools, BatchNormalization, Dropout, LSTM and GRU; and the five nodes of a GELU.
 #include <cmath>
+#include <numbers>
 #include <string>
 #include <utility>
 #include <vector>
@@ -186,6 +187,71 @@ void Importer::Dropout(const onnx::NodeProto& node) {
         Fail(node, "its mask output is used by another node");
   auto* l = AddLayer("dropout", cur_.shape);
   if (ratio != 0) l->set_rate(ratio);
+}
+
+bool Importer::IsScalarConst(const std::string& name, float value) const {
+  auto it = consts_.find(name);
+  return it != consts_.end() && it->second.is_float && it->second.Size() == 1 &&
+         std::abs(it->second.f[0] - value) <= 1e-6f * std::abs(value);
+}
+
+bool Importer::OpensGelu(const onnx::NodeProto& node) const {
+  const auto& nodes = model_.graph().node();
+  for (int k = node_index_ + 1; k < nodes.size(); ++k) {
+    if (nodes[k].op_type() == "Constant") continue;
+    return nodes[k].op_type() == "Erf" && nodes[k].input_size() > 0 &&
+           nodes[k].input(0) == node.output(0);
+  }
+  return false;
+}
+
+void Importer::GeluStart(const onnx::NodeProto& node) {
+  CheckNoOtherAttributes(node, {});
+  if (node.input_size() != 2 || !IsScalarConst(node.input(1), std::numbers::sqrt2_v<float>)) {
+    Fail(node, "a Div before an Erf is read as the start of a GELU and must divide by sqrt(2)");
+  }
+  gelu_.step = 1;
+  gelu_.x = current_;
+  gelu_.start = node.name().empty() ? "#" + std::to_string(node_index_) : "'" + node.name() + "'";
+}
+
+// The steps after the Div. Add and Mul may take their operands in either order.
+void Importer::GeluStep(const onnx::NodeProto& node) {
+  static const char* const kStep[] = {"", "Erf(Div output)", "Add(Erf output, 1)",
+                                      "Mul(GELU input, Add output)", "Mul(previous Mul, 0.5)"};
+  const std::string& prev = current_;
+  auto wired = [&](const std::string& other) {
+    return node.input_size() == 2 && ((node.input(0) == prev && node.input(1) == other) ||
+                                      (node.input(1) == prev && node.input(0) == other));
+  };
+  auto scalar = [&](float value) {
+    if (node.input_size() != 2) return false;
+    const std::string& other = node.input(0) == prev ? node.input(1) : node.input(0);
+    return wired(other) && IsScalarConst(other, value);
+  };
+  bool ok = node.attribute().empty() && node.output_size() == 1;
+  switch (gelu_.step) {
+    case 1:
+      ok = ok && node.op_type() == "Erf" && node.input_size() == 1 && node.input(0) == prev;
+      break;
+    case 2:
+      ok = ok && node.op_type() == "Add" && scalar(1.0f);
+      break;
+    case 3:
+      ok = ok && node.op_type() == "Mul" && wired(gelu_.x);
+      break;
+    default:
+      ok = ok && node.op_type() == "Mul" && scalar(0.5f);
+      break;
+  }
+  if (!ok) {
+    Fail(node, "the GELU that starts at node " + gelu_.start + " needs " + kStep[gelu_.step] +
+                   " here: Div(x, sqrt(2)) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5)");
+  }
+  current_ = node.output(0);
+  if (++gelu_.step < 5) return;
+  gelu_ = GeluMatch{};
+  AddLayer("gelu", cur_.shape);
 }
 
 // ONNX keeps LSTM gates in the order i, o, f, c and GRU gates z, r, h; dropnet (PyTorch's order)

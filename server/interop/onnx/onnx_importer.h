@@ -1,6 +1,6 @@
 // The importer behind ImportOnnx (onnx_model.h), shared by its two files: onnx_import.cc (the
 // walk over the graph, constants, layouts and the head) and onnx_import_layers.cc (the nodes that
-// become dense, convolution, pooling, batch-norm, dropout and recurrent layers).
+// become dense, convolution, pooling, batch-norm, dropout, GELU and recurrent layers).
 #ifndef DROPNET_INTEROP_ONNX_ONNX_IMPORTER_H_
 #define DROPNET_INTEROP_ONNX_ONNX_IMPORTER_H_
 
@@ -22,6 +22,14 @@ struct DataValue {
   bool time_major = false;     // [T, N, F] (after Transpose perm [1, 0, 2])
   int rnn_layer = -1;          // >= 0: an output of that recurrent layer, still to be reshaped
   enum Rnn { kNone, kSequence, kLastState, kSequenceSqueezed } rnn = kNone;
+};
+
+// Where the importer is inside a GELU written out as torch.onnx.export writes nn.GELU below opset
+// 20: Div(x, sqrt(2)) -> Erf -> Add(., 1) -> Mul(x, .) -> Mul(., 0.5), one node per step.
+struct GeluMatch {
+  int step = 0;       // 0: not inside one; k: the k-th node (the Div is step 0) is next
+  std::string x;      // the pattern's input, read again by its first Mul
+  std::string start;  // the Div node, as error messages name it
 };
 
 class Importer {
@@ -54,6 +62,12 @@ class Importer {
   void Pool(const onnx::NodeProto& node, bool max);
   void BatchNorm(const onnx::NodeProto& node);
   void Dropout(const onnx::NodeProto& node);
+  // GELU: whether a Div opens the pattern (the next node that is not a Constant is an Erf of its
+  // output), the Div itself, and each following node of the pattern.
+  bool OpensGelu(const onnx::NodeProto& node) const;
+  void GeluStart(const onnx::NodeProto& node);
+  void GeluStep(const onnx::NodeProto& node);
+  bool IsScalarConst(const std::string& name, float value) const;
   void Recurrent(const onnx::NodeProto& node, bool lstm);
   void Activation(const onnx::NodeProto& node);
   void Reshape(const onnx::NodeProto& node);
@@ -75,6 +89,7 @@ class Importer {
   int node_index_ = 0;
   int matmul_layer_ = -1;  // a MatMul dense layer whose output is current_, bias still free
   int pending_pad_ = 0;    // zeros a Pad added before a pool
+  GeluMatch gelu_;
   bool ends_with_softmax_ = false;
   bool any_layer_ = false;
   std::vector<float> std_mean_, std_scale_;

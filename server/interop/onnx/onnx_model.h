@@ -4,8 +4,10 @@
 // nn.Sequential-like model: dense, convolution, pooling, batch norm, activations, LSTM/GRU,
 // Dropout) to a Checkpoint: a ModelSpec and its parameters and buffers, ready for
 // service::FromCheckpoint. ExportOnnx writes a checkpoint as an ONNX model (opset 13) whose
-// dropout layers are Dropout nodes with a training_mode input. Both only convert: the spec is
-// validated by the service when the checkpoint is loaded.
+// dropout layers are Dropout nodes with a training_mode input. GELU, which has no operator
+// before opset 20, travels both ways as the five nodes PyTorch writes for it: Div(x, sqrt(2)) ->
+// Erf -> Add(1) -> Mul(x) -> Mul(0.5). Both only convert: the spec is validated by the service
+// when the checkpoint is loaded.
 #ifndef DROPNET_INTEROP_ONNX_ONNX_MODEL_H_
 #define DROPNET_INTEROP_ONNX_ONNX_MODEL_H_
 
