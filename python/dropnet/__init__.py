@@ -21,8 +21,8 @@ from dropnet.errors import (Aborted, AlreadyExists, Cancelled, DataLoss, Deadlin
                             OutOfRange, PermissionDenied, ResourceExhausted, Unauthenticated,
                             Unavailable, Unimplemented, Unknown)
 from dropnet.types import (DatasetInfo, DatasetSplit, EpochRecord, Evaluation, ExportedModel,
-                           ModelInfo, Prediction, TrainEpoch, TrainEvent, TrainFinished, TrainStarted,
-                           TrainStep, Uncertainty)
+                           ModelInfo, Prediction, TrainEpoch, TrainEvent, TrainFinished,
+                           TrainStarted, TrainStep, Uncertainty)
 
 __version__ = "0.1.0"
 
