@@ -271,35 +271,66 @@ void Client::DeleteDataset(const std::string& name, CallOptions call) {
   Unary(*stub_, &v1::Dropnet::Stub::DeleteDataset, req, call);
 }
 
-v1::TrainEvent Client::Train(const v1::TrainRequest& request,
-                             const std::function<void(const v1::TrainEvent&)>& on_event,
-                             const std::function<bool()>& cancel, CallOptions call) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, call, /*streaming=*/true);
+template <typename Message>
+void Client::ReadStream(grpc::ClientContext* ctx, grpc::ClientReaderInterface<Message>* reader,
+                        const std::function<void(const Message&)>& on_message,
+                        const std::function<bool()>& cancel) const {
   std::atomic<bool> done{false};
   std::thread watcher;
   if (cancel) {
     watcher = std::thread([&] {
       while (!done.load()) {
         if (cancel()) {
-          ctx.TryCancel();
+          ctx->TryCancel();
           return;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
     });
   }
-  auto reader = stub_->Train(&ctx, request);
-  v1::TrainEvent event, last;
-  while (reader->Read(&event)) {
-    last = event;
-    if (on_event) on_event(event);
-  }
+  Message message;
+  while (reader->Read(&message)) on_message(message);
   grpc::Status status = reader->Finish();
   done = true;
   if (watcher.joinable()) watcher.join();
   Check(status);
+}
+
+v1::TrainEvent Client::Train(const v1::TrainRequest& request,
+                             const std::function<void(const v1::TrainEvent&)>& on_event,
+                             const std::function<bool()>& cancel, CallOptions call) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, call, /*streaming=*/true);
+  auto reader = stub_->Train(&ctx, request);
+  v1::TrainEvent last;
+  ReadStream<v1::TrainEvent>(
+      &ctx, reader.get(),
+      [&](const v1::TrainEvent& event) {
+        last = event;
+        if (on_event) on_event(event);
+      },
+      cancel);
   return last;
+}
+
+v1::RankResult Client::RankDataset(const v1::RankDatasetRequest& request,
+                                   const std::function<void(const v1::RankProgress&)>& on_progress,
+                                   const std::function<bool()>& cancel, CallOptions call) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, call);
+  auto reader = stub_->RankDataset(&ctx, request);
+  std::optional<v1::RankResult> result;
+  ReadStream<v1::RankEvent>(
+      &ctx, reader.get(),
+      [&](const v1::RankEvent& event) {
+        if (event.has_progress() && on_progress) on_progress(event.progress());
+        if (event.has_result()) result = event.result();
+      },
+      cancel);
+  if (!result) {
+    throw ClientError(grpc::StatusCode::INTERNAL, "RankDataset ended without a result");
+  }
+  return *result;
 }
 
 v1::PredictResponse Client::Predict(const std::string& model, const Matrix& inputs,

@@ -145,6 +145,13 @@ class Client {
   v1::PredictUncertaintyResponse PredictUncertainty(const v1::PredictUncertaintyRequest& request,
                                                     CallOptions call = {});
   v1::EvaluateResponse Evaluate(const v1::EvaluateRequest& request, CallOptions call = {});
+  // RankDataset: Monte-Carlo dropout over a stored data set; its progress events go to
+  // on_progress while the server works, and the result (the last event) is returned. `cancel`
+  // (polled from a watcher thread) cancels the call. The call's deadline is the client's unless
+  // `call` gives one. Throws ClientError (CANCELLED after a cancel).
+  v1::RankResult RankDataset(const v1::RankDatasetRequest& request,
+                             const std::function<void(const v1::RankProgress&)>& on_progress = {},
+                             const std::function<bool()>& cancel = {}, CallOptions call = {});
   // Predict with a request serialised once by Serialize: a caller that sends the same bytes again
   // and again (a load generator) saves the serialisation of every call, a copy of the inputs.
   static grpc::ByteBuffer Serialize(const v1::PredictRequest& request);
@@ -156,6 +163,13 @@ class Client {
   struct RawMethods;
 
   void Prepare(grpc::ClientContext* ctx, const CallOptions& call, bool streaming = false) const;
+  // Reads a server stream to its end, handing each message to on_message, while a watcher
+  // thread polls `cancel` (may be empty) and cancels `ctx` when it says so. Throws ClientError
+  // for a failed call.
+  template <typename Message>
+  void ReadStream(grpc::ClientContext* ctx, grpc::ClientReaderInterface<Message>* reader,
+                  const std::function<void(const Message&)>& on_message,
+                  const std::function<bool()>& cancel) const;
   // One unary call of a generated stub's method: a context with the call's deadline and token,
   // and ClientError when the call fails.
   template <typename Stub, typename Request, typename Response>

@@ -9,6 +9,7 @@
 //   dropnet predict MODEL --input FILE.csv [--format table|csv|json]
 //   dropnet uncertainty MODEL --input FILE.csv --samples T [--seed N] [--return-samples]
 //   dropnet evaluate MODEL --data NAME [--mc-samples T]
+//   dropnet rank MODEL --data NAME --top K [--by mutual_information|entropy|variation_ratio|margin]
 //   dropnet bench MODEL [--concurrency 1,2,4,8 --duration S --count N --json ...]
 //   dropnet demo [--wait SECONDS]
 //   dropnet help [COMMAND...] | completion bash | --version
@@ -35,6 +36,7 @@
 #include "client/cli/commands.h"
 #include "client/cli/demo.h"
 #include "client/cli/output.h"
+#include "client/cli/rank.h"
 #include "client/cli/usage.h"
 #include "client/client.h"
 
@@ -116,6 +118,8 @@ struct Args {
   std::vector<std::string> bench_workloads = {"health", "predict", "predict-batch", "uncertainty"};
   bool bench_json = false, bench_shared = false, bench_quiet = false;
   CLI::App* bench = nullptr;
+  // rank
+  cli::RankArgs rank;
   // demo
   std::string demo_data = "/usr/share/datasets/fashion-mnist";
   double demo_wait = 60;
@@ -512,6 +516,7 @@ int Run(const Args& a, const dc::ClientOptions& client_options) {
         c, a.name, a.model_version, a.data_name, a.mc_samples,
         a.eval_seed->count() ? std::optional<uint64_t>(a.seed) : std::nullopt, a.limit, f);
   }
+  if (*a.rank.command) return cli::RankCommand(c, a.rank, f);
   if (*a.demo) return cli::Demo(c, a.demo_data, a.demo_wait);
   return 0;
 }
@@ -547,11 +552,12 @@ int RunHelp(const CLI::App& app, const Args& a) {
   return 0;
 }
 
-// The client's options; evaluate, which may run Monte-Carlo dropout over a whole data set, gets
-// ten minutes unless --timeout says otherwise.
+// The client's options; evaluate and rank, which may run Monte-Carlo dropout over a whole data
+// set, get ten minutes unless --timeout says otherwise.
 dc::ClientOptions ClientOptionsFor(const Args& a) {
   dc::ClientOptions o = MakeClientOptions(a.g);
-  if (*a.evaluate && a.g.timeout_opt->count() == 0) o.deadline = std::chrono::minutes(10);
+  if ((*a.evaluate || *a.rank.command) && a.g.timeout_opt->count() == 0)
+    o.deadline = std::chrono::minutes(10);
   return o;
 }
 
@@ -569,6 +575,7 @@ int main(int argc, char** argv) {
   AddDataCommands(app, a);
   AddTrainCommand(app, a);
   AddPredictCommands(app, a);
+  cli::AddRankCommand(app, a.rank);
   AddBenchAndDemo(app, a);
   AddHelpCommands(app, a);
   const std::vector<std::string> args(argv + 1, argv + argc);

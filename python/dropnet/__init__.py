@@ -21,7 +21,7 @@ from dropnet.errors import (Aborted, AlreadyExists, Cancelled, DataLoss, Deadlin
                             OutOfRange, PermissionDenied, ResourceExhausted, Unauthenticated,
                             Unavailable, Unimplemented, Unknown)
 from dropnet.types import (DatasetInfo, DatasetSplit, EpochRecord, Evaluation, ExportedModel,
-                           ModelInfo, Prediction, TrainEpoch, TrainEvent, TrainFinished,
+                           ModelInfo, Prediction, Ranking, TrainEpoch, TrainEvent, TrainFinished,
                            TrainStarted, TrainStep, Uncertainty)
 
 __version__ = "0.1.0"
@@ -30,7 +30,7 @@ __all__ = [
     "Client", "AsyncClient", "Training", "AsyncTraining", "TLS",
     "ModelInfo", "DatasetInfo", "DatasetSplit", "EpochRecord", "TrainEvent", "TrainStarted",
     "TrainStep", "TrainEpoch", "TrainFinished", "Prediction", "Uncertainty", "Evaluation",
-    "ExportedModel",
+    "ExportedModel", "Ranking",
     "DropnetError", "Cancelled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
     "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
     "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",

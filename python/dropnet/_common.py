@@ -332,6 +332,28 @@ def evaluate_request(model: str, data: str, samples: Optional[int], seed: Option
     return req
 
 
+RANK_CRITERIA = {
+    "mutual_information": service_pb2.RANK_CRITERION_MUTUAL_INFORMATION,
+    "bald": service_pb2.RANK_CRITERION_MUTUAL_INFORMATION,
+    "entropy": service_pb2.RANK_CRITERION_ENTROPY,
+    "variation_ratio": service_pb2.RANK_CRITERION_VARIATION_RATIO,
+    "margin": service_pb2.RANK_CRITERION_MARGIN,
+}
+
+
+def rank_request(model: str, data: str, by: str, top: int, samples: Optional[int],
+                 seed: Optional[int], batch_size: Optional[int], version: VersionArg = None
+                 ) -> service_pb2.RankDatasetRequest:
+    if by not in RANK_CRITERIA:
+        raise InvalidArgument(f"by must be one of {', '.join(sorted(RANK_CRITERIA))}, got {by!r}")
+    req = service_pb2.RankDatasetRequest(
+        model=model, dataset=data, criterion=RANK_CRITERIA[by], top_k=int(top),
+        samples=samples or 0, batch_size=batch_size or 0, version=version_text(version))
+    if seed is not None:
+        req.seed = seed
+    return req
+
+
 def _int_array(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 

@@ -4,7 +4,7 @@ coroutines over grpc.aio, and :class:`AsyncTraining`, an async iterator of train
 from __future__ import annotations
 
 import os
-from typing import Any, AsyncIterator, Awaitable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 from typing import Union
 
 import grpc
@@ -17,7 +17,7 @@ from dropnet._progress import Progress
 from dropnet.client import ArrayLike, OnnxArg, Spec
 from dropnet.errors import DropnetError, from_rpc_error
 from dropnet.types import (DatasetInfo, DatasetSplit, Evaluation, ExportedModel, ModelInfo,
-                           Prediction, TrainEvent, TrainFinished, Uncertainty)
+                           Prediction, Ranking, TrainEvent, TrainFinished, Uncertainty)
 from dropnet.v1 import model_pb2, service_pb2, service_pb2_grpc
 
 __all__ = ["AsyncClient", "AsyncTraining"]
@@ -277,6 +277,29 @@ class AsyncClient:
         req = _common.evaluate_request(model, data, samples, seed, limit, version)
         resp = await _call(self._stub.Evaluate(req, **self._kw(None)))
         return Evaluation.from_proto(model, resp)
+
+    async def rank(self, model: str, data: str, *, by: str = "mutual_information", top: int,
+                   samples: Optional[int] = None, seed: Optional[int] = None,
+                   batch_size: Optional[int] = None, version: Optional[Union[int, str]] = None,
+                   progress: Optional[Callable[[int, int], None]] = None,
+                   timeout: Optional[float] = None) -> Ranking:
+        """As :meth:`dropnet.Client.rank`."""
+        req = _common.rank_request(model, data, by, top, samples, seed, batch_size, version)
+        call = self._stub.RankDataset(req, timeout=timeout, metadata=self._metadata)
+        result = None
+        try:
+            async for event in call:
+                if event.HasField("progress") and progress is not None:
+                    progress(event.progress.rows_done, event.progress.rows_total)
+                if event.HasField("result"):
+                    result = event.result
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+        if result is None:
+            raise DropnetError(f"RankDataset of {data!r} ended without a result")
+        return Ranking.from_proto(model, data, result)
 
     async def _get_model(self, name: str) -> service_pb2.ModelInfo:
         resp = await _call(self._stub.GetModel(service_pb2.GetModelRequest(name=name),

@@ -14,7 +14,7 @@ from dropnet._common import TLS, TLSArg
 from dropnet._progress import Progress
 from dropnet.errors import DropnetError, from_rpc_error
 from dropnet.types import (DatasetInfo, DatasetSplit, Evaluation, ExportedModel, ModelInfo,
-                           Prediction, TrainEvent, TrainFinished, Uncertainty)
+                           Prediction, Ranking, TrainEvent, TrainFinished, Uncertainty)
 from dropnet.v1 import model_pb2, service_pb2, service_pb2_grpc
 
 __all__ = ["Client", "Training", "TLS"]
@@ -358,6 +358,37 @@ class Client:
         req = _common.evaluate_request(model, data, samples, seed, limit, version)
         resp = _call(lambda: self._stub.Evaluate(req, **self._kw(None)))
         return Evaluation.from_proto(model, resp)
+
+    def rank(self, model: str, data: str, *, by: str = "mutual_information", top: int,
+             samples: Optional[int] = None, seed: Optional[int] = None,
+             batch_size: Optional[int] = None, version: Optional[Union[int, str]] = None,
+             progress: Optional[Callable[[int, int], None]] = None,
+             timeout: Optional[float] = None) -> Ranking:
+        """Which rows of the stored data set ``data`` to label next: Monte-Carlo dropout over
+        every row (``samples`` passes, default the server's 50) and the ``top`` rows by ``by``
+        (``"mutual_information"``, alias ``"bald"``; ``"entropy"``; ``"variation_ratio"``:
+        highest first; ``"margin"``: smallest first). The data set's labels are not read.
+        ``progress(rows_done, rows_total)`` is called as the server works; ``timeout`` (seconds,
+        default none) bounds the call. A row's score is PredictUncertainty's for that row with
+        the same seed, whatever ``batch_size`` (rows per batch, default 256). See
+        :class:`dropnet.Ranking`."""
+        req = _common.rank_request(model, data, by, top, samples, seed, batch_size, version)
+        call = _call(lambda: self._stub.RankDataset(req, timeout=timeout,
+                                                    metadata=self._metadata))
+        result = None
+        try:
+            for event in call:
+                if event.HasField("progress") and progress is not None:
+                    progress(event.progress.rows_done, event.progress.rows_total)
+                if event.HasField("result"):
+                    result = event.result
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+        if result is None:
+            raise DropnetError(f"RankDataset of {data!r} ended without a result")
+        return Ranking.from_proto(model, data, result)
 
     # ---- what the client remembers of models ----
 

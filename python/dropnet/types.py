@@ -19,7 +19,7 @@ from dropnet.v1 import model_pb2, service_pb2
 __all__ = [
     "EpochRecord", "ModelInfo", "DatasetInfo", "DatasetSplit", "TrainEvent", "TrainStarted",
     "TrainStep", "TrainEpoch", "TrainFinished", "Prediction", "Uncertainty", "Evaluation",
-    "ExportedModel",
+    "ExportedModel", "Ranking",
 ]
 
 
@@ -444,3 +444,50 @@ class ExportedModel:
         """Writes the file."""
         with open(path, "wb") as f:
             f.write(self.onnx_model)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+    """The rows of a stored data set to label next (``Client.rank``): ``indices`` (0-based rows
+    of the data set), their ``scores`` under ``criterion`` and their ``predicted_class``, best
+    first: highest score first, except ``"margin"`` (top-1 minus top-2 mean probability),
+    smallest first. ``rows`` is the data set's size; ``version``, ``samples`` and ``seed``
+    reproduce the ranking."""
+
+    model: str
+    dataset: str
+    criterion: str
+    indices: np.ndarray = _field()
+    scores: np.ndarray = _field()
+    predicted_class: np.ndarray = _field()
+    version: int = 0
+    samples: int = 0
+    seed: int = 0
+    rows: int = 0
+    batch_size: int = 0
+    class_names: Tuple[str, ...] = ()
+    proto: Optional[service_pb2.RankResult] = _field(default=None)
+
+    @classmethod
+    def from_proto(cls, model: str, dataset: str, r: service_pb2.RankResult) -> "Ranking":
+        criterion = service_pb2.RankCriterion.Name(r.criterion)
+        criterion = criterion[len("RANK_CRITERION_"):].lower()
+        return cls(model, dataset, criterion, np.asarray(r.indices, dtype=np.int64),
+                   np.asarray(r.scores, dtype=np.float32),
+                   np.asarray(r.predicted_class, dtype=np.int64), r.version, r.samples, r.seed,
+                   r.rows, r.batch_size, tuple(r.class_names), r)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __repr__(self) -> str:
+        lines = [f"Ranking of {self.rows} rows of {self.dataset!r} by {self.criterion} "
+                 f"(model {self.model!r} version {self.version}, T={self.samples}, "
+                 f"seed {self.seed})", f"{'rank':>4}  {'row':>6}  {'score':>8}  prediction"]
+        for i, (row, score, k) in enumerate(zip(self.indices[:10], self.scores[:10],
+                                                self.predicted_class[:10])):
+            name = self.class_names[k] if k < len(self.class_names) else str(k)
+            lines.append(f"{i + 1:>4}  {row:>6}  {score:8.4f}  {name}")
+        if len(self) > 10:
+            lines.append(f"... {len(self) - 10} more")
+        return "\n".join(lines)

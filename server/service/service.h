@@ -7,8 +7,10 @@
 // to a CallScheduler (executor.h), which runs a small call at once and queues the others for its
 // workers, so that any number of calls can wait for a worker and none holds a gRPC thread
 // meanwhile. The other calls (model and data-set management, the Train and UploadDataset streams)
-// are synchronous, on gRPC's threads. The data-set handlers are defined in dataset_handlers.cc,
-// the training a Train call runs in training_job.h, the rest in service.cc.
+// are synchronous, on gRPC's threads; so is the RankDataset stream, whose thread waits while a
+// worker of the CallScheduler computes. The data-set handlers are defined in dataset_handlers.cc,
+// RankDataset in rank_handler.cc, the training a Train call runs in training_job.h, the rest in
+// service.cc.
 #ifndef DROPNET_SERVICE_SERVICE_H_
 #define DROPNET_SERVICE_SERVICE_H_
 
@@ -116,6 +118,10 @@ class DropnetService final : public DropnetServiceBase {
                                                const grpc::ByteBuffer*, grpc::ByteBuffer*) override;
   grpc::ServerUnaryReactor* Evaluate(grpc::CallbackServerContext*, const v1::EvaluateRequest*,
                                      v1::EvaluateResponse*) override;
+  // Active learning (rank_handler.cc): synchronous, on a gRPC thread that waits while a worker
+  // of the scheduler computes and streams the events.
+  grpc::Status RankDataset(grpc::ServerContext*, const v1::RankDatasetRequest*,
+                           grpc::ServerWriter<v1::RankEvent>*) override;
 
   // A call's log line (handler_common.h).
   struct CallLog;
@@ -140,6 +146,13 @@ class DropnetService final : public DropnetServiceBase {
   template <typename Body>
   grpc::ServerUnaryReactor* Queue(const char* method, grpc::CallbackServerContext* ctx, Role role,
                                   int64_t work, Body body);
+
+  // For a synchronous handler (inside Handle): runs `body(threads)` on a worker of the scheduler,
+  // counted as a prediction call, and waits for it; rethrows what it throws. CANCELLED or
+  // DEADLINE_EXCEEDED when the call ends while it waits, RESOURCE_EXHAUSTED when the queue is
+  // full.
+  void ComputeOnWorker(grpc::ServerContextBase* ctx, CallLog& log,
+                       const std::function<void(int threads)>& body);
 
   Registry* registry_;
   const TokenAuth* auth_;

@@ -12,7 +12,11 @@ void ApplyInputTransform(const Snapshot& s, Matrix* x) {
 }
 
 Matrix DatasetInputs(const Snapshot& s, const engine::Dataset& d, int64_t rows) {
-  Matrix x = d.x.topRows(rows);
+  return DatasetInputs(s, d, 0, rows);
+}
+
+Matrix DatasetInputs(const Snapshot& s, const engine::Dataset& d, int64_t first, int64_t rows) {
+  Matrix x = d.x.middleRows(first, rows);
   if (d.input_scale != 1.0f) x *= d.input_scale;
   s.standardizer.Apply(&x);
   return x;

@@ -20,6 +20,9 @@ void ApplyInputTransform(const Snapshot& s, engine::Matrix* x);
 // The first `rows` rows of a stored data set in the network's units: the data set's own
 // input_scale (its rows are as its file held them), then the model's standardisation.
 engine::Matrix DatasetInputs(const Snapshot& s, const engine::Dataset& d, int64_t rows);
+// The same for rows [first, first + rows) of the data set.
+engine::Matrix DatasetInputs(const Snapshot& s, const engine::Dataset& d, int64_t first,
+                             int64_t rows);
 
 // Regression targets in the network's units: (y - mean) / scale (identity when t is empty).
 void StandardizeTargets(const engine::Standardizer& t, engine::Matrix* y);

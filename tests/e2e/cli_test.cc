@@ -643,6 +643,75 @@ TEST_F(CliTest, BenchReportsLatencyAndThroughputPerWorkloadAndLevel) {
   EXPECT_EQ(Run({"bench", "no-such-model", "--count", "1", "--warmup", "0"}).code, 10 + 5);
 }
 
+// `dropnet rank`: the top rows by each criterion, in every format, progress on stderr, the
+// scores `dropnet uncertainty` prints for the same rows, seed and T, and its errors.
+TEST_F(CliTest, RankPrintsTheRowsToLabelNext) {
+  EnsureDigitsModel();
+  // One batch of every row, so that `uncertainty` of the whole file is the same computation.
+  const std::vector<std::string> common = {"rank", "digits", "--data", "digits",       "--samples",
+                                           "20",   "--seed", "3",      "--batch-size", "2000"};
+  auto with = [&](std::vector<std::string> more) {
+    std::vector<std::string> args = common;
+    args.insert(args.end(), more.begin(), more.end());
+    return Run(args);
+  };
+  auto j = with({"--top", "5", "-o", "json"});
+  ASSERT_EQ(j.code, 0) << j.err;
+  EXPECT_NE(j.err.find("ranked 1797/1797 rows"), std::string::npos) << j.err;
+  EXPECT_NE(j.err.find("1797 rows of 'digits' ranked by mutual_information (highest first)"),
+            std::string::npos)
+      << j.err;
+  EXPECT_NE(j.err.find("T = 20, seed 3"), std::string::npos) << j.err;
+  auto top = json::parse(j.out);
+  ASSERT_EQ(top.size(), 5u);
+  auto all = Run({"uncertainty", "digits", "--input", WriteInputs(1797).string(), "--samples", "20",
+                  "--seed", "3", "-o", "json"});
+  ASSERT_EQ(all.code, 0) << all.err;
+  auto rows = json::parse(all.out);
+  ASSERT_EQ(rows.size(), 1797u);
+  double highest = 0;
+  for (const auto& r : rows) highest = std::max(highest, r["mutual_information"].get<double>());
+  for (size_t i = 0; i < top.size(); ++i) {
+    EXPECT_EQ(top[i]["rank"], i + 1);
+    EXPECT_EQ(top[i]["criterion"], "mutual_information");
+    const auto row = top[i]["row"].get<size_t>();
+    EXPECT_EQ(top[i]["score"], rows[row]["mutual_information"]) << "row " << row;
+    EXPECT_EQ(top[i]["prediction"], rows[row]["prediction"]);
+    if (i > 0) EXPECT_LE(top[i]["score"].get<double>(), top[i - 1]["score"].get<double>());
+  }
+  EXPECT_EQ(top[0]["score"].get<double>(), highest);
+
+  auto table = with({"--top", "3"});
+  ASSERT_EQ(table.code, 0) << table.err;
+  EXPECT_EQ(table.out.rfind("rank  row", 0), 0u) << table.out;
+  EXPECT_NE(table.out.find("mutual_information  prediction"), std::string::npos) << table.out;
+  auto csv = with({"--top", "4", "--by", "margin", "-o", "csv"});
+  ASSERT_EQ(csv.code, 0) << csv.err;
+  std::istringstream lines(csv.out);
+  std::string line;
+  std::getline(lines, line);
+  EXPECT_EQ(line, "rank,row,margin,prediction");
+  double previous = -1;
+  int count = 0;
+  while (std::getline(lines, line)) {
+    std::vector<std::string> cells;
+    std::stringstream cell(line);
+    for (std::string c; std::getline(cell, c, ',');) cells.push_back(c);
+    ASSERT_EQ(cells.size(), 4u) << line;
+    EXPECT_GE(std::stod(cells[2]), previous) << "smallest margin first";
+    previous = std::stod(cells[2]);
+    ++count;
+  }
+  EXPECT_EQ(count, 4);
+  EXPECT_NE(csv.err.find("ranked by margin (smallest first)"), std::string::npos) << csv.err;
+
+  EXPECT_EQ(with({"--top", "0"}).code, 2);
+  EXPECT_EQ(with({"--top", "3", "--by", "confusion"}).code, 2);
+  auto missing = Run({"rank", "digits", "--data", "no-such-data", "--top", "3"});
+  EXPECT_EQ(missing.code, 10 + 5) << missing.err;  // NOT_FOUND
+  EXPECT_NE(missing.err.find("no data set named 'no-such-data'"), std::string::npos) << missing.err;
+}
+
 TEST_F(CliTest, CtrlCCancelsTrainingAndKeepsAVersion) {
   EnsureDigitsModel();
   Process p({kCli, "train", "digits", "--data", "digits", "--epochs", "100000"}, dir_,
