@@ -2,7 +2,7 @@
 """The peer service: dropnet.v1's Predict and PredictUncertainty served by PyTorch from Python.
 
   /usr/bin/python3 bench/peer_server.py --source HOST:PORT --model NAME [--listen 127.0.0.1:0]
-      [--threads 2] [--workers 8] [--stubs build/python] [--token T]
+      [--threads 2] [--workers 8] [--one-at-a-time] [--stubs build/python] [--token T]
 
 What one would write to serve an MC-dropout MLP without dropnet: a grpcio server on a
 ThreadPoolExecutor (--workers threads), PyTorch (Debian's python3-torch, --threads intra-op
@@ -17,8 +17,11 @@ layers), with the input transform the model applies (input_scale, input_standard
   predictive and expected entropy, mutual information, variation ratio and the argmax of the mean
   for classification; mean, std, total variance (+ 1/tau), Gaussian interval for regression. The
   eval and Monte-Carlo networks share the Linear layers and never switch mode, so concurrent calls
-  do not race on a train()/eval() flag. A request with a seed runs alone under torch.manual_seed,
-  so the same seed gives the same answer; without one, PyTorch's global generator is used.
+  do not race on a train()/eval() flag. A request with a seed sets torch.manual_seed under a lock,
+  so the same seed gives the same answer while no unseeded call samples at the same time (PyTorch
+  has one global generator); without a seed, the global generator's state is used.
+- --one-at-a-time: a lock around the forward passes, so that concurrent calls take turns instead
+  of running an OpenMP team of --threads threads each on the same cores.
 - grpc.health.v1 Check (SERVING), stubs generated at start-up from Debian's grpc-proto.
 
 The dropnet.v1 modules come from the Python package's build (--stubs, default
@@ -29,6 +32,7 @@ environment (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE) as bench/compare_torch.py does
 process: bench/peer_service_bench.sh starts this server with the best configuration.
 """
 import argparse
+import contextlib
 import importlib
 import math
 import os
@@ -172,8 +176,11 @@ class Network:
 class Peer:
     """The dropnet.v1 handlers over one Network."""
 
-    def __init__(self, torch, pb, info, net):
+    def __init__(self, torch, pb, info, net, one_at_a_time):
         self.torch, self.pb, self.info, self.net = torch, pb, info, net
+        # --one-at-a-time: the calls take turns in PyTorch instead of each running its own
+        # OpenMP team of --threads threads on the same cores.
+        self.compute = threading.Lock() if one_at_a_time else contextlib.nullcontext()
         self.width = math.prod(info.spec.input_shape)
         self.classify = info.spec.task != pb["model"].TASK_REGRESSION
         self.seed_lock = threading.Lock()
@@ -220,7 +227,7 @@ class Peer:
     def Predict(self, request, context):
         torch = self.torch
         x = self._check(request, context)
-        with torch.inference_mode():
+        with self.compute, torch.inference_mode():
             y = self.net.eval_net(x)
             y = torch.softmax(y, 1) if self.classify else y
         out = y.numpy()
@@ -269,7 +276,7 @@ class Peer:
         """[T, rows, outputs]: one pass over the rows replicated T times, dropout on."""
         torch = self.torch
         rows = x.shape[0]
-        with torch.inference_mode():
+        with self.compute, torch.inference_mode():
             y = self.net.mc_net(x.repeat(t, 1))
             if self.classify:
                 y = torch.softmax(y, 1)
@@ -350,6 +357,8 @@ def main():
     ap.add_argument("--listen", default="127.0.0.1:0")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--workers", type=int, default=8, help="the gRPC ThreadPoolExecutor's threads")
+    ap.add_argument("--one-at-a-time", action="store_true",
+                    help="one call computes at a time (a lock around the forward passes)")
     ap.add_argument("--stubs", default=str(Path(os.environ.get(
         "DROPNET_BUILD_DIR", SOURCE / "build")) / "python"))
     args = ap.parse_args()
@@ -359,7 +368,7 @@ def main():
     model_pb2, service_pb2, service_grpc, health_pb2, health_grpc = load_stubs(args.stubs)
     pb = {"model": model_pb2, "service": service_pb2, "service_grpc": service_grpc}
     info, onnx_bytes = fetch_model(pb, args.source, args.model, args.token)
-    peer = Peer(torch, pb, info, Network(torch, onnx_bytes, info))
+    peer = Peer(torch, pb, info, Network(torch, onnx_bytes, info), args.one_at_a_time)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers))
     servicer = type("PeerDropnet", (service_grpc.DropnetServicer,), {

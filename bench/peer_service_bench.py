@@ -3,15 +3,18 @@
 
   flock /tmp/dropnet-build.lock /usr/bin/python3 bench/peer_service_bench.py \
       [--rounds 3] [--concurrency 1,8] [--duration 3] [--warmup 1] [--samples 100] \
-      [--peer-config '2 threads, OpenBLAS SkylakeX'] [--peer-workers 8] [--out DIR]
+      [--peer-config '2 threads, OpenBLAS SkylakeX'] [--peer-workers 8] [--peer-all-at-once]
+      [--out DIR]
 
 Starts dropnet-server on a temporary store on loopback with --example (Fashion-MNIST imported,
 the example MLP 784-512-512-10 with dropout 0.5 trained for one epoch), then the peer server,
 which copies that model (GetModel and ExportModel to ONNX) into PyTorch. The peer runs in one of
 bench/compare_torch.py's PyTorch configurations (TORCH_CONFIGS: its thread count and OpenBLAS
 environment; default SkylakeX kernels on 2 threads when the CPU has AVX-512, Haswell's
-otherwise, OPENBLAS_L2_SIZE unset); dropnet-server runs in the caller's environment with its
-defaults. Then, --rounds times, dropnet first and the peer second,
+otherwise, OPENBLAS_L2_SIZE unset), on 8 gRPC threads, with its calls taking turns in PyTorch
+(peer_server.py --one-at-a-time; side by side, --peer-all-at-once, every call's OpenMP team
+competes for the same cores: see docs/performance.md); dropnet-server runs in the caller's
+environment with its defaults. Then, --rounds times, dropnet first and the peer second,
 
   dropnet bench fashion-mlp --workloads health,predict,uncertainty --samples T \
       --concurrency 1,8 --duration D --warmup W --data fashion-test.csv --json
@@ -86,6 +89,7 @@ def start_peer(args, source, log):
     cmd = ["/usr/bin/python3", str(HERE / "peer_server.py"), "--source", source, "--model",
            args.model, "--threads", str(threads), "--workers", str(args.peer_workers),
            "--stubs", str(Path(args.build) / "python")]
+    cmd += [] if args.peer_all_at_once else ["--one-at-a-time"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     m = wait_for(log.name, r"peer: serving on (\S+)", proc, 120, "peer_server.py")
     return proc, m.group(1)
@@ -159,6 +163,9 @@ def main():
                     help="PyTorch configuration of the peer (bench/compare_torch.py)")
     ap.add_argument("--peer-workers", type=int, default=8,
                     help="the peer's gRPC ThreadPoolExecutor threads")
+    ap.add_argument("--peer-all-at-once", action="store_true",
+                    help="the peer's calls run in PyTorch side by side, each with its own OpenMP "
+                         "team (default: they take turns, peer_server.py --one-at-a-time)")
     ap.add_argument("--out", help="keep the bench JSON and the logs here")
     args = ap.parse_args()
     for binary in ("dropnet-server", "dropnet"):
@@ -194,7 +201,8 @@ def main():
             if line.startswith("peer: model"):
                 print(line)
         print(f"dropnet-server: defaults, model version {info.get('version')}; peer config "
-              f"'{args.peer_config}', {args.peer_workers} gRPC workers")
+              f"'{args.peer_config}', {args.peer_workers} gRPC workers"
+              f"{', calls side by side' if args.peer_all_at_once else ', one call at a time in PyTorch'}")
         print(f"each side: dropnet bench {args.model} --workloads health,predict,uncertainty "
               f"--samples {args.samples} --concurrency {args.concurrency} --duration "
               f"{args.duration} --warmup {args.warmup} --data fashion-test.csv")
