@@ -34,6 +34,7 @@ process: bench/peer_service_bench.sh starts this server with the best configurat
 import argparse
 import contextlib
 import importlib
+import json
 import math
 import os
 import shutil
@@ -326,6 +327,61 @@ class Peer:
             self.pb["model"].TASK_REGRESSION
 
 
+class _Context:
+    """A stand-in for grpc.ServicerContext when the handlers are timed in process."""
+
+    def abort(self, code, details):
+        raise RuntimeError(f"{code}: {details}")
+
+
+def time_stages(peer, pb, samples, seconds=1.0):
+    """{stage: median microseconds} of one Predict of one row and one PredictUncertainty of one row
+    with T = samples, in this process: what a call costs the peer beyond gRPC's transport."""
+    import time
+    rng = np.random.default_rng(1)
+    scale = peer.info.input_scale if peer.info.input_scale not in (0.0, 1.0) else 1.0
+    row = (rng.random((1, peer.width)) / scale).astype(np.float32)
+    svc = pb["service"]
+    predict = svc.PredictRequest(model=peer.info.name)
+    Peer._tensor(predict.inputs, row)
+    unc = svc.PredictUncertaintyRequest(model=peer.info.name, samples=samples)
+    Peer._tensor(unc.inputs, row)
+    wire_p, wire_u = predict.SerializeToString(), unc.SerializeToString()
+    ctx = _Context()
+    torch = peer.torch
+    x = peer._check(predict, ctx)
+
+    def eval_forward():
+        with torch.inference_mode():
+            return torch.softmax(peer.net.eval_net(x), 1)
+
+    p = peer._samples(x, samples)
+    stages = {
+        "Predict: parse the request": lambda: svc.PredictRequest.FromString(wire_p),
+        "Predict: inputs to a tensor (check, transform)": lambda: peer._check(predict, ctx),
+        "Predict: eval forward and softmax": eval_forward,
+        "Predict: whole handler, answer serialised":
+            lambda: peer.Predict(predict, ctx).SerializeToString(),
+        "PredictUncertainty: Monte-Carlo forward (T copies in one batch)":
+            lambda: peer._samples(x, samples),
+        "PredictUncertainty: statistics":
+            lambda: peer._classification(p, svc.PredictUncertaintyResponse()),
+        "PredictUncertainty: whole handler, answer serialised":
+            lambda: peer.PredictUncertainty(svc.PredictUncertaintyRequest.FromString(wire_u),
+                                            ctx).SerializeToString(),
+    }
+    out = {}
+    for name, fn in stages.items():
+        fn()
+        times, end = [], time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times) * 1e6
+    return out
+
+
 def fetch_model(pb, source, model, token):
     """(ModelInfo, ONNX bytes) of the model's current version on a dropnet-server."""
     meta = [("authorization", f"Bearer {token}")] if token else []
@@ -359,6 +415,9 @@ def main():
     ap.add_argument("--workers", type=int, default=8, help="the gRPC ThreadPoolExecutor's threads")
     ap.add_argument("--one-at-a-time", action="store_true",
                     help="one call computes at a time (a lock around the forward passes)")
+    ap.add_argument("--time-stages", type=int, metavar="T",
+                    help="print the median time of each stage of a call (PredictUncertainty with "
+                         "T samples) in this process as JSON, and exit instead of serving")
     ap.add_argument("--stubs", default=str(Path(os.environ.get(
         "DROPNET_BUILD_DIR", SOURCE / "build")) / "python"))
     args = ap.parse_args()
@@ -369,6 +428,10 @@ def main():
     pb = {"model": model_pb2, "service": service_pb2, "service_grpc": service_grpc}
     info, onnx_bytes = fetch_model(pb, args.source, args.model, args.token)
     peer = Peer(torch, pb, info, Network(torch, onnx_bytes, info), args.one_at_a_time)
+    if args.time_stages:
+        print(json.dumps({"openblas_core": openblas_core(), "threads": torch.get_num_threads(),
+                          "stages_us": time_stages(peer, pb, args.time_stages)}))
+        return
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers))
     servicer = type("PeerDropnet", (service_grpc.DropnetServicer,), {

@@ -4,7 +4,7 @@
   flock /tmp/dropnet-build.lock /usr/bin/python3 bench/peer_service_bench.py \
       [--rounds 3] [--concurrency 1,8] [--duration 3] [--warmup 1] [--samples 100] \
       [--peer-config '2 threads, OpenBLAS SkylakeX'] [--peer-workers 8] [--peer-all-at-once]
-      [--out DIR]
+      [--no-peer] [--out DIR]
 
 Starts dropnet-server on a temporary store on loopback with --example (Fashion-MNIST imported,
 the example MLP 784-512-512-10 with dropout 0.5 trained for one epoch), then the peer server,
@@ -23,7 +23,9 @@ against each (the same binary, the same requests: the first 1,000 Fashion-MNIST 
 Prints the CPU, the medians over the rounds of p50 and calls/s per workload and concurrency, and
 the ratios (peer p50 / dropnet p50, dropnet calls/s / peer calls/s: above 1, dropnet is ahead).
 Every round's bench JSON and both servers' logs go to --out (default: a temporary directory that
-is removed). The last line is one JSON object of the medians.
+is removed). Then the peer's stages of one call, timed in its own process
+(peer_server.py --time-stages). The last line is one JSON object of the medians. --no-peer
+measures dropnet-server alone (a baseline at other concurrency levels).
 """
 import argparse
 import gzip
@@ -78,7 +80,8 @@ def default_config():
             "2 threads, OpenBLAS Haswell")
 
 
-def start_peer(args, source, log):
+def peer_command(args, source):
+    """The peer's command line and environment (its PyTorch configuration)."""
     threads, changes = TORCH_CONFIGS[args.peer_config]
     env = dict(os.environ)
     for k, v in changes.items():
@@ -90,9 +93,28 @@ def start_peer(args, source, log):
            args.model, "--threads", str(threads), "--workers", str(args.peer_workers),
            "--stubs", str(Path(args.build) / "python")]
     cmd += [] if args.peer_all_at_once else ["--one-at-a-time"]
+    return cmd, env
+
+
+def start_peer(args, source, log):
+    cmd, env = peer_command(args, source)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     m = wait_for(log.name, r"peer: serving on (\S+)", proc, 120, "peer_server.py")
     return proc, m.group(1)
+
+
+def peer_stages(args, source):
+    """The peer's stages of one call, timed in its own process (peer_server.py --time-stages)."""
+    cmd, env = peer_command(args, source)
+    out = subprocess.run(cmd + ["--time-stages", str(args.samples)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    print(f"\npeer, in process, one row (peer_server.py --time-stages {args.samples}; OpenBLAS "
+          f"core {res['openblas_core']}, {res['threads']} threads): median per stage\n")
+    print("| stage | µs |\n|---|---|")
+    for name, us in res["stages_us"].items():
+        print(f"| {name} | {us:,.1f} |")
+    return res
 
 
 def bench(args, target, rows_csv):
@@ -150,6 +172,21 @@ def print_table(table, rounds):
     return summary
 
 
+def print_dropnet(table, rounds):
+    """The dropnet side alone (--no-peer)."""
+    print(f"\nmedians of {rounds} rounds, dropnet-server alone\n")
+    print("| workload | concurrency | p50 ms | calls/s | errors |\n|---|---|---|---|---|")
+    rows = []
+    for (workload, c), sides in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        d = sides["dropnet"]
+        rows.append({"workload": workload, "concurrency": c, "p50_ms": d["p50_ms"],
+                     "calls_per_second": d["calls_per_second"], "all_p50_ms": d["p50"],
+                     "all_calls_per_second": d["cps"]})
+        print(f"| {d['name']} | {c} | {d['p50_ms']:.3f} | {d['calls_per_second']:,.0f} | "
+              f"{d['errors']} |")
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default=os.environ.get("DROPNET_BUILD_DIR", "build"))
@@ -166,6 +203,7 @@ def main():
     ap.add_argument("--peer-all-at-once", action="store_true",
                     help="the peer's calls run in PyTorch side by side, each with its own OpenMP "
                          "team (default: they take turns, peer_server.py --one-at-a-time)")
+    ap.add_argument("--no-peer", action="store_true", help="measure dropnet-server alone")
     ap.add_argument("--out", help="keep the bench JSON and the logs here")
     args = ap.parse_args()
     for binary in ("dropnet-server", "dropnet"):
@@ -193,28 +231,39 @@ def main():
             text=True).stdout)
         rows_csv = str(tmp / "fashion-test.csv")
         write_rows(rows_csv, float(info.get("inputScale", 1.0)))
-        peer, peer_target = start_peer(args, source, open(out / "peer-server.log", "w"))
-        procs.append(peer)
+        sides = [("dropnet", source)]
         print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); load average "
               f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
-        for line in (out / "peer-server.log").read_text().splitlines():
-            if line.startswith("peer: model"):
-                print(line)
-        print(f"dropnet-server: defaults, model version {info.get('version')}; peer config "
-              f"'{args.peer_config}', {args.peer_workers} gRPC workers"
-              f"{', calls side by side' if args.peer_all_at_once else ', one call at a time in PyTorch'}")
+        print(f"dropnet-server: defaults, model version {info.get('version')}, input scale "
+              f"{info.get('inputScale', 1.0)}")
+        if not args.no_peer:
+            peer, peer_target = start_peer(args, source, open(out / "peer-server.log", "w"))
+            procs.append(peer)
+            sides.append(("peer", peer_target))
+            for line in (out / "peer-server.log").read_text().splitlines():
+                if line.startswith("peer: model"):
+                    print(line)
+            turns = "calls side by side" if args.peer_all_at_once else "one call at a time"
+            print(f"peer: config '{args.peer_config}', {args.peer_workers} gRPC workers, {turns} "
+                  "in PyTorch")
         print(f"each side: dropnet bench {args.model} --workloads health,predict,uncertainty "
               f"--samples {args.samples} --concurrency {args.concurrency} --duration "
               f"{args.duration} --warmup {args.warmup} --data fashion-test.csv")
-        runs = {"dropnet": [], "peer": []}
+        runs = {side: [] for side, _ in sides}
         for r in range(args.rounds):
-            for side, target in (("dropnet", source), ("peer", peer_target)):
+            for side, target in sides:
                 report = bench(args, target, rows_csv)
                 (out / f"bench-{side}-{r + 1}.json").write_text(json.dumps(report, indent=1))
                 runs[side].append(report)
             print(f"# round {r + 1} of {args.rounds} done", file=sys.stderr, flush=True)
+        if args.no_peer:
+            print(json.dumps({"cpu": cpu_model(), "rows": print_dropnet(summarize(runs),
+                                                                        args.rounds)}))
+            return
         summary = print_table(summarize(runs), args.rounds)
-        print(json.dumps({"cpu": cpu_model(), "peer_config": args.peer_config, "rows": summary}))
+        stages = peer_stages(args, source)
+        print(json.dumps({"cpu": cpu_model(), "peer_config": args.peer_config, "rows": summary,
+                          "peer_stages_us": stages["stages_us"]}))
     finally:
         for p in reversed(procs):
             p.terminate()
