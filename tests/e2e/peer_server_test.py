@@ -107,7 +107,7 @@ class PeerServerTest(unittest.TestCase):
             self.assertAlmostEqual(p.sum(), 1.0, places=4)
             self.assertEqual(r["prediction"], int(p.argmax()))
             self.assertGreater(r["std"], 0.0, r)
-            self.assertGreaterEqual(r["mutual_information"], 0.0)
+            self.assertGreaterEqual(r["mutual_information"], -1e-6)  # float32 rounding
             self.assertLessEqual(r["mutual_information"], r["entropy"] + 1e-5)
             self.assertAlmostEqual(r["entropy"] - r["expected_entropy"], r["mutual_information"],
                                    places=5)
