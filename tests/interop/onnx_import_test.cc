@@ -105,16 +105,26 @@ class OnnxImportTest : public ServiceTest {
     }
     EXPECT_GT(largest_var, 1e-4) << "the reference samples do not vary: nothing was tested";
   }
+
+  // Imports `model`'s training-mode exports at opsets 13 and 17, each checked in eval mode and in
+  // Monte Carlo against PyTorch with its dropout rates read back; returns what GetModel says.
+  std::vector<v1::ModelInfo> ImportTrainModeAtBothOpsets(const std::string& model) {
+    const auto rates = Reference(model)["rates"].get<std::vector<double>>();
+    std::vector<v1::ModelInfo> out;
+    for (const std::string opset : {"13", "17"}) {
+      const std::string file = model + "_train_op" + opset;
+      out.push_back(ImportAndCheckEval(model, file));
+      EXPECT_EQ(Rates(out.back()), rates) << file;
+      CheckMonteCarlo(model, file);
+    }
+    return out;
+  }
 };
 
 TEST_F(OnnxImportTest, MlpWithDropoutMatchesPyTorchInEvalAndMonteCarlo) {
-  const json ref = Reference("mlp");
-  for (const std::string opset : {"13", "17"}) {
-    const v1::ModelInfo m = ImportAndCheckEval("mlp", "mlp_train_op" + opset);
+  for (const v1::ModelInfo& m : ImportTrainModeAtBothOpsets("mlp")) {
     EXPECT_TRUE(m.stochastic());
     EXPECT_EQ(m.spec().task(), v1::TASK_CLASSIFICATION);
-    EXPECT_EQ(Rates(m), ref["rates"].get<std::vector<double>>());
-    CheckMonteCarlo("mlp", "mlp_train_op" + opset);
   }
 }
 
@@ -138,24 +148,16 @@ TEST_F(OnnxImportTest, ConvolutionsBatchNormAndPoolsMatchPyTorch) {
   ImportAndCheckEval("cnn", "cnn_eval_op13");
   // cnn1d in training mode keeps BatchNormalization (running statistics), Pad + AveragePool and
   // Dropout.
-  const json ref = Reference("cnn1d");
-  for (const std::string opset : {"13", "17"}) {
-    const v1::ModelInfo m = ImportAndCheckEval("cnn1d", "cnn1d_train_op" + opset);
+  for (const v1::ModelInfo& m : ImportTrainModeAtBothOpsets("cnn1d")) {
     EXPECT_EQ(Types(m), (std::vector<std::string>{"conv1d", "batch_norm", "leaky_relu",
                                                   "avg_pool1d", "flatten", "dropout", "dense"}));
     EXPECT_EQ(m.spec().task(), v1::TASK_REGRESSION);  // no softmax head
-    EXPECT_EQ(Rates(m), ref["rates"].get<std::vector<double>>());
-    CheckMonteCarlo("cnn1d", "cnn1d_train_op" + opset);
   }
 }
 
 TEST_F(OnnxImportTest, LstmClassifierMatchesPyTorch) {
-  const json ref = Reference("lstm");
-  for (const std::string opset : {"13", "17"}) {
-    const v1::ModelInfo m = ImportAndCheckEval("lstm", "lstm_train_op" + opset);
+  for (const v1::ModelInfo& m : ImportTrainModeAtBothOpsets("lstm")) {
     EXPECT_EQ(m.spec().layers(0).type(), "lstm");
-    EXPECT_EQ(Rates(m), ref["rates"].get<std::vector<double>>());
-    CheckMonteCarlo("lstm", "lstm_train_op" + opset);
   }
 }
 

@@ -215,12 +215,7 @@ TEST_F(RankTest, BadRequestsNameTheFieldAndValue) {
   code_of(Request("reg", "reg-data", v1::RANK_CRITERION_ENTROPY, 5),
           StatusCode::FAILED_PRECONDITION, "model 'reg' is a regression model");
 
-  v1::ModelSpec plain;
-  plain.add_input_shape(4);
-  AddLayer(&plain, "dense", 8);
-  AddLayer(&plain, "relu");
-  AddLayer(&plain, "dense", 3);
-  ASSERT_OK(CreateModel("plain", plain));
+  ASSERT_OK(CreateModel("plain", DeterministicSpec()));
   code_of(Request("plain", "clf-data", v1::RANK_CRITERION_ENTROPY, 5),
           StatusCode::FAILED_PRECONDITION, "model 'plain' has no stochastic layer");
 }

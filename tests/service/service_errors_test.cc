@@ -106,32 +106,18 @@ TEST_F(ServiceTest, NamesAreBoundedAndEscapedWhereEchoedOrLogged) {
   EXPECT_NE(s.error_message().find(std::string(64, 'n') + "..."), std::string::npos);
   // GetModel and DeleteDataset write their log line before they answer, so the lines are there
   // to look at below.
-  auto get_model = [&](const std::string& name) {
-    v1::GetModelRequest req;
-    req.set_name(name);
-    v1::GetModelResponse resp;
-    Ctx ctx;
-    return stub_->GetModel(&ctx, req, &resp);
-  };
-  auto delete_dataset = [&](const std::string& name) {
-    v1::DeleteDatasetRequest req;
-    req.set_name(name);
-    v1::DeleteDatasetResponse resp;
-    Ctx ctx;
-    return stub_->DeleteDataset(&ctx, req, &resp);
-  };
-  const grpc::Status missing = get_model(huge);
+  const grpc::Status missing = LookUpModel(huge);
   EXPECT_CODE(missing, StatusCode::NOT_FOUND);
   EXPECT_LT(missing.error_message().size(), 300u);
-  EXPECT_CODE(delete_dataset(huge), StatusCode::NOT_FOUND);
+  EXPECT_CODE(DeleteDataset(huge), StatusCode::NOT_FOUND);
   // A name with a line break and control characters cannot forge a log line: it is logged
   // escaped, and so is the error message that repeats it.
   const std::string forged = "m\n[forged] line\x1b[2J\r";
-  const grpc::Status forged_model = get_model(forged);
+  const grpc::Status forged_model = LookUpModel(forged);
   EXPECT_CODE(forged_model, StatusCode::NOT_FOUND);
   EXPECT_EQ(forged_model.error_message().find('\n'), std::string::npos)
       << forged_model.error_message();
-  EXPECT_CODE(delete_dataset(forged), StatusCode::NOT_FOUND);
+  EXPECT_CODE(DeleteDataset(forged), StatusCode::NOT_FOUND);
   EXPECT_CODE(UploadRows(forged, ClassificationData(4, 4, 1)), StatusCode::INVALID_ARGUMENT);
   rpc_log->flush();
   rpc_log->sinks().pop_back();
@@ -256,16 +242,10 @@ TEST_F(ServiceTest, SampleLimits) {
 
 TEST_F(ServiceTest, MonteCarloOnADeterministicModelIsFailedPrecondition) {
   StartServer();
-  // input [4] -> dense 8 -> relu -> dense 3: nothing stochastic, every sample would be equal.
-  v1::ModelSpec spec;
-  spec.add_input_shape(4);
-  AddLayer(&spec, "dense", 8);
-  AddLayer(&spec, "relu");
-  AddLayer(&spec, "dense", 3);
-  ASSERT_OK(CreateModel("plain", spec));
-  ASSERT_OK(UploadRows("d", ClassificationData(20, 4, 1)));
+  ASSERT_OK(CreateModel("plain", DeterministicSpec()));  // every sample would be equal
   const v1::Tensor x = Batch(std::vector<float>(4, 0.1f), {1, 4});
   v1::PredictUncertaintyResponse r;
+  ASSERT_OK(UploadRows("d", ClassificationData(20, 4, 1)));
   const grpc::Status mc = Uncertainty(UncertaintyRequest("plain", x, 8, 1), &r);
   EXPECT_CODE(mc, StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(mc.error_message().find("model 'plain' has no stochastic layer"), std::string::npos)

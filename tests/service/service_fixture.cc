@@ -107,6 +107,15 @@ v1::ModelSpec RegressorSpec(int width, double tau) {
   return spec;
 }
 
+v1::ModelSpec DeterministicSpec() {
+  v1::ModelSpec spec;
+  spec.add_input_shape(4);
+  AddLayer(&spec, "dense", 8);
+  AddLayer(&spec, "relu");
+  AddLayer(&spec, "dense", 3);
+  return spec;
+}
+
 v1::ModelSpec SlowSpec() {
   return testing::SpecFromJson(R"({"inputShape": [8], "seed": 3, "layers": [
       {"type": "dense", "units": 256}, {"type": "relu"}, {"type": "dropout", "rate": 0.3},

@@ -80,6 +80,8 @@ v1::ModelSpec RegressorSpec(int width = 4, double tau = 0);
 
 // A model whose epochs take a noticeable time (about 250 steps of a 8-256-256-3 network).
 v1::ModelSpec SlowSpec();
+// input [4] -> dense 8 -> relu -> dense 3: a classifier with no stochastic layer.
+v1::ModelSpec DeterministicSpec();
 
 void WriteFile(const std::filesystem::path& p, const std::string& bytes);
 void PutBigEndian(std::string* out, uint32_t v);
