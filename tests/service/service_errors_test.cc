@@ -264,8 +264,9 @@ TEST_F(ServiceTest, MonteCarloOnADeterministicModelIsFailedPrecondition) {
   ASSERT_OK(Predict("plain", x, &pr));
 
   // A dropout layer with rate 0 is the identity: still nothing stochastic.
-  spec.mutable_layers(1)->set_type("dropout");
-  ASSERT_OK(CreateModel("zero_rate", spec));
+  v1::ModelSpec zero_rate = DeterministicSpec();
+  zero_rate.mutable_layers(1)->set_type("dropout");
+  ASSERT_OK(CreateModel("zero_rate", zero_rate));
   EXPECT_CODE(Uncertainty(UncertaintyRequest("zero_rate", x, 8, 1), &r),
               StatusCode::FAILED_PRECONDITION);
 }
