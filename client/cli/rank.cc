@@ -102,11 +102,11 @@ int RankCommand(dc::Client& c, const RankArgs& a, Format f) {
     const int k = r.predicted_class(i);
     const std::string label = k < r.class_names_size() ? r.class_names(k) : std::to_string(k);
     t.rows.push_back(
-        {std::to_string(i + 1), std::to_string(r.indices(i)), Fixed(r.scores(i)), label});
+        {std::to_string(i + 1), std::to_string(r.indices(i)), Cell(r.scores(i), f), label});
     t.json_rows.push_back({{"rank", i + 1},
                            {"row", r.indices(i)},
                            {"criterion", by},
-                           {"score", r.scores(i)},
+                           {"score", JsonNumber(r.scores(i))},
                            {"prediction", k},
                            {"class", label},
                            {"version", r.version()},
