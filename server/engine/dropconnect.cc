@@ -116,7 +116,7 @@ void DropConnectDense::ForEachSharedMask(
 Matrix DropConnectDense::MaskFor(const Context& ctx, int64_t row) const {
   const Matrix& w = params_[0].value;
   Matrix m(w.rows(), w.cols());
-  const CounterRng rng = config_.drop_connect_shared || ctx.rng.shared_rows
+  const CounterRng rng = config_.drop_connect_shared
                              ? SharedRng(ctx.rng, ctx.layer, StreamOf(ctx.rng, row))
                              : RowRng(ctx.rng, ctx.layer, row);
   FillMask(rng, 0, m.size(), m.data());
@@ -185,7 +185,7 @@ void DropConnectDense::Forward(const Matrix& x, const Context& ctx, LayerCache* 
       }
       return;
     }
-  } else if (config_.drop_connect_shared || ctx.rng.shared_rows) {
+  } else if (config_.drop_connect_shared) {
     z.resize(n, out);
     ForEachSharedMask(ctx, n, [&](int64_t g0, int64_t rows, const Matrix& m) {
       Matrix zg;

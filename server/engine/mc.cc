@@ -173,6 +173,12 @@ double NormalQuantileTwoSided(double mass) {
   return 0.5 * (lo + hi);
 }
 
+std::vector<uint32_t> MonteCarloRowKeys(const Matrix& x) {
+  std::vector<uint32_t> keys(x.rows());
+  for (int64_t r = 0; r < x.rows(); ++r) keys[r] = RowKey(x.row(r).data(), x.cols());
+  return keys;
+}
+
 McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const Matrix& x,
                            const McOptions& options) {
   if (options.samples <= 0) {
@@ -189,6 +195,7 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
   prefix_ctx.mode = Mode::kMonteCarlo;
   prefix_ctx.threads = options.threads;
   const Matrix prefix = net.Forward(x, prefix_ctx, nullptr, 0, first);
+  const std::vector<uint32_t> keys = MonteCarloRowKeys(x);
 
   // Samples per chunk: the widest remaining activation, a few live copies, within the budget.
   int64_t width = prefix.cols();
@@ -239,7 +246,7 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
       Context ctx;
       ctx.mode = Mode::kMonteCarlo;
       ctx.threads = inner_threads;
-      ctx.rng = RandomStream{options.seed, static_cast<uint64_t>(t0), b, /*shared_rows=*/true};
+      ctx.rng = RandomStream{options.seed, static_cast<uint64_t>(t0), b, keys.data()};
       if (t1 - t0 == 1) {
         raw = net.Forward(prefix, ctx, nullptr, first, -1);  // one sample: no copy of the prefix
       } else {

@@ -12,6 +12,7 @@
 #ifndef DROPNET_ENGINE_MC_H_
 #define DROPNET_ENGINE_MC_H_
 
+#include <cstdint>
 #include <functional>
 #include <vector>
 
@@ -53,6 +54,10 @@ struct McResult {
 // Throws InvalidArgument for T <= 0, a bad interval or input width, Cancelled when should_stop.
 McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const Matrix& x,
                            const McOptions& options);
+
+// The random row addresses of the inputs x in Monte Carlo: RowKey of each row's values, so that a
+// row's masks depend on the row, not on its position among the others.
+std::vector<uint32_t> MonteCarloRowKeys(const Matrix& x);
 
 // The z with P(|N(0,1)| <= z) = mass.
 double NormalQuantileTwoSided(double mass);

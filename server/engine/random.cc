@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include <Random123/philox.h>
 
@@ -197,6 +198,16 @@ void CounterRng::Normal(float* out, int64_t n) const {
       if (i + j + 1 < n) out[i + j + 1] = static_cast<float>(r * std::sin(kTwoPi * u2));
     }
   }
+}
+
+uint32_t RowKey(const float* values, int64_t n) {
+  uint64_t h = 0xCBF29CE484222325ULL ^ static_cast<uint64_t>(n);
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, values + i, sizeof(bits));
+    h = (h ^ bits) * 0x100000001B3ULL;  // FNV-1a over the words
+  }
+  return static_cast<uint32_t>(SplitMix64(h).Next() >> 32);  // mixed, so near rows spread out
 }
 
 double SplitMix64::Normal() {

@@ -18,16 +18,20 @@ namespace dropnet::engine {
 // index t and rows_per_stream the batch B, so sample t of input b draws the same numbers however
 // the T x B rows are chunked.
 //
-// With shared_rows every row of a stream draws the numbers of row 0: Monte Carlo uses it so that
-// sample t is one network drawn from the dropout distribution and applied to every input, and an
-// input's answer depends on the seed, the sample count, the weights and the input itself, not on
-// its position in the request or on the other inputs beside it.
+// With row_keys (rows_per_stream entries), row r of a stream draws at row address row_keys[r]
+// instead of r. Monte Carlo keys each input by RowKey of its values, so an input's masks, and so
+// its answer, depend on the seed, the sample, the layer and the input itself, not on its position
+// in the request or on the inputs beside it; distinct inputs still draw independent masks.
 struct RandomStream {
   uint64_t seed = 0;
   uint64_t stream_base = 0;
   int64_t rows_per_stream = 1 << 30;
-  bool shared_rows = false;
+  const uint32_t* row_keys = nullptr;
 };
+
+// A 32-bit address of a row of n values, from their bits: equal rows get equal keys, distinct
+// rows distinct keys but for hash collisions (about one pair in 2^32).
+uint32_t RowKey(const float* values, int64_t n);
 
 // A generator for one (stream, layer, row): Uniform/Normal draws indexed by element.
 class CounterRng {
@@ -53,8 +57,9 @@ class CounterRng {
 
 // Returns the generator for row `row` of a pass over `stream`, at layer `layer`.
 inline CounterRng RowRng(const RandomStream& s, uint32_t layer, int64_t row) {
+  const int64_t r = row % s.rows_per_stream;
   return CounterRng(s.seed, s.stream_base + static_cast<uint64_t>(row / s.rows_per_stream), layer,
-                    s.shared_rows ? 0u : static_cast<uint32_t>(row % s.rows_per_stream));
+                    s.row_keys ? s.row_keys[r] : static_cast<uint32_t>(r));
 }
 
 // A small counter-based generator for host-side shuffles and initialisation (SplitMix64).

@@ -1,5 +1,5 @@
 // Tests for the Monte-Carlo dropout estimator against a naive reference computed here: T full
-// forward passes in kMonteCarlo, each at RandomStream{seed, t, B, shared_rows}, reduced by hand in
+// forward passes in kMonteCarlo, each at RandomStream{seed, t, B, row keys}, reduced by hand in
 // double.
 #include "server/engine/mc.h"
 
@@ -33,10 +33,11 @@ Network ClassifierWithPrefix(int inputs = 6, int classes = 4) {
 std::vector<Eigen::MatrixXd> NaiveRawSamples(const Network& net, const Matrix& x, int samples,
                                              uint64_t seed) {
   std::vector<Eigen::MatrixXd> out;
+  const std::vector<uint32_t> keys = MonteCarloRowKeys(x);
   for (int t = 0; t < samples; ++t) {
     Context ctx;
     ctx.mode = Mode::kMonteCarlo;
-    ctx.rng = RandomStream{seed, static_cast<uint64_t>(t), x.rows(), /*shared_rows=*/true};
+    ctx.rng = RandomStream{seed, static_cast<uint64_t>(t), x.rows(), keys.data()};
     out.push_back(net.Forward(x, ctx).cast<double>());
   }
   return out;
@@ -266,9 +267,9 @@ TEST(McTest, SameSeedSameAnswerDifferentSeedDifferent) {
   EXPECT_GT((a.stddev - c.stddev).cwiseAbs().maxCoeff(), 1e-4);
 }
 
-// Sample t is one network drawn from the dropout distribution and applied to every input: a row
-// gets the same answer at any position of a request, beside any other rows (DropConnect per
-// example included: in Monte Carlo its mask belongs to the sample, not to the row).
+// A row's masks are addressed by its values: it gets the same answer at any position of a
+// request, beside any other rows (DropConnect per example included), while distinct rows draw
+// independent masks.
 TEST(McTest, RowAnswerDoesNotDependOnItsPositionOrNeighbours) {
   LayerConfig drop_connect = DenseLayer(8);
   drop_connect.type = "drop_connect";
