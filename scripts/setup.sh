@@ -21,6 +21,9 @@ packages=(
 # kubectl renders deploy/k8s in a test (`kubectl kustomize`): Debian's kubernetes-client, unless a
 # kubectl is already installed (another package's /usr/bin/kubectl would conflict with it).
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
+# The ONNX Runtime test (tests/interop/onnx_runtime_check.sh) runs exported models in npm's
+# onnxruntime-node: Debian's nodejs and npm, unless a node with its npm is already installed.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
