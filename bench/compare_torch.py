@@ -172,13 +172,19 @@ TORCH_CONFIGS = {
 }
 
 
-def run_torch(args, threads, changes, export=None):
+def peer_env(changes):
+    """This process's environment with a configuration's changes (None: the variable unset)."""
     env = dict(os.environ)
     for k, v in changes.items():
         if v is None:
             env.pop(k, None)
         else:
             env[k] = v
+    return env
+
+
+def run_torch(args, threads, changes, export=None):
+    env = peer_env(changes)
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--threads", str(threads),
            "--min-time", str(args.min_time), "--data-dir", args.data_dir]
     cmd += ["--cnn"] if args.cnn else []

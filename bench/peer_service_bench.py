@@ -43,7 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare_torch import TORCH_CONFIGS, cpu_model  # noqa: E402  the peer's configurations
+from compare_torch import TORCH_CONFIGS, cpu_model, peer_env  # noqa: E402  the peer's configurations
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -83,12 +83,7 @@ def default_config():
 def peer_command(args, source):
     """The peer's command line and environment (its PyTorch configuration)."""
     threads, changes = TORCH_CONFIGS[args.peer_config]
-    env = dict(os.environ)
-    for k, v in changes.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
+    env = peer_env(changes)
     cmd = ["/usr/bin/python3", str(HERE / "peer_server.py"), "--source", source, "--model",
            args.model, "--threads", str(threads), "--workers", str(args.peer_workers),
            "--stubs", str(Path(args.build) / "python")]

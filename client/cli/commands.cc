@@ -3,10 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -23,10 +21,6 @@ namespace {
 
 namespace dc = dropnet::client;
 using json = nlohmann::json;
-
-std::atomic<bool> interrupted{false};
-
-void OnSigint(int) { interrupted = true; }
 
 }  // namespace
 
@@ -239,7 +233,7 @@ void PrintDataset(const v1::DatasetInfo& d) {
 int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_name, Format f) {
   const bool tty = ::isatty(STDOUT_FILENO);
   if (tty && req.report_every_steps() == 0) req.set_report_every_steps(10);
-  std::signal(SIGINT, OnSigint);
+  CatchInterrupts();
   if (f == Format::kCsv) {
     const auto columns = TrainEventColumns(metric_name);
     for (size_t i = 0; i < columns.size(); ++i) std::cout << (i ? "," : "") << columns[i];
@@ -256,9 +250,9 @@ int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_
           }
           std::cout << std::flush;
         },
-        [] { return interrupted.load(); });
+        Interrupted);
   } catch (const dc::ClientError& e) {
-    if (interrupted) {
+    if (Interrupted()) {
       if (tty && f == Format::kTable) std::cout << "\r\033[K";
       // The server stops between steps; wait until it has let go of the model, so that the
       // version reported is the one it keeps.

@@ -1,8 +1,10 @@
 #include "client/cli/output.h"
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cmath>
+#include <csignal>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -12,6 +14,16 @@
 #include <google/protobuf/util/json_util.h>
 
 namespace dropnet::cli {
+
+namespace {
+std::atomic<bool> interrupted{false};
+}  // namespace
+
+void CatchInterrupts() {
+  std::signal(SIGINT, [](int) { interrupted = true; });
+}
+
+bool Interrupted() { return interrupted.load(); }
 
 Format ParseFormat(const std::string& f) {
   if (f == "csv") return Format::kCsv;

@@ -16,6 +16,11 @@
 
 namespace dropnet::cli {
 
+// From the first call on, Ctrl-C sets Interrupted() instead of ending the process, so that a long
+// call (train, rank) cancels on the server and says so.
+void CatchInterrupts();
+bool Interrupted();
+
 enum class Format { kTable, kCsv, kJson };
 
 // "csv", "json", anything else: a table.

@@ -2,8 +2,6 @@
 
 #include <unistd.h>
 
-#include <atomic>
-#include <csignal>
 #include <iostream>
 #include <map>
 
@@ -27,10 +25,6 @@ std::string CriterionName(v1::RankCriterion c) {
   }
   return "unknown";
 }
-
-std::atomic<bool> rank_interrupted{false};
-
-void OnRankSigint(int) { rank_interrupted = true; }
 
 }  // namespace
 
@@ -69,7 +63,7 @@ int RankCommand(dc::Client& c, const RankArgs& a, Format f) {
   req.set_batch_size(a.batch_size);
   req.set_version(a.model_version);
   const bool tty = ::isatty(STDERR_FILENO);
-  std::signal(SIGINT, OnRankSigint);
+  CatchInterrupts();
   v1::RankResult r;
   try {
     r = c.RankDataset(
@@ -85,10 +79,10 @@ int RankCommand(dc::Client& c, const RankArgs& a, Format f) {
             std::cerr << "ranked " << p.rows_done() << "/" << p.rows_total() << " rows\n";
           }
         },
-        [] { return rank_interrupted.load(); });
+        Interrupted);
   } catch (const dc::ClientError&) {
     if (tty) std::cerr << "\r\033[K";
-    if (rank_interrupted) {
+    if (Interrupted()) {
       std::cerr << "cancelled\n";
       return 130;
     }

@@ -289,17 +289,13 @@ class AsyncClient:
         result = None
         try:
             async for event in call:
-                if event.HasField("progress") and progress is not None:
-                    progress(event.progress.rows_done, event.progress.rows_total)
-                if event.HasField("result"):
-                    result = event.result
+                got = _common.rank_result(event, progress)
+                result = got if got is not None else result
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         finally:
             call.cancel()
-        if result is None:
-            raise DropnetError(f"RankDataset of {data!r} ended without a result")
-        return Ranking.from_proto(model, data, result)
+        return _common.ranking(model, data, result)
 
     async def _get_model(self, name: str) -> service_pb2.ModelInfo:
         resp = await _call(self._stub.GetModel(service_pb2.GetModelRequest(name=name),

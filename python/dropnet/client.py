@@ -378,17 +378,13 @@ class Client:
         result = None
         try:
             for event in call:
-                if event.HasField("progress") and progress is not None:
-                    progress(event.progress.rows_done, event.progress.rows_total)
-                if event.HasField("result"):
-                    result = event.result
+                got = _common.rank_result(event, progress)
+                result = got if got is not None else result
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         finally:
             call.cancel()
-        if result is None:
-            raise DropnetError(f"RankDataset of {data!r} ended without a result")
-        return Ranking.from_proto(model, data, result)
+        return _common.ranking(model, data, result)
 
     # ---- what the client remembers of models ----
 
