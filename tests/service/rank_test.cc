@@ -52,8 +52,8 @@ class RankTest : public ServiceTest {
     return run;
   }
 
-  // PredictUncertainty over the data set in RankDataset's batches: every row's answer, from a
-  // request of its batch's rows, with the same seed and T.
+  // PredictUncertainty over the data set in requests of `batch` rows: every row's answer, with
+  // the same seed and T.
   std::vector<v1::PredictUncertaintyResponse> UncertaintyByBatch(const Data& d, int64_t batch) {
     std::vector<v1::PredictUncertaintyResponse> out;
     for (int64_t r0 = 0; r0 < d.rows; r0 += batch) {
@@ -91,7 +91,10 @@ TEST_F(RankTest, ScoresAreThoseOfPredictUncertaintyBestFirst) {
   TrainedClassifier(5);
   const Data d = ClassificationData(240, 4, 1);  // the rows of "clf-data"
   const int64_t batch = 50;                      // 240 rows: four batches of 50 and one of 40
-  const auto answers = UncertaintyByBatch(d, batch);
+  // A row's answer does not depend on the rows beside it: PredictUncertainty in requests of 37
+  // rows, not in the ranking's batches, gives the same scores.
+  const int64_t request_rows = 37;
+  const auto answers = UncertaintyByBatch(d, request_rows);
   for (auto c : {v1::RANK_CRITERION_MUTUAL_INFORMATION, v1::RANK_CRITERION_ENTROPY,
                  v1::RANK_CRITERION_VARIATION_RATIO, v1::RANK_CRITERION_MARGIN}) {
     SCOPED_TRACE(v1::RankCriterion_Name(c));
@@ -116,8 +119,8 @@ TEST_F(RankTest, ScoresAreThoseOfPredictUncertaintyBestFirst) {
     EXPECT_EQ(seen, every);
     for (int i = 0; i < r.indices_size(); ++i) {
       const int64_t row = r.indices(i);
-      const auto& u = answers[row / batch];
-      const int at = static_cast<int>(row % batch);
+      const auto& u = answers[row / request_rows];
+      const int at = static_cast<int>(row % request_rows);
       ASSERT_EQ(r.scores(i), ExpectedScore(u, at, c)) << "row " << row;  // bit for bit
       EXPECT_EQ(r.predicted_class(i), u.predicted_class(at));
       if (i == 0) continue;
