@@ -333,6 +333,27 @@ v1::RankResult Client::RankDataset(const v1::RankDatasetRequest& request,
   return *result;
 }
 
+v1::EvaluateResponse Client::EvaluateStream(
+    const v1::EvaluateRequest& request,
+    const std::function<void(const v1::EvaluateEvent::Progress&)>& on_progress,
+    const std::function<bool()>& cancel, CallOptions call) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, call);
+  auto reader = stub_->EvaluateStream(&ctx, request);
+  std::optional<v1::EvaluateResponse> result;
+  ReadStream<v1::EvaluateEvent>(
+      &ctx, reader.get(),
+      [&](const v1::EvaluateEvent& event) {
+        if (event.has_progress() && on_progress) on_progress(event.progress());
+        if (event.has_result()) result = event.result();
+      },
+      cancel);
+  if (!result) {
+    throw ClientError(grpc::StatusCode::INTERNAL, "EvaluateStream ended without a result");
+  }
+  return *result;
+}
+
 v1::PredictResponse Client::Predict(const std::string& model, const Matrix& inputs,
                                     CallOptions call) {
   return Predict(model, std::string(), inputs, call);

@@ -152,6 +152,15 @@ class Client {
   v1::RankResult RankDataset(const v1::RankDatasetRequest& request,
                              const std::function<void(const v1::RankProgress&)>& on_progress = {},
                              const std::function<bool()>& cancel = {}, CallOptions call = {});
+  // EvaluateStream: Evaluate with progress; the progress events (rows done of rows total) go to
+  // on_progress while the server works, and the result (the last event, the EvaluateResponse that
+  // Evaluate answers) is returned. `cancel` (polled from a watcher thread) cancels the call. The
+  // call's deadline is the client's unless `call` gives one. Throws ClientError (CANCELLED after
+  // a cancel).
+  v1::EvaluateResponse EvaluateStream(
+      const v1::EvaluateRequest& request,
+      const std::function<void(const v1::EvaluateEvent::Progress&)>& on_progress = {},
+      const std::function<bool()>& cancel = {}, CallOptions call = {});
   // Predict with a request serialised once by Serialize: a caller that sends the same bytes again
   // and again (a load generator) saves the serialisation of every call, a copy of the inputs.
   static grpc::ByteBuffer Serialize(const v1::PredictRequest& request);

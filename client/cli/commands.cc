@@ -230,9 +230,10 @@ void PrintDataset(const v1::DatasetInfo& d) {
   std::cout << "\n";
 }
 
-int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_name, Format f) {
+int TrainCommand(dc::Client& c, v1::TrainRequest req, const std::string& metric_name, Format f,
+                 std::optional<int> report_every) {
   const bool tty = ::isatty(STDOUT_FILENO);
-  if (tty && req.report_every_steps() == 0) req.set_report_every_steps(10);
+  req.set_report_every_steps(report_every.value_or(tty ? 10 : 0));
   CatchInterrupts();
   if (f == Format::kCsv) {
     const auto columns = TrainEventColumns(metric_name);
@@ -400,6 +401,49 @@ int UncertaintyCommand(dc::Client& c, const std::string& model, const std::strin
   return 0;
 }
 
+namespace {
+// EvaluateStream with its progress on stderr: a line redrawn in place on a terminal, otherwise a
+// line a second and one at the end. Ctrl-C cancels: nullopt after "cancelled".
+std::optional<v1::EvaluateResponse> EvaluateWithProgress(dc::Client& c,
+                                                         const v1::EvaluateRequest& req) {
+  const bool tty = ::isatty(STDERR_FILENO);
+  CatchInterrupts();
+  auto last_line = std::chrono::steady_clock::now();
+  v1::EvaluateResponse r;
+  try {
+    r = c.EvaluateStream(
+        req,
+        [&](const v1::EvaluateEvent::Progress& p) {
+          const double frac =
+              static_cast<double>(p.rows_done()) / std::max<int64_t>(1, p.rows_total());
+          const auto now = std::chrono::steady_clock::now();
+          if (tty) {
+            std::cerr << "\r\033[K evaluating '" << req.dataset() << "' [" << Bar(frac, 30) << "] "
+                      << static_cast<int>(frac * 100) << "%  " << p.rows_done() << "/"
+                      << p.rows_total() << " rows  " << std::fixed << std::setprecision(1)
+                      << p.elapsed_seconds() << " s" << std::defaultfloat << std::flush;
+          } else if (p.rows_done() == p.rows_total() ||
+                     now - last_line >= std::chrono::seconds(1)) {
+            last_line = now;
+            std::cerr << "evaluated " << p.rows_done() << "/" << p.rows_total() << " rows in "
+                      << std::fixed << std::setprecision(1) << p.elapsed_seconds() << " s\n"
+                      << std::defaultfloat;
+          }
+        },
+        Interrupted);
+  } catch (const dc::ClientError&) {
+    if (tty) std::cerr << "\r\033[K";
+    if (Interrupted()) {
+      std::cerr << "cancelled\n";
+      return std::nullopt;
+    }
+    throw;
+  }
+  if (tty) std::cerr << "\r\033[K";
+  return r;
+}
+}  // namespace
+
 int EvaluateCommand(dc::Client& c, const std::string& model, const std::string& version,
                     const std::string& data, int mc, std::optional<uint64_t> seed, int64_t limit,
                     Format f) {
@@ -413,7 +457,9 @@ int EvaluateCommand(dc::Client& c, const std::string& model, const std::string& 
     req.set_samples(mc);
     if (seed) req.set_seed(*seed);
   }
-  auto r = c.Evaluate(req);
+  const std::optional<v1::EvaluateResponse> done = EvaluateWithProgress(c, req);
+  if (!done) return 130;
+  const v1::EvaluateResponse& r = *done;
   if (f == Format::kJson) {
     std::cout << Json(r) << "\n";
     return 0;

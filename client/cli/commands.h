@@ -35,8 +35,10 @@ void PrintDataset(const v1::DatasetInfo& d);
 // fields: kind (started, step, epoch, finished; cancelled after Ctrl-C), epoch, epochs, step,
 // total_steps, loss, acc or rmse, val_loss, val_acc or val_rmse, samples_per_second,
 // learning_rate, eta_seconds, version, early_stopped. Ctrl-C cancels and returns 130.
+// `report_every`: a step event every this many steps (0: epoch events only); nullopt: 10 when
+// stdout is a terminal, else 0.
 int TrainCommand(client::Client& c, v1::TrainRequest req, const std::string& metric_name,
-                 Format f = Format::kTable);
+                 Format f = Format::kTable, std::optional<int> report_every = std::nullopt);
 // `version`: a number, a label or "" (the model's default); every row of the output names the
 // version that answered. `v2`: ask through the Open Inference Protocol's ModelInfer
 // (oip_client.h) instead of dropnet.v1.
@@ -48,6 +50,8 @@ int UncertaintyCommand(client::Client& c, const std::string& model, const std::s
                        const std::string& input, const std::string& target, int samples,
                        std::optional<uint64_t> seed, Format f, const std::string& output,
                        bool v2 = false, bool return_samples = false);
+// Runs EvaluateStream with a progress line on stderr (plain lines, one a second, when stderr is
+// not a terminal); Ctrl-C cancels and returns 130. Prints the metrics as Evaluate's were printed.
 int EvaluateCommand(client::Client& c, const std::string& model, const std::string& version,
                     const std::string& data, int mc, std::optional<uint64_t> seed, int64_t limit,
                     Format f);

@@ -104,7 +104,9 @@ struct Args {
   double lr = 0, vsplit = 0, wd = 0, max_norm = 0;
   uint64_t tseed = 0;
   bool standardize = false;
+  int report_every = 0;
   CLI::App* train = nullptr;
+  CLI::Option* report_every_opt = nullptr;
   // predict, uncertainty, evaluate
   std::string input;
   int samples = 50, mc_samples = 0;
@@ -259,6 +261,12 @@ void AddTrainCommand(CLI::App& app, Args& a) {
   train->add_option("--seed", a.tseed)->capture_default_str();
   train->add_flag("--standardize", a.standardize,
                   "fit per-feature standardisation on the training rows");
+  a.report_every_opt =
+      train
+          ->add_option("--report-every", a.report_every,
+                       "a step event every N steps, in every format (0: epoch events only; "
+                       "default: 10 when stdout is a terminal, else 0)")
+          ->check(CLI::NonNegativeNumber);
 }
 
 void AddPredictCommands(CLI::App& app, Args& a) {
@@ -493,7 +501,9 @@ int RunTrain(dc::Client& c, const Args& a, cli::Format f) {
   treq.set_seed(a.tseed);
   treq.set_standardize(a.standardize);
   const auto info = c.GetModel(a.name);
-  return cli::TrainCommand(c, treq, info.spec().task() == v1::TASK_REGRESSION ? "rmse" : "acc", f);
+  return cli::TrainCommand(
+      c, treq, info.spec().task() == v1::TASK_REGRESSION ? "rmse" : "acc", f,
+      a.report_every_opt->count() ? std::optional<int>(a.report_every) : std::nullopt);
 }
 
 int Run(const Args& a, const dc::ClientOptions& client_options) {

@@ -1,5 +1,8 @@
 #include "server/service/handler_common.h"
 
+#include <algorithm>
+#include <string>
+
 namespace dropnet::service {
 
 using grpc::StatusCode;
@@ -18,6 +21,23 @@ grpc::Status BoundedMessage(const grpc::Status& status) {
 
 bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
   return ctx && ctx->deadline() <= std::chrono::system_clock::now();
+}
+
+void ForEachBatch(const char* method, int64_t rows, int64_t batch,
+                  const std::function<bool()>& stop_asked, const std::atomic<bool>& draining,
+                  const std::function<void(int64_t first, int64_t n)>& body,
+                  const std::function<void(int64_t rows_done)>& progress) {
+  for (int64_t first = 0; first < rows; first += batch) {
+    if (stop_asked()) {
+      throw engine::Cancelled(std::string(method) + " stopped after " + std::to_string(first) +
+                              " of " + std::to_string(rows) +
+                              " rows: the call was cancelled or its deadline passed");
+    }
+    if (draining) Fail(StatusCode::UNAVAILABLE, "the server is shutting down");
+    const int64_t n = std::min(batch, rows - first);
+    body(first, n);
+    if (progress) progress(first + n);
+  }
 }
 
 void CheckDataFits(const Snapshot& s, const engine::Dataset& d, const std::string& dataset) {

@@ -1,12 +1,14 @@
 // What the files that define the Dropnet service's calls share: the call's log line, the wrapper
 // every handler runs through (DropnetService::Run, Handle and Queue), and the checks and helpers
 // more than one of them uses. Only those files (service.cc, dataset_handlers.cc, training_job.cc,
-// inference_service.cc) include it.
+// rank_handler.cc, evaluate_handler.cc, inference_service.cc) include it.
 #ifndef DROPNET_SERVICE_HANDLER_COMMON_H_
 #define DROPNET_SERVICE_HANDLER_COMMON_H_
 
+#include <atomic>
 #include <chrono>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -31,6 +33,16 @@ bool DeadlinePassed(const grpc::ServerContextBase* ctx);
 // features as its inputs, its task, no more classes than its outputs, as many targets as it
 // predicts.
 void CheckDataFits(const Snapshot& s, const engine::Dataset& d, const std::string& dataset);
+
+// The batch loop of the calls that compute over the rows of a stored data set (RankDataset,
+// Evaluate, EvaluateStream): `body(first, n)` for rows [first, first + n) of `rows`, in consecutive
+// batches of `batch` rows, then `progress(rows_done)` (may be empty) after each batch. Before each
+// batch it throws engine::Cancelled, naming `method` and the rows done, when `stop_asked()`
+// answers true, and UNAVAILABLE while `draining` is set.
+void ForEachBatch(const char* method, int64_t rows, int64_t batch,
+                  const std::function<bool()>& stop_asked, const std::atomic<bool>& draining,
+                  const std::function<void(int64_t first, int64_t n)>& body,
+                  const std::function<void(int64_t rows_done)>& progress);
 
 // Declared first in a call that allocates a lot (a training, a data set), it hands the memory the
 // call freed back to the system after every other local is gone.

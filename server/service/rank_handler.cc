@@ -203,31 +203,26 @@ grpc::Status DropnetService::RankDataset(grpc::ServerContext* ctx,
     ComputeOnWorker(ctx, log, [&](int threads) {
       mo.threads = threads;
       auto last_progress = std::chrono::steady_clock::now();
-      for (int64_t r0 = 0; r0 < rows; r0 += batch) {
-        if (stop_asked()) {
-          throw engine::Cancelled("RankDataset stopped after " + std::to_string(r0) + " of " +
-                                  std::to_string(rows) +
-                                  " rows: the call was cancelled or its "
-                                  "deadline passed");
-        }
-        if (draining_) Fail(StatusCode::UNAVAILABLE, "the server is shutting down");
-        const int64_t n = std::min(batch, rows - r0);
-        const engine::McResult r = engine::MonteCarloPredict(snap->net, snap->task, snap->loss,
-                                                             DatasetInputs(*snap, data, r0, n), mo);
-        for (int64_t i = 0; i < n; ++i) {
-          top.Offer({Score(r, i, criterion), r0 + i, r.predicted_class[i]});
-        }
-        const auto now = std::chrono::steady_clock::now();
-        if (r0 + n == rows || now - last_progress >= kProgressInterval) {
-          last_progress = now;
-          v1::RankEvent event;
-          event.mutable_progress()->set_rows_done(r0 + n);
-          event.mutable_progress()->set_rows_total(rows);
-          if (!writer->Write(event)) {
-            throw engine::Cancelled("RankDataset stopped: the client went away");
-          }
-        }
-      }
+      ForEachBatch(
+          "RankDataset", rows, batch, stop_asked, draining_,
+          [&](int64_t r0, int64_t n) {
+            const engine::McResult r = engine::MonteCarloPredict(
+                snap->net, snap->task, snap->loss, DatasetInputs(*snap, data, r0, n), mo);
+            for (int64_t i = 0; i < n; ++i) {
+              top.Offer({Score(r, i, criterion), r0 + i, r.predicted_class[i]});
+            }
+          },
+          [&](int64_t done) {
+            const auto now = std::chrono::steady_clock::now();
+            if (done < rows && now - last_progress < kProgressInterval) return;
+            last_progress = now;
+            v1::RankEvent event;
+            event.mutable_progress()->set_rows_done(done);
+            event.mutable_progress()->set_rows_total(rows);
+            if (!writer->Write(event)) {
+              throw engine::Cancelled("RankDataset stopped: the client went away");
+            }
+          });
     });
     v1::RankEvent event;
     v1::RankResult* out = event.mutable_result();

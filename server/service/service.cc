@@ -8,7 +8,6 @@
 #include <spdlog/spdlog.h>
 
 #include "server/engine/mc.h"
-#include "server/engine/metrics.h"
 #include "server/engine/random.h"
 #include "server/service/handler_common.h"
 #include "server/service/prediction.h"
@@ -47,17 +46,6 @@ grpc::Status SerializeResponse(const google::protobuf::Message& response, grpc::
                                                                                     &own_buffer);
 }
 
-void AddReliability(const std::vector<engine::ReliabilityBin>& bins, v1::EvaluateResponse* resp) {
-  for (const auto& b : bins) {
-    v1::ReliabilityBin* out = resp->add_reliability();
-    out->set_lower(b.lower);
-    out->set_upper(b.upper);
-    out->set_count(b.count);
-    out->set_confidence(b.confidence);
-    out->set_accuracy(b.accuracy);
-  }
-}
-
 // The version GetModel and ListModels describe: the one served by default, or the newest when
 // that cannot be loaded (a corrupt labelled version), so that the model's state stays visible.
 SnapshotPtr SnapshotToDescribe(const Registry& registry, const std::string& name) {
@@ -67,10 +55,6 @@ SnapshotPtr SnapshotToDescribe(const Registry& registry, const std::string& name
     if (e.code() == StatusCode::NOT_FOUND) throw;
     return registry.Newest(name);
   }
-}
-
-std::string ModeOf(v1::EvalMode m) {
-  return m == v1::EVAL_MODE_MONTE_CARLO ? "monte_carlo" : "eval";
 }
 
 }  // namespace
@@ -349,118 +333,6 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
         resp->set_task(ToProto(snap->task));
         return SerializeResponse(*resp, response);
       });
-}
-
-grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* ctx,
-                                                   const v1::EvaluateRequest* req,
-                                                   v1::EvaluateResponse* resp) {
-  return Queue("Evaluate", ctx, Role::kPredict, /*work=*/-1, [this, ctx, req, resp](CallLog& log) {
-    ReleaseFreeMemoryOnExit release;  // the data set's rows and the outputs, once freed
-    log.model = req->model();
-    log.mode = ModeOf(req->mode());
-    SnapshotPtr snap = registry_->Resolve(req->model(), req->version());
-    log.version = snap->version;
-    const bool classify = snap->task == engine::Task::kClassification;
-    const auto entry = registry_->GetDataset(req->dataset());
-    CheckDataFits(*snap, *entry.data, req->dataset());
-    if (req->limit() < 0) Fail(StatusCode::INVALID_ARGUMENT, "limit must be >= 0");
-    if (req->mode() != v1::EVAL_MODE_UNSPECIFIED && req->mode() != v1::EVAL_MODE_EVAL &&
-        req->mode() != v1::EVAL_MODE_MONTE_CARLO) {
-      Fail(StatusCode::INVALID_ARGUMENT, "mode " + std::to_string(req->mode()) + " is unknown");
-    }
-    const int64_t rows =
-        req->limit() > 0 ? std::min(req->limit(), entry.data->rows()) : entry.data->rows();
-    const Matrix x = DatasetInputs(*snap, *entry.data, rows);
-    const Matrix y = entry.data->y.topRows(rows);
-    // A regression model with a target standardisation answers in the target's units; the MC
-    // log-likelihood is computed on standardised targets and gets the Jacobian term.
-    const engine::Standardizer& target = snap->target_standardizer;
-    Matrix y_net = y;
-    if (!classify) StandardizeTargets(target, &y_net);
-    log.rows = rows;
-    Matrix mean, var;
-    double ll_sum = 0;
-    const bool mc = req->mode() == v1::EVAL_MODE_MONTE_CARLO;
-    // Both modes compute in batches and stop between two when the call is cancelled or its
-    // deadline passes.
-    const auto stop_if_asked = [ctx] {
-      if (ctx->IsCancelled() || DeadlinePassed(ctx)) {
-        throw engine::Cancelled("the call was cancelled or its deadline passed");
-      }
-    };
-    if (!mc) {
-      constexpr int64_t kEvalBatch = 8192;
-      for (int64_t r0 = 0; r0 == 0 || r0 < rows; r0 += kEvalBatch) {
-        stop_if_asked();
-        const int64_t n = std::min(kEvalBatch, rows - r0);
-        Matrix batch_var;
-        const Matrix batch_mean =
-            engine::PredictEval(snap->net, snap->task, snap->loss, x.middleRows(r0, n), log.threads,
-                                nullptr, nullptr, &batch_var);
-        if (r0 == 0) {
-          mean.resize(rows, batch_mean.cols());
-          var.resize(batch_var.size() ? rows : 0, batch_var.cols());
-        }
-        mean.middleRows(r0, n) = batch_mean;
-        if (var.rows() == rows && batch_var.rows() == n) var.middleRows(r0, n) = batch_var;
-      }
-    } else {
-      PredictionQuery q;
-      q.monte_carlo = true;
-      q.samples = req->samples();
-      if (req->has_seed()) q.seed = req->seed();
-      q.instead = "Evaluate in eval mode";
-      engine::McOptions mo = MonteCarloOptions(q, config_, *snap, log.threads, [ctx] {
-        return ctx->IsCancelled() || DeadlinePassed(ctx);
-      });
-      log.samples = mo.samples;
-      const bool want_ll =
-          !classify && (snap->tau > 0 || snap->loss == engine::LossKind::kGaussianNll);
-      constexpr int64_t kBatch = 256;
-      for (int64_t r0 = 0; r0 < rows; r0 += kBatch) {
-        stop_if_asked();
-        const int64_t n = std::min(kBatch, rows - r0);
-        const Matrix yb = y_net.middleRows(r0, n);
-        mo.targets = want_ll ? &yb : nullptr;
-        auto r =
-            engine::MonteCarloPredict(snap->net, snap->task, snap->loss, x.middleRows(r0, n), mo);
-        if (!classify) UnstandardizeMc(target, &r);
-        if (r0 == 0) mean.resize(rows, r.mean.cols());
-        mean.middleRows(r0, n) = r.mean;
-        if (want_ll) ll_sum += r.log_likelihood.sum();
-      }
-      resp->set_samples(mo.samples);
-      resp->set_seed(mo.seed);
-      if (want_ll)
-        resp->set_log_likelihood(ll_sum / static_cast<double>(rows * y.cols()));
-      else if (!classify)
-        resp->set_log_likelihood(std::nan(""));
-    }
-    if (classify) {
-      auto m = engine::ScoreClassification(mean, y);
-      resp->set_accuracy(m.accuracy);
-      resp->set_nll(m.nll);
-      resp->set_brier(m.brier);
-      resp->set_ece(m.ece);
-      AddReliability(m.reliability, resp);
-    } else {
-      double tau = snap->tau;
-      if (!mc && !target.empty()) {
-        // Eval mode's variances (a Gaussian head's, or 1/tau) in the target's units.
-        if (var.size() == 0 && tau > 0) var = Matrix::Constant(rows, mean.cols(), 1.0f / tau);
-        UnstandardizeOutputs(target, &mean, &var);
-        tau = 0;
-      }
-      auto m = engine::ScoreRegression(mean, y, var, tau);
-      resp->set_rmse(m.rmse);
-      if (!mc) resp->set_log_likelihood(m.log_likelihood);
-    }
-    resp->set_rows(rows);
-    resp->set_version(snap->version);
-    resp->set_mode(mc ? v1::EVAL_MODE_MONTE_CARLO : v1::EVAL_MODE_EVAL);
-    resp->set_task(ToProto(snap->task));
-    return grpc::Status::OK;
-  });
 }
 
 }  // namespace dropnet::service

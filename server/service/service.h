@@ -7,10 +7,10 @@
 // to a CallScheduler (executor.h), which runs a small call at once and queues the others for its
 // workers, so that any number of calls can wait for a worker and none holds a gRPC thread
 // meanwhile. The other calls (model and data-set management, the Train and UploadDataset streams)
-// are synchronous, on gRPC's threads; so is the RankDataset stream, whose thread waits while a
-// worker of the CallScheduler computes. The data-set handlers are defined in dataset_handlers.cc,
-// RankDataset in rank_handler.cc, the training a Train call runs in training_job.h, the rest in
-// service.cc.
+// are synchronous, on gRPC's threads; so are the RankDataset and EvaluateStream streams, whose
+// thread waits while a worker of the CallScheduler computes. The data-set handlers are defined in
+// dataset_handlers.cc, RankDataset in rank_handler.cc, Evaluate and EvaluateStream in
+// evaluate_handler.cc, the training a Train call runs in training_job.h, the rest in service.cc.
 #ifndef DROPNET_SERVICE_SERVICE_H_
 #define DROPNET_SERVICE_SERVICE_H_
 
@@ -122,6 +122,10 @@ class DropnetService final : public DropnetServiceBase {
   // of the scheduler computes and streams the events.
   grpc::Status RankDataset(grpc::ServerContext*, const v1::RankDatasetRequest*,
                            grpc::ServerWriter<v1::RankEvent>*) override;
+  // Evaluate with progress (evaluate_handler.cc): synchronous as RankDataset, a progress event
+  // after every batch, the EvaluateResponse last.
+  grpc::Status EvaluateStream(grpc::ServerContext*, const v1::EvaluateRequest*,
+                              grpc::ServerWriter<v1::EvaluateEvent>*) override;
 
   // A call's log line (handler_common.h).
   struct CallLog;
