@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "client/client.h"
 #include "tests/e2e/e2e_util.h"
 #include "tests/testing/temp_dir.h"
 
@@ -468,6 +470,49 @@ TEST_F(CliTest, TrainEventsAsJsonLinesAndCsv) {
   EXPECT_EQ(cells[3][12], std::to_string(events[3]["version"].get<int64_t>() + 1));
 }
 
+// --report-every asks for step events in every format, off a terminal too; without it a pipe
+// gets epoch events only.
+TEST_F(CliTest, TrainReportEveryGivesStepEventsThroughAPipe) {
+  EnsureDigitsModel();
+  // 1797 rows in batches of 128: 15 steps an epoch, the last one an epoch event.
+  auto js = Run({"train", "digits", "--data", "digits", "--epochs", "2", "--seed", "4", "-o",
+                 "json", "--report-every", "5"});
+  ASSERT_EQ(js.code, 0) << js.err;
+  std::istringstream lines(js.out);
+  std::vector<int64_t> steps;
+  int epochs = 0;
+  for (std::string line; std::getline(lines, line);) {
+    const json e = json::parse(line);
+    if (e["kind"] == "step") {
+      steps.push_back(e["step"].get<int64_t>());
+      EXPECT_EQ(e["total_steps"], 30) << line;
+      EXPECT_GT(e["loss"].get<double>(), 0.0) << line;
+    }
+    epochs += e["kind"] == "epoch";
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{5, 10, 20, 25})) << js.out;  // 15, 30: epoch events
+  EXPECT_EQ(epochs, 2);
+
+  auto csv = Run({"train", "digits", "--data", "digits", "--epochs", "1", "--seed", "4", "-o",
+                  "csv", "--report-every", "7"});
+  ASSERT_EQ(csv.code, 0) << csv.err;
+  int step_rows = 0;
+  for (const auto& row : CsvCells(csv.out)) step_rows += row[0] == "step";
+  EXPECT_EQ(step_rows, 2) << csv.out;  // steps 7 and 14
+
+  for (const std::vector<std::string> extra :
+       {std::vector<std::string>{}, std::vector<std::string>{"--report-every", "0"}}) {
+    std::vector<std::string> args = {"train",    "digits", "--data", "digits",
+                                     "--epochs", "1",      "-o",     "json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto none = Run(args);
+    ASSERT_EQ(none.code, 0) << none.err;
+    EXPECT_EQ(none.out.find(R"("kind":"step")"), std::string::npos) << none.out;
+    EXPECT_NE(none.out.find(R"("kind":"epoch")"), std::string::npos) << none.out;
+  }
+  EXPECT_EQ(Run({"train", "digits", "--data", "digits", "--report-every", "-1"}).code, 2);
+}
+
 // demo on a model that has no trained version says so instead of reading noise; with --wait it
 // waits for the first epoch, then shows two different items.
 TEST_F(CliTest, DemoWaitsForATrainedVersion) {
@@ -568,6 +613,52 @@ TEST_F(CliTest, EvaluateEvalAndMonteCarlo) {
   EXPECT_GT(k["nll"].get<double>(), 0.0);
   auto t = Run({"evaluate", "digits", "--data", "digits"});
   EXPECT_NE(t.out.find("accuracy  nll"), std::string::npos) << t.out;
+}
+
+// evaluate reads EvaluateStream: progress on stderr, and on stdout the metrics of the unary
+// Evaluate call (asked here through the client library) for the same request and seed.
+TEST_F(CliTest, EvaluatePrintsProgressAndTheSameMetrics) {
+  EnsureDigitsModel();
+  auto mc = Run({"evaluate", "digits", "--data", "digits", "--mc-samples", "20", "--seed", "5",
+                 "-o", "json"});
+  ASSERT_EQ(mc.code, 0) << mc.err;
+  EXPECT_TRUE(std::regex_search(mc.err, std::regex(R"(evaluated 1797/1797 rows in \d+\.\d s\n)")))
+      << mc.err;
+  auto j = json::parse(mc.out);  // stdout holds the answer alone
+  client::ClientOptions o;
+  o.target = address_;
+  client::Client c(o);
+  v1::EvaluateRequest req;
+  req.set_model("digits");
+  req.set_dataset("digits");
+  req.set_mode(v1::EVAL_MODE_MONTE_CARLO);
+  req.set_samples(20);
+  req.set_seed(5);
+  req.set_version(std::to_string(std::stoll(j["version"].get<std::string>())));
+  const v1::EvaluateResponse unary = c.Evaluate(req);
+  EXPECT_EQ(j["rows"], "1797");
+  EXPECT_EQ(j["samples"], 20);
+  EXPECT_EQ(j["seed"], "5");
+  EXPECT_EQ(j["accuracy"].get<double>(), unary.accuracy());
+  EXPECT_EQ(j["nll"].get<double>(), unary.nll());
+  EXPECT_EQ(j["brier"].get<double>(), unary.brier());
+  EXPECT_EQ(j["ece"].get<double>(), unary.ece());
+  ASSERT_EQ(j["reliability"].size(), static_cast<size_t>(unary.reliability_size()));
+
+  // The table: the same numbers, rounded; the progress stays on stderr.
+  auto t = Run({"evaluate", "digits", "--data", "digits", "--mc-samples", "20", "--seed", "5"});
+  ASSERT_EQ(t.code, 0) << t.err;
+  EXPECT_NE(t.out.find("monte_carlo T=20"), std::string::npos) << t.out;
+  std::ostringstream nll;
+  nll << std::fixed << std::setprecision(4) << unary.nll();
+  EXPECT_NE(t.out.find(nll.str()), std::string::npos) << t.out << " lacks " << nll.str();
+  EXPECT_EQ(t.out.find("evaluated"), std::string::npos) << t.out;
+  EXPECT_NE(t.err.find("evaluated 1797/1797 rows"), std::string::npos) << t.err;
+
+  // A limit: the progress counts the rows scored.
+  auto l = Run({"evaluate", "digits", "--data", "digits", "--limit", "300", "-o", "csv"});
+  ASSERT_EQ(l.code, 0) << l.err;
+  EXPECT_NE(l.err.find("evaluated 300/300 rows"), std::string::npos) << l.err;
 }
 
 TEST_F(CliTest, BenchReportsLatencyAndThroughputPerWorkloadAndLevel) {
