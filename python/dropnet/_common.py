@@ -14,7 +14,7 @@ import numpy as np
 
 from dropnet import _convert
 from dropnet.errors import DropnetError, InvalidArgument
-from dropnet.types import ExportedModel, Prediction, Ranking, Uncertainty
+from dropnet.types import Evaluation, ExportedModel, Prediction, Ranking, Uncertainty
 from dropnet.v1 import model_pb2, service_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -413,13 +413,23 @@ def class_names_of(datasets: Sequence[service_pb2.DatasetInfo], name: Optional[s
     return None
 
 
-def rank_result(event: service_pb2.RankEvent, progress: Optional[Any]
-                ) -> Optional[service_pb2.RankResult]:
-    """One event of a RankDataset stream: a progress event goes to ``progress(rows_done,
-    rows_total)``; the result (the last event) is returned, None for the others."""
+def stream_result(event: Union[service_pb2.RankEvent, service_pb2.EvaluateEvent],
+                  progress: Optional[Any]) -> Any:
+    """One event of a RankDataset or EvaluateStream stream: a progress event goes to
+    ``progress(rows_done, rows_total)``; the result (the last event) is returned, None for the
+    others."""
     if event.HasField("progress") and progress is not None:
         progress(event.progress.rows_done, event.progress.rows_total)
     return event.result if event.HasField("result") else None
+
+
+def evaluation(model: str, data: str, result: Optional[service_pb2.EvaluateResponse]
+               ) -> Evaluation:
+    """The Evaluation of an EvaluateStream stream's result; an error when the stream ended
+    without."""
+    if result is None:
+        raise DropnetError(f"EvaluateStream of {data!r} ended without a result")
+    return Evaluation.from_proto(model, result)
 
 
 def ranking(model: str, data: str, result: Optional[service_pb2.RankResult]) -> Ranking:

@@ -273,10 +273,25 @@ class AsyncClient:
 
     async def evaluate(self, model: str, data: str, *, samples: Optional[int] = None,
                        seed: Optional[int] = None, limit: Optional[int] = None,
-                       version: Optional[Union[int, str]] = None) -> Evaluation:
+                       version: Optional[Union[int, str]] = None,
+                       progress: Optional[Callable[[int, int], None]] = None,
+                       timeout: Optional[float] = None) -> Evaluation:
+        """As :meth:`dropnet.Client.evaluate`."""
         req = _common.evaluate_request(model, data, samples, seed, limit, version)
-        resp = await _call(self._stub.Evaluate(req, **self._kw(None)))
-        return Evaluation.from_proto(model, resp)
+        if progress is None:
+            resp = await _call(self._stub.Evaluate(req, **self._kw(timeout)))
+            return Evaluation.from_proto(model, resp)
+        call = self._stub.EvaluateStream(req, **self._kw(timeout))
+        result = None
+        try:
+            async for event in call:
+                got = _common.stream_result(event, progress)
+                result = got if got is not None else result
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+        return _common.evaluation(model, data, result)
 
     async def rank(self, model: str, data: str, *, by: str = "mutual_information", top: int,
                    samples: Optional[int] = None, seed: Optional[int] = None,
@@ -289,7 +304,7 @@ class AsyncClient:
         result = None
         try:
             async for event in call:
-                got = _common.rank_result(event, progress)
+                got = _common.stream_result(event, progress)
                 result = got if got is not None else result
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None

@@ -351,13 +351,29 @@ class Client:
 
     def evaluate(self, model: str, data: str, *, samples: Optional[int] = None,
                  seed: Optional[int] = None, limit: Optional[int] = None,
-                 version: Optional[Union[int, str]] = None) -> Evaluation:
+                 version: Optional[Union[int, str]] = None,
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 timeout: Optional[float] = None) -> Evaluation:
         """Scores ``model`` on the stored labelled data set ``data``: in eval mode, or with
         Monte-Carlo dropout over ``samples`` passes when given. ``limit``: the first rows only;
-        ``version``: as for :meth:`predict`."""
+        ``version``: as for :meth:`predict`. With ``progress``, the call is EvaluateStream and
+        ``progress(rows_done, rows_total)`` is called after every batch the server scores (the
+        answer is the same, bit for bit). ``timeout`` (seconds, default none) bounds the call."""
         req = _common.evaluate_request(model, data, samples, seed, limit, version)
-        resp = _call(lambda: self._stub.Evaluate(req, **self._kw(None)))
-        return Evaluation.from_proto(model, resp)
+        if progress is None:
+            resp = _call(lambda: self._stub.Evaluate(req, **self._kw(timeout)))
+            return Evaluation.from_proto(model, resp)
+        call = _call(lambda: self._stub.EvaluateStream(req, **self._kw(timeout)))
+        result = None
+        try:
+            for event in call:
+                got = _common.stream_result(event, progress)
+                result = got if got is not None else result
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+        return _common.evaluation(model, data, result)
 
     def rank(self, model: str, data: str, *, by: str = "mutual_information", top: int,
              samples: Optional[int] = None, seed: Optional[int] = None,
@@ -378,7 +394,7 @@ class Client:
         result = None
         try:
             for event in call:
-                got = _common.rank_result(event, progress)
+                got = _common.stream_result(event, progress)
                 result = got if got is not None else result
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
