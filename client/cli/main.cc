@@ -5,10 +5,10 @@
 //   dropnet models import NAME FILE.onnx [--task T]
 //   dropnet models export NAME --format onnx [--model-version V] [--mode eval|train] -o FILE
 //   dropnet data upload NAME FILE.csv | import NAME PATH [LABELS] | list | delete NAME
-//   dropnet train MODEL --data NAME [--epochs N ...]
+//   dropnet train MODEL --data NAME [--epochs N ... --report-every N]
 //   dropnet predict MODEL --input FILE.csv [--format table|csv|json]
 //   dropnet uncertainty MODEL --input FILE.csv --samples T [--seed N] [--return-samples]
-//   dropnet evaluate MODEL --data NAME [--mc-samples T]
+//   dropnet evaluate MODEL --data NAME [--mc-samples T] (progress on stderr)
 //   dropnet rank MODEL --data NAME --top K [--by mutual_information|entropy|variation_ratio|margin]
 //   dropnet bench MODEL [--concurrency 1,2,4,8 --duration S --count N --json ...]
 //   dropnet demo [--wait SECONDS]
