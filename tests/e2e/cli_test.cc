@@ -821,6 +821,49 @@ TEST_F(CliTest, CtrlCCancelsTrainingAndKeepsAVersion) {
   EXPECT_FALSE(g.value("training", false));
 }
 
+// Ctrl-C during a long Monte-Carlo evaluate: the call is cancelled between two batches, exit
+// status 130, and the server is free for the next call.
+TEST_F(CliTest, CtrlCCancelsEvaluate) {
+  // Dropout on the inputs, so that every pass runs the whole 64-256-256-10 network: with the
+  // digits four times over (7188 rows) and T = 500, tens of seconds of work.
+  const fs::path spec = dir_ / "wide.json";
+  std::ofstream(spec) << R"({"inputShape": [64], "task": "TASK_CLASSIFICATION", "layers": [
+      {"type": "dropout", "rate": 0.2}, {"type": "dense", "units": 256}, {"type": "relu"},
+      {"type": "dense", "units": 256}, {"type": "relu"}, {"type": "dense", "units": 10}]})";
+  auto created = Run({"models", "create", "wide", "--spec", spec.string()});
+  ASSERT_EQ(created.code, 0) << created.err;
+  const fs::path big = dir_ / "digits4.csv";
+  {
+    std::ifstream in(kSource / "data/digits.csv");
+    std::string header, rows, line;
+    std::getline(in, header);
+    while (std::getline(in, line)) rows += line + "\n";
+    std::ofstream out(big);
+    out << header << "\n";
+    for (int i = 0; i < 4; ++i) out << rows;
+  }
+  auto up = Run({"data", "upload", "digits4", big.string()});
+  ASSERT_EQ(up.code, 0) << up.err;
+  const auto start = std::chrono::steady_clock::now();
+  Process p({kCli, "evaluate", "wide", "--data", "digits4", "--mc-samples", "500"}, dir_,
+            {{"DROPNET_SERVER", address_}});
+  auto m = p.WaitFor(R"(evaluated (\d+)/7188 rows)", true);
+  ASSERT_FALSE(m.empty()) << p.out() << p.err();
+  ASSERT_LT(std::stoll(m[1].str()), 7188) << "the evaluation ended before Ctrl-C";
+  p.Signal(SIGINT);
+  EXPECT_EQ(p.Wait(std::chrono::seconds(30)), 130) << p.out() << p.err();
+  EXPECT_NE(p.err().find("cancelled"), std::string::npos) << p.err();
+  EXPECT_TRUE(p.out().empty()) << p.out();
+  std::cerr << "evaluate ran "
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
+            << " s before it was cancelled\n";
+  // The server stopped computing: a small evaluation answers at once.
+  auto small = Run({"evaluate", "wide", "--data", "digits4", "--limit", "100", "--timeout", "5"});
+  EXPECT_EQ(small.code, 0) << small.err;
+  EXPECT_EQ(Run({"data", "delete", "digits4"}).code, 0);
+  EXPECT_EQ(Run({"models", "delete", "wide"}).code, 0);
+}
+
 TEST_F(CliTest, UnreachableServerSaysSo) {
   Process p({kCli, "--server", "127.0.0.1:1", "--timeout", "2", "health"}, dir_);
   EXPECT_EQ(p.Wait(), 10 + 14);  // UNAVAILABLE
