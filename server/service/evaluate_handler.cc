@@ -4,7 +4,6 @@
 // worker computes and sends a progress event after every batch. So both answer the same numbers,
 // bit for bit, for the same request, seed and version.
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <functional>
@@ -83,11 +82,12 @@ class Evaluation {
   // The rows scored: the data set's, or the request's limit.
   int64_t rows() const { return rows_; }
 
-  // Computes on `threads` engine threads, batch by batch (progress(rows_done) after each), and
-  // fills `resp`. Throws engine::Cancelled between batches (and Monte-Carlo chunks) once
-  // stop_asked answers true, UNAVAILABLE while `draining`.
-  void Run(int threads, const std::atomic<bool>& draining,
-           const std::function<void(int64_t rows_done)>& progress, v1::EvaluateResponse* resp) {
+  // Computes on `threads` engine threads, batch by batch (progress(rows_done) after each, when
+  // given), and fills `resp`. Throws engine::Cancelled between batches (and Monte-Carlo chunks)
+  // once stop_asked answers true. A call that is running when the server starts draining goes on
+  // through the shutdown grace period.
+  void Run(int threads, const std::function<void(int64_t rows_done)>& progress,
+           v1::EvaluateResponse* resp) {
     const bool classify = snap_->task == engine::Task::kClassification;
     const Matrix x = DatasetInputs(*snap_, *entry_.data, rows_);
     const Matrix y = entry_.data->y.topRows(rows_);
@@ -100,7 +100,7 @@ class Evaluation {
     double ll_sum = 0;
     if (!mc_) {
       ForEachBatch(
-          method_, rows_, kEvalBatch, stop_asked_, draining,
+          method_, rows_, kEvalBatch, stop_asked_, /*draining=*/nullptr,
           [&](int64_t r0, int64_t n) {
             Matrix batch_var;
             const Matrix batch_mean =
@@ -119,7 +119,7 @@ class Evaluation {
       const bool want_ll =
           !classify && (snap_->tau > 0 || snap_->loss == engine::LossKind::kGaussianNll);
       ForEachBatch(
-          method_, rows_, kMcBatch, stop_asked_, draining,
+          method_, rows_, kMcBatch, stop_asked_, /*draining=*/nullptr,
           [&](int64_t r0, int64_t n) {
             const Matrix yb = y_net.middleRows(r0, n);
             mo_.targets = want_ll ? &yb : nullptr;
@@ -191,7 +191,7 @@ grpc::ServerUnaryReactor* DropnetService::Evaluate(grpc::CallbackServerContext* 
     Evaluation evaluation(
         "Evaluate", *req, *registry_, config_,
         [ctx] { return ctx->IsCancelled() || DeadlinePassed(ctx); }, log);
-    evaluation.Run(log.threads, draining_, {}, resp);
+    evaluation.Run(log.threads, {}, resp);
     return grpc::Status::OK;
   });
 }
@@ -208,7 +208,7 @@ grpc::Status DropnetService::EvaluateStream(grpc::ServerContext* ctx,
     ComputeOnWorker(ctx, log, [&](int threads) {
       const auto start = std::chrono::steady_clock::now();
       evaluation.Run(
-          threads, draining_,
+          threads,
           [&](int64_t done) {
             v1::EvaluateEvent event;
             v1::EvaluateEvent::Progress* p = event.mutable_progress();

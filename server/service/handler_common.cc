@@ -24,7 +24,7 @@ bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
 }
 
 void ForEachBatch(const char* method, int64_t rows, int64_t batch,
-                  const std::function<bool()>& stop_asked, const std::atomic<bool>& draining,
+                  const std::function<bool()>& stop_asked, const std::atomic<bool>* draining,
                   const std::function<void(int64_t first, int64_t n)>& body,
                   const std::function<void(int64_t rows_done)>& progress) {
   for (int64_t first = 0; first < rows; first += batch) {
@@ -33,7 +33,7 @@ void ForEachBatch(const char* method, int64_t rows, int64_t batch,
                               " of " + std::to_string(rows) +
                               " rows: the call was cancelled or its deadline passed");
     }
-    if (draining) Fail(StatusCode::UNAVAILABLE, "the server is shutting down");
+    if (draining && *draining) Fail(StatusCode::UNAVAILABLE, "the server is shutting down");
     const int64_t n = std::min(batch, rows - first);
     body(first, n);
     if (progress) progress(first + n);

@@ -38,9 +38,10 @@ void CheckDataFits(const Snapshot& s, const engine::Dataset& d, const std::strin
 // Evaluate, EvaluateStream): `body(first, n)` for rows [first, first + n) of `rows`, in consecutive
 // batches of `batch` rows, then `progress(rows_done)` (may be empty) after each batch. Before each
 // batch it throws engine::Cancelled, naming `method` and the rows done, when `stop_asked()`
-// answers true, and UNAVAILABLE while `draining` is set.
+// answers true, and UNAVAILABLE once `*draining` is set (null: the call runs on through the
+// server's shutdown grace period, until it ends or the server cancels it).
 void ForEachBatch(const char* method, int64_t rows, int64_t batch,
-                  const std::function<bool()>& stop_asked, const std::atomic<bool>& draining,
+                  const std::function<bool()>& stop_asked, const std::atomic<bool>* draining,
                   const std::function<void(int64_t first, int64_t n)>& body,
                   const std::function<void(int64_t rows_done)>& progress);
 

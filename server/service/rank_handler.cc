@@ -204,7 +204,7 @@ grpc::Status DropnetService::RankDataset(grpc::ServerContext* ctx,
       mo.threads = threads;
       auto last_progress = std::chrono::steady_clock::now();
       ForEachBatch(
-          "RankDataset", rows, batch, stop_asked, draining_,
+          "RankDataset", rows, batch, stop_asked, &draining_,
           [&](int64_t r0, int64_t n) {
             const engine::McResult r = engine::MonteCarloPredict(
                 snap->net, snap->task, snap->loss, DatasetInputs(*snap, data, r0, n), mo);
