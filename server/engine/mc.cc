@@ -275,8 +275,8 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
       Context ctx;
       ctx.mode = Mode::kMonteCarlo;
       ctx.threads = inner_threads;
-      ctx.rng = RandomStream{options.seed, static_cast<uint64_t>(t0), b, keys.data(),
-                             options.row_seeds};
+      ctx.rng =
+          RandomStream{options.seed, static_cast<uint64_t>(t0), b, keys.data(), options.row_seeds};
       if (t1 - t0 == 1) {
         raw = net.Forward(prefix, ctx, nullptr, first, -1);  // one sample: no copy of the prefix
       } else {

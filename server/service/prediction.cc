@@ -4,6 +4,7 @@
 #include <string>
 
 #include "server/engine/random.h"
+#include "server/service/service.h"
 #include "server/service/status.h"
 #include "server/service/transform.h"
 
@@ -74,34 +75,100 @@ engine::McOptions MonteCarloOptions(const PredictionQuery& q, const ServiceConfi
   return mo;
 }
 
-Prediction RunPrediction(const Snapshot& snap, const WireTensor& inputs, const PredictionQuery& q,
-                         const ServiceConfig& config, int threads,
-                         const std::function<bool()>& should_stop) {
-  Prediction p;
+PreparedPrediction PreparePrediction(const Snapshot& snap, const WireTensor& inputs,
+                                     const PredictionQuery& q, const ServiceConfig& config) {
+  PreparedPrediction p;
+  p.snap = &snap;
+  p.monte_carlo = q.monte_carlo;
   if (!q.monte_carlo) {
-    const Matrix x = ReadInputs(snap, inputs, config.max_batch_rows, q.field);
-    p.rows = x.rows();
-    p.output = engine::PredictEval(snap.net, snap.task, snap.loss, x, threads, nullptr, nullptr,
-                                   &p.variance);
-    if (snap.task == engine::Task::kRegression) {
-      UnstandardizeOutputs(snap.target_standardizer, &p.output, &p.variance);
-    }
+    p.x = ReadInputs(snap, inputs, config.max_batch_rows, q.field);
     return p;
   }
-  p.options = MonteCarloOptions(q, config, snap, threads, should_stop);
-  const Matrix x = ReadInputs(snap, inputs, config.max_batch_rows, q.field);
-  p.rows = x.rows();
+  p.options = MonteCarloOptions(q, config, snap, 1, nullptr);
+  p.x = ReadInputs(snap, inputs, config.max_batch_rows, q.field);
   const int64_t outputs = snap.net.output_shape().Size();
-  const int64_t returned = static_cast<int64_t>(p.options.samples) * x.rows() * outputs;
+  const int64_t returned = static_cast<int64_t>(p.options.samples) * p.x.rows() * outputs;
   if (q.keep_samples && returned > config.max_returned_samples) {
     Fail(StatusCode::RESOURCE_EXHAUSTED, "return_samples would send " + std::to_string(returned) +
                                              " values, the limit is " +
                                              std::to_string(config.max_returned_samples));
   }
   p.options.keep_samples = q.keep_samples;
-  p.mc = engine::MonteCarloPredict(snap.net, snap.task, snap.loss, x, p.options);
-  if (snap.task == engine::Task::kRegression) UnstandardizeMc(snap.target_standardizer, &p.mc);
   return p;
+}
+
+namespace {
+
+// The parts' rows, one after the other.
+Matrix StackRows(const std::vector<const PreparedPrediction*>& parts) {
+  int64_t rows = 0;
+  for (const auto* p : parts) rows += p->x.rows();
+  Matrix stacked(rows, parts.front()->x.cols());
+  int64_t r0 = 0;
+  for (const auto* p : parts) {
+    stacked.middleRows(r0, p->x.rows()) = p->x;
+    r0 += p->x.rows();
+  }
+  return stacked;
+}
+
+}  // namespace
+
+std::vector<Prediction> ComputePredictions(const std::vector<const PreparedPrediction*>& parts,
+                                           int threads, const std::function<bool()>& should_stop) {
+  const PreparedPrediction& first = *parts.front();
+  const Snapshot& snap = *first.snap;
+  const bool single = parts.size() == 1;
+  const Matrix stacked = single ? Matrix() : StackRows(parts);
+  const Matrix& x = single ? first.x : stacked;
+  std::vector<Prediction> out(parts.size());
+  Matrix output, variance;
+  engine::McResult mc;
+  engine::McOptions options = first.options;
+  if (!first.monte_carlo) {
+    output = engine::PredictEval(snap.net, snap.task, snap.loss, x, threads, nullptr, nullptr,
+                                 &variance);
+  } else {
+    options.threads = threads;
+    options.should_stop = should_stop;
+    std::vector<uint64_t> row_seeds;
+    if (!single) {
+      row_seeds.reserve(x.rows());
+      for (const auto* p : parts) row_seeds.insert(row_seeds.end(), p->x.rows(), p->options.seed);
+      options.row_seeds = row_seeds.data();
+    }
+    mc = engine::MonteCarloPredict(snap.net, snap.task, snap.loss, x, options);
+    options.row_seeds = nullptr;
+  }
+  int64_t r0 = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    Prediction& p = out[i];
+    const int64_t n = parts[i]->x.rows();
+    p.rows = n;
+    if (!first.monte_carlo) {
+      p.output = single ? std::move(output) : Matrix(output.middleRows(r0, n));
+      if (variance.size())
+        p.variance = single ? std::move(variance) : Matrix(variance.middleRows(r0, n));
+      if (snap.task == engine::Task::kRegression) {
+        UnstandardizeOutputs(snap.target_standardizer, &p.output, &p.variance);
+      }
+    } else {
+      p.mc = single ? std::move(mc) : engine::SliceRows(mc, r0, n);
+      p.options = parts[i]->options;
+      p.options.threads = threads;
+      p.options.should_stop = should_stop;
+      if (snap.task == engine::Task::kRegression) UnstandardizeMc(snap.target_standardizer, &p.mc);
+    }
+    r0 += n;
+  }
+  return out;
+}
+
+Prediction RunPrediction(const Snapshot& snap, const WireTensor& inputs, const PredictionQuery& q,
+                         const ServiceConfig& config, int threads,
+                         const std::function<bool()>& should_stop) {
+  const PreparedPrediction part = PreparePrediction(snap, inputs, q, config);
+  return std::move(ComputePredictions({&part}, threads, should_stop).front());
 }
 
 }  // namespace dropnet::service
