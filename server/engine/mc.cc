@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 
 #include "server/engine/thread_pool.h"
 
@@ -161,34 +160,6 @@ void Summarize(const Accumulator& total, bool classify, bool gaussian, bool want
 
 }  // namespace
 
-McResult SliceRows(const McResult& r, int64_t begin, int64_t count) {
-  McResult s;
-  s.samples = r.samples;
-  s.chunk_samples = r.chunk_samples;
-  auto rows = [&](const Matrix& m) { return m.size() ? Matrix(m.middleRows(begin, count)) : m; };
-  auto part = [&](const auto& v) {
-    using V = std::decay_t<decltype(v)>;
-    return v.size() ? V(v.segment(begin, count)) : v;
-  };
-  s.mean = rows(r.mean);
-  s.stddev = rows(r.stddev);
-  s.predictive_entropy = part(r.predictive_entropy);
-  s.expected_entropy = part(r.expected_entropy);
-  s.mutual_information = part(r.mutual_information);
-  s.variation_ratio = part(r.variation_ratio);
-  if (!r.predicted_class.empty()) {
-    s.predicted_class.assign(r.predicted_class.begin() + begin,
-                             r.predicted_class.begin() + begin + count);
-  }
-  s.total_variance = rows(r.total_variance);
-  s.lower = rows(r.lower);
-  s.upper = rows(r.upper);
-  s.log_likelihood = part(r.log_likelihood);
-  s.sample_outputs.reserve(r.sample_outputs.size());
-  for (const auto& m : r.sample_outputs) s.sample_outputs.push_back(rows(m));
-  return s;
-}
-
 double NormalQuantileTwoSided(double mass) {
   if (!(mass > 0 && mass < 1)) {
     throw InvalidArgument("interval must be in (0, 1), got " + std::to_string(mass));
@@ -275,8 +246,7 @@ McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const M
       Context ctx;
       ctx.mode = Mode::kMonteCarlo;
       ctx.threads = inner_threads;
-      ctx.rng =
-          RandomStream{options.seed, static_cast<uint64_t>(t0), b, keys.data(), options.row_seeds};
+      ctx.rng = RandomStream{options.seed, static_cast<uint64_t>(t0), b, keys.data()};
       if (t1 - t0 == 1) {
         raw = net.Forward(prefix, ctx, nullptr, first, -1);  // one sample: no copy of the prefix
       } else {

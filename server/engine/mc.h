@@ -31,9 +31,6 @@ struct McOptions {
   double interval = 0.95;                    // regression central interval mass
   const Matrix* targets = nullptr;           // when set: per-row test log-likelihood (regression)
   std::function<bool()> should_stop;         // polled between chunks; true: throw Cancelled
-  // When set (x.rows() entries): row b draws with seed row_seeds[b] (random.h) instead of seed,
-  // so that the rows of several calls stacked into x each get their own call's answer.
-  const uint64_t* row_seeds = nullptr;
 };
 
 struct McResult {
@@ -55,18 +52,12 @@ struct McResult {
 };
 
 // Throws InvalidArgument for T <= 0, a bad interval or input width, Cancelled when should_stop.
-// Row b of the result depends only on row b of x and its random address: not on the other rows,
-// their number or b's place among them, when RowsIndependentOfBatch(net) holds.
 McResult MonteCarloPredict(const Network& net, Task task, LossKind loss, const Matrix& x,
                            const McOptions& options);
 
 // The random row addresses of the inputs x in Monte Carlo: RowKey of each row's values, so that a
 // row's masks depend on the row, not on its position among the others.
 std::vector<uint32_t> MonteCarloRowKeys(const Matrix& x);
-
-// Rows [begin, begin + count) of every per-row field of `r` (sample_outputs and log_likelihood
-// included when present).
-McResult SliceRows(const McResult& r, int64_t begin, int64_t count);
 
 // The z with P(|N(0,1)| <= z) = mass.
 double NormalQuantileTwoSided(double mass);

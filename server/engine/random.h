@@ -22,17 +22,11 @@ namespace dropnet::engine {
 // instead of r. Monte Carlo keys each input by RowKey of its values, so an input's masks, and so
 // its answer, depend on the seed, the sample, the layer and the input itself, not on its position
 // in the request or on the inputs beside it; distinct inputs still draw independent masks.
-//
-// With row_seeds (rows_per_stream entries), row r of a stream draws with seed row_seeds[r]
-// instead of seed: a pass that stacks the rows of several calls (the service merges concurrent
-// calls into one engine call) gives each row its own call's seed, so that it draws exactly what it
-// would draw in its own call.
 struct RandomStream {
   uint64_t seed = 0;
   uint64_t stream_base = 0;
   int64_t rows_per_stream = 1 << 30;
   const uint32_t* row_keys = nullptr;
-  const uint64_t* row_seeds = nullptr;
 };
 
 // A 32-bit address of a row of n values, from their bits: equal rows get equal keys, distinct
@@ -64,8 +58,7 @@ class CounterRng {
 // Returns the generator for row `row` of a pass over `stream`, at layer `layer`.
 inline CounterRng RowRng(const RandomStream& s, uint32_t layer, int64_t row) {
   const int64_t r = row % s.rows_per_stream;
-  return CounterRng(s.row_seeds ? s.row_seeds[r] : s.seed,
-                    s.stream_base + static_cast<uint64_t>(row / s.rows_per_stream), layer,
+  return CounterRng(s.seed, s.stream_base + static_cast<uint64_t>(row / s.rows_per_stream), layer,
                     s.row_keys ? s.row_keys[r] : static_cast<uint32_t>(r));
 }
 

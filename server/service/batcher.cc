@@ -27,15 +27,28 @@ int64_t WorkOf(const std::vector<const PredictionPart*>& parts) {
   return std::max<int64_t>(rows, 1) * first.snap->net.ParameterCount() * samples;
 }
 
-// The parts' merged prediction, each part's answer in order.
-std::vector<Prediction> Compute(const std::vector<const PredictionPart*>& parts, int threads) {
+// Eval parts stacked into one engine call; when it fails, each part alone, so that an error is
+// the one call's that causes it.
+void ComputeEval(const std::vector<const PredictionPart*>& parts, int threads,
+                 std::vector<Prediction>* outs, std::vector<std::exception_ptr>* errors) {
   std::vector<const PreparedPrediction*> work;
   for (const auto* p : parts) work.push_back(&p->work);
-  // The merged call stops only when every caller has stopped; a caller that stopped alone is
-  // answered as stopped afterwards.
-  return ComputePredictions(work, threads, [&parts] {
-    return std::all_of(parts.begin(), parts.end(), [](const auto* p) { return Stopped(*p); });
-  });
+  try {
+    *outs = ComputePredictions(work, threads, nullptr);
+    return;
+  } catch (...) {
+    if (parts.size() == 1) {
+      (*errors)[0] = std::current_exception();
+      return;
+    }
+  }
+  for (size_t i = 0; i < parts.size(); ++i) {
+    try {
+      (*outs)[i] = std::move(ComputePredictions({work[i]}, threads, nullptr).front());
+    } catch (...) {
+      (*errors)[i] = std::current_exception();
+    }
+  }
 }
 
 }  // namespace
@@ -54,8 +67,10 @@ Batcher::~Batcher() {
 
 bool Batcher::Accepts(const PreparedPrediction& work) const {
   const int64_t rows = work.x.rows();
-  return enabled() && rows >= 1 && rows <= options_.max_rows && !work.options.keep_samples &&
-         engine::RowsIndependentOfBatch(work.snap->net);
+  if (!enabled() || rows < 1 || rows > options_.max_rows) return false;
+  // Monte-Carlo calls of a merged call run one at a time, each exactly as alone.
+  return work.monte_carlo ? !work.options.keep_samples
+                          : engine::RowsIndependentOfBatch(work.snap->net);
 }
 
 void Batcher::Add(PredictionPart part, Done done) {
@@ -142,37 +157,39 @@ void Batcher::RunBatch(const std::shared_ptr<Batch>& batch, ScheduledCall call) 
     for (const auto* e : live) parts.push_back(&e->part);
     call.work = WorkOf(parts);
     const int threads = scheduler_->BeginCompute(call);
-    std::vector<Prediction> outs;
+    std::vector<Prediction> outs(live.size());
     std::vector<std::exception_ptr> errors(live.size());
-    try {
-      outs = Compute(parts, threads);
-    } catch (...) {
-      // Each call alone, so that an error is the one call's that causes it.
-      outs.assign(live.size(), {});
-      errors[0] = std::current_exception();
-      for (size_t i = 0; i < live.size() && live.size() > 1; ++i) {
-        errors[i] = nullptr;
-        try {
-          outs[i] = std::move(Compute({parts[i]}, threads).front());
-        } catch (...) {
-          errors[i] = std::current_exception();
-        }
-      }
-    }
-    scheduler_->EndCompute();
-    {
-      std::lock_guard lock(mu_);
-      ++merged_calls_;
-      merged_parts_ += static_cast<int64_t>(live.size());
-    }
-    for (size_t i = 0; i < live.size(); ++i) {
+    const auto answer = [&](size_t i) {
       if (errors[i])
         live[i]->done(errors[i], live[i]->part, {});
       else if (Stopped(live[i]->part))
         live[i]->done(cancelled(), live[i]->part, {});
       else
         live[i]->done(nullptr, live[i]->part, std::move(outs[i]));
+    };
+    if (parts.front()->work.monte_carlo) {
+      // One call after the other (prediction.h says why), each answered as soon as it is done and
+      // each polling its own caller.
+      for (size_t i = 0; i < parts.size(); ++i) {
+        try {
+          if (!Stopped(*parts[i])) {
+            outs[i] = std::move(
+                ComputePredictions({&parts[i]->work}, threads, parts[i]->stopped).front());
+          }
+        } catch (...) {
+          errors[i] = std::current_exception();
+        }
+        answer(i);
+      }
+      scheduler_->EndCompute();
+    } else {
+      ComputeEval(parts, threads, &outs, &errors);
+      scheduler_->EndCompute();
+      for (size_t i = 0; i < live.size(); ++i) answer(i);
     }
+    std::lock_guard lock(mu_);
+    ++merged_calls_;
+    merged_parts_ += static_cast<int64_t>(live.size());
   }
   scheduler_->Answered();
 }

@@ -1,12 +1,14 @@
-// Dynamic batching of prediction calls, below the protocol handlers (dropnet.v1 and the Open
-// Inference Protocol alike), as Triton's and TF Serving's batchers do it: calls that arrive close
-// together for the same model version and the same question (eval, or Monte Carlo with the same T
-// and interval) are stacked into one engine call, and each caller gets its own rows back.
+// Dynamic batching of prediction calls, below the dropnet.v1 handlers, as Triton's and TF
+// Serving's batchers do it: calls that arrive close together for the same model version and the
+// same question (eval, or Monte Carlo with the same T and interval) become one merged call on one
+// worker, and each caller gets its own answer.
 //
-// A merged answer is the answer the call gets alone, bit for bit: the engine computes every row
-// from that row alone (engine::RowsIndependentOfBatch; models for which that does not hold are
-// never merged), and in Monte Carlo a row's masks are addressed by its call's seed and the row's
-// own values (engine::RandomStream), whatever its place in the merged batch.
+// A merged answer is the answer the call gets alone, bit for bit. Eval calls are stacked into one
+// engine call: the engine computes every row from that row alone (engine::RowsIndependentOfBatch;
+// models for which that does not hold are never merged), and one read of the weights serves every
+// row. Monte-Carlo calls, each already a batch of T passes, run one after the other in the merged
+// call, each exactly as alone (prediction.h says why they are not stacked): what they share is
+// the hand-off to a worker.
 //
 // The first call of a batch opens it and queues it on the CallScheduler's workers; calls that
 // arrive before a worker takes it, or within `window` of its opening, join it, up to `max_rows`
@@ -58,8 +60,8 @@ class Batcher {
   Batcher& operator=(const Batcher&) = delete;
 
   bool enabled() const { return options_.window.count() > 0; }
-  // Whether `work` may be merged (enabled, within max_rows, a model whose rows the engine
-  // computes independently, no return of every sample).
+  // Whether `work` may be merged: enabled, within max_rows, and eval on a model whose rows the
+  // engine computes independently, or Monte Carlo without the return of every sample.
   bool Accepts(const PreparedPrediction& work) const;
 
   // Queues `part` (Accepts holds) for a merged call; `done` runs on a worker once it ran, or at

@@ -1,6 +1,7 @@
 #include "server/service/prediction.h"
 
 #include <random>
+#include <stdexcept>
 #include <string>
 
 #include "server/engine/random.h"
@@ -118,48 +119,35 @@ std::vector<Prediction> ComputePredictions(const std::vector<const PreparedPredi
                                            int threads, const std::function<bool()>& should_stop) {
   const PreparedPrediction& first = *parts.front();
   const Snapshot& snap = *first.snap;
+  std::vector<Prediction> out(parts.size());
+  if (first.monte_carlo) {
+    if (parts.size() != 1) throw std::logic_error("Monte-Carlo calls are computed one at a time");
+    Prediction& p = out.front();
+    p.rows = first.x.rows();
+    p.options = first.options;
+    p.options.threads = threads;
+    p.options.should_stop = should_stop;
+    p.mc = engine::MonteCarloPredict(snap.net, snap.task, snap.loss, first.x, p.options);
+    if (snap.task == engine::Task::kRegression) UnstandardizeMc(snap.target_standardizer, &p.mc);
+    return out;
+  }
   const bool single = parts.size() == 1;
   const Matrix stacked = single ? Matrix() : StackRows(parts);
-  const Matrix& x = single ? first.x : stacked;
-  std::vector<Prediction> out(parts.size());
-  Matrix output, variance;
-  engine::McResult mc;
-  engine::McOptions options = first.options;
-  if (!first.monte_carlo) {
-    output = engine::PredictEval(snap.net, snap.task, snap.loss, x, threads, nullptr, nullptr,
-                                 &variance);
-  } else {
-    options.threads = threads;
-    options.should_stop = should_stop;
-    std::vector<uint64_t> row_seeds;
-    if (!single) {
-      row_seeds.reserve(x.rows());
-      for (const auto* p : parts) row_seeds.insert(row_seeds.end(), p->x.rows(), p->options.seed);
-      options.row_seeds = row_seeds.data();
-    }
-    mc = engine::MonteCarloPredict(snap.net, snap.task, snap.loss, x, options);
-    options.row_seeds = nullptr;
-  }
+  Matrix variance;
+  Matrix output = engine::PredictEval(snap.net, snap.task, snap.loss, single ? first.x : stacked,
+                                      threads, nullptr, nullptr, &variance);
   int64_t r0 = 0;
   for (size_t i = 0; i < parts.size(); ++i) {
     Prediction& p = out[i];
-    const int64_t n = parts[i]->x.rows();
-    p.rows = n;
-    if (!first.monte_carlo) {
-      p.output = single ? std::move(output) : Matrix(output.middleRows(r0, n));
-      if (variance.size())
-        p.variance = single ? std::move(variance) : Matrix(variance.middleRows(r0, n));
-      if (snap.task == engine::Task::kRegression) {
-        UnstandardizeOutputs(snap.target_standardizer, &p.output, &p.variance);
-      }
-    } else {
-      p.mc = single ? std::move(mc) : engine::SliceRows(mc, r0, n);
-      p.options = parts[i]->options;
-      p.options.threads = threads;
-      p.options.should_stop = should_stop;
-      if (snap.task == engine::Task::kRegression) UnstandardizeMc(snap.target_standardizer, &p.mc);
+    p.rows = parts[i]->x.rows();
+    p.output = single ? std::move(output) : Matrix(output.middleRows(r0, p.rows));
+    if (variance.size() > 0) {
+      p.variance = single ? std::move(variance) : Matrix(variance.middleRows(r0, p.rows));
     }
-    r0 += n;
+    if (snap.task == engine::Task::kRegression) {
+      UnstandardizeOutputs(snap.target_standardizer, &p.output, &p.variance);
+    }
+    r0 += p.rows;
   }
   return out;
 }

@@ -71,12 +71,13 @@ struct PreparedPrediction {
 PreparedPrediction PreparePrediction(const Snapshot& snap, const WireTensor& inputs,
                                      const PredictionQuery& q, const ServiceConfig& config);
 
-// Computes `parts` (one model version, all eval or all Monte Carlo with the same T and interval,
-// none keeping its samples when there are several) as one engine call on `threads` threads and
-// returns each part's prediction: several parts are stacked, and in Monte Carlo each row draws
-// with its own part's seed. Each part's answer is the one it gets alone, bit for bit, when
-// engine::RowsIndependentOfBatch holds for the model. `should_stop` (may be empty) is polled
-// between Monte-Carlo chunks.
+// Computes `parts` on `threads` engine threads and returns each part's prediction: one part in
+// eval mode or with Monte-Carlo dropout, or several eval parts of one model version stacked into
+// one engine call, each part's answer the one it gets alone, bit for bit, when
+// engine::RowsIndependentOfBatch holds for the model. (A Monte-Carlo call is already a batch of
+// T passes, and its products skip the columns its one input leaves zero in every pass, which
+// stacked inputs would not share: merged Monte-Carlo calls run one after the other.)
+// `should_stop` (may be empty) is polled between Monte-Carlo chunks.
 std::vector<Prediction> ComputePredictions(const std::vector<const PreparedPrediction*>& parts,
                                            int threads, const std::function<bool()>& should_stop);
 

@@ -582,54 +582,5 @@ TEST(McTest, NetworkWithoutStochasticLayersHasZeroSpread) {
   }
 }
 
-// Calls of several sizes and seeds stacked into one pass, each row drawing with its own call's
-// seed, get exactly the answers the calls get alone: the service merges concurrent calls so.
-TEST(McTest, StackedCallsWithRowSeedsGetTheirOwnAnswersBitForBit) {
-  if (!RowsIndependentOfBatch(ClassifierWithPrefix())) GTEST_SKIP() << "no AVX-512 kernel";
-  const Network classifier =
-      MakeNet(40, {DenseLayer(96), Simple("relu"), DropoutLayer(0.5), DenseLayer(37),
-                   Simple("tanh"), DropoutLayer(0.3), DenseLayer(10)});
-  const Network regressor = MakeNet(40, {DenseLayer(64), Simple("relu"), DropoutLayer(0.4),
-                                         DenseLayer(33), Simple("sigmoid"), DenseLayer(6)});
-  const std::vector<int64_t> sizes = {1, 3, 5, 1, 8, 2};
-  const std::vector<uint64_t> seeds = {1, 2, 77, 1, 123456789, 5};
-  struct Case {
-    const Network* net;
-    Task task;
-    LossKind loss;
-  };
-  for (const Case& c : {Case{&classifier, Task::kClassification, LossKind::kCrossEntropy},
-                        Case{&regressor, Task::kRegression, LossKind::kGaussianNll}}) {
-    std::vector<Matrix> xs;
-    std::vector<uint64_t> row_seeds;
-    int64_t total = 0;
-    for (size_t i = 0; i < sizes.size(); ++i) {
-      xs.push_back(RandomMatrix(sizes[i], 40, 100 + i));
-      row_seeds.insert(row_seeds.end(), sizes[i], seeds[i]);
-      total += sizes[i];
-    }
-    Matrix stacked(total, 40);
-    for (int64_t i = 0, r0 = 0; i < static_cast<int64_t>(xs.size()); r0 += sizes[i], ++i)
-      stacked.middleRows(r0, sizes[i]) = xs[i];
-    for (int threads : {1, 2}) {
-      McOptions merged = Options(30, 0);
-      merged.threads = threads;
-      merged.memory_budget_bytes = 16 * 1024;  // several chunks for the merged rows
-      merged.row_seeds = row_seeds.data();
-      const McResult all = MonteCarloPredict(*c.net, c.task, c.loss, stacked, merged);
-      for (int64_t i = 0, r0 = 0; i < static_cast<int64_t>(xs.size()); r0 += sizes[i], ++i) {
-        SCOPED_TRACE(testing::Message() << "call " << i << " threads " << threads);
-        McOptions alone = Options(30, seeds[i]);
-        const McResult want = MonteCarloPredict(*c.net, c.task, c.loss, xs[i], alone);
-        const McResult got = SliceRows(all, r0, sizes[i]);
-        ExpectBitIdentical(got, want);
-        EXPECT_TRUE(BitEqual(got.total_variance, want.total_variance));
-        EXPECT_TRUE(BitEqual(got.lower, want.lower));
-        EXPECT_TRUE(BitEqual(got.upper, want.upper));
-      }
-    }
-  }
-}
-
 }  // namespace
 }  // namespace dropnet::engine

@@ -156,8 +156,13 @@ TEST_F(BatchingTest, DeadlineOrCancelOfOneCallerLeavesTheOthersAlone) {
   std::vector<std::string> answers(good.size());
   std::vector<grpc::Status> statuses(good.size());
   std::vector<std::thread> threads;
+  // Together, so that only the first ones find the server idle and run alone.
+  std::latch start(static_cast<std::ptrdiff_t>(good.size()));
   for (size_t i = 0; i < good.size(); ++i) {
-    threads.emplace_back([&, i] { statuses[i] = Call(good[i], &answers[i]); });
+    threads.emplace_back([&, i] {
+      start.arrive_and_wait();
+      statuses[i] = Call(good[i], &answers[i]);
+    });
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the batch is open
   std::string late_answer, cancelled_answer;
@@ -181,8 +186,9 @@ TEST_F(BatchingTest, DeadlineOrCancelOfOneCallerLeavesTheOthersAlone) {
     ASSERT_TRUE(statuses[i].ok()) << i << ": " << Describe(statuses[i]);
     EXPECT_EQ(answers[i], solo[i]) << "call " << i;
   }
-  // Only the six good calls were computed (the first may have run alone, finding the server idle).
-  EXPECT_GE(batcher().merged_parts(), 5);
+  // Only the six good calls were computed; those that found the server idle ran alone (the
+  // first ones, at most one a gRPC thread: two on two cores).
+  EXPECT_GE(batcher().merged_parts(), 4);
   EXPECT_LE(batcher().merged_parts(), 6);
 }
 
