@@ -156,6 +156,15 @@ int main(int argc, char** argv) {
   app.add_option("--max-batch", c.service.max_batch_rows, "largest Predict batch (rows)")
       ->envname("DROPNET_MAX_BATCH")
       ->check(CLI::PositiveNumber);
+  app.add_option("--batch-window-us", c.service.batch_window_us,
+                 "dynamic batching: microseconds a merged Predict or PredictUncertainty call "
+                 "waits for other calls on the same model version after the first (0: off)")
+      ->envname("DROPNET_BATCH_WINDOW_US")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-batch-rows", c.service.batch_max_rows,
+                 "dynamic batching: most rows of one merged call (larger calls run alone)")
+      ->envname("DROPNET_MAX_BATCH_ROWS")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-samples", c.service.max_samples, "largest Monte-Carlo T")
       ->envname("DROPNET_MAX_SAMPLES")
       ->check(CLI::PositiveNumber);

@@ -166,7 +166,7 @@ void Activation::Forward(const Matrix& x, const Context& ctx, LayerCache* cache,
         out = in.unaryExpr([slope](float v) { return v > 0 ? v : slope * v; });
         break;
       case Kind::kTanh:
-        out = in.array().tanh().matrix();
+        out = in.unaryExpr([](float v) { return std::tanh(v); });  // per element, as SoftmaxRows
         break;
       case Kind::kSigmoid:
         out = in.unaryExpr([](float v) { return 1.0f / (1.0f + std::exp(-v)); });
@@ -232,10 +232,21 @@ void Activation::Backward(const Matrix& dy, const LayerCache& cache, std::span<M
 
 void SoftmaxRows(const Matrix& logits, Matrix* probs) {
   probs->resize(logits.rows(), logits.cols());
+  const int64_t cols = logits.cols();
+  // Element by element in column order, with the scalar exp: Eigen's vectorised exp and sum
+  // would treat a row's elements by the row's alignment in memory, so a row's probabilities would
+  // depend on its place in the batch (network.h, RowsIndependentOfBatch).
   for (int64_t r = 0; r < logits.rows(); ++r) {
-    float m = logits.row(r).maxCoeff();
-    probs->row(r) = (logits.row(r).array() - m).exp().matrix();
-    probs->row(r) /= probs->row(r).sum();
+    const float* in = logits.row(r).data();
+    float* out = probs->row(r).data();
+    float m = in[0];
+    for (int64_t c = 1; c < cols; ++c) m = std::max(m, in[c]);
+    float sum = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      out[c] = std::exp(in[c] - m);
+      sum += out[c];
+    }
+    for (int64_t c = 0; c < cols; ++c) out[c] /= sum;
   }
 }
 

@@ -128,7 +128,8 @@ void HeadOutputs(Task task, LossKind loss, bool ends_with_softmax, const Matrix&
   if (loss == LossKind::kGaussianNll) {
     const int64_t k = raw.cols() / 2;
     *prediction = raw.leftCols(k);
-    if (variance) *variance = raw.rightCols(k).array().exp().matrix();
+    // Scalar exp, element by element: a row's variances do not depend on its place in the batch.
+    if (variance) *variance = raw.rightCols(k).unaryExpr([](float v) { return std::exp(v); });
     return;
   }
   *prediction = raw;

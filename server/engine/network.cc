@@ -3,6 +3,8 @@
 #include <sstream>
 #include <utility>
 
+#include "server/engine/gemm.h"
+
 namespace dropnet::engine {
 
 namespace {
@@ -224,6 +226,16 @@ int64_t Network::ParameterCount() const {
   int64_t n = 0;
   for (const auto* p : Parameters()) n += p->value.size();
   return n;
+}
+
+bool RowsIndependentOfBatch(const Network& net) {
+  if (!FastGemmAvailable()) return false;
+  for (int i = 0; i < net.size(); ++i) {
+    const LayerConfig& c = net.layer(i).config();
+    if (c.type == "lstm" || c.type == "gru") return false;
+    if (c.type == "drop_connect" && c.drop_connect_shared) return false;
+  }
+  return true;
 }
 
 }  // namespace dropnet::engine

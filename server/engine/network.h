@@ -114,6 +114,13 @@ class Network {
   std::vector<std::unique_ptr<Layer>> layers_;
 };
 
+// True when every row of a kEval or kMonteCarlo pass of `net` is computed from that row alone, bit
+// for bit whatever the other rows of the batch, their number and the row's place among them, so
+// that calls may be stacked into one pass: products through the AVX-512 kernel (gemm.h; Eigen's
+// blocking depends on the batch), no recurrent layer (their step products are Eigen's) and no
+// DropConnect mask shared by a batch.
+bool RowsIndependentOfBatch(const Network& net);
+
 }  // namespace dropnet::engine
 
 #endif  // DROPNET_ENGINE_NETWORK_H_

@@ -63,6 +63,13 @@ ScheduledCall CallScheduler::Arrive(int64_t work) {
   return ScheduledCall{work, idle};
 }
 
+bool CallScheduler::Idle() const {
+  const auto now_ns = std::chrono::steady_clock::now().time_since_epoch().count();
+  return in_flight_.load(std::memory_order_relaxed) == 0 &&
+         now_ns - last_answer_ns_.load(std::memory_order_relaxed) >=
+             std::chrono::nanoseconds(kIdleGap).count();
+}
+
 bool CallScheduler::RunsInline(const ScheduledCall& call) const {
   // - a small call (a row or a few through the network) while a worker is free: the hand-off
   //   would be of the order of its compute;

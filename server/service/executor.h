@@ -71,6 +71,14 @@ class CallScheduler {
   template <typename Task>
   bool Schedule(int64_t work, Task task);
 
+  // Like Schedule, but always on a worker: a merged call (batcher.h) that may wait for others.
+  template <typename Task>
+  bool Enqueue(int64_t work, Task task);
+
+  // No prediction call in flight, and none answered within kIdleGap: a call arriving now would
+  // find the server idle.
+  bool Idle() const;
+
   // Counts `call` as computing until EndCompute and returns its engine threads (ThreadsForCall),
   // which it gets spinning: they start now, while the call reads its inputs, instead of being
   // woken by its first product.
@@ -125,6 +133,14 @@ bool CallScheduler::Schedule(int64_t work, Task task) {
     task(call);
     return true;
   }
+  if (executor_.Submit([call, task = std::move(task)]() mutable { task(call); })) return true;
+  in_flight_.fetch_sub(1, std::memory_order_relaxed);
+  return false;
+}
+
+template <typename Task>
+bool CallScheduler::Enqueue(int64_t work, Task task) {
+  const ScheduledCall call = Arrive(work);
   if (executor_.Submit([call, task = std::move(task)]() mutable { task(call); })) return true;
   in_flight_.fetch_sub(1, std::memory_order_relaxed);
   return false;

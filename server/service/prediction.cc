@@ -1,9 +1,11 @@
 #include "server/service/prediction.h"
 
 #include <random>
+#include <stdexcept>
 #include <string>
 
 #include "server/engine/random.h"
+#include "server/service/service.h"
 #include "server/service/status.h"
 #include "server/service/transform.h"
 
@@ -74,34 +76,87 @@ engine::McOptions MonteCarloOptions(const PredictionQuery& q, const ServiceConfi
   return mo;
 }
 
-Prediction RunPrediction(const Snapshot& snap, const WireTensor& inputs, const PredictionQuery& q,
-                         const ServiceConfig& config, int threads,
-                         const std::function<bool()>& should_stop) {
-  Prediction p;
+PreparedPrediction PreparePrediction(const Snapshot& snap, const WireTensor& inputs,
+                                     const PredictionQuery& q, const ServiceConfig& config) {
+  PreparedPrediction p;
+  p.snap = &snap;
+  p.monte_carlo = q.monte_carlo;
   if (!q.monte_carlo) {
-    const Matrix x = ReadInputs(snap, inputs, config.max_batch_rows, q.field);
-    p.rows = x.rows();
-    p.output = engine::PredictEval(snap.net, snap.task, snap.loss, x, threads, nullptr, nullptr,
-                                   &p.variance);
-    if (snap.task == engine::Task::kRegression) {
-      UnstandardizeOutputs(snap.target_standardizer, &p.output, &p.variance);
-    }
+    p.x = ReadInputs(snap, inputs, config.max_batch_rows, q.field);
     return p;
   }
-  p.options = MonteCarloOptions(q, config, snap, threads, should_stop);
-  const Matrix x = ReadInputs(snap, inputs, config.max_batch_rows, q.field);
-  p.rows = x.rows();
+  p.options = MonteCarloOptions(q, config, snap, 1, nullptr);
+  p.x = ReadInputs(snap, inputs, config.max_batch_rows, q.field);
   const int64_t outputs = snap.net.output_shape().Size();
-  const int64_t returned = static_cast<int64_t>(p.options.samples) * x.rows() * outputs;
+  const int64_t returned = static_cast<int64_t>(p.options.samples) * p.x.rows() * outputs;
   if (q.keep_samples && returned > config.max_returned_samples) {
     Fail(StatusCode::RESOURCE_EXHAUSTED, "return_samples would send " + std::to_string(returned) +
                                              " values, the limit is " +
                                              std::to_string(config.max_returned_samples));
   }
   p.options.keep_samples = q.keep_samples;
-  p.mc = engine::MonteCarloPredict(snap.net, snap.task, snap.loss, x, p.options);
-  if (snap.task == engine::Task::kRegression) UnstandardizeMc(snap.target_standardizer, &p.mc);
   return p;
+}
+
+namespace {
+
+// The parts' rows, one after the other.
+Matrix StackRows(const std::vector<const PreparedPrediction*>& parts) {
+  int64_t rows = 0;
+  for (const auto* p : parts) rows += p->x.rows();
+  Matrix stacked(rows, parts.front()->x.cols());
+  int64_t r0 = 0;
+  for (const auto* p : parts) {
+    stacked.middleRows(r0, p->x.rows()) = p->x;
+    r0 += p->x.rows();
+  }
+  return stacked;
+}
+
+}  // namespace
+
+std::vector<Prediction> ComputePredictions(const std::vector<const PreparedPrediction*>& parts,
+                                           int threads, const std::function<bool()>& should_stop) {
+  const PreparedPrediction& first = *parts.front();
+  const Snapshot& snap = *first.snap;
+  std::vector<Prediction> out(parts.size());
+  if (first.monte_carlo) {
+    if (parts.size() != 1) throw std::logic_error("Monte-Carlo calls are computed one at a time");
+    Prediction& p = out.front();
+    p.rows = first.x.rows();
+    p.options = first.options;
+    p.options.threads = threads;
+    p.options.should_stop = should_stop;
+    p.mc = engine::MonteCarloPredict(snap.net, snap.task, snap.loss, first.x, p.options);
+    if (snap.task == engine::Task::kRegression) UnstandardizeMc(snap.target_standardizer, &p.mc);
+    return out;
+  }
+  const bool single = parts.size() == 1;
+  const Matrix stacked = single ? Matrix() : StackRows(parts);
+  Matrix variance;
+  Matrix output = engine::PredictEval(snap.net, snap.task, snap.loss, single ? first.x : stacked,
+                                      threads, nullptr, nullptr, &variance);
+  int64_t r0 = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    Prediction& p = out[i];
+    p.rows = parts[i]->x.rows();
+    p.output = single ? std::move(output) : Matrix(output.middleRows(r0, p.rows));
+    if (variance.size() > 0) {
+      p.variance = single ? std::move(variance) : Matrix(variance.middleRows(r0, p.rows));
+    }
+    if (snap.task == engine::Task::kRegression) {
+      UnstandardizeOutputs(snap.target_standardizer, &p.output, &p.variance);
+    }
+    r0 += p.rows;
+  }
+  return out;
+}
+
+Prediction RunPrediction(const Snapshot& snap, const WireTensor& inputs, const PredictionQuery& q,
+                         const ServiceConfig& config, int threads,
+                         const std::function<bool()>& should_stop) {
+  const PreparedPrediction part = PreparePrediction(snap, inputs, q, config);
+  return std::move(ComputePredictions({&part}, threads, should_stop).front());
 }
 
 }  // namespace dropnet::service

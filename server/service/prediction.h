@@ -10,13 +10,15 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <vector>
 
 #include "server/engine/mc.h"
 #include "server/service/request_wire.h"
-#include "server/service/service.h"
 #include "server/service/snapshot.h"
 
 namespace dropnet::service {
+
+struct ServiceConfig;  // service.h
 
 struct PredictionQuery {
   bool monte_carlo = false;         // false: eval mode
@@ -53,6 +55,31 @@ int ResolveSamples(int requested, int default_samples, int max_samples);
 engine::McOptions MonteCarloOptions(const PredictionQuery& q, const ServiceConfig& config,
                                     const Snapshot& snap, int threads,
                                     const std::function<bool()>& should_stop);
+
+// A call's prediction work, checked and ready for the engine: its model version, its rows (after
+// the model's input transform) and, for Monte Carlo, its options (T, seed, interval).
+struct PreparedPrediction {
+  const Snapshot* snap = nullptr;
+  engine::Matrix x;
+  bool monte_carlo = false;
+  engine::McOptions options;  // Monte Carlo; threads and should_stop are set when it computes
+};
+
+// Reads `inputs` for `snap` (the checks of convert.h's FromTensor, at most config.max_batch_rows
+// rows, the model's standardisation) and resolves the query's options: the checks of
+// RunPrediction, without computing. `snap` must outlive the result.
+PreparedPrediction PreparePrediction(const Snapshot& snap, const WireTensor& inputs,
+                                     const PredictionQuery& q, const ServiceConfig& config);
+
+// Computes `parts` on `threads` engine threads and returns each part's prediction: one part in
+// eval mode or with Monte-Carlo dropout, or several eval parts of one model version stacked into
+// one engine call, each part's answer the one it gets alone, bit for bit, when
+// engine::RowsIndependentOfBatch holds for the model. (A Monte-Carlo call is already a batch of
+// T passes, and its products skip the columns its one input leaves zero in every pass, which
+// stacked inputs would not share: merged Monte-Carlo calls run one after the other.)
+// `should_stop` (may be empty) is polled between Monte-Carlo chunks.
+std::vector<Prediction> ComputePredictions(const std::vector<const PreparedPrediction*>& parts,
+                                           int threads, const std::function<bool()>& should_stop);
 
 // Reads `inputs` for `snap` (the checks of convert.h's FromTensor, at most config.max_batch_rows
 // rows, the model's standardisation) and computes them in eval mode, or with Monte-Carlo dropout,

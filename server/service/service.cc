@@ -57,6 +57,48 @@ SnapshotPtr SnapshotToDescribe(const Registry& registry, const std::string& name
   }
 }
 
+// A call's prediction computed alone, polling its caller between Monte-Carlo chunks.
+Prediction RunPrepared(const PredictionPart& part, int threads) {
+  return std::move(ComputePredictions({&part.work}, threads, part.stopped).front());
+}
+
+// The answer of a PredictUncertainty call from its statistics.
+grpc::Status RespondUncertainty(const Snapshot& snap, const Prediction& p,
+                                v1::PredictUncertaintyResponse* resp, grpc::ByteBuffer* out) {
+  const engine::McResult& r = p.mc;
+  const engine::McOptions& mo = p.options;
+  ToTensor(r.mean, resp->mutable_mean());
+  ToTensor(r.stddev, resp->mutable_stddev());
+  if (snap.task == engine::Task::kClassification) {
+    auto add = [](const Eigen::VectorXf& v, google::protobuf::RepeatedField<float>* field) {
+      field->Add(v.data(), v.data() + v.size());
+    };
+    add(r.predictive_entropy, resp->mutable_predictive_entropy());
+    add(r.expected_entropy, resp->mutable_expected_entropy());
+    add(r.mutual_information, resp->mutable_mutual_information());
+    add(r.variation_ratio, resp->mutable_variation_ratio());
+    resp->mutable_predicted_class()->Add(r.predicted_class.begin(), r.predicted_class.end());
+    for (const auto& c : snap.class_names) resp->add_class_names(c);
+  } else {
+    ToTensor(r.total_variance, resp->mutable_total_variance());
+    ToTensor(r.lower, resp->mutable_lower());
+    ToTensor(r.upper, resp->mutable_upper());
+  }
+  if (mo.keep_samples) {
+    auto* t = resp->mutable_samples();
+    const int64_t cols = r.sample_outputs.empty() ? 0 : r.sample_outputs[0].cols();
+    t->add_shape(mo.samples);
+    t->add_shape(p.rows);
+    t->add_shape(cols);
+    for (const auto& m : r.sample_outputs) t->mutable_values()->Add(m.data(), m.data() + m.size());
+  }
+  resp->set_num_samples(mo.samples);
+  resp->set_seed(mo.seed);
+  resp->set_version(snap.version);
+  resp->set_task(ToProto(snap.task));
+  return SerializeResponse(*resp, out);
+}
+
 }  // namespace
 
 DropnetService::DropnetService(Registry* registry, ServiceConfig config, const TokenAuth* auth,
@@ -65,6 +107,10 @@ DropnetService::DropnetService(Registry* registry, ServiceConfig config, const T
       auth_(auth),
       metrics_(metrics),
       config_(std::move(config)),
+      batcher_(
+          &scheduler_,
+          Batcher::Options{std::chrono::microseconds(std::max<int64_t>(0, config_.batch_window_us)),
+                           std::max<int64_t>(1, config_.batch_max_rows)}),
       scheduler_(config_.compute_threads, config_.workers, config_.max_queued_calls) {}
 
 void DropnetService::StartDraining() {
@@ -234,39 +280,107 @@ grpc::Status DropnetService::Train(grpc::ServerContext* ctx, const v1::TrainRequ
 
 // ---- Prediction ----
 
+template <typename Prepare, typename Respond>
+grpc::ServerUnaryReactor* DropnetService::QueuePrediction(const char* method,
+                                                          grpc::CallbackServerContext* ctx,
+                                                          int64_t work, bool mergeable,
+                                                          Prepare prepare, Respond respond) {
+  if (!mergeable || !batcher_.enabled() || scheduler_.Idle()) {
+    return Queue(method, ctx, Role::kPredict, work, [prepare, respond](CallLog& log) {
+      const PredictionPart part = prepare(log);
+      Prediction p = RunPrepared(part, log.threads);
+      return respond(log, part, p);
+    });
+  }
+  // Prepared here, on the thread that received the call: a few rows, and the batcher needs the
+  // model version and the call's rows to place it.
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  auto log = std::make_shared<CallLog>(CallLog{method, metrics_});
+  auto part = std::make_shared<PredictionPart>();
+  bool merge = false;
+  const grpc::Status status = BoundedMessage(Run(
+      method, ctx, Role::kPredict,
+      [&](CallLog& l) {
+        *part = prepare(l);
+        merge = batcher_.Accepts(part->work);
+        return grpc::Status::OK;
+      },
+      *log));
+  if (!status.ok()) {
+    log->Finish(status);
+    reactor->Finish(status);
+    return reactor;
+  }
+  if (!merge) {
+    // A model whose rows depend on the batch: computed alone, as it is prepared.
+    return Queue(method, ctx, Role::kPredict, work, [part, log, respond](CallLog& l) {
+      l.model = log->model;
+      l.mode = log->mode;
+      l.version = log->version;
+      l.rows = log->rows;
+      l.samples = log->samples;
+      Prediction p = RunPrepared(*part, l.threads);
+      return respond(l, *part, p);
+    });
+  }
+  batcher_.Add(std::move(*part),
+               [ctx, reactor, log, respond](std::exception_ptr error, const PredictionPart& p,
+                                            Prediction out) mutable {
+                 grpc::Status s;
+                 try {
+                   if (error) std::rethrow_exception(error);
+                   s = respond(*log, p, out);
+                 } catch (...) {
+                   s = ToStatus(std::current_exception(), DeadlinePassed(ctx));
+                 }
+                 s = BoundedMessage(s);
+                 const double ms = log->ElapsedMs();
+                 reactor->Finish(s);
+                 log->Write(s, ms);
+               });
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* DropnetService::Predict(grpc::CallbackServerContext* ctx,
                                                   const grpc::ByteBuffer* request,
                                                   grpc::ByteBuffer* response) {
   auto call = std::make_shared<WireCall<v1::PredictRequest, v1::PredictResponse>>();
   call->parsed = ParseRequest(*request, &call->request, &call->inputs);
   const int64_t work = EstimatedWork(*registry_, call->request.model(), call->inputs.shape, 1);
-  return Queue("Predict", ctx, Role::kPredict, work, [this, call, response](CallLog& log) {
+  const bool mergeable = call->parsed && !call->inputs.shape.empty() &&
+                         call->inputs.shape[0] <= config_.batch_max_rows;
+  auto prepare = [this, ctx, call](CallLog& log) {
     call->CheckParsed();
     const v1::PredictRequest* req = &call->request;
-    v1::PredictResponse* resp = &call->response;
     log.model = req->model();
     log.mode = "eval";
-    SnapshotPtr snap = registry_->Resolve(req->model(), req->version());
-    log.version = snap->version;
-    const Prediction p =
-        RunPrediction(*snap, call->inputs, PredictionQuery{}, config_, log.threads, nullptr);
-    log.rows = p.rows;
+    PredictionPart part;
+    part.snap = registry_->Resolve(req->model(), req->version());
+    log.version = part.snap->version;
+    part.work = PreparePrediction(*part.snap, call->inputs, PredictionQuery{}, config_);
+    log.rows = part.work.x.rows();
+    part.stopped = [ctx] { return ctx->IsCancelled() || DeadlinePassed(ctx); };
+    return part;
+  };
+  auto respond = [call, response](CallLog&, const PredictionPart& part, const Prediction& p) {
+    const Snapshot& snap = *part.snap;
+    v1::PredictResponse* resp = &call->response;
     const Matrix& out = p.output;
-    const Matrix& var = p.variance;
     ToTensor(out, resp->mutable_outputs());
-    if (var.size()) ToTensor(var, resp->mutable_variances());
-    resp->set_version(snap->version);
-    resp->set_task(ToProto(snap->task));
-    if (snap->task == engine::Task::kClassification) {
+    if (p.variance.size()) ToTensor(p.variance, resp->mutable_variances());
+    resp->set_version(snap.version);
+    resp->set_task(ToProto(snap.task));
+    if (snap.task == engine::Task::kClassification) {
       for (int64_t r = 0; r < out.rows(); ++r) {
         Eigen::Index arg;
         out.row(r).maxCoeff(&arg);
         resp->add_predicted_class(static_cast<int32_t>(arg));
       }
-      for (const auto& c : snap->class_names) resp->add_class_names(c);
+      for (const auto& c : snap.class_names) resp->add_class_names(c);
     }
     return SerializeResponse(*resp, response);
-  });
+  };
+  return QueuePrediction("Predict", ctx, work, mergeable, std::move(prepare), std::move(respond));
 }
 
 grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServerContext* ctx,
@@ -278,61 +392,34 @@ grpc::ServerUnaryReactor* DropnetService::PredictUncertainty(grpc::CallbackServe
   const int samples = call->request.samples();
   const int64_t work = EstimatedWork(*registry_, call->request.model(), call->inputs.shape,
                                      samples > 0 ? samples : config_.default_samples);
-  return Queue(
-      "PredictUncertainty", ctx, Role::kPredict, work, [this, ctx, call, response](CallLog& log) {
-        call->CheckParsed();
-        const v1::PredictUncertaintyRequest* req = &call->request;
-        v1::PredictUncertaintyResponse* resp = &call->response;
-        log.model = req->model();
-        log.mode = "monte_carlo";
-        SnapshotPtr snap = registry_->Resolve(req->model(), req->version());
-        log.version = snap->version;
-        PredictionQuery q;
-        q.monte_carlo = true;
-        q.samples = req->samples();
-        if (req->has_seed()) q.seed = req->seed();
-        q.interval = req->interval();
-        q.keep_samples = req->return_samples();
-        const Prediction p = RunPrediction(*snap, call->inputs, q, config_, log.threads, [ctx] {
-          return ctx->IsCancelled() || DeadlinePassed(ctx);
-        });
-        log.rows = p.rows;
-        const engine::McResult& r = p.mc;
-        const engine::McOptions& mo = p.options;
-        log.samples = mo.samples;
-        ToTensor(r.mean, resp->mutable_mean());
-        ToTensor(r.stddev, resp->mutable_stddev());
-        if (snap->task == engine::Task::kClassification) {
-          auto add = [](const Eigen::VectorXf& v, google::protobuf::RepeatedField<float>* out) {
-            out->Add(v.data(), v.data() + v.size());
-          };
-          add(r.predictive_entropy, resp->mutable_predictive_entropy());
-          add(r.expected_entropy, resp->mutable_expected_entropy());
-          add(r.mutual_information, resp->mutable_mutual_information());
-          add(r.variation_ratio, resp->mutable_variation_ratio());
-          resp->mutable_predicted_class()->Add(r.predicted_class.begin(), r.predicted_class.end());
-          for (const auto& c : snap->class_names) resp->add_class_names(c);
-        } else {
-          ToTensor(r.total_variance, resp->mutable_total_variance());
-          ToTensor(r.lower, resp->mutable_lower());
-          ToTensor(r.upper, resp->mutable_upper());
-        }
-        if (req->return_samples()) {
-          auto* t = resp->mutable_samples();
-          const int64_t cols = r.sample_outputs.empty() ? 0 : r.sample_outputs[0].cols();
-          t->add_shape(mo.samples);
-          t->add_shape(p.rows);
-          t->add_shape(cols);
-          for (const auto& m : r.sample_outputs) {
-            t->mutable_values()->Add(m.data(), m.data() + m.size());
-          }
-        }
-        resp->set_num_samples(mo.samples);
-        resp->set_seed(mo.seed);
-        resp->set_version(snap->version);
-        resp->set_task(ToProto(snap->task));
-        return SerializeResponse(*resp, response);
-      });
+  const bool mergeable = call->parsed && !call->request.return_samples() &&
+                         !call->inputs.shape.empty() &&
+                         call->inputs.shape[0] <= config_.batch_max_rows;
+  auto prepare = [this, ctx, call](CallLog& log) {
+    call->CheckParsed();
+    const v1::PredictUncertaintyRequest* req = &call->request;
+    log.model = req->model();
+    log.mode = "monte_carlo";
+    PredictionPart part;
+    part.snap = registry_->Resolve(req->model(), req->version());
+    log.version = part.snap->version;
+    PredictionQuery q;
+    q.monte_carlo = true;
+    q.samples = req->samples();
+    if (req->has_seed()) q.seed = req->seed();
+    q.interval = req->interval();
+    q.keep_samples = req->return_samples();
+    part.work = PreparePrediction(*part.snap, call->inputs, q, config_);
+    log.rows = part.work.x.rows();
+    log.samples = part.work.options.samples;
+    part.stopped = [ctx] { return ctx->IsCancelled() || DeadlinePassed(ctx); };
+    return part;
+  };
+  auto respond = [call, response](CallLog&, const PredictionPart& part, const Prediction& p) {
+    return RespondUncertainty(*part.snap, p, &call->response, response);
+  };
+  return QueuePrediction("PredictUncertainty", ctx, work, mergeable, std::move(prepare),
+                         std::move(respond));
 }
 
 }  // namespace dropnet::service

@@ -22,6 +22,7 @@
 
 #include "dropnet/v1/service.grpc.pb.h"
 #include "server/service/auth.h"
+#include "server/service/batcher.h"
 #include "server/service/executor.h"
 #include "server/service/metrics_registry.h"
 #include "server/service/registry.h"
@@ -45,6 +46,11 @@ struct ServiceConfig {
   int64_t max_model_bytes = 64ll << 20;     // ImportModel: the ONNX file
   int64_t max_returned_samples = 16 << 20;  // PredictUncertainty return_samples: floats
   bool read_only = false;                   // a serving replica: no Train, create, delete, upload
+  // Dynamic batching (batcher.h): concurrent Predict and PredictUncertainty calls on one model
+  // version are merged into one engine call within this window after the first one arrives
+  // (0: off), up to batch_max_rows rows. A call that finds the server idle runs at once, alone.
+  int64_t batch_window_us = 0;
+  int64_t batch_max_rows = 64;
   // How long idle engine threads spin for the next call's work (engine::SetWorkerSpin): a setting
   // of the process, which Server::Start applies. < 0: the engine's default.
   int64_t spin_us = -1;
@@ -66,6 +72,7 @@ class DropnetService final : public DropnetServiceBase {
   // While draining, new calls get UNAVAILABLE and running trainings stop and save.
   void StartDraining();
   bool draining() const { return draining_.load(); }
+  const Batcher& batcher() const { return batcher_; }
   // Calls received and not yet answered, and prediction calls waiting for a worker.
   int64_t CallsInFlight() const {
     return scheduler_.in_flight() + sync_in_flight_.load(std::memory_order_relaxed);
@@ -151,6 +158,15 @@ class DropnetService final : public DropnetServiceBase {
   grpc::ServerUnaryReactor* Queue(const char* method, grpc::CallbackServerContext* ctx, Role role,
                                   int64_t work, Body body);
 
+  // Predict and PredictUncertainty: `prepare(log)` checks the call and returns its work (a
+  // PredictionPart), `respond(log, part, prediction)` writes the answer. A call of up to
+  // batch_max_rows rows (`mergeable`) that does not find the server idle is prepared at once and
+  // handed to the batcher; the others are queued as Queue does, and prepared where they run.
+  template <typename Prepare, typename Respond>
+  grpc::ServerUnaryReactor* QueuePrediction(const char* method, grpc::CallbackServerContext* ctx,
+                                            int64_t work, bool mergeable, Prepare prepare,
+                                            Respond respond);
+
   // For a synchronous handler (inside Handle): runs `body(threads)` on a worker of the scheduler,
   // counted as a prediction call, and waits for it; rethrows what it throws. CANCELLED or
   // DEADLINE_EXCEEDED when the call ends while it waits, RESOURCE_EXHAUSTED when the queue is
@@ -164,6 +180,8 @@ class DropnetService final : public DropnetServiceBase {
   ServiceConfig config_;
   std::atomic<bool> draining_{false};
   std::atomic<int> sync_in_flight_{0};  // synchronous calls running
+  // Runs its merged calls on scheduler_'s workers, which finish before it goes.
+  Batcher batcher_;
   // Last member: destroyed first, so its workers finish before the rest goes.
   CallScheduler scheduler_;
 };

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "server/engine/random.h"
+#include "server/engine/trainer.h"
 #include "tests/engine/test_util.h"
 
 namespace dropnet::engine {
@@ -568,6 +569,39 @@ TEST(NetworkTest, LayersThatPassThroughReturnTheirInputAndSkippingThemChangesNot
     }
     EXPECT_TRUE(BitEqual(net.Forward(x, ctx, nullptr), every)) << static_cast<int>(mode);
   }
+}
+
+// Eval rows computed alone, or stacked with others at any place, agree bit for bit where
+// RowsIndependentOfBatch says so; recurrent layers and shared DropConnect masks are excluded.
+TEST(NetworkTest, RowsIndependentOfBatchHoldsForEvalBitForBit) {
+  const Network net(MakeSpec(30, {DenseLayer(70), Simple("relu"), DropoutLayer(0.5), DenseLayer(37),
+                                  Simple("tanh"), DenseLayer(10), Simple("softmax")}));
+  if (!RowsIndependentOfBatch(net)) GTEST_SKIP() << "no AVX-512 kernel";
+  const Matrix x = RandomMatrix(23, 30, 9);
+  for (int threads : {1, 2}) {
+    const Matrix all = PredictEval(net, Task::kClassification, LossKind::kCrossEntropy, x, threads);
+    for (int64_t r0 : {0, 1, 5, 22}) {
+      for (int64_t n : {1, 3}) {
+        if (r0 + n > x.rows()) continue;
+        SCOPED_TRACE(testing::Message() << "rows " << r0 << "+" << n << " threads " << threads);
+        const Matrix alone = PredictEval(net, Task::kClassification, LossKind::kCrossEntropy,
+                                         x.middleRows(r0, n), threads);
+        EXPECT_TRUE(BitEqual(alone, Matrix(all.middleRows(r0, n))));
+      }
+    }
+  }
+  LayerConfig lstm;
+  lstm.type = "lstm";
+  lstm.units = 4;
+  EXPECT_FALSE(RowsIndependentOfBatch(Network(MakeSpec(std::vector<int>{3, 2}, {lstm}))));
+  LayerConfig shared;
+  shared.type = "drop_connect";
+  shared.units = 4;
+  shared.rate = 0.5;
+  shared.drop_connect_shared = true;
+  EXPECT_FALSE(RowsIndependentOfBatch(Network(MakeSpec(6, {shared}))));
+  shared.drop_connect_shared = false;
+  EXPECT_TRUE(RowsIndependentOfBatch(Network(MakeSpec(6, {shared}))));
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "server/service/convert.h"
+#include "server/service/service.h"
 #include "server/service/status.h"
 
 namespace dropnet::service {
