@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <random>
+#include <string>
 
 #include "server/engine/gemm.h"
 #include "server/engine/mc.h"
@@ -163,24 +164,35 @@ BENCHMARK(BM_MlpMonteCarlo)->Arg(100)->UseRealTime()->Unit(benchmark::kMicroseco
 // when the CPU has it), Eigen's own product, and OpenBLAS when its library can be loaded.
 using CblasSgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*,
                             int, float, float*, int);
-CblasSgemm OpenBlas() {
-  static CblasSgemm fn = [] {
-    for (const char* lib : {"libopenblas.so.0", "libopenblas.so"}) {
-      if (void* h = dlopen(lib, RTLD_NOW | RTLD_LOCAL)) {
+struct OpenBlasLib {
+  CblasSgemm sgemm = nullptr;
+  std::string core;  // the kernel set OpenBLAS chose for this CPU (OPENBLAS_CORETYPE overrides it)
+};
+const OpenBlasLib& LoadOpenBlas() {
+  static const OpenBlasLib lib = [] {
+    OpenBlasLib l;
+    for (const char* name : {"libopenblas.so.0", "libopenblas.so"}) {
+      if (void* h = dlopen(name, RTLD_NOW | RTLD_LOCAL)) {
         if (auto set = reinterpret_cast<void (*)(int)>(dlsym(h, "openblas_set_num_threads")))
           set(1);
-        return reinterpret_cast<CblasSgemm>(dlsym(h, "cblas_sgemm"));
+        if (auto core = reinterpret_cast<char* (*)()>(dlsym(h, "openblas_get_corename")))
+          l.core = core();
+        l.sgemm = reinterpret_cast<CblasSgemm>(dlsym(h, "cblas_sgemm"));
+        break;
       }
     }
-    return static_cast<CblasSgemm>(nullptr);
+    return l;
   }();
-  return fn;
+  return lib;
 }
+CblasSgemm OpenBlas() { return LoadOpenBlas().sgemm; }
 
 void GemmArgs(benchmark::internal::Benchmark* b) {
   b->Args({128, 512, 784})     // MLP layer 1, batch 128
       ->Args({128, 512, 512})  // MLP layer 2
       ->Args({100, 512, 512})  // MLP layer 2 under MC, T = 100
+      ->Args({256, 512, 784})  // MLP layer 1, batch 256
+      ->Args({256, 512, 512})  // MLP layer 2, batch 256
       ->Args({1, 512, 784})    // batch 1
       ->Args({676, 64, 288});  // CNN conv2 on one image (26x26 outputs, 32x3x3 patch)
 }
@@ -201,6 +213,7 @@ void BM_Gemm(benchmark::State& state) {
     }
     benchmark::DoNotOptimize(c.data());
   }
+  if (kKernel == 2) state.SetLabel(LoadOpenBlas().core);
   state.counters["GFLOPS"] =
       benchmark::Counter(2.0 * m * n * k * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }

@@ -87,6 +87,26 @@ TEST(MatMulTest, EveryShapeAndThreadCountGivesOneResult) {
   }
 }
 
+TEST(GemmTest, RowBlockingChangesNoBit) {
+  // The rows of a product are cut into blocks of eight, the last one shorter: a row lands in
+  // blocks of other sizes and places as the height changes, and the result must not move.
+  // k = 784 spans several k blocks (the last one short), n = 70 ends in a half panel.
+  for (bool ta : {false, true}) {
+    const int64_t k = 784, n = 70, tall = 140;
+    const Matrix a = RandomMatrix(ta ? k : tall, ta ? tall : k, 8), b = RandomMatrix(k, n, 9);
+    Matrix all(tall, n);
+    Gemm(ta, false, tall, n, k, 1.0f, a.data(), a.cols(), b.data(), n, 0.0f, all.data(), n);
+    for (int64_t m : {5, 11, 12, 13, 25, 37, 100, 128}) {
+      const int64_t r0 = 3;  // rows r0..r0+m of the tall product
+      const float* a0 = ta ? a.data() + r0 : a.data() + r0 * a.cols();
+      Matrix part(m, n);
+      Gemm(ta, false, m, n, k, 1.0f, a0, a.cols(), b.data(), n, 0.0f, part.data(), n);
+      ASSERT_TRUE(BitEqual(part, all.middleRows(r0, m)))
+          << "trans_a " << ta << ", " << m << " rows";
+    }
+  }
+}
+
 TEST(MatMulTest, SkippingZeroColumnsChangesNoBit) {
   std::mt19937 gen(3);
   for (int64_t rows : {1, 3, 5, 12, 100}) {
