@@ -57,31 +57,8 @@ bin="${DROPNET_BUILD_DIR:-build}/bin"
 tmp=$(mktemp -d)
 if [[ -z "$out" ]]; then out="$tmp/out"; fi
 mkdir -p "$out"
-server_pid=""
-stop_server() {
-  if [[ -n "$server_pid" ]]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-  fi
-}
-trap 'stop_server; rm -rf "$tmp"' EXIT
-
-# start_server LOG ARGS...: starts the server on a free loopback port, sets DROPNET_SERVER.
-start_server() {
-  local log="$1"; shift
-  "$bin/dropnet-server" --listen 127.0.0.1:0 --store "$tmp/store" "$@" 2> "$log" &
-  server_pid=$!
-  local port=""
-  for _ in $(seq 200); do
-    port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$log" | head -1)
-    [[ -n "$port" ]] && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
-    sleep 0.1
-  done
-  [[ -n "$port" ]] || { cat "$log" >&2; exit 1; }
-  export DROPNET_SERVER="127.0.0.1:$port"
-}
+# shellcheck source=bench/server_lib.sh
+source bench/server_lib.sh
 
 # Percentage of the machine busy over one second (all cores).
 cpu_busy() {

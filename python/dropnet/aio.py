@@ -32,6 +32,21 @@ async def _call(awaitable: Awaitable[T]) -> T:
         raise from_rpc_error(e) from None
 
 
+async def _read_stream(call: Any, progress: Optional[Callable[[int, int], None]]) -> Any:
+    """Reads a RankDataset or EvaluateStream call to its end: progress events go to
+    ``progress(rows_done, rows_total)``; returns the result event's payload (None without one)."""
+    result = None
+    try:
+        async for event in call:
+            got = _common.stream_result(event, progress)
+            result = got if got is not None else result
+    except grpc.RpcError as e:
+        raise from_rpc_error(e) from None
+    finally:
+        call.cancel()
+    return result
+
+
 class AsyncTraining(AsyncIterator[TrainEvent]):
     """A running ``Train`` call: ``async for event in run``, or ``await run.wait()``."""
 
@@ -282,15 +297,7 @@ class AsyncClient:
             resp = await _call(self._stub.Evaluate(req, **self._kw(timeout)))
             return Evaluation.from_proto(model, resp)
         call = self._stub.EvaluateStream(req, **self._kw(timeout))
-        result = None
-        try:
-            async for event in call:
-                got = _common.stream_result(event, progress)
-                result = got if got is not None else result
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        finally:
-            call.cancel()
+        result = await _read_stream(call, progress)
         return _common.evaluation(model, data, result)
 
     async def rank(self, model: str, data: str, *, by: str = "mutual_information", top: int,
@@ -301,15 +308,7 @@ class AsyncClient:
         """As :meth:`dropnet.Client.rank`."""
         req = _common.rank_request(model, data, by, top, samples, seed, batch_size, version)
         call = self._stub.RankDataset(req, timeout=timeout, metadata=self._metadata)
-        result = None
-        try:
-            async for event in call:
-                got = _common.stream_result(event, progress)
-                result = got if got is not None else result
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        finally:
-            call.cancel()
+        result = await _read_stream(call, progress)
         return _common.ranking(model, data, result)
 
     async def _get_model(self, name: str) -> service_pb2.ModelInfo:

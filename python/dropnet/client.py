@@ -32,6 +32,21 @@ def _call(fn: Callable[[], T]) -> T:
         raise from_rpc_error(e) from None
 
 
+def _read_stream(call: Any, progress: Optional[Callable[[int, int], None]]) -> Any:
+    """Reads a RankDataset or EvaluateStream call to its end: progress events go to
+    ``progress(rows_done, rows_total)``; returns the result event's payload (None without one)."""
+    result = None
+    try:
+        for event in call:
+            got = _common.stream_result(event, progress)
+            result = got if got is not None else result
+    except grpc.RpcError as e:
+        raise from_rpc_error(e) from None
+    finally:
+        call.cancel()
+    return result
+
+
 class Training(Iterator[TrainEvent]):
     """A running ``Train`` call: iterate it for its events (:class:`TrainStarted`, then
     :class:`TrainStep` and :class:`TrainEpoch`, last :class:`TrainFinished`), or call
@@ -364,15 +379,7 @@ class Client:
             resp = _call(lambda: self._stub.Evaluate(req, **self._kw(timeout)))
             return Evaluation.from_proto(model, resp)
         call = _call(lambda: self._stub.EvaluateStream(req, **self._kw(timeout)))
-        result = None
-        try:
-            for event in call:
-                got = _common.stream_result(event, progress)
-                result = got if got is not None else result
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        finally:
-            call.cancel()
+        result = _read_stream(call, progress)
         return _common.evaluation(model, data, result)
 
     def rank(self, model: str, data: str, *, by: str = "mutual_information", top: int,
@@ -391,15 +398,7 @@ class Client:
         req = _common.rank_request(model, data, by, top, samples, seed, batch_size, version)
         call = _call(lambda: self._stub.RankDataset(req, timeout=timeout,
                                                     metadata=self._metadata))
-        result = None
-        try:
-            for event in call:
-                got = _common.stream_result(event, progress)
-                result = got if got is not None else result
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        finally:
-            call.cancel()
+        result = _read_stream(call, progress)
         return _common.ranking(model, data, result)
 
     # ---- what the client remembers of models ----

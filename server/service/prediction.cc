@@ -136,18 +136,24 @@ std::vector<Prediction> ComputePredictions(const std::vector<const PreparedPredi
   Matrix variance;
   Matrix output = engine::PredictEval(snap.net, snap.task, snap.loss, single ? first.x : stacked,
                                       threads, nullptr, nullptr, &variance);
-  int64_t r0 = 0;
+  if (single) {
+    out.front().output = std::move(output);
+    out.front().variance = std::move(variance);
+  } else {
+    int64_t r0 = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const int64_t n = parts[i]->x.rows();
+      out[i].output = output.middleRows(r0, n);
+      if (variance.size() > 0) out[i].variance = variance.middleRows(r0, n);
+      r0 += n;
+    }
+  }
   for (size_t i = 0; i < parts.size(); ++i) {
     Prediction& p = out[i];
     p.rows = parts[i]->x.rows();
-    p.output = single ? std::move(output) : Matrix(output.middleRows(r0, p.rows));
-    if (variance.size() > 0) {
-      p.variance = single ? std::move(variance) : Matrix(variance.middleRows(r0, p.rows));
-    }
     if (snap.task == engine::Task::kRegression) {
       UnstandardizeOutputs(snap.target_standardizer, &p.output, &p.variance);
     }
-    r0 += p.rows;
   }
   return out;
 }

@@ -20,12 +20,7 @@ namespace {
 using google::protobuf::util::MessageDifferencer;
 using grpc::StatusCode;
 
-struct StreamRun {
-  grpc::Status status;
-  std::vector<v1::EvaluateEvent::Progress> progress;
-  std::vector<v1::EvaluateResponse> results;
-  bool result_last = false;
-};
+using StreamRun = ProgressStreamRun<v1::EvaluateEvent::Progress, v1::EvaluateResponse>;
 
 class EvaluateStreamTest : public ServiceTest {
  protected:
@@ -43,18 +38,8 @@ class EvaluateStreamTest : public ServiceTest {
   }
 
   StreamRun Stream(const v1::EvaluateRequest& req, int deadline_ms = 60'000) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
-    auto reader = stub_->EvaluateStream(&ctx, req);
-    StreamRun run;
-    v1::EvaluateEvent e;
-    while (reader->Read(&e)) {
-      run.result_last = e.has_result();
-      if (e.has_progress()) run.progress.push_back(e.progress());
-      if (e.has_result()) run.results.push_back(e.result());
-    }
-    run.status = reader->Finish();
-    return run;
+    return ReadProgressStream<v1::EvaluateEvent, StreamRun>(
+        [&](grpc::ClientContext* ctx) { return stub_->EvaluateStream(ctx, req); }, deadline_ms);
   }
 
   // The stream's result and the unary call's answer to `req`: equal in every field and bit.

@@ -16,12 +16,7 @@ namespace {
 
 using grpc::StatusCode;
 
-struct RankRun {
-  grpc::Status status;
-  std::vector<v1::RankProgress> progress;
-  std::vector<v1::RankResult> results;
-  bool result_last = false;
-};
+using RankRun = ProgressStreamRun<v1::RankProgress, v1::RankResult>;
 
 class RankTest : public ServiceTest {
  protected:
@@ -38,18 +33,8 @@ class RankTest : public ServiceTest {
   }
 
   RankRun Rank(const v1::RankDatasetRequest& req, int deadline_ms = 60'000) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
-    auto reader = stub_->RankDataset(&ctx, req);
-    RankRun run;
-    v1::RankEvent e;
-    while (reader->Read(&e)) {
-      run.result_last = e.has_result();
-      if (e.has_progress()) run.progress.push_back(e.progress());
-      if (e.has_result()) run.results.push_back(e.result());
-    }
-    run.status = reader->Finish();
-    return run;
+    return ReadProgressStream<v1::RankEvent, RankRun>(
+        [&](grpc::ClientContext* ctx) { return stub_->RankDataset(ctx, req); }, deadline_ms);
   }
 
   // PredictUncertainty over the data set in requests of `batch` rows: every row's answer, with

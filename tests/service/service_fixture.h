@@ -177,6 +177,33 @@ class ServiceTest : public ::testing::Test {
   std::unique_ptr<v1::Dropnet::Stub> stub_;
 };
 
+// A server stream of progress events and a result event (RankDataset, EvaluateStream), read to
+// its end by ReadProgressStream.
+template <typename Progress, typename Result>
+struct ProgressStreamRun {
+  grpc::Status status;
+  std::vector<Progress> progress;
+  std::vector<Result> results;
+  bool result_last = false;  // the last event was a result
+};
+
+// Starts a stream with `start(&ctx)` under a deadline of `deadline_ms` and reads it to its end.
+template <typename Event, typename Run, typename Start>
+Run ReadProgressStream(Start start, int deadline_ms) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
+  auto reader = start(&ctx);
+  Run run;
+  Event e;
+  while (reader->Read(&e)) {
+    run.result_last = e.has_result();
+    if (e.has_progress()) run.progress.push_back(e.progress());
+    if (e.has_result()) run.results.push_back(e.result());
+  }
+  run.status = reader->Finish();
+  return run;
+}
+
 }  // namespace dropnet::service
 
 #endif  // DROPNET_TESTS_SERVICE_SERVICE_FIXTURE_H_
