@@ -1,7 +1,9 @@
 #include "server/engine/gemm.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
+#include <utility>
 #include <vector>
 
 #include "server/engine/thread_pool.h"
@@ -23,10 +25,18 @@ constexpr int64_t kMinParallel = int64_t{1} << 16;
 namespace {
 
 // A register-blocked GEMM for AVX-512, compiled for that target only and chosen at run time, so
-// the binary stays portable: B is packed in panels of kKc x 32, and a kMr x 32 block of C is kept
-// in 2 * kMr zmm accumulators while A is broadcast element by element (any strides, so op(A) needs
-// no copy).
-constexpr int kMr = 8, kNr = 32, kKc = 256;
+// the binary stays portable. B is packed in panels of kKc x kNr; a block of up to kMr x kNr of C
+// is kept in 2 * kMr zmm accumulators (24 of the 32 at kMr = 12) while A is broadcast element by
+// element in place (any strides, so op(A) needs no copy): per k, two loads of B and one broadcast
+// per row for two multiply-adds per row. The loops run k block outermost, then panels of B, then
+// blocks of rows, so one k block of A stays in L2 across all the panels, and the rows are cut
+// into blocks as even as kMr allows (100 rows: 9 blocks of 11 or 12, not 8 of 12 and a slow one
+// of 4). Packing A as well (a scalar copy into k-major micro-panels) measured slower: the copy
+// cost more than reading one stream instead of kMr saved.
+// Each element of C is the sum over the kKc blocks, in order, of that block's products summed in
+// k order, added to C: the row and column blocking change no bit, which SmallMRows and
+// GemmSelectedK rely on.
+constexpr int kMr = 12, kNr = 32, kKc = 256;
 
 // The lane mask of a 16-float vector whose first `valid` lanes (clamped to 0..16) are in use.
 constexpr __mmask16 LaneMask(int64_t valid) {
@@ -80,30 +90,57 @@ __attribute__((target("avx512f"))) void PackPanel(const float* b, int64_t ldb,
   }
 }
 
+// The panel of B for columns n0..n0+nv and k0..k0+kc of op(B) when B is stored transposed.
+void PackPanelTransposed(const float* b, int64_t ldb, int64_t k0, int64_t kc, int64_t n0, int nv,
+                         float* p) {
+  if (nv < kNr) std::fill(p, p + kc * kNr, 0.0f);
+  for (int j = 0; j < nv; ++j) {
+    const float* bj = b + (n0 + j) * ldb + k0;
+    for (int64_t kk = 0; kk < kc; ++kk) p[kk * kNr + j] = bj[kk];
+  }
+}
+
 using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, float*, int64_t,
                           int, bool, float);
-constexpr KernelFn kFullKernels[kMr + 1] = {nullptr,
-                                            MicroKernel<1, false>,
-                                            MicroKernel<2, false>,
-                                            MicroKernel<3, false>,
-                                            MicroKernel<4, false>,
-                                            MicroKernel<5, false>,
-                                            MicroKernel<6, false>,
-                                            MicroKernel<7, false>,
-                                            MicroKernel<8, false>};
-constexpr KernelFn kHalfKernels[kMr + 1] = {nullptr,
-                                            MicroKernel<1, true>,
-                                            MicroKernel<2, true>,
-                                            MicroKernel<3, true>,
-                                            MicroKernel<4, true>,
-                                            MicroKernel<5, true>,
-                                            MicroKernel<6, true>,
-                                            MicroKernel<7, true>,
-                                            MicroKernel<8, true>};
+
+template <bool kHalf, int... kRows>
+constexpr std::array<KernelFn, kMr + 1> KernelTable(std::integer_sequence<int, kRows...> /*rows*/) {
+  return {nullptr, MicroKernel<kRows + 1, kHalf>...};
+}
+constexpr auto kFullKernels = KernelTable<false>(std::make_integer_sequence<int, kMr>{});
+constexpr auto kHalfKernels = KernelTable<true>(std::make_integer_sequence<int, kMr>{});
 
 // The kernel for mr rows of a panel with nv valid columns: a panel of at most 16 (a narrow
 // product, such as a 10-class head, or the last panel) computes half the accumulators.
 KernelFn Kernel(int mr, int nv) { return nv <= 16 ? kHalfKernels[mr] : kFullKernels[mr]; }
+
+// C (m x n) = alpha * op(A) * op(B) (+ C when accumulate), k in the blocks bounds[0..blocks] of
+// op(A)'s columns (element (r, s) at a[r * a_rs + s * a_cs]); op(B)'s row for A's column s is
+// k_index[s] when given, else s, and op(B) is B transposed when trans_b.
+void BlockedProduct(int64_t m, int64_t n, const int64_t* bounds, int blocks, const int32_t* k_index,
+                    float alpha, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                    int64_t ldb, bool trans_b, float* c, int64_t ldc, bool accumulate) {
+  const int64_t row_blocks = (m + kMr - 1) / kMr;
+  thread_local std::vector<float> panel;
+  panel.resize(int64_t{kKc} * kNr);
+  for (int blk = 0; blk < blocks; ++blk) {
+    const int64_t k0 = bounds[blk], kc = bounds[blk + 1] - k0;
+    const bool add = accumulate || blk > 0;
+    for (int64_t n0 = 0; n0 < n; n0 += kNr) {
+      const int nv = static_cast<int>(std::min<int64_t>(kNr, n - n0));
+      if (trans_b)
+        PackPanelTransposed(b, ldb, k0, kc, n0, nv, panel.data());
+      else
+        PackPanel(b, ldb, k_index, k0, kc, n0, nv, panel.data());
+      for (int64_t i = 0; i < row_blocks; ++i) {  // blocks differ by one row at most
+        const int64_t r0 = i * m / row_blocks, r1 = (i + 1) * m / row_blocks;
+        const int mr = static_cast<int>(r1 - r0);
+        Kernel(mr, nv)(kc, a + r0 * a_rs + k0 * a_cs, a_rs, a_cs, panel.data(), c + r0 * ldc + n0,
+                       ldc, nv, add, alpha);
+      }
+    }
+  }
+}
 
 bool HaveAvx512() {
   static const bool have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
@@ -174,39 +211,17 @@ void GemmAvx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, flo
     return;
   }
   const int64_t a_rs = trans_a ? 1 : lda, a_cs = trans_a ? lda : 1;
+  thread_local std::vector<int64_t> bounds;
+  bounds.clear();
+  for (int64_t k0 = 0; k0 < k; k0 += kKc) bounds.push_back(k0);
+  bounds.push_back(k);
   if (m <= kSmallM && !trans_b) {
-    thread_local std::vector<int64_t> bounds;
-    bounds.clear();
-    for (int64_t k0 = 0; k0 < k; k0 += kKc) bounds.push_back(k0);
-    bounds.push_back(k);
     kSmallKernels[m](n, bounds.data(), static_cast<int>(bounds.size()) - 1, nullptr, alpha, a, a_rs,
                      a_cs, b, ldb, c, ldc, beta == 1.0f);
     return;
   }
-  thread_local std::vector<float> panel;
-  panel.resize(int64_t{kKc} * kNr);
-  for (int64_t n0 = 0; n0 < n; n0 += kNr) {
-    const int nv = static_cast<int>(std::min<int64_t>(kNr, n - n0));
-    for (int64_t k0 = 0; k0 < k; k0 += kKc) {
-      const int64_t kc = std::min<int64_t>(kKc, k - k0);
-      float* p = panel.data();
-      if (trans_b) {
-        if (nv < kNr) std::fill(p, p + kc * kNr, 0.0f);
-        for (int j = 0; j < nv; ++j) {
-          const float* bj = b + (n0 + j) * ldb + k0;
-          for (int64_t kk = 0; kk < kc; ++kk) p[kk * kNr + j] = bj[kk];
-        }
-      } else {
-        PackPanel(b, ldb, nullptr, k0, kc, n0, nv, p);
-      }
-      const bool accumulate = k0 > 0 || beta == 1.0f;
-      for (int64_t m0 = 0; m0 < m; m0 += kMr) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMr, m - m0));
-        Kernel(mr, nv)(kc, a + m0 * a_rs + k0 * a_cs, a_rs, a_cs, p, c + m0 * ldc + n0, ldc, nv,
-                       accumulate, alpha);
-      }
-    }
-  }
+  BlockedProduct(m, n, bounds.data(), static_cast<int>(bounds.size()) - 1, nullptr, alpha, a, a_rs,
+                 a_cs, b, ldb, trans_b, c, ldc, beta == 1.0f);
 }
 
 }  // namespace
@@ -270,21 +285,8 @@ void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int3
                        1, b, ldb, c, ldc, false);
       return;
     }
-    thread_local std::vector<float> panel;
-    panel.resize(int64_t{kKc} * kNr);
-    for (int64_t n0 = 0; n0 < n; n0 += kNr) {
-      const int nv = static_cast<int>(std::min<int64_t>(kNr, n - n0));
-      for (size_t blk = 0; blk + 1 < bounds.size(); ++blk) {
-        const int64_t s0 = bounds[blk], kc = bounds[blk + 1] - s0;
-        float* p = panel.data();
-        PackPanel(b, ldb, k_index, s0, kc, n0, nv, p);
-        for (int64_t m0 = 0; m0 < m; m0 += kMr) {
-          const int mr = static_cast<int>(std::min<int64_t>(kMr, m - m0));
-          Kernel(mr, nv)(kc, a + m0 * lda + s0, lda, 1, p, c + m0 * ldc + n0, ldc, nv, blk > 0,
-                         1.0f);
-        }
-      }
-    }
+    BlockedProduct(m, n, bounds.data(), static_cast<int>(bounds.size()) - 1, k_index, 1.0f, a, lda,
+                   1, b, ldb, false, c, ldc, false);
     return;
   }
 #endif

@@ -156,6 +156,12 @@ void Batcher::RunBatch(const std::shared_ptr<Batch>& batch, ScheduledCall call) 
     std::vector<const PredictionPart*> parts;
     for (const auto* e : live) parts.push_back(&e->part);
     call.work = WorkOf(parts);
+    {
+      // Counted before any answer goes out, so that a caller who has its answer sees it counted.
+      std::lock_guard lock(mu_);
+      ++merged_calls_;
+      merged_parts_ += static_cast<int64_t>(live.size());
+    }
     const int threads = scheduler_->BeginCompute(call);
     std::vector<Prediction> outs(live.size());
     std::vector<std::exception_ptr> errors(live.size());
@@ -187,9 +193,6 @@ void Batcher::RunBatch(const std::shared_ptr<Batch>& batch, ScheduledCall call) 
       scheduler_->EndCompute();
       for (size_t i = 0; i < live.size(); ++i) answer(i);
     }
-    std::lock_guard lock(mu_);
-    ++merged_calls_;
-    merged_parts_ += static_cast<int64_t>(live.size());
   }
   scheduler_->Answered();
 }
