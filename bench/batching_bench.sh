@@ -41,17 +41,7 @@ echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
 model=fashion-mlp
 data_flags=()
 if [[ -z "$spec" ]]; then
-  # The first 1,000 Fashion-MNIST test images, scaled to [0, 1] as the model was trained.
-  python3 - /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz "$tmp/rows.csv" <<'EOF'
-import gzip, struct, sys
-raw = gzip.open(sys.argv[1]).read()
-_, n, h, w = struct.unpack(">IIII", raw[:16])
-with open(sys.argv[2], "w") as out:
-    out.write(",".join(f"p{i}" for i in range(h * w)) + "\n")
-    for i in range(min(n, 1000)):
-        px = raw[16 + i * h * w:16 + (i + 1) * h * w]
-        out.write(",".join("%g" % (b / 255) for b in px) + "\n")
-EOF
+  fashion_rows_csv "$tmp/rows.csv"
   data_flags=(--data "$tmp/rows.csv")
   start_server "$out/example.log" --example --data-root /usr/share/datasets "${extra[@]}"
   for _ in $(seq 600); do

@@ -83,16 +83,7 @@ wait_quiet() {
 }
 
 if [[ $random_inputs == 0 ]]; then
-  python3 - /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz "$tmp/fashion-test.csv" <<'EOF'
-import gzip, struct, sys
-raw = gzip.open(sys.argv[1]).read()
-_, n, h, w = struct.unpack(">IIII", raw[:16])
-with open(sys.argv[2], "w") as out:
-    out.write(",".join(f"p{i}" for i in range(h * w)) + "\n")
-    for i in range(min(n, 1000)):
-        px = raw[16 + i * h * w:16 + (i + 1) * h * w]
-        out.write(",".join("%g" % (b / 255) for b in px) + "\n")
-EOF
+  fashion_rows_csv "$tmp/fashion-test.csv"
   extra=(--data "$tmp/fashion-test.csv" "${extra[@]}")
 fi
 

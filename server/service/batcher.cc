@@ -78,6 +78,8 @@ void Batcher::Add(PredictionPart part, Done done) {
   const Key key{w.snap, w.monte_carlo ? w.options.samples : 0,
                 w.monte_carlo ? w.options.interval : 0.0};
   const int64_t rows = w.x.rows();
+  // Before the call is published in open_: from then on others append to its batch's entries.
+  const int64_t work = WorkOf({&part});
   auto fresh = std::make_shared<Batch>();
   {
     std::lock_guard lock(mu_);
@@ -108,7 +110,6 @@ void Batcher::Add(PredictionPart part, Done done) {
     else
       open_[key] = fresh;
   }
-  const int64_t work = WorkOf({&fresh->entries.front().part});
   if (scheduler_->Enqueue(work,
                           [this, fresh](const ScheduledCall& call) { RunBatch(fresh, call); }))
     return;

@@ -56,18 +56,18 @@ CallScheduler::CallScheduler(int compute_threads, int workers, size_t max_queued
 ScheduledCall CallScheduler::Arrive(int64_t work) {
   // Idle: no other prediction call in the server, and none answered in the last kIdleGap (calls
   // that follow one another closely are load, even when each is alone in turn).
-  const auto now_ns = std::chrono::steady_clock::now().time_since_epoch().count();
-  const bool idle = in_flight_.fetch_add(1, std::memory_order_relaxed) == 0 &&
-                    now_ns - last_answer_ns_.load(std::memory_order_relaxed) >=
-                        std::chrono::nanoseconds(kIdleGap).count();
+  const bool idle = in_flight_.fetch_add(1, std::memory_order_relaxed) == 0 && !AnsweredRecently();
   return ScheduledCall{work, idle};
 }
 
-bool CallScheduler::Idle() const {
+bool CallScheduler::AnsweredRecently() const {
   const auto now_ns = std::chrono::steady_clock::now().time_since_epoch().count();
-  return in_flight_.load(std::memory_order_relaxed) == 0 &&
-         now_ns - last_answer_ns_.load(std::memory_order_relaxed) >=
-             std::chrono::nanoseconds(kIdleGap).count();
+  return now_ns - last_answer_ns_.load(std::memory_order_relaxed) <
+         std::chrono::nanoseconds(kIdleGap).count();
+}
+
+bool CallScheduler::Idle() const {
+  return in_flight_.load(std::memory_order_relaxed) == 0 && !AnsweredRecently();
 }
 
 bool CallScheduler::RunsInline(const ScheduledCall& call) const {

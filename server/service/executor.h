@@ -106,6 +106,8 @@ class CallScheduler {
 
   // Counts a call in flight from its arrival.
   ScheduledCall Arrive(int64_t work);
+  // A call was answered within the last kIdleGap.
+  bool AnsweredRecently() const;
   bool RunsInline(const ScheduledCall& call) const;
   // Engine threads for a call, chosen once as it starts: all of --threads when it computes alone
   // and a share when several do; one for a small call unless it found the server idle and the
