@@ -1,13 +1,19 @@
 #include "server/engine/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
 #include <string_view>
 
+#include "server/engine/thread_pool.h"
+
 namespace dropnet::engine {
 
 namespace {
+using ArrayMap = Eigen::Map<Eigen::ArrayXf>;
+using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf>;
+
 void Require(bool ok, const char* field, double value, const char* rule) {
   if (ok) return;
   std::ostringstream msg;
@@ -79,7 +85,7 @@ Optimizer::Optimizer(const OptimizerConfig& config, std::vector<Parameter*> para
   }
 }
 
-void Optimizer::Step(const Gradients& grads, double lr) {
+void Optimizer::Step(const Gradients& grads, double lr, int threads) {
   if (grads.size() != params_.size()) throw InvalidArgument("gradient count mismatch");
   ++t_;
   const float wd = static_cast<float>(config_.weight_decay);
@@ -107,16 +113,32 @@ void Optimizer::Step(const Gradients& grads, double lr) {
     const double bc2 = 1.0 - std::pow(config_.beta2, static_cast<double>(t_));
     const float step = static_cast<float>(lr / bc1);
     const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
-    if (config_.type == OptimizerKind::kAdamW && decay) w *= (1.0f - flr * wd);
-    auto update = [&](const auto& g) {
-      m_[i] = b1 * m_[i] + (1 - b1) * g;
-      v_[i] = b2 * v_[i] + (1 - b2) * g.cwiseProduct(g);
-      w.array() -= step * m_[i].array() / (v_[i].array().sqrt() * inv_sqrt_bc2 + eps);
-    };
-    if (config_.type == OptimizerKind::kAdam && decay)
-      update(Matrix(grads[i] + wd * w));
-    else
-      update(grads[i]);
+    const bool adamw_decay = config_.type == OptimizerKind::kAdamW && decay;
+    const bool adam_decay = config_.type == OptimizerKind::kAdam && decay;
+    // One pass over the parameter, in chunks small enough that the moments, the gradient and the
+    // weights stay in L1 between the three updates, the chunks split across the threads.
+    constexpr int64_t kChunk = 1024;
+    const int64_t size = w.size();
+    const float* gp = grads[i].data();
+    float *wp = w.data(), *mp = m_[i].data(), *vp = v_[i].data();
+    ParallelFor((size + kChunk - 1) / kChunk, size >= 4 * kChunk ? threads : 1,
+                [&](int64_t c0, int64_t c1) {
+                  for (int64_t c = c0; c < c1; ++c) {
+                    const int64_t o = c * kChunk, len = std::min(kChunk, size - o);
+                    ArrayMap wa(wp + o, len), ma(mp + o, len), va(vp + o, len);
+                    ConstArrayMap ga(gp + o, len);
+                    if (adamw_decay) wa *= (1.0f - flr * wd);
+                    auto update = [&](const auto& g) {
+                      ma = b1 * ma + (1 - b1) * g;
+                      va = b2 * va + (1 - b2) * (g * g);
+                      wa -= step * ma / (va.sqrt() * inv_sqrt_bc2 + eps);
+                    };
+                    if (adam_decay)
+                      update((ga + wd * wa).eval());
+                    else
+                      update(ga);
+                  }
+                });
   }
 }
 

@@ -51,8 +51,9 @@ double ScheduledLearningRate(const ScheduleConfig& schedule, double base, int64_
 class Optimizer {
  public:
   Optimizer(const OptimizerConfig& config, std::vector<Parameter*> params);
-  // One update with learning rate lr from gradients aligned with the parameters.
-  void Step(const Gradients& grads, double lr);
+  // One update with learning rate lr from gradients aligned with the parameters; Adam's
+  // element-wise update is split across `threads` (the result does not depend on it).
+  void Step(const Gradients& grads, double lr, int threads = 1);
 
  private:
   OptimizerConfig config_;

@@ -188,7 +188,7 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
       const double reg = net->Regularize(n, &grads);
       const double lr = ScheduledLearningRate(options.schedule, options.optimizer.learning_rate,
                                               step, steps_per_epoch, total_steps);
-      optimizer.Step(grads, lr);
+      optimizer.Step(grads, lr, options.threads);
       ApplyMaxNorm(net->Parameters(), options.max_norm);
       net->ApplyTrainStatistics(cache);
       ++step;
