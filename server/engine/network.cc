@@ -148,11 +148,14 @@ Matrix Network::Forward(const Matrix& x, const Context& ctx, ForwardCache* cache
 void Network::Backward(const Matrix& dy, const ForwardCache& cache, Gradients* grads, int end,
                        Matrix* dx) const {
   if (end < 0) end = size();
-  grads->resize(0);
+  // Zeroed gradients, in the caller's matrices when they already have the shapes (a training
+  // loop passes the same ones every step).
+  size_t count = 0;
+  for (const auto& l : layers_) count += l->params().size();
+  grads->resize(count);
+  size_t q = 0;
   for (const auto& l : layers_) {
-    for (const auto& p : l->params()) {
-      grads->push_back(Matrix::Zero(p.value.rows(), p.value.cols()));
-    }
+    for (const auto& p : l->params()) (*grads)[q++].setZero(p.value.rows(), p.value.cols());
   }
   size_t offset = 0;
   std::vector<size_t> offsets;
@@ -160,11 +163,21 @@ void Network::Backward(const Matrix& dy, const ForwardCache& cache, Gradients* g
     offsets.push_back(offset);
     offset += l->params().size();
   }
+  // Below the first layer with parameters no gradient is needed, unless the caller asks for the
+  // input's (a dense layer after a flatten would otherwise compute one as large as its input).
+  int first_with_params = end;
+  for (int i = 0; i < end && !dx; ++i) {
+    if (!layers_[i]->params().empty()) {
+      first_with_params = i;
+      break;
+    }
+  }
+  if (dx) first_with_params = 0;
   Matrix g = dy, next;
-  for (int i = end - 1; i >= 0; --i) {
+  for (int i = end - 1; i >= first_with_params; --i) {
     const Layer& l = *layers_[i];
     std::span<Matrix> layer_grads(grads->data() + offsets[i], l.params().size());
-    const bool need_dx = i > 0 || dx != nullptr;
+    const bool need_dx = i > first_with_params || dx != nullptr;
     l.Backward(g, cache.layers[i], layer_grads, need_dx ? &next : nullptr);
     if (need_dx) std::swap(g, next);
   }

@@ -136,8 +136,11 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
   const int end = cut_softmax ? net->size() - 1 : net->size();
   CheckHead(task, loss, net->output_shape().Size(), targets);
 
-  Dataset train, val;
-  TrainValidationSplit(data, options, &train, &val);
+  // Without a validation split the batches are gathered from `data` itself: a copy of a large
+  // data set would cost more than an epoch of a small network.
+  Dataset split, val;
+  if (options.validation_split > 0) TrainValidationSplit(data, options, &split, &val);
+  const Dataset& train = options.validation_split > 0 ? split : data;
   const int64_t n = train.rows();
   if (n == 0) throw InvalidArgument("the training set is empty");
   const int64_t batch = std::min<int64_t>(options.batch_size, n);

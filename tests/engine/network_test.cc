@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -491,13 +492,45 @@ TEST(NetworkTest, BackwardMatchesNumericalGradient) {
   EXPECT_GT(dx.cwiseAbs().maxCoeff(), 1e-2);
 }
 
+TEST(NetworkTest, ParameterGradientsAreTheSameWhetherOrNotTheInputsAreAsked) {
+  // Without a request for the input's gradient, Backward stops at the first layer with
+  // parameters (here after a flatten): the parameters' gradients are the same bits.
+  Network net(
+      MakeSpec({2, 3, 2},
+               {Simple("flatten"), DenseLayer(6), Simple("relu"), DropoutLayer(0.5), DenseLayer(3)},
+               /*seed=*/5));
+  const Matrix x = RandomMatrix(9, 12, 3), r = RandomMatrix(9, 3, 4);
+  ForwardCache cache;
+  net.Forward(x, MakeContext(Mode::kTrain, 8, 0, 9), &cache);
+  Gradients with_dx, without_dx;
+  Matrix dx;
+  net.Backward(r, cache, &with_dx, -1, &dx);
+  net.Backward(r, cache, &without_dx);
+  ASSERT_EQ(dx.rows(), 9);
+  ASSERT_EQ(dx.cols(), 12);
+  EXPECT_GT(dx.cwiseAbs().maxCoeff(), 0.0f);
+  ASSERT_EQ(with_dx.size(), without_dx.size());
+  for (size_t i = 0; i < with_dx.size(); ++i) {
+    ASSERT_EQ(with_dx[i].size(), without_dx[i].size()) << "parameter " << i;
+    EXPECT_GT(with_dx[i].cwiseAbs().maxCoeff(), 0.0f) << "parameter " << i;
+    EXPECT_EQ(
+        0, std::memcmp(with_dx[i].data(), without_dx[i].data(), with_dx[i].size() * sizeof(float)))
+        << "parameter " << i;
+  }
+}
+
 TEST(NetworkTest, BackwardOverAPrefixZeroesLaterParameters) {
   Network net(SmallSpec(0.5));
   const Matrix x = RandomMatrix(4, 4, 1);
   ForwardCache cache;
   const Context ctx = MakeContext(Mode::kTrain, 1, 0, 4);
-  const Matrix h = net.Forward(x, ctx, &cache, 0, 3);
+  // The gradients' matrices are reused from a full backward pass, as a training loop does: the
+  // later parameters' must still come back zero.
   Gradients grads;
+  net.Forward(x, ctx, &cache);
+  net.Backward(Matrix::Ones(4, 3), cache, &grads);
+  ASSERT_GT(grads[3].cwiseAbs().maxCoeff(), 0.0f);
+  const Matrix h = net.Forward(x, ctx, &cache, 0, 3);
   net.Backward(Matrix::Ones(4, 8), cache, &grads, 3);
   ASSERT_EQ(grads.size(), 4u);
   EXPECT_GT(grads[0].cwiseAbs().maxCoeff(), 0.0f);
