@@ -148,31 +148,34 @@ Matrix Network::Forward(const Matrix& x, const Context& ctx, ForwardCache* cache
 void Network::Backward(const Matrix& dy, const ForwardCache& cache, Gradients* grads, int end,
                        Matrix* dx) const {
   if (end < 0) end = size();
-  // Zeroed gradients, in the caller's matrices when they already have the shapes (a training
-  // loop passes the same ones every step).
-  size_t count = 0;
-  for (const auto& l : layers_) count += l->params().size();
-  grads->resize(count);
-  size_t q = 0;
-  for (const auto& l : layers_) {
-    for (const auto& p : l->params()) (*grads)[q++].setZero(p.value.rows(), p.value.cols());
-  }
-  size_t offset = 0;
-  std::vector<size_t> offsets;
-  for (const auto& l : layers_) {
-    offsets.push_back(offset);
-    offset += l->params().size();
-  }
   // Below the first layer with parameters no gradient is needed, unless the caller asks for the
   // input's (a dense layer after a flatten would otherwise compute one as large as its input).
-  int first_with_params = end;
+  int first_with_params = dx ? 0 : end;
   for (int i = 0; i < end && !dx; ++i) {
     if (!layers_[i]->params().empty()) {
       first_with_params = i;
       break;
     }
   }
-  if (dx) first_with_params = 0;
+  // The gradients live in the caller's matrices (a training loop passes the same ones every
+  // step). A layer's Backward overwrites its own; those of layers it does not reach are zero.
+  std::vector<size_t> offsets;
+  size_t count = 0;
+  for (const auto& l : layers_) {
+    offsets.push_back(count);
+    count += l->params().size();
+  }
+  grads->resize(count);
+  for (int i = 0; i < size(); ++i) {
+    const bool reached = i >= first_with_params && i < end;
+    size_t q = offsets[i];
+    for (const auto& p : layers_[i]->params()) {
+      if (reached)
+        (*grads)[q++].resize(p.value.rows(), p.value.cols());
+      else
+        (*grads)[q++].setZero(p.value.rows(), p.value.cols());
+    }
+  }
   Matrix g = dy, next;
   for (int i = end - 1; i >= first_with_params; --i) {
     const Layer& l = *layers_[i];

@@ -113,7 +113,10 @@ inline GradCheckResult CheckLayerGradients(Layer* layer, Matrix x, const Context
   Matrix y;
   layer->Forward(x, ctx, &cache, &y);
   const Matrix w = UniformMatrix(y.rows(), y.cols(), -1.0, 1.0, w_seed);
-  std::vector<Matrix> grads(layer->params().size());
+  // Backward must overwrite the gradients, whatever the matrices held: start them at NaN.
+  std::vector<Matrix> grads;
+  for (const Parameter& p : layer->params())
+    grads.push_back(Matrix::Constant(p.value.rows(), p.value.cols(), std::nanf("")));
   Matrix dx;
   layer->Backward(w, cache, grads, &dx);
 
