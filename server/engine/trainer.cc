@@ -5,6 +5,8 @@
 #include <optional>
 #include <sstream>
 
+#include "server/engine/thread_pool.h"
+
 namespace dropnet::engine {
 
 void CheckTrainOptions(const TrainOptions& o) {
@@ -55,15 +57,19 @@ double FinishMetric(Task task, double sum, int64_t rows) {
   return task == Task::kClassification ? mean : std::sqrt(mean);
 }
 
-// Copies the rows order[r0 .. r0 + m) of the training set into one batch.
+// Copies the rows order[r0 .. r0 + m) of the training set into one batch, on `threads` threads
+// when the batch is large enough to pay for the hand-off.
 void GatherBatch(const Dataset& train, const std::vector<int64_t>& order, int64_t r0, int64_t m,
-                 Matrix* xb, Matrix* yb) {
+                 int threads, Matrix* xb, Matrix* yb) {
   xb->resize(m, train.x.cols());
   yb->resize(m, train.y.cols());
-  for (int64_t i = 0; i < m; ++i) {
-    xb->row(i) = train.x.row(order[r0 + i]);
-    yb->row(i) = train.y.row(order[r0 + i]);
-  }
+  const bool worth_it = m * train.x.cols() >= (int64_t{1} << 16);
+  ParallelFor(m, worth_it ? threads : 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      xb->row(i) = train.x.row(order[r0 + i]);
+      yb->row(i) = train.y.row(order[r0 + i]);
+    }
+  });
 }
 
 // The loss is checked before each update; the last update of an epoch is checked here, before
@@ -174,7 +180,7 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
         return result;
       }
       const int64_t r0 = s * batch, m = std::min(batch, n - r0);
-      GatherBatch(train, order, r0, m, &xb, &yb);
+      GatherBatch(train, order, r0, m, options.threads, &xb, &yb);
       Context ctx;
       ctx.mode = Mode::kTrain;
       ctx.threads = options.threads;
