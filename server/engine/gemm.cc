@@ -330,9 +330,13 @@ void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int3
   if (HaveAvx512()) {
     // The terms of Gemm over the full k that are not skipped, in the same order and the same
     // kKc-wide partial sums: skipped terms are zero products, so the result is bit-identical.
-    std::vector<int64_t> bounds{0};  // compact ranges of each original kKc block
-    for (int64_t i = 1; i <= kn; ++i) {
-      if (i == kn || k_index[i] / kKc != k_index[i - 1] / kKc) bounds.push_back(i);
+    // The compact ranges of each original kKc block that holds a selected term, found by a
+    // binary search per block boundary (k_index ascends).
+    std::vector<int64_t> bounds{0};
+    for (int64_t i = 0; i < kn;) {
+      const int32_t block_end = (k_index[i] / kKc + 1) * kKc;
+      i = std::lower_bound(k_index + i, k_index + kn, block_end) - k_index;
+      bounds.push_back(i);
     }
     if (kn == 0) {
       for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
@@ -490,8 +494,14 @@ void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int 
       worth_it = used_count * 4 <= inner * 3;
     }
     if (worth_it) {
-      for (int64_t j = 0; j < inner; ++j)
-        if (u[j]) index.push_back(static_cast<int32_t>(j));
+      // Branch-free: whether a pixel or a unit is zero follows no pattern a branch predicts.
+      index.resize(inner);
+      int64_t kn = 0;
+      for (int64_t j = 0; j < inner; ++j) {
+        index[kn] = static_cast<int32_t>(j);
+        kn += u[j] != 0;
+      }
+      index.resize(kn);
     }
   }
   if (!worth_it) {
