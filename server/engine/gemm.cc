@@ -283,6 +283,29 @@ void GemmAvx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, flo
                  a_cs, b, ldb, trans_b, c, ldc, beta == 1.0f);
 }
 
+// Lists the columns of a (rows x cols, row-major) that hold a value other than +0 or -0 in some
+// row in index (room for cols), ascending, and returns their count: sixteen columns a step, their
+// rows OR-ed (sign bit cleared) and the used ones compressed in a register, with no branch on
+// the data (whether a pixel or a unit is zero follows no pattern a branch predicts).
+__attribute__((target("avx512f,popcnt"))) int64_t UsedColumnsAvx512(const float* a, int64_t rows,
+                                                                    int64_t cols, int32_t* index) {
+  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+  __m512i ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t kn = 0;
+  for (int64_t j = 0; j < cols; j += 16) {
+    const __mmask16 valid = LaneMask(cols - j);
+    __m512i bits = _mm512_setzero_si512();
+    for (int64_t r = 0; r < rows; ++r)
+      bits = _mm512_or_si512(bits, _mm512_maskz_loadu_epi32(valid, a + r * cols + j));
+    const __mmask16 used = _mm512_test_epi32_mask(bits, magnitude);
+    const int count = __builtin_popcount(used);
+    _mm512_mask_storeu_epi32(index + kn, LaneMask(count), _mm512_maskz_compress_epi32(used, ids));
+    kn += count;
+    ids = _mm512_add_epi32(ids, _mm512_set1_epi32(16));
+  }
+  return kn;
+}
+
 }  // namespace
 #endif  // DROPNET_GEMM_AVX512
 
@@ -471,39 +494,55 @@ void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b
   });
 }
 
+namespace {
+
+// Lists in index the columns of a that hold a value other than +0 or -0 in some row; false (the
+// list unfinished) when more than three quarters do, as skipping the rest is then not worth it.
+// Needs FastGemmAvailable().
+bool ListUsedColumns(const Matrix& a, std::vector<int32_t>* index) {
+  const int64_t rows = a.rows(), inner = a.cols();
+#ifdef DROPNET_GEMM_AVX512
+  if (rows <= 8) {
+    index->resize(inner);
+    const int64_t kn = UsedColumnsAvx512(a.data(), rows, inner, index->data());
+    index->resize(kn);
+    return kn * 4 <= inner * 3;
+  }
+#endif
+  // OR the bits of the rows (sign bit cleared), eight rows at a time, and stop as soon as fewer
+  // than a quarter of the columns can still be all zero.
+  thread_local std::vector<uint32_t> used;
+  used.assign(inner, 0);
+  uint32_t* u = used.data();
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    const int64_t r1 = std::min(rows, r0 + 8);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* ar = a.row(r).data();
+      for (int64_t j = 0; j < inner; ++j) u[j] |= std::bit_cast<uint32_t>(ar[j]) & 0x7fffffffu;
+    }
+    int64_t used_count = 0;
+    for (int64_t j = 0; j < inner; ++j) used_count += u[j] != 0;
+    if (used_count * 4 > inner * 3) return false;
+  }
+  // Branch-free: whether a pixel or a unit is zero follows no pattern a branch predicts.
+  index->resize(inner);
+  int64_t kn = 0;
+  for (int64_t j = 0; j < inner; ++j) {
+    (*index)[kn] = static_cast<int32_t>(j);
+    kn += u[j] != 0;
+  }
+  index->resize(kn);
+  return true;
+}
+
+}  // namespace
+
 void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int threads) {
   const int64_t rows = a.rows(), inner = a.cols(), cols = b.cols();
   if (inner != b.rows()) throw InvalidArgument("MatMul: inner dimensions differ");
+  // A column is used when any row holds a value other than +0 or -0 there.
   std::vector<int32_t> index;
-  bool worth_it = FastGemmAvailable();
-  if (worth_it) {
-    // A column is used when any row holds a value other than +0 or -0 there: OR the bits of the
-    // rows (sign bit cleared), eight rows at a time, and stop as soon as fewer than a quarter of
-    // the columns can still be all zero.
-    thread_local std::vector<uint32_t> used;
-    used.assign(inner, 0);
-    uint32_t* u = used.data();
-    for (int64_t r0 = 0; r0 < rows && worth_it; r0 += 8) {
-      const int64_t r1 = std::min(rows, r0 + 8);
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* ar = a.row(r).data();
-        for (int64_t j = 0; j < inner; ++j) u[j] |= std::bit_cast<uint32_t>(ar[j]) & 0x7fffffffu;
-      }
-      int64_t used_count = 0;
-      for (int64_t j = 0; j < inner; ++j) used_count += u[j] != 0;
-      worth_it = used_count * 4 <= inner * 3;
-    }
-    if (worth_it) {
-      // Branch-free: whether a pixel or a unit is zero follows no pattern a branch predicts.
-      index.resize(inner);
-      int64_t kn = 0;
-      for (int64_t j = 0; j < inner; ++j) {
-        index[kn] = static_cast<int32_t>(j);
-        kn += u[j] != 0;
-      }
-      index.resize(kn);
-    }
-  }
+  const bool worth_it = FastGemmAvailable() && ListUsedColumns(a, &index);
   if (!worth_it) {
     MatMul(a, false, b, false, c, threads);
     return;
