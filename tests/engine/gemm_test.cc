@@ -124,6 +124,12 @@ TEST(GemmTest, FewRowKernelsChangeNoBit) {
           Gemm(false, false, m, n, k, 0.75f, a.data(), k, b.data(), n, beta, few.data(), n);
           ASSERT_TRUE(BitEqual(few, all.topRows(m)))
               << m << " x " << n << " x " << k << ", beta " << beta;
+          // op(A) = A^T, read with a column stride.
+          const Matrix at = a.topRows(m).transpose();
+          few = c0.topRows(m);
+          Gemm(true, false, m, n, k, 0.75f, at.data(), m, b.data(), n, beta, few.data(), n);
+          ASSERT_TRUE(BitEqual(few, all.topRows(m)))
+              << m << " x " << n << " x " << k << ", beta " << beta << ", trans_a";
         }
       }
       // The selected-rows form: every other row of B, against the same columns of a kept and
