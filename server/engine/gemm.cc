@@ -34,8 +34,10 @@ namespace {
 // of 4). Packing A as well (a scalar copy into k-major micro-panels) measured slower: the copy
 // cost more than reading one stream instead of kMr saved.
 // Each element of C is the sum over the kKc blocks, in order, of that block's products summed in
-// k order, added to C: the row and column blocking change no bit, which SmallMRows and
-// GemmSelectedK rely on.
+// k order (one fused multiply-add a term), times alpha and added to C in one fused multiply-add
+// (stored, for the first block when C is not accumulated): the row and column blocking change no
+// bit, which SmallMRows and GemmSelectedK rely on. Every kernel writes these steps as explicit
+// FMA intrinsics, so the rounding does not depend on where the compiler contracts a mul and add.
 constexpr int kMr = 12, kNr = 32, kKc = 256;
 
 // The lane mask of a 16-float vector whose first `valid` lanes (clamped to 0..16) are in use.
@@ -65,10 +67,13 @@ __attribute__((target("avx512f,fma"))) void MicroKernel(int64_t kc, const float*
   const __mmask16 k0 = LaneMask(n_valid), k1 = kHalf ? 0 : LaneMask(n_valid - 16);
   for (int m = 0; m < MR; ++m) {
     float* cm = c + m * ldc;
-    __m512 r0 = _mm512_mul_ps(acc0[m], va), r1 = _mm512_mul_ps(acc1[m], va);
+    __m512 r0, r1;
     if (accumulate) {
-      r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(k0, cm));
-      if (!kHalf) r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(k1, cm + 16));
+      r0 = _mm512_fmadd_ps(acc0[m], va, _mm512_maskz_loadu_ps(k0, cm));
+      r1 = kHalf ? r0 : _mm512_fmadd_ps(acc1[m], va, _mm512_maskz_loadu_ps(k1, cm + 16));
+    } else {
+      r0 = _mm512_mul_ps(acc0[m], va);
+      r1 = kHalf ? r0 : _mm512_mul_ps(acc1[m], va);
     }
     _mm512_mask_storeu_ps(cm, k0, r0);
     if (!kHalf) _mm512_mask_storeu_ps(cm + 16, k1, r1);
@@ -153,12 +158,65 @@ bool HaveAvx512() {
 // does not depend on which path computed it.
 constexpr int kSmallM = 4;
 
+// One row of C, columns n0..n0+nv (16 * (NV - 1) < nv <= 16 * NV) of a strip: NV independent
+// accumulators, one per 16 columns, so the multiply-adds of one k step do not wait on each other,
+// and each row of B is read as one contiguous run of up to 1 KiB (a whole row of a thread's part
+// of a 512-wide layer), which the hardware prefetchers follow better than 256-byte pieces.
+template <int NV>
+__attribute__((target("avx512f,fma"))) void OneRowStrip(const int64_t* bounds, int blocks,
+                                                        const int32_t* k_index, float alpha,
+                                                        const float* a, int64_t a_cs,
+                                                        const float* b, int64_t ldb, float* c,
+                                                        int64_t nv, bool accumulate) {
+  const __mmask16 last = LaneMask(nv - 16 * (NV - 1));
+  const __m512 va = _mm512_set1_ps(alpha);
+  for (int blk = 0; blk < blocks; ++blk) {
+    __m512 acc[NV];
+    for (int j = 0; j < NV; ++j) acc[j] = _mm512_setzero_ps();
+    const int64_t k_end = bounds[blk + 1];
+    for (int64_t kk = bounds[blk]; kk < k_end; ++kk) {
+      const float* bk = b + (k_index ? int64_t{k_index[kk]} : kk) * ldb;
+      const __m512 av = _mm512_set1_ps(a[kk * a_cs]);
+      for (int j = 0; j + 1 < NV; ++j)
+        acc[j] = _mm512_fmadd_ps(av, _mm512_loadu_ps(bk + 16 * j), acc[j]);
+      acc[NV - 1] =
+          _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(last, bk + 16 * (NV - 1)), acc[NV - 1]);
+    }
+    const bool add = accumulate || blk > 0;
+    for (int j = 0; j < NV; ++j) {
+      const __mmask16 mask = j + 1 < NV ? __mmask16{0xFFFF} : last;
+      const __m512 r = add ? _mm512_fmadd_ps(acc[j], va, _mm512_maskz_loadu_ps(mask, c + 16 * j))
+                           : _mm512_mul_ps(acc[j], va);
+      _mm512_mask_storeu_ps(c + 16 * j, mask, r);
+    }
+  }
+}
+
+using StripFn = void (*)(const int64_t*, int, const int32_t*, float, const float*, int64_t,
+                         const float*, int64_t, float*, int64_t, bool);
+constexpr int kOneRowVecs = 16;  // 256 columns a pass: 16 of the 32 zmm registers accumulate
+
+template <int... kVecs>
+constexpr std::array<StripFn, kOneRowVecs + 1> StripTable(
+    std::integer_sequence<int, kVecs...> /*vecs*/) {
+  return {nullptr, OneRowStrip<kVecs + 1>...};
+}
+constexpr auto kOneRowStrips = StripTable(std::make_integer_sequence<int, kOneRowVecs>{});
+
 template <int MR>
 __attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, const int64_t* bounds, int blocks,
                                                        const int32_t* k_index, float alpha,
                                                        const float* a, int64_t a_rs, int64_t a_cs,
                                                        const float* b, int64_t ldb, float* c,
                                                        int64_t ldc, bool accumulate) {
+  if constexpr (MR == 1) {
+    for (int64_t n0 = 0; n0 < n; n0 += 16 * kOneRowVecs) {
+      const int64_t nv = std::min<int64_t>(16 * kOneRowVecs, n - n0);
+      kOneRowStrips[(nv + 15) / 16](bounds, blocks, k_index, alpha, a, a_cs, b + n0, ldb, c + n0,
+                                    nv, accumulate);
+    }
+    return;
+  }
   constexpr int kCols = 64;
   const __m512 va = _mm512_set1_ps(alpha);
   for (int64_t n0 = 0; n0 < n; n0 += kCols) {
@@ -183,8 +241,9 @@ __attribute__((target("avx512f,fma"))) void SmallMRows(int64_t n, const int64_t*
         float* cm = c + m * ldc + n0;
         for (int j = 0; j < 4; ++j) {
           if (!mask[j]) continue;
-          __m512 r = _mm512_mul_ps(acc[m][j], va);
-          if (add) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[j], cm + 16 * j));
+          const __m512 r =
+              add ? _mm512_fmadd_ps(acc[m][j], va, _mm512_maskz_loadu_ps(mask[j], cm + 16 * j))
+                  : _mm512_mul_ps(acc[m][j], va);
           _mm512_mask_storeu_ps(cm + 16 * j, mask[j], r);
         }
       }
@@ -222,6 +281,29 @@ void GemmAvx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, flo
   }
   BlockedProduct(m, n, bounds.data(), static_cast<int>(bounds.size()) - 1, nullptr, alpha, a, a_rs,
                  a_cs, b, ldb, trans_b, c, ldc, beta == 1.0f);
+}
+
+// Lists the columns of a (rows x cols, row-major) that hold a value other than +0 or -0 in some
+// row in index (room for cols), ascending, and returns their count: sixteen columns a step, their
+// rows OR-ed (sign bit cleared) and the used ones compressed in a register, with no branch on
+// the data (whether a pixel or a unit is zero follows no pattern a branch predicts).
+__attribute__((target("avx512f,popcnt"))) int64_t UsedColumnsAvx512(const float* a, int64_t rows,
+                                                                    int64_t cols, int32_t* index) {
+  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+  __m512i ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t kn = 0;
+  for (int64_t j = 0; j < cols; j += 16) {
+    const __mmask16 valid = LaneMask(cols - j);
+    __m512i bits = _mm512_setzero_si512();
+    for (int64_t r = 0; r < rows; ++r)
+      bits = _mm512_or_si512(bits, _mm512_maskz_loadu_epi32(valid, a + r * cols + j));
+    const __mmask16 used = _mm512_test_epi32_mask(bits, magnitude);
+    const int count = __builtin_popcount(used);
+    _mm512_mask_storeu_epi32(index + kn, LaneMask(count), _mm512_maskz_compress_epi32(used, ids));
+    kn += count;
+    ids = _mm512_add_epi32(ids, _mm512_set1_epi32(16));
+  }
+  return kn;
 }
 
 }  // namespace
@@ -271,9 +353,13 @@ void GemmSelectedK(int64_t m, int64_t n, const float* a, int64_t lda, const int3
   if (HaveAvx512()) {
     // The terms of Gemm over the full k that are not skipped, in the same order and the same
     // kKc-wide partial sums: skipped terms are zero products, so the result is bit-identical.
-    std::vector<int64_t> bounds{0};  // compact ranges of each original kKc block
-    for (int64_t i = 1; i <= kn; ++i) {
-      if (i == kn || k_index[i] / kKc != k_index[i - 1] / kKc) bounds.push_back(i);
+    // The compact ranges of each original kKc block that holds a selected term, found by a
+    // binary search per block boundary (k_index ascends).
+    std::vector<int64_t> bounds{0};
+    for (int64_t i = 0; i < kn;) {
+      const int32_t block_end = (k_index[i] / kKc + 1) * kKc;
+      i = std::lower_bound(k_index + i, k_index + kn, block_end) - k_index;
+      bounds.push_back(i);
     }
     if (kn == 0) {
       for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
@@ -408,33 +494,55 @@ void MatMul(const Matrix& a, bool transpose_a, const Matrix& b, bool transpose_b
   });
 }
 
+namespace {
+
+// Lists in index the columns of a that hold a value other than +0 or -0 in some row; false (the
+// list unfinished) when more than three quarters do, as skipping the rest is then not worth it.
+// Needs FastGemmAvailable().
+bool ListUsedColumns(const Matrix& a, std::vector<int32_t>* index) {
+  const int64_t rows = a.rows(), inner = a.cols();
+#ifdef DROPNET_GEMM_AVX512
+  if (rows <= 8) {
+    index->resize(inner);
+    const int64_t kn = UsedColumnsAvx512(a.data(), rows, inner, index->data());
+    index->resize(kn);
+    return kn * 4 <= inner * 3;
+  }
+#endif
+  // OR the bits of the rows (sign bit cleared), eight rows at a time, and stop as soon as fewer
+  // than a quarter of the columns can still be all zero.
+  thread_local std::vector<uint32_t> used;
+  used.assign(inner, 0);
+  uint32_t* u = used.data();
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    const int64_t r1 = std::min(rows, r0 + 8);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* ar = a.row(r).data();
+      for (int64_t j = 0; j < inner; ++j) u[j] |= std::bit_cast<uint32_t>(ar[j]) & 0x7fffffffu;
+    }
+    int64_t used_count = 0;
+    for (int64_t j = 0; j < inner; ++j) used_count += u[j] != 0;
+    if (used_count * 4 > inner * 3) return false;
+  }
+  // Branch-free: whether a pixel or a unit is zero follows no pattern a branch predicts.
+  index->resize(inner);
+  int64_t kn = 0;
+  for (int64_t j = 0; j < inner; ++j) {
+    (*index)[kn] = static_cast<int32_t>(j);
+    kn += u[j] != 0;
+  }
+  index->resize(kn);
+  return true;
+}
+
+}  // namespace
+
 void MatMulSkippingZeroColumns(const Matrix& a, const Matrix& b, Matrix* c, int threads) {
   const int64_t rows = a.rows(), inner = a.cols(), cols = b.cols();
   if (inner != b.rows()) throw InvalidArgument("MatMul: inner dimensions differ");
+  // A column is used when any row holds a value other than +0 or -0 there.
   std::vector<int32_t> index;
-  bool worth_it = FastGemmAvailable();
-  if (worth_it) {
-    // A column is used when any row holds a value other than +0 or -0 there: OR the bits of the
-    // rows (sign bit cleared), eight rows at a time, and stop as soon as fewer than a quarter of
-    // the columns can still be all zero.
-    thread_local std::vector<uint32_t> used;
-    used.assign(inner, 0);
-    uint32_t* u = used.data();
-    for (int64_t r0 = 0; r0 < rows && worth_it; r0 += 8) {
-      const int64_t r1 = std::min(rows, r0 + 8);
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* ar = a.row(r).data();
-        for (int64_t j = 0; j < inner; ++j) u[j] |= std::bit_cast<uint32_t>(ar[j]) & 0x7fffffffu;
-      }
-      int64_t used_count = 0;
-      for (int64_t j = 0; j < inner; ++j) used_count += u[j] != 0;
-      worth_it = used_count * 4 <= inner * 3;
-    }
-    if (worth_it) {
-      for (int64_t j = 0; j < inner; ++j)
-        if (u[j]) index.push_back(static_cast<int32_t>(j));
-    }
-  }
+  const bool worth_it = FastGemmAvailable() && ListUsedColumns(a, &index);
   if (!worth_it) {
     MatMul(a, false, b, false, c, threads);
     return;

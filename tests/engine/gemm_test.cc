@@ -107,6 +107,48 @@ TEST(GemmTest, RowBlockingChangesNoBit) {
   }
 }
 
+TEST(GemmTest, FewRowKernelsChangeNoBit) {
+  // One to four rows run their own kernels (one row: up to 256 columns a pass, the last 16
+  // masked): they must give the bits of the same rows inside a 13-row product (the blocked
+  // kernel) for widths around the pass and vector edges, k around the kKc = 256 blocks, alpha != 1
+  // (each block's sum times alpha added to C in one rounding) and beta 0 or 1.
+  for (int64_t n : {1, 10, 16, 17, 200, 255, 256, 257, 300, 520}) {
+    for (int64_t k : {1, 255, 256, 257, 784}) {
+      const Matrix a = RandomMatrix(13, k, 10), b = RandomMatrix(k, n, 11);
+      const Matrix c0 = RandomMatrix(13, n, 12);
+      for (float beta : {0.0f, 1.0f}) {
+        Matrix all = c0;
+        Gemm(false, false, 13, n, k, 0.75f, a.data(), k, b.data(), n, beta, all.data(), n);
+        for (int64_t m = 1; m <= 4; ++m) {
+          Matrix few = c0.topRows(m);
+          Gemm(false, false, m, n, k, 0.75f, a.data(), k, b.data(), n, beta, few.data(), n);
+          ASSERT_TRUE(BitEqual(few, all.topRows(m)))
+              << m << " x " << n << " x " << k << ", beta " << beta;
+          // op(A) = A^T, read with a column stride.
+          const Matrix at = a.topRows(m).transpose();
+          few = c0.topRows(m);
+          Gemm(true, false, m, n, k, 0.75f, at.data(), m, b.data(), n, beta, few.data(), n);
+          ASSERT_TRUE(BitEqual(few, all.topRows(m)))
+              << m << " x " << n << " x " << k << ", beta " << beta << ", trans_a";
+        }
+      }
+      // The selected-rows form: every other row of B, against the same columns of a kept and
+      // the others zeroed.
+      std::vector<int32_t> index;
+      for (int32_t j = 0; j < k; j += 2) index.push_back(j);
+      const int64_t kn = static_cast<int64_t>(index.size());
+      Matrix zeroed = a, packed(13, kn);
+      for (int64_t j = 1; j < k; j += 2) zeroed.col(j).setZero();
+      for (int64_t i = 0; i < kn; ++i) packed.col(i) = a.col(index[i]);
+      Matrix all(13, n), one(1, n);
+      Gemm(false, false, 13, n, k, 1.0f, zeroed.data(), k, b.data(), n, 0.0f, all.data(), n);
+      GemmSelectedK(1, n, packed.data(), kn, index.data(), kn, b.data(), n, one.data(), n);
+      ASSERT_TRUE(BitEqual(one, all.topRows(1))) << n << " x " << k << ", selected";
+      ASSERT_LT((one - Reference(zeroed.topRows(1), b)).cwiseAbs().maxCoeff(), 1e-3f);
+    }
+  }
+}
+
 TEST(MatMulTest, SkippingZeroColumnsChangesNoBit) {
   std::mt19937 gen(3);
   for (int64_t rows : {1, 3, 5, 12, 100}) {
