@@ -208,4 +208,11 @@ int64_t Batcher::merged_parts() const {
   return merged_parts_;
 }
 
+int64_t Batcher::queued_parts() const {
+  std::lock_guard lock(mu_);
+  int64_t n = 0;
+  for (const auto& [key, batch] : open_) n += static_cast<int64_t>(batch->entries.size());
+  return n;
+}
+
 }  // namespace dropnet::service

@@ -71,6 +71,8 @@ class Batcher {
   // Merged calls run so far, and the calls they held (for the tests and the log).
   int64_t merged_calls() const;
   int64_t merged_parts() const;
+  // Calls waiting in batches that no worker has taken yet.
+  int64_t queued_parts() const;
 
  private:
   struct Entry {

@@ -4,6 +4,7 @@
 // call waits is left out without touching the others; errors stay with the caller that made them.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <latch>
@@ -154,7 +155,8 @@ TEST_F(BatchingTest, DeadlineOrCancelOfOneCallerLeavesTheOthersAlone) {
   for (int i = 0; i < 6; ++i) good.push_back(CallSpec{"clf", 30, 1 + i % 2, i * 3, 7u + i});
   const std::vector<std::string> solo = SoloAnswers(good);
   ASSERT_OK(CreateModel("slow", SlowSpec()));
-  ASSERT_OK(UploadRows("pool", ClassificationData(4000, 8, 5), v1::TASK_CLASSIFICATION, 1000));
+  // Seconds of work at least, however fast the machine: the test cancels it when done.
+  ASSERT_OK(UploadRows("pool", ClassificationData(20000, 8, 5), v1::TASK_CLASSIFICATION, 2000));
   StartServer(WithWindow(1000));
 
   grpc::ClientContext blocker_ctx;
@@ -175,18 +177,29 @@ TEST_F(BatchingTest, DeadlineOrCancelOfOneCallerLeavesTheOthersAlone) {
   for (size_t i = 0; i < good.size(); ++i) {
     threads.emplace_back([&, i] { statuses[i] = Call(good[i], &answers[i]); });
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // Every call joins the batch before the next step, however slowly its thread runs.
+  const auto wait_for_queued = [&](int64_t n, const std::atomic<bool>* gave_up = nullptr) {
+    const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (batcher().queued_parts() < n && !(gave_up && gave_up->load())) {
+      ASSERT_LT(std::chrono::steady_clock::now(), limit) << batcher().queued_parts() << " queued";
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  };
+  wait_for_queued(6);
   std::string late_answer, cancelled_answer;
   grpc::Status late, cancelled;
   grpc::ClientContext cancel_ctx;
-  std::thread late_caller([&] {
-    late = Call(CallSpec{"clf", 30, 2, 40, 99}, &late_answer, std::chrono::milliseconds(100));
-  });
   std::thread cancelling_caller([&] {
     cancelled = Call(CallSpec{"clf", 30, 1, 50, 98}, &cancelled_answer, std::chrono::seconds(30),
                      &cancel_ctx);
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  wait_for_queued(7);
+  std::atomic<bool> late_returned{false};
+  std::thread late_caller([&] {
+    late = Call(CallSpec{"clf", 30, 2, 40, 99}, &late_answer, std::chrono::milliseconds(100));
+    late_returned = true;
+  });
+  wait_for_queued(8, &late_returned);  // a late caller's deadline may pass before it joins
   cancel_ctx.TryCancel();
   late_caller.join();
   cancelling_caller.join();
