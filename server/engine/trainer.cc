@@ -142,8 +142,7 @@ TrainResult Train(Network* net, Task task, LossKind loss, const Dataset& data,
   const int end = cut_softmax ? net->size() - 1 : net->size();
   CheckHead(task, loss, net->output_shape().Size(), targets);
 
-  // Without a validation split the batches are gathered from `data` itself: a copy of a large
-  // data set would cost more than an epoch of a small network.
+  // Without a validation split the batches come from `data` itself: no copy of the data set.
   Dataset split, val;
   if (options.validation_split > 0) TrainValidationSplit(data, options, &split, &val);
   const Dataset& train = options.validation_split > 0 ? split : data;
