@@ -27,7 +27,8 @@ struct AdamStep {
   bool adamw_decay;  // AdamW's
 };
 
-// m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, w -= step m / (sqrt(v) / sqrt(bc2) + eps).
+// m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, w -= step m / (sqrt(v) / sqrt(bc2) + eps), with
+// the square root correctly rounded (Eigen's vectorised one approximates it to 1 or 2 bits).
 void AdamUpdateGeneric(const AdamStep& a, const float* g, float* w, float* m, float* v,
                        int64_t len) {
   ArrayMap wa(w, len), ma(m, len), va(v, len);
@@ -36,7 +37,8 @@ void AdamUpdateGeneric(const AdamStep& a, const float* g, float* w, float* m, fl
   auto update = [&](const auto& gg) {
     ma = a.b1 * ma + (1 - a.b1) * gg;
     va = a.b2 * va + (1 - a.b2) * (gg * gg);
-    wa -= a.step * ma / (va.sqrt() * a.inv_sqrt_bc2 + a.eps);
+    wa -=
+        a.step * ma / (va.unaryExpr([](float x) { return std::sqrt(x); }) * a.inv_sqrt_bc2 + a.eps);
   };
   if (a.adam_decay)
     update((ga + a.wd * wa).eval());
