@@ -150,13 +150,9 @@ void Network::Backward(const Matrix& dy, const ForwardCache& cache, Gradients* g
   if (end < 0) end = size();
   // Below the first layer with parameters no gradient is needed, unless the caller asks for the
   // input's (a dense layer after a flatten would otherwise compute one as large as its input).
-  int first_with_params = dx ? 0 : end;
-  for (int i = 0; i < end && !dx; ++i) {
-    if (!layers_[i]->params().empty()) {
-      first_with_params = i;
-      break;
-    }
-  }
+  int first_with_params = 0;
+  while (!dx && first_with_params < end && layers_[first_with_params]->params().empty())
+    ++first_with_params;
   // The gradients live in the caller's matrices (a training loop passes the same ones every
   // step). A layer's Backward overwrites its own; those of layers it does not reach are zero.
   std::vector<size_t> offsets;

@@ -49,8 +49,9 @@ void AdamUpdateGeneric(const AdamStep& a, const float* g, float* w, float* m, fl
 #ifdef DROPNET_OPTIMIZER_AVX512
 // The same operations in the same order, 16 lanes at a time: square root and division are
 // correctly rounded at any width, and this file is compiled without contracting a multiply and
-// an add into one rounding, so the bits equal the generic update's. Wider lanes matter here:
-// the square roots and divisions, not memory, bound the update on narrow vectors.
+// an add into one rounding, so the bits equal the generic update's, which takes the last
+// elements short of a vector. Wider lanes matter here: the square roots and divisions, not
+// memory, bound the update on narrow vectors.
 __attribute__((target("avx512f"))) void AdamUpdateAvx512(const AdamStep& a, const float* g,
                                                          float* w, float* m, float* v,
                                                          int64_t len) {
@@ -59,21 +60,23 @@ __attribute__((target("avx512f"))) void AdamUpdateAvx512(const AdamStep& a, cons
   const __m512 step = _mm512_set1_ps(a.step), inv = _mm512_set1_ps(a.inv_sqrt_bc2);
   const __m512 eps = _mm512_set1_ps(a.eps), wd = _mm512_set1_ps(a.wd);
   const __m512 shrink = _mm512_set1_ps(a.shrink);
-  for (int64_t i = 0; i < len; i += 16) {
-    const __mmask16 k = len - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (len - i)) - 1);
-    __m512 gv = _mm512_maskz_loadu_ps(k, g + i), wv = _mm512_maskz_loadu_ps(k, w + i);
+  int64_t i = 0;
+  for (; i + 16 <= len; i += 16) {
+    __m512 gv = _mm512_loadu_ps(g + i), wv = _mm512_loadu_ps(w + i);
     if (a.adamw_decay) wv = _mm512_mul_ps(wv, shrink);
     if (a.adam_decay) gv = _mm512_add_ps(gv, _mm512_mul_ps(wd, wv));
     const __m512 mv =
-        _mm512_add_ps(_mm512_mul_ps(b1, _mm512_maskz_loadu_ps(k, m + i)), _mm512_mul_ps(c1, gv));
-    const __m512 vv = _mm512_add_ps(_mm512_mul_ps(b2, _mm512_maskz_loadu_ps(k, v + i)),
+        _mm512_add_ps(_mm512_mul_ps(b1, _mm512_loadu_ps(m + i)), _mm512_mul_ps(c1, gv));
+    const __m512 vv = _mm512_add_ps(_mm512_mul_ps(b2, _mm512_loadu_ps(v + i)),
                                     _mm512_mul_ps(c2, _mm512_mul_ps(gv, gv)));
-    const __m512 den = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_sqrt_ps(k, vv), inv), eps);
+    // (maskz: GCC 12's unmasked _mm512_sqrt_ps warns of an uninitialised operand in its header)
+    const __m512 den = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_sqrt_ps(0xFFFF, vv), inv), eps);
     wv = _mm512_sub_ps(wv, _mm512_div_ps(_mm512_mul_ps(step, mv), den));
-    _mm512_mask_storeu_ps(m + i, k, mv);
-    _mm512_mask_storeu_ps(v + i, k, vv);
-    _mm512_mask_storeu_ps(w + i, k, wv);
+    _mm512_storeu_ps(m + i, mv);
+    _mm512_storeu_ps(v + i, vv);
+    _mm512_storeu_ps(w + i, wv);
   }
+  if (i < len) AdamUpdateGeneric(a, g + i, w + i, m + i, v + i, len - i);
 }
 #endif
 
