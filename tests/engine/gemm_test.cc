@@ -88,8 +88,8 @@ TEST(MatMulTest, EveryShapeAndThreadCountGivesOneResult) {
 }
 
 TEST(GemmTest, RowBlockingChangesNoBit) {
-  // The rows of a product are cut into blocks of eight, the last one shorter: a row lands in
-  // blocks of other sizes and places as the height changes, and the result must not move.
+  // The rows of a product are cut into blocks of up to twelve, as even as that allows: a row
+  // lands in blocks of other sizes and places as the height changes, and the result must not move.
   // k = 784 spans several k blocks (the last one short), n = 70 ends in a half panel.
   for (bool ta : {false, true}) {
     const int64_t k = 784, n = 70, tall = 140;
