@@ -197,19 +197,27 @@ void GemmArgs(benchmark::internal::Benchmark* b) {
       ->Args({676, 64, 288});  // CNN conv2 on one image (26x26 outputs, 32x3x3 patch)
 }
 
-template <int kKernel>
+// kTransB: the backward pass's dX = dY * W^T, W stored k x n as the layer holds it (n x k here:
+// op(B) = B^T).
+template <int kKernel, bool kTransB = false>
 void BM_Gemm(benchmark::State& state) {
   const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
-  Matrix a = Matrix::Random(m, k), b = Matrix::Random(k, n), c(m, n);
+  const int64_t ldb = kTransB ? k : n;
+  Matrix a = Matrix::Random(m, k), b = kTransB ? Matrix::Random(n, k) : Matrix::Random(k, n);
+  Matrix c(m, n);
   if (kKernel == 0 && !FastGemmAvailable()) return state.SkipWithError("no AVX-512 on this CPU");
   if (kKernel == 2 && !OpenBlas()) return state.SkipWithError("libopenblas not found");
   for (auto _ : state) {
     if (kKernel == 0) {
-      Gemm(false, false, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n);
+      Gemm(false, kTransB, m, n, k, 1.0f, a.data(), k, b.data(), ldb, 0.0f, c.data(), n);
     } else if (kKernel == 1) {
-      c.noalias() = a * b;
+      if (kTransB)
+        c.noalias() = a * b.transpose();
+      else
+        c.noalias() = a * b;
     } else {
-      OpenBlas()(101, 111, 111, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n);
+      OpenBlas()(101, 111, kTransB ? 112 : 111, m, n, k, 1.0f, a.data(), k, b.data(), ldb, 0.0f,
+                 c.data(), n);
     }
     benchmark::DoNotOptimize(c.data());
   }
@@ -220,6 +228,14 @@ void BM_Gemm(benchmark::State& state) {
 BENCHMARK(BM_Gemm<0>)->Name("BM_Gemm/engine")->Apply(GemmArgs);
 BENCHMARK(BM_Gemm<1>)->Name("BM_Gemm/eigen")->Apply(GemmArgs);
 BENCHMARK(BM_Gemm<2>)->Name("BM_Gemm/openblas")->Apply(GemmArgs);
+
+// The transposed right factor of the MLP's backward pass: dX of layer 2 and of the 10-class head
+// at batch 128.
+void GemmTransposedArgs(benchmark::internal::Benchmark* b) {
+  b->Args({128, 512, 512})->Args({128, 512, 10});
+}
+BENCHMARK(BM_Gemm<0, true>)->Name("BM_GemmTransB/engine")->Apply(GemmTransposedArgs);
+BENCHMARK(BM_Gemm<2, true>)->Name("BM_GemmTransB/openblas")->Apply(GemmTransposedArgs);
 
 }  // namespace
 }  // namespace dropnet::engine

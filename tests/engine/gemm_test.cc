@@ -149,6 +149,25 @@ TEST(GemmTest, FewRowKernelsChangeNoBit) {
   }
 }
 
+TEST(GemmTest, TransposedRightFactorChangesNoBit) {
+  // op(B) = B^T is packed by transposing 16 x 16 blocks: the product must equal, bit for bit, the
+  // one over an explicit transposed copy, for widths around the 16-column halves and 32-column
+  // panels, depths around the 16-deep blocks and the kKc = 256 blocks, and B read with a leading
+  // dimension wider than k (a block of a larger matrix).
+  for (int64_t n : {1, 10, 16, 17, 31, 32, 33, 70, 512}) {
+    for (int64_t k : {1, 15, 16, 17, 255, 257, 784}) {
+      const Matrix a = RandomMatrix(13, k, 20), wide = RandomMatrix(n, k + 5, 21);
+      const Matrix bt = wide.leftCols(k).transpose();  // op(B), k x n
+      for (int64_t m : {1, 5, 13}) {
+        Matrix want(m, n), got(m, n);
+        Gemm(false, false, m, n, k, 1.0f, a.data(), k, bt.data(), n, 0.0f, want.data(), n);
+        Gemm(false, true, m, n, k, 1.0f, a.data(), k, wide.data(), k + 5, 0.0f, got.data(), n);
+        ASSERT_TRUE(BitEqual(got, want)) << m << " x " << n << " x " << k;
+      }
+    }
+  }
+}
+
 TEST(MatMulTest, SkippingZeroColumnsChangesNoBit) {
   std::mt19937 gen(3);
   for (int64_t rows : {1, 3, 5, 12, 100}) {
