@@ -22,7 +22,9 @@ The sides alternate --rounds times; the table holds medians and ratios dropnet/p
 faster). Workloads: the MLP 784-512-512-10 with dropout 0.5 trained with Adam at batch 128
 (samples/s), evaluated at batch 1 (latency) and 256 (samples/s), and Monte-Carlo dropout T = 100
 for one input, which PyTorch computes as one pass over 100 stacked copies or as a loop of 100
-passes. The last line is one JSON object of the medians and ratios.
+passes. Beside the table, the cores' multiply-add peak (dropnet-bench's BM_FmaPeak, same rounds)
+and each side's batch-256 GFLOP/s as a share of it: the ceiling no kernel passes. The last line is
+one JSON object of the medians and ratios.
 """
 import argparse
 import gzip
@@ -38,6 +40,8 @@ import time
 import numpy as np
 
 ROWS = 12800
+# Multiply-adds of one row through the MLP 784-512-512-10, as flops (2 a multiply-add).
+MLP_FLOPS_PER_ROW = 2 * (784 * 512 + 512 * 512 + 512 * 10)
 CNN_ROWS = 1280  # BM_CnnTrain's epoch
 
 
@@ -198,7 +202,7 @@ def ours(args):
         sys.exit(f"compare_torch: {args.bench} not found; build the dropnet-bench target or pass "
                  "--bench")
     env = dict(os.environ, DROPNET_BENCH_THREADS=str(args.threads), DROPNET_DATA_DIR=args.data_dir)
-    pattern = "BM_Mlp|BM_CnnTrain" if args.cnn else "BM_Mlp"
+    pattern = "BM_Mlp|BM_FmaPeak|BM_CnnTrain" if args.cnn else "BM_Mlp|BM_FmaPeak"
     out = subprocess.run([args.bench, f"--benchmark_filter={pattern}", "--benchmark_format=json",
                           f"--benchmark_min_time={args.min_time}"],
                          env=env, check=True, capture_output=True, text=True).stdout
@@ -211,7 +215,9 @@ def ours(args):
         return b["real_time"] * scale
 
     res = {"cnn_train": bench["BM_CnnTrain"]["samples_per_second"]} if args.cnn else {}
-    return res | {
+    peak = {f"fma_peak_{t}": bench[f"BM_FmaPeak/threads:{t}"]["GFLOPS"]
+            for t in (1, 2) if f"BM_FmaPeak/threads:{t}" in bench}
+    return res | peak | {
         "train": bench["BM_MlpTrain"]["samples_per_second"],
         "eval_b1": seconds("BM_MlpEval/1"),
         "eval_b256": bench["BM_MlpEval/256"]["samples_per_second"],
@@ -305,6 +311,24 @@ def main():
         else:
             row += f" {'':9} | {'':6} |"
         print(row)
+    if "fma_peak_2" in results["dropnet"][0]:
+        # The ceiling of batch 256: multiply-adds a row, against the cores' FMA peak measured in
+        # the same rounds (BM_FmaPeak: register-only 512-bit FMAs, 2 threads).
+        peak = median("dropnet", "fma_peak_2")
+        rate = {"dropnet": summary["eval_b256"]["dropnet"], "PyTorch": summary["eval_b256"]["torch"]}
+        rate |= {"ORT": summary["eval_b256"]["ort"]} if "ort" in summary["eval_b256"] else {}
+        gflops = {side: r * MLP_FLOPS_PER_ROW / 1e9 for side, r in rate.items()}
+        print(f"# FMA peak (BM_FmaPeak): {median('dropnet', 'fma_peak_1'):.1f} GFLOP/s on 1 thread, "
+              f"{peak:.1f} on 2 (medians)")
+        print("# eval batch 256, GFLOP/s (" + f"{MLP_FLOPS_PER_ROW:,} flops a row) and share of the "
+              "2-thread peak: " + ", ".join(f"{side} {g:.1f} ({100 * g / peak:.0f}%)"
+                                            for side, g in gflops.items()))
+        need = {"1.5x PyTorch": 1.5 * gflops["PyTorch"]}
+        need |= {"1.25x ORT": 1.25 * gflops["ORT"]} if "ORT" in gflops else {}
+        print("# the batch-256 targets would need: " + ", ".join(
+            f"{name} {g:.1f} GFLOP/s ({100 * g / peak:.0f}% of the peak)" for name, g in need.items()))
+        summary["fma_peak"] = {"1": median("dropnet", "fma_peak_1"), "2": peak}
+        summary["eval_b256"]["gflops"] = gflops
     if args.cnn:
         o, t = median("dropnet", "cnn_train"), max(median(n, "cnn_train") for n in TORCH_CONFIGS)
         print(f"| {'train CNN, batch 128 (samples/s)':38} | {o:9.1f} | {t:12.1f} | {'':28} "

@@ -10,6 +10,9 @@
 // noise when it is absent. DROPNET_BENCH_THREADS sets the thread count (default 2).
 #include <benchmark/benchmark.h>
 #include <dlfcn.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <cstdlib>
 #include <filesystem>
@@ -236,6 +239,43 @@ void GemmTransposedArgs(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_Gemm<0, true>)->Name("BM_GemmTransB/engine")->Apply(GemmTransposedArgs);
 BENCHMARK(BM_Gemm<2, true>)->Name("BM_GemmTransB/openblas")->Apply(GemmTransposedArgs);
+
+// The core's multiply-add peak, the ceiling of every product above: 24 independent chains of
+// 512-bit FMAs on registers (more than the FMA latency times the FMA ports), no memory. With
+// ->Threads(2) each thread runs its own loop and GFLOPS is their sum.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx512f"))) float FmaLoop(int64_t iterations) {
+  constexpr int kChains = 24;
+  __m512 acc[kChains];
+#pragma GCC unroll 24
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(0.001f * static_cast<float>(i));
+  const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(0.0001f);
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 24  // the chains in registers
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
+  }
+  __m512 sum = acc[0];
+  for (int i = 1; i < kChains; ++i) sum = _mm512_add_ps(sum, acc[i]);
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, sum);
+  float total = 0.0f;
+  for (float lane : lanes) total += lane;
+  return total;
+}
+
+void BM_FmaPeak(benchmark::State& state) {
+  if (!FastGemmAvailable()) return state.SkipWithError("no AVX-512 on this CPU");
+  constexpr int64_t kIterations = 1 << 16;
+  for (auto _ : state) {
+    int64_t iterations = kIterations;
+    benchmark::DoNotOptimize(iterations);  // not hoisted out of the timed loop
+    benchmark::DoNotOptimize(FmaLoop(iterations));
+  }
+  state.counters["GFLOPS"] = benchmark::Counter(2.0 * 16 * 24 * kIterations * state.iterations() / 1e9,
+                                                benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_FmaPeak)->Threads(1)->Threads(2)->UseRealTime();
+#endif
 
 }  // namespace
 }  // namespace dropnet::engine
