@@ -23,7 +23,8 @@ faster). Workloads: the MLP 784-512-512-10 with dropout 0.5 trained with Adam at
 (samples/s), evaluated at batch 1 (latency) and 256 (samples/s), and Monte-Carlo dropout T = 100
 for one input, which PyTorch computes as one pass over 100 stacked copies or as a loop of 100
 passes. Beside the table, the cores' multiply-add peak (dropnet-bench's BM_FmaPeak, same rounds)
-and each side's batch-256 GFLOP/s as a share of it: the ceiling no kernel passes. The last line is
+and each side's batch-256 GFLOP/s as a share of it: the ceiling no kernel passes; and each round's
+ratio against that round's best PyTorch configuration, to show the spread. The last line is
 one JSON object of the medians and ratios.
 """
 import argparse
@@ -311,6 +312,15 @@ def main():
         else:
             row += f" {'':9} | {'':6} |"
         print(row)
+    # The spread: each round's ratio against that round's best PyTorch configuration.
+    for label, ok, pk, higher in WORKLOADS:
+        ratios = []
+        for r in range(args.rounds):
+            o = results["dropnet"][r][ok]
+            t = (max if higher else min)(results[name][r][pk] for name in TORCH_CONFIGS)
+            ratios.append(o / t if higher else t / o)
+        print(f"# {label}, dropnet / PyTorch by round: " + ", ".join(f"{x:.2f}" for x in ratios))
+        summary[pk]["ratio_torch_rounds"] = ratios
     if "fma_peak_2" in results["dropnet"][0]:
         # The ceiling of batch 256: multiply-adds a row, against the cores' FMA peak measured in
         # the same rounds (BM_FmaPeak: register-only 512-bit FMAs, 2 threads).
