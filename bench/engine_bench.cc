@@ -271,8 +271,8 @@ void BM_FmaPeak(benchmark::State& state) {
     benchmark::DoNotOptimize(iterations);  // not hoisted out of the timed loop
     benchmark::DoNotOptimize(FmaLoop(iterations));
   }
-  state.counters["GFLOPS"] = benchmark::Counter(2.0 * 16 * 24 * kIterations * state.iterations() / 1e9,
-                                                benchmark::Counter::kIsRate);
+  state.counters["GFLOPS"] = benchmark::Counter(
+      2.0 * 16 * 24 * kIterations * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_FmaPeak)->Threads(1)->Threads(2)->UseRealTime();
 #endif
