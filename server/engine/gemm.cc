@@ -102,8 +102,8 @@ __attribute__((target("avx512f"))) inline void Transpose16(__m512* r) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
   }
-  for (int i = 0; i < 16;
-       i += 4) {  // u[i + q]: in each 128-bit lane, column 4 * lane + q of rows i..i+3
+  // u[i + q]: in each 128-bit lane, column 4 * lane + q of rows i..i+3.
+  for (int i = 0; i < 16; i += 4) {
     const __m512d t0 = _mm512_castps_pd(t[i]), t1 = _mm512_castps_pd(t[i + 1]);
     const __m512d t2 = _mm512_castps_pd(t[i + 2]), t3 = _mm512_castps_pd(t[i + 3]);
     u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
@@ -125,8 +125,7 @@ __attribute__((target("avx512f"))) inline void Transpose16(__m512* r) {
 
 // The panel of B for columns n0..n0+nv and k0..k0+kc of op(B) when B is stored transposed (the
 // backward pass's dY * W^T): blocks of 16 x 16 read as rows of B and transposed in registers (a
-// scalar copy, one element a store, was 4% of a training step); the columns past nv
-// are zero.
+// scalar copy, one element a store, was 4% of a training step); the columns past nv are zero.
 __attribute__((target("avx512f"))) void PackPanelTransposed(const float* b, int64_t ldb, int64_t k0,
                                                             int64_t kc, int64_t n0, int nv,
                                                             float* p) {
