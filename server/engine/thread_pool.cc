@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -149,6 +150,16 @@ void TuneAllocatorForTraining() {
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
 }
 
+namespace {
+
+// Claims range p (bit p of claims) and says whether this caller was the first.
+bool Claim(std::atomic<uint64_t>& claims, int p) {
+  const uint64_t bit = uint64_t{1} << p;
+  return (claims.fetch_or(bit, std::memory_order_acq_rel) & bit) == 0;
+}
+
+}  // namespace
+
 void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   int parts = static_cast<int>(std::min<int64_t>(std::max(threads, 1), n));
@@ -156,42 +167,52 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
     fn(0, n);
     return;
   }
+  // Each range is run by whoever claims it first: the worker it was handed to, or this thread
+  // once its own range is done. A worker that has not started by then (asleep, or its core taken
+  // by other work) is not waited for. The claims (a bit a range) are shared, so a worker that
+  // starts after this call returned finds its range taken and touches nothing else.
+  parts = std::min(parts, 64);
+  const auto claims = std::make_shared<std::atomic<uint64_t>>(0);
   std::mutex mu;
   std::condition_variable done_cv;
-  std::atomic<int> remaining{parts - 1};
+  std::atomic<int> helped{0};  // ranges finished by workers
   std::exception_ptr error;
-  auto range = [&](int p) {
-    return std::pair<int64_t, int64_t>(n * p / parts, n * (p + 1) / parts);
+  auto run = [&](int p) {
+    try {
+      fn(n * p / parts, n * (p + 1) / parts);
+    } catch (...) {
+      std::lock_guard lock(mu);
+      if (!error) error = std::current_exception();
+    }
   };
   for (int p = 1; p < parts; ++p) {
-    SharedPool().Submit([&, p] {
-      auto [b, e] = range(p);
-      try {
-        fn(b, e);
-      } catch (...) {
-        std::lock_guard lock(mu);
-        if (!error) error = std::current_exception();
-      }
+    SharedPool().Submit([claims, p, &run, &mu, &done_cv, &helped] {
+      if (!Claim(*claims, p)) return;
+      run(p);
       std::lock_guard lock(mu);
-      if (remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) done_cv.notify_one();
+      helped.fetch_add(1, std::memory_order_acq_rel);
+      done_cv.notify_one();
     });
   }
-  auto [b, e] = range(0);
-  try {
-    fn(b, e);
-  } catch (...) {
-    std::lock_guard lock(mu);
-    if (!error) error = std::current_exception();
+  run(0);
+  int by_workers = 0;
+  for (int p = 1; p < parts; ++p) {
+    if (Claim(*claims, p))
+      run(p);
+    else
+      ++by_workers;
   }
-  // The helpers may wait for this very core (the others busy): yield it while spinning.
+  // The workers may wait for this very core (the others busy): yield it while spinning.
   const auto until = SpinDeadline();
-  while (remaining.load(std::memory_order_acquire) != 0 &&
+  while (helped.load(std::memory_order_acquire) != by_workers &&
          std::chrono::steady_clock::now() < until) {
     for (int k = 0; k < 16; ++k) CpuRelax();
     std::this_thread::yield();
   }
+  // Taken even when the spin saw every range done: a worker releases mu only after its last
+  // touch of this frame.
   std::unique_lock lock(mu);
-  done_cv.wait(lock, [&] { return remaining.load(std::memory_order_acquire) == 0; });
+  done_cv.wait(lock, [&] { return helped.load(std::memory_order_acquire) == by_workers; });
   if (error) std::rethrow_exception(error);
 }
 

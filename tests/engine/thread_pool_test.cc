@@ -1,5 +1,6 @@
 // Tests for thread_pool.h: ParallelFor covers its range once, from any number of callers at once,
-// and passes exceptions on, with workers that sleep at once, spin briefly or spin long.
+// and passes exceptions on, with workers that sleep at once, spin briefly or spin long; the
+// caller runs a range no worker has started.
 #include "server/engine/thread_pool.h"
 
 #include <gtest/gtest.h>
@@ -27,6 +28,37 @@ TEST(ParallelForTest, CoversTheRangeOnceAndRethrows) {
                              if (b > 0) throw InvalidArgument("worker failed");
                            }),
                InvalidArgument);
+}
+
+// A range whose worker has not started when the caller is done with its own is run by the
+// caller: a call completes while every pool worker is held by another call.
+TEST(ParallelForTest, CallerRunsARangeNoWorkerStarted) {
+  std::atomic<bool> release{false};
+  std::atomic<int> held{0};
+  std::thread holder([&] {
+    // Far more ranges than workers: every worker that starts one stays in it until released.
+    ParallelFor(64, 64, [&](int64_t, int64_t) {
+      held++;
+      while (!release.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    });
+  });
+  while (held.load() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the other workers take theirs
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> covered{0};
+  std::thread caller([&] {
+    ParallelFor(100, 2, [&](int64_t b, int64_t e) { covered += e - b; });
+    done = true;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!done.load() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const bool finished_while_held = done.load();
+  release = true;
+  caller.join();
+  holder.join();
+  EXPECT_TRUE(finished_while_held);
+  EXPECT_EQ(covered.load(), 100);
 }
 
 void RunConcurrentCallers();
