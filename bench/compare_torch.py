@@ -235,6 +235,11 @@ def run_ort(args, model, inputs, copies=0):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def speedup(ours, peer, higher):
+    """dropnet's lead over the peer (> 1: dropnet faster) for a rate (higher) or a time."""
+    return ours / peer if higher else peer / ours
+
+
 # workload: (label, key in dropnet's results, key in the peer's, higher is better)
 WORKLOADS = [
     ("train MLP, batch 128 (samples/s)", "train", "train", True),
@@ -299,14 +304,14 @@ def main():
         per = {name: median(name, pk) for name in TORCH_CONFIGS}
         best = (max if higher else min)(per, key=per.get)
         t = per[best]
-        ratio = o / t if higher else t / o
+        ratio = speedup(o, t, higher)
         scale = 1 if higher else 1e6
         row = f"| {label:38} | {o * scale:9.1f} | {t * scale:12.1f} | {best:28} | {ratio:7.2f} |"
         summary[pk] = {"dropnet": o, "torch": t, "torch_config": best, "ratio_torch": ratio,
                        "torch_all": per}
         if with_ort and pk in ("eval_b1", "eval_b256"):
             e = median("ort", pk)
-            ratio_ort = o / e if higher else e / o
+            ratio_ort = speedup(o, e, higher)
             row += f" {e * scale:9.1f} | {ratio_ort:6.2f} |"
             summary[pk] |= {"ort": e, "ratio_ort": ratio_ort}
         else:
@@ -318,17 +323,17 @@ def main():
         for r in range(args.rounds):
             o = results["dropnet"][r][ok]
             t = (max if higher else min)(results[name][r][pk] for name in TORCH_CONFIGS)
-            ratios.append(o / t if higher else t / o)
+            ratios.append(speedup(o, t, higher))
         print(f"# {label}, dropnet / PyTorch by round: " + ", ".join(f"{x:.2f}" for x in ratios))
         summary[pk]["ratio_torch_rounds"] = ratios
     if "fma_peak_2" in results["dropnet"][0]:
         # The ceiling of batch 256: multiply-adds a row, against the cores' FMA peak measured in
         # the same rounds (BM_FmaPeak: register-only 512-bit FMAs, 2 threads).
-        peak = median("dropnet", "fma_peak_2")
+        peak1, peak = median("dropnet", "fma_peak_1"), median("dropnet", "fma_peak_2")
         rate = {"dropnet": summary["eval_b256"]["dropnet"], "PyTorch": summary["eval_b256"]["torch"]}
         rate |= {"ORT": summary["eval_b256"]["ort"]} if "ort" in summary["eval_b256"] else {}
         gflops = {side: r * MLP_FLOPS_PER_ROW / 1e9 for side, r in rate.items()}
-        print(f"# FMA peak (BM_FmaPeak): {median('dropnet', 'fma_peak_1'):.1f} GFLOP/s on 1 thread, "
+        print(f"# FMA peak (BM_FmaPeak): {peak1:.1f} GFLOP/s on 1 thread, "
               f"{peak:.1f} on 2 (medians)")
         print("# eval batch 256, GFLOP/s (" + f"{MLP_FLOPS_PER_ROW:,} flops a row) and share of the "
               "2-thread peak: " + ", ".join(f"{side} {g:.1f} ({100 * g / peak:.0f}%)"
@@ -337,7 +342,7 @@ def main():
         need |= {"1.25x ORT": 1.25 * gflops["ORT"]} if "ORT" in gflops else {}
         print("# the batch-256 targets would need: " + ", ".join(
             f"{name} {g:.1f} GFLOP/s ({100 * g / peak:.0f}% of the peak)" for name, g in need.items()))
-        summary["fma_peak"] = {"1": median("dropnet", "fma_peak_1"), "2": peak}
+        summary["fma_peak"] = {"1": peak1, "2": peak}
         summary["eval_b256"]["gflops"] = gflops
     if args.cnn:
         o, t = median("dropnet", "cnn_train"), max(median(n, "cnn_train") for n in TORCH_CONFIGS)

@@ -162,7 +162,8 @@ bool Claim(std::atomic<uint64_t>& claims, int p) {
 
 void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  int parts = static_cast<int>(std::min<int64_t>(std::max(threads, 1), n));
+  // At most 64 ranges: one bit of the claims word each (below).
+  const int parts = static_cast<int>(std::min<int64_t>(std::clamp(threads, 1, 64), n));
   if (parts <= 1 || in_pool_worker) {
     fn(0, n);
     return;
@@ -171,7 +172,6 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
   // once its own range is done. A worker that has not started by then (asleep, or its core taken
   // by other work) is not waited for. The claims (a bit a range) are shared, so a worker that
   // starts after this call returned finds its range taken and touches nothing else.
-  parts = std::min(parts, 64);
   const auto claims = std::make_shared<std::atomic<uint64_t>>(0);
   std::mutex mu;
   std::condition_variable done_cv;

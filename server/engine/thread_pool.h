@@ -1,11 +1,10 @@
 // The engine's persistent thread pool and the process-wide settings that go with it.
 //
-// ParallelFor splits [0, n) into at most `threads` contiguous ranges, each run by a pool worker
-// or, if that worker has not started it when the caller is done with its own, by the caller; a
-// call made from inside a pool worker runs inline, so nested parallelism never oversubscribes
-// the machine. Idle workers
-// spin for a while before sleeping (SetWorkerSpin); TuneAllocatorForTraining keeps the
-// activation-sized blocks that every step allocates in the heap.
+// ParallelFor splits [0, n) into at most `threads` (and 64) contiguous ranges, each run by a pool
+// worker or, if that worker has not started it when the caller is done with its own, by the
+// caller; a call made from inside a pool worker runs inline, so nested parallelism never
+// oversubscribes the machine. Idle workers spin for a while before sleeping (SetWorkerSpin);
+// TuneAllocatorForTraining keeps the activation-sized blocks that every step allocates in the heap.
 #ifndef DROPNET_ENGINE_THREAD_POOL_H_
 #define DROPNET_ENGINE_THREAD_POOL_H_
 

@@ -44,10 +44,17 @@ TEST(ParallelForTest, CallerRunsARangeNoWorkerStarted) {
   });
   while (held.load() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the other workers take theirs
+  // The pool's queue is first in, first out: the held call's ranges not yet started come before
+  // this call's second range, so no worker can start it.
   std::atomic<bool> done{false};
   std::atomic<int64_t> covered{0};
+  std::thread::id second_range_thread, caller_thread;
   std::thread caller([&] {
-    ParallelFor(100, 2, [&](int64_t b, int64_t e) { covered += e - b; });
+    caller_thread = std::this_thread::get_id();
+    ParallelFor(100, 2, [&](int64_t b, int64_t e) {
+      covered += e - b;
+      if (b == 50) second_range_thread = std::this_thread::get_id();
+    });
     done = true;
   });
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -59,6 +66,7 @@ TEST(ParallelForTest, CallerRunsARangeNoWorkerStarted) {
   holder.join();
   EXPECT_TRUE(finished_while_held);
   EXPECT_EQ(covered.load(), 100);
+  EXPECT_EQ(second_range_thread, caller_thread);
 }
 
 void RunConcurrentCallers();
